@@ -1,0 +1,95 @@
+"""The embedded MongoDB-compatible server.
+
+An in-memory, single-node replica-set primary that PyMongo and other drivers talk to over TCP.
+It writes its oplog (``local.oplog.rs``) as MongoDB 7.0 does, so oplog triggers and replication
+can be developed and tested with no MongoDB installed::
+
+    from mmm.embedded import MongoServer
+
+    with MongoServer() as server:
+        client = pymongo.MongoClient(server.uri)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from . import _mmm
+
+log = logging.getLogger("mmm.embedded")
+
+__all__ = ["MongoServer"]
+
+
+class MongoServer:
+    """An embedded server listening on ``host:port`` (``port=0`` lets the OS choose).
+
+    It runs on background threads of this process until :meth:`stop` (or the end of a ``with``
+    block). Several servers can run in one process. Data lives in memory only.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        replset: str = "rs0",
+        oplog_size_mb: float = 256,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+        self._server = _mmm.MongoServer(
+            port=port, replset=replset, oplog_size_mb=float(oplog_size_mb), host=host
+        )
+        log.info("embedded MongoDB server listening on %s (replica set %s)", self.address, replset)
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` exactly as the server reports it in ``hello``."""
+        return self._server.address
+
+    @property
+    def replset(self) -> str:
+        return self._server.replset
+
+    @property
+    def uri(self) -> str:
+        """A connection string for drivers (replica-set discovery with this one member)."""
+        return f"mongodb://{self.address}/?replicaSet={self.replset}"
+
+    @property
+    def direct_uri(self) -> str:
+        """A connection string with ``directConnection=true``."""
+        return f"mongodb://{self.address}/?directConnection=true"
+
+    @property
+    def stopped(self) -> bool:
+        return self._server.stopped
+
+    def stop(self) -> None:
+        """Stops listening and closes every connection. Idempotent."""
+        if not self._server.stopped:
+            self._server.stop()
+            log.info("embedded MongoDB server %s stopped", self.address)
+
+    def drop_connections(self) -> None:
+        """Closes every open client connection; data is kept and clients may reconnect."""
+        self._server.drop_connections()
+
+    def pause(self, seconds: float) -> None:
+        """For ``seconds``, refuses new connections and closes open ones (an outage); data is kept."""
+        self._server.pause(seconds)
+
+    def __enter__(self) -> "MongoServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self.stopped else "running"
+        return f"<MongoServer {self.address} replset={self.replset!r} {state}>"

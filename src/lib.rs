@@ -1,0 +1,17 @@
+//! mmm: oplog triggers and multi-master replication for MongoDB, with an embedded
+//! MongoDB-compatible server for development and tests.
+
+pub mod oplog;
+pub mod runtime;
+pub mod server;
+
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _mmm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! The process-wide tokio runtime, created lazily in the process that first needs it (never
+//! before a fork: an app server that forks workers gets a fresh runtime in each worker).
+
+use std::sync::OnceLock;
+use tokio::runtime::Runtime;
+
+static RUNTIME: OnceLock<(u32, Runtime)> = OnceLock::new();
+
+pub fn get() -> &'static Runtime {
+    let (pid, rt) = RUNTIME.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mmm-worker")
+            .enable_all()
+            .build()
+            .expect("failed to start the tokio runtime");
+        (std::process::id(), rt)
+    });
+    if *pid != std::process::id() {
+        panic!("mmm's runtime was started before this process forked; create mmm objects in the worker process, not the parent");
+    }
+    rt
+}

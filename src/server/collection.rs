@@ -1,0 +1,341 @@
+//! One collection's in-memory storage: records in natural (insertion) order, the `_id` index and
+//! unique secondary indexes. Built on persistent maps so a transaction can take a snapshot of a
+//! collection in O(1) and commit by swapping it back.
+
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::query::{get_path, KeyValue};
+use crate::server::shell;
+use bson::{doc, Bson, Document};
+use imbl::OrdMap;
+use std::sync::Arc;
+
+pub type RecordId = u64;
+
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub doc: Arc<Document>,
+    /// Server-wide write counter at the last change; transactions use it to detect conflicts.
+    pub version: u64,
+    /// Encoded size, kept only for capped collections (their limit is in bytes).
+    pub size: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    /// The spec as listIndexes shows it: `{v: 2, key: {...}, name: ..., unique?: ...}`.
+    pub spec: Document,
+    pub name: String,
+    pub key: Document,
+    pub unique: bool,
+    /// Entries for unique indexes only (other indexes are catalog entries; scans serve queries).
+    pub entries: OrdMap<Vec<KeyValue>, RecordId>,
+}
+
+impl Index {
+    pub fn new(spec: Document) -> ServerResult<Index> {
+        let key = spec
+            .get_document("key")
+            .map_err(|_| {
+                ServerError::new(67, "CannotCreateIndex", "index spec needs a 'key' document")
+            })?
+            .clone();
+        if key.is_empty() {
+            return Err(ServerError::new(
+                67,
+                "CannotCreateIndex",
+                "Index keys cannot be an empty field",
+            ));
+        }
+        let name = match spec.get_str("name") {
+            Ok(n) => n.to_string(),
+            Err(_) => return Err(ServerError::failed_to_parse("Error in specification: the 'name' field is a required property of an index specification")),
+        };
+        let unique = matches!(spec.get("unique"), Some(Bson::Boolean(true)))
+            || matches!(spec.get("unique"), Some(Bson::Int32(1)));
+        Ok(Index {
+            spec,
+            name,
+            key,
+            unique,
+            entries: OrdMap::new(),
+        })
+    }
+
+    fn key_of(&self, doc: &Document) -> Vec<KeyValue> {
+        self.key
+            .keys()
+            .map(|path| KeyValue(get_path(doc, path).cloned().unwrap_or(Bson::Null)))
+            .collect()
+    }
+
+    fn dup_error(&self, ns: &str, key: &[KeyValue]) -> ServerError {
+        let mut key_pattern = Document::new();
+        let mut key_value = Document::new();
+        for ((field, dir), value) in self.key.iter().zip(key) {
+            key_pattern.insert(field.clone(), dir.clone());
+            key_value.insert(field.clone(), value.0.clone());
+        }
+        duplicate_key_error(ns, &self.name, key_pattern, key_value)
+    }
+}
+
+pub fn duplicate_key_error(
+    ns: &str,
+    index: &str,
+    key_pattern: Document,
+    key_value: Document,
+) -> ServerError {
+    ServerError::new(
+        11000,
+        "DuplicateKey",
+        format!(
+            "E11000 duplicate key error collection: {ns} index: {index} dup key: {}",
+            shell::render_document(&key_value)
+        ),
+    )
+    .with_extra(doc! {"keyPattern": key_pattern, "keyValue": key_value})
+}
+
+#[derive(Clone, Debug)]
+pub struct CappedLimits {
+    pub size: u64,
+    pub max: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Collection {
+    pub ns: String,
+    pub uuid: bson::Uuid,
+    /// Options given at creation, as listCollections and the `create` oplog entry show them.
+    pub options: Document,
+    pub capped: Option<CappedLimits>,
+    pub has_id_index: bool,
+    pub records: OrdMap<RecordId, Record>,
+    pub id_index: OrdMap<KeyValue, RecordId>,
+    pub indexes: Vec<Index>,
+    pub next_record: RecordId,
+    pub data_size: u64,
+}
+
+impl Collection {
+    pub fn new(ns: &str, options: Document) -> ServerResult<Collection> {
+        let capped = if matches!(options.get("capped"), Some(Bson::Boolean(true))) {
+            let size = options.get("size").and_then(number_as_u64).ok_or_else(|| {
+                ServerError::invalid_options("the 'size' field is required when 'capped' is true")
+            })?;
+            let max = options
+                .get("max")
+                .and_then(number_as_u64)
+                .filter(|m| *m > 0);
+            // mongod rounds capped sizes up to a multiple of 256 bytes.
+            Some(CappedLimits {
+                size: size.max(4096).div_ceil(256) * 256,
+                max,
+            })
+        } else {
+            None
+        };
+        Ok(Collection {
+            ns: ns.to_string(),
+            uuid: bson::Uuid::new(),
+            options,
+            capped,
+            has_id_index: true,
+            records: OrdMap::new(),
+            id_index: OrdMap::new(),
+            indexes: Vec::new(),
+            next_record: 1,
+            data_size: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn id_index_spec() -> Document {
+        doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+    }
+
+    pub fn index_specs(&self) -> Vec<Document> {
+        let mut specs = Vec::new();
+        if self.has_id_index {
+            specs.push(Self::id_index_spec());
+        }
+        specs.extend(self.indexes.iter().map(|i| i.spec.clone()));
+        specs
+    }
+
+    pub fn find_id(&self, id: &Bson) -> Option<RecordId> {
+        self.id_index.get(&KeyValue(id.clone())).copied()
+    }
+
+    pub fn get(&self, rid: RecordId) -> Option<&Arc<Document>> {
+        self.records.get(&rid).map(|r| &r.doc)
+    }
+
+    fn check_unique(&self, doc: &Document, ignore: Option<RecordId>) -> ServerResult<()> {
+        if self.has_id_index {
+            if let Some(id) = doc.get("_id") {
+                if let Some(existing) = self.id_index.get(&KeyValue(id.clone())) {
+                    if Some(*existing) != ignore {
+                        return Err(duplicate_key_error(
+                            &self.ns,
+                            "_id_",
+                            doc! {"_id": 1},
+                            doc! {"_id": id.clone()},
+                        ));
+                    }
+                }
+            }
+        }
+        for index in self.indexes.iter().filter(|i| i.unique) {
+            let key = index.key_of(doc);
+            if let Some(existing) = index.entries.get(&key) {
+                if Some(*existing) != ignore {
+                    return Err(index.dup_error(&self.ns, &key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index_add(&mut self, rid: RecordId, doc: &Document) {
+        if self.has_id_index {
+            if let Some(id) = doc.get("_id") {
+                self.id_index.insert(KeyValue(id.clone()), rid);
+            }
+        }
+        for index in self.indexes.iter_mut().filter(|i| i.unique) {
+            let key = index.key_of(doc);
+            index.entries.insert(key, rid);
+        }
+    }
+
+    fn index_remove(&mut self, doc: &Document) {
+        if self.has_id_index {
+            if let Some(id) = doc.get("_id") {
+                self.id_index.remove(&KeyValue(id.clone()));
+            }
+        }
+        for index in self.indexes.iter_mut().filter(|i| i.unique) {
+            let key = index.key_of(doc);
+            index.entries.remove(&key);
+        }
+    }
+
+    fn record_size(&self, doc: &Document) -> u32 {
+        if self.capped.is_some() {
+            bson_size(doc) as u32
+        } else {
+            0
+        }
+    }
+
+    /// Inserts at the end of natural order; `rid` overrides the record id (the oplog keys by ts).
+    /// Returns the record ids a capped collection truncated to make room.
+    pub fn insert(
+        &mut self,
+        doc: Document,
+        version: u64,
+        rid: Option<RecordId>,
+    ) -> ServerResult<RecordId> {
+        self.check_unique(&doc, None)?;
+        let rid = rid.unwrap_or(self.next_record);
+        self.next_record = self.next_record.max(rid + 1);
+        self.index_add(rid, &doc);
+        let size = self.record_size(&doc);
+        self.data_size += size as u64;
+        self.records.insert(
+            rid,
+            Record {
+                doc: Arc::new(doc),
+                version,
+                size,
+            },
+        );
+        self.truncate_capped();
+        Ok(rid)
+    }
+
+    pub fn replace(&mut self, rid: RecordId, doc: Document, version: u64) -> ServerResult<()> {
+        self.check_unique(&doc, Some(rid))?;
+        let old = self
+            .records
+            .get(&rid)
+            .cloned()
+            .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
+        self.index_remove(&old.doc);
+        self.index_add(rid, &doc);
+        let size = self.record_size(&doc);
+        self.data_size = self.data_size + size as u64 - old.size as u64;
+        self.records.insert(
+            rid,
+            Record {
+                doc: Arc::new(doc),
+                version,
+                size,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn remove(&mut self, rid: RecordId) -> Option<Arc<Document>> {
+        let rec = self.records.remove(&rid)?;
+        self.index_remove(&rec.doc);
+        self.data_size -= rec.size as u64;
+        Some(rec.doc)
+    }
+
+    fn truncate_capped(&mut self) {
+        let Some(limits) = self.capped.clone() else {
+            return;
+        };
+        while self.records.len() > 1
+            && (self.data_size > limits.size
+                || limits.max.is_some_and(|m| self.records.len() as u64 > m))
+        {
+            let Some((rid, _)) = self.records.get_min().map(|(k, v)| (*k, v.clone())) else {
+                break;
+            };
+            self.remove(rid);
+        }
+    }
+
+    pub fn first_record_id(&self) -> Option<RecordId> {
+        self.records.get_min().map(|(k, _)| *k)
+    }
+
+    pub fn add_index(&mut self, mut index: Index) -> ServerResult<()> {
+        if index.unique {
+            let mut entries = OrdMap::new();
+            for (rid, rec) in self.records.iter() {
+                let key = index.key_of(&rec.doc);
+                if entries.insert(key.clone(), *rid).is_some() {
+                    return Err(index.dup_error(&self.ns, &key));
+                }
+            }
+            index.entries = entries;
+        }
+        self.indexes.push(index);
+        Ok(())
+    }
+}
+
+pub fn number_as_u64(b: &Bson) -> Option<u64> {
+    match b {
+        Bson::Int32(i) if *i >= 0 => Some(*i as u64),
+        Bson::Int64(i) if *i >= 0 => Some(*i as u64),
+        Bson::Double(d) if *d >= 0.0 => Some(*d as u64),
+        _ => None,
+    }
+}
+
+pub fn bson_size(doc: &Document) -> usize {
+    let mut buf = Vec::new();
+    doc.to_writer(&mut buf).map(|_| buf.len()).unwrap_or(0)
+}

@@ -1,0 +1,156 @@
+//! hello/isMaster, ping, buildInfo, serverStatus, replSetGetStatus and friends.
+
+use super::Reply;
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::oplog_writer::TERM;
+use crate::server::state::State;
+use crate::server::ServerInfo;
+use bson::{doc, oid::ObjectId, DateTime, Document};
+
+pub const VERSION: &str = "7.0.14";
+pub const MAX_WIRE_VERSION: i32 = 21;
+pub const MAX_BSON_OBJECT_SIZE: i32 = 16 * 1024 * 1024;
+
+/// `electionId` for the current term: 0x7fffffff followed by the term, as OID::fromTerm builds it.
+fn election_id() -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[0..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    bytes[4..12].copy_from_slice(&TERM.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+fn op_time(state: &State) -> Document {
+    doc! {"ts": state.last_write.0, "t": TERM}
+}
+
+pub fn hello(
+    state: &State,
+    info: &ServerInfo,
+    body: &Document,
+    connection_id: i64,
+) -> ServerResult<Reply> {
+    let cmd = body.keys().next().map(|k| k.as_str()).unwrap_or("hello");
+    let me = info.address.clone();
+    let mut d = doc! {
+        "topologyVersion": {"processId": info.process_id, "counter": 0i64},
+        "hosts": [me.clone()],
+        "setName": info.replset.clone(),
+        "setVersion": 1,
+    };
+    if cmd == "hello" {
+        d.insert("isWritablePrimary", true);
+    } else {
+        d.insert("ismaster", true);
+    }
+    let last_date = state.last_write.1;
+    d.extend(doc! {
+        "secondary": false,
+        "primary": me.clone(),
+        "me": me,
+        "electionId": election_id(),
+        "lastWrite": {
+            "opTime": op_time(state), "lastWriteDate": last_date,
+            "majorityOpTime": op_time(state), "majorityWriteDate": last_date,
+        },
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
+        "maxMessageSizeBytes": crate::server::wire::MAX_MESSAGE_SIZE as i32,
+        "maxWriteBatchSize": 100_000,
+        "localTime": DateTime::now(),
+        "logicalSessionTimeoutMinutes": 30,
+        "connectionId": connection_id as i32,
+        "minWireVersion": 0,
+        "maxWireVersion": MAX_WIRE_VERSION,
+        "readOnly": false,
+    });
+    if body.contains_key("helloOk") {
+        d.insert("helloOk", true);
+    }
+    Ok(Reply::Doc(d))
+}
+
+pub fn build_info() -> Reply {
+    Reply::Doc(doc! {
+        "version": VERSION,
+        "gitVersion": "0000000000000000000000000000000000000000",
+        "modules": Vec::<String>::new(),
+        "allocator": "system",
+        "javascriptEngine": "none",
+        "sysInfo": "deprecated",
+        "versionArray": [7, 0, 14, 0],
+        "openssl": {"running": "disabled", "compiled": "disabled"},
+        "bits": 64,
+        "debug": false,
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
+        "storageEngines": ["inMemory"],
+    })
+}
+
+pub fn server_status(state: &State, info: &ServerInfo) -> Reply {
+    let uptime = info.started.elapsed();
+    Reply::Doc(doc! {
+        "host": info.address.clone(),
+        "version": VERSION,
+        "process": "mongod",
+        "pid": std::process::id() as i64,
+        "uptime": uptime.as_secs_f64().floor(),
+        "uptimeMillis": uptime.as_millis() as i64,
+        "uptimeEstimate": uptime.as_secs() as i64,
+        "localTime": DateTime::now(),
+        "connections": {
+            "current": info.connections.load(std::sync::atomic::Ordering::Relaxed) as i32,
+            "available": 1_000_000,
+            "totalCreated": info.total_connections.load(std::sync::atomic::Ordering::Relaxed) as i32,
+        },
+        "repl": {
+            "setName": info.replset.clone(), "isWritablePrimary": true, "secondary": false,
+            "primary": info.address.clone(), "me": info.address.clone(), "hosts": [info.address.clone()],
+        },
+        "storageEngine": {"name": "inMemory"},
+        "metrics": {"cursor": {"open": {"total": state.cursors.len() as i64}}},
+    })
+}
+
+pub fn repl_set_get_status(state: &State, info: &ServerInfo) -> Reply {
+    let (ts, wall) = state.last_write;
+    let optime = op_time(state);
+    Reply::Doc(doc! {
+        "set": info.replset.clone(),
+        "date": DateTime::now(),
+        "myState": 1,
+        "term": TERM,
+        "syncSourceHost": "",
+        "syncSourceId": -1,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": 1,
+        "writeMajorityCount": 1,
+        "votingMembersCount": 1,
+        "writableVotingMembersCount": 1,
+        "optimes": {
+            "lastCommittedOpTime": optime.clone(), "lastCommittedWallTime": wall,
+            "readConcernMajorityOpTime": optime.clone(), "readConcernMajorityWallTime": wall,
+            "appliedOpTime": optime.clone(), "durableOpTime": optime.clone(),
+            "lastAppliedWallTime": wall, "lastDurableWallTime": wall,
+        },
+        "members": [{
+            "_id": 0, "name": info.address.clone(), "health": 1.0, "state": 1, "stateStr": "PRIMARY",
+            "uptime": info.started.elapsed().as_secs() as i32, "optime": optime, "optimeDate": DateTime::from_millis(ts.time as i64 * 1000),
+            "lastAppliedWallTime": wall, "lastDurableWallTime": wall,
+            "syncSourceHost": "", "syncSourceId": -1, "infoMessage": "",
+            "electionTime": bson::Timestamp { time: info.started_unix, increment: 1 },
+            "electionDate": DateTime::from_millis(info.started_unix as i64 * 1000),
+            "configVersion": 1, "configTerm": TERM as i32, "self": true, "lastHeartbeatMessage": "",
+        }],
+    })
+}
+
+pub fn get_parameter(body: &Document) -> ServerResult<Reply> {
+    let mut d = Document::new();
+    let all = matches!(body.get("getParameter"), Some(bson::Bson::String(s)) if s == "*");
+    if all || body.contains_key("featureCompatibilityVersion") {
+        d.insert("featureCompatibilityVersion", doc! {"version": "7.0"});
+    }
+    if d.is_empty() {
+        return Err(ServerError::invalid_options("no option found to get"));
+    }
+    Ok(Reply::Doc(d))
+}

@@ -1,0 +1,413 @@
+//! find, getMore, killCursors, count, distinct and aggregate.
+
+use super::ctx::Ctx;
+use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative};
+use super::Reply;
+use crate::server::clock::ts_to_u64;
+use crate::server::collection::Collection;
+use crate::server::cursor::{new_cursor_id, Cursor, Source, DEFAULT_FIRST_BATCH};
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::query::{
+    compare_values, run_pipeline, values_equal, Matcher, Projection, SortSpec,
+};
+use crate::server::state::{State, OPLOG_NS};
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// For oplog queries `{ts: {$gt|$gte: T}}` (possibly inside `$and`), the record id to start after:
+/// oplog record ids are timestamps, so the scan starts there instead of at the beginning.
+fn oplog_start_after(filter: &Document) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    let mut consider = |cond: &Bson| {
+        if let Bson::Document(ops) = cond {
+            for (op, v) in ops {
+                if let Bson::Timestamp(ts) = v {
+                    let bound = match op.as_str() {
+                        "$gt" => Some(ts_to_u64(*ts)),
+                        "$gte" => ts_to_u64(*ts).checked_sub(1),
+                        _ => None,
+                    };
+                    if let Some(b) = bound {
+                        best = Some(best.map_or(b, |x: u64| x.max(b)));
+                    }
+                }
+            }
+        }
+    };
+    if let Some(cond) = filter.get("ts") {
+        consider(cond);
+    }
+    if let Ok(clauses) = filter.get_array("$and") {
+        for clause in clauses {
+            if let Some(cond) = clause.as_document().and_then(|d| d.get("ts")) {
+                consider(cond);
+            }
+        }
+    }
+    best
+}
+
+fn matching_docs(c: Option<&Collection>, matcher: &Matcher) -> Vec<Arc<Document>> {
+    c.map(|c| {
+        c.records
+            .values()
+            .filter(|r| matcher.matches(&r.doc))
+            .map(|r| r.doc.clone())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Registers the cursor (unless exhausted) and builds `{cursor: {firstBatch, id, ns}}`.
+pub fn cursor_reply(
+    state: &mut State,
+    mut cursor: Cursor,
+    first_batch: usize,
+    single_batch: bool,
+) -> ServerResult<Reply> {
+    let batch = cursor.next_batch(state, first_batch)?;
+    let keep = !single_batch && (!batch.exhausted || cursor.is_tailable());
+    let id = if keep { new_cursor_id() } else { 0 };
+    let ns = cursor.ns.clone();
+    if keep {
+        state.cursors.insert(id, cursor);
+    }
+    batch_reply("firstBatch", batch.docs, id, &ns)
+}
+
+pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> ServerResult<Reply> {
+    let mut cursor = RawDocumentBuf::new();
+    cursor.append(field, docs);
+    cursor.append("id", id);
+    cursor.append("ns", ns);
+    let mut reply = RawDocumentBuf::new();
+    reply.append("cursor", cursor);
+    Ok(Reply::Raw(reply))
+}
+
+pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    let coll = coll_name(body, "find")?;
+    let db = ctx.db.clone();
+    let ns = format!("{db}.{coll}");
+    let filter = doc_arg(body, "filter")?.cloned().unwrap_or_default();
+    let matcher = Matcher::new(&filter)?;
+    let sort = doc_arg(body, "sort")?
+        .filter(|s| !s.is_empty())
+        .map(SortSpec::new)
+        .transpose()?;
+    let projection = doc_arg(body, "projection")?
+        .filter(|p| !p.is_empty())
+        .map(Projection::new)
+        .transpose()?;
+    let skip = non_negative(body, "skip")?.unwrap_or(0) as usize;
+    let limit = non_negative(body, "limit")?
+        .filter(|l| *l > 0)
+        .map(|l| l as u64);
+    let batch_size = non_negative(body, "batchSize")?.map(|b| b as usize);
+    let single_batch = bool_arg(body, "singleBatch", false);
+    let tailable = bool_arg(body, "tailable", false);
+    let await_data = bool_arg(body, "awaitData", false);
+    if await_data && !tailable {
+        return Err(ServerError::failed_to_parse(
+            "Cannot set 'awaitData' without also setting 'tailable'",
+        ));
+    }
+    let natural = sort.as_ref().and_then(|s| s.natural());
+    let view = ctx.view(&db, &coll);
+    let source = if tailable {
+        if view.is_some_and(|c| c.capped.is_none()) {
+            return Err(ServerError::bad_value(format!(
+                "error processing query: ns={ns} tailable cursor requested on non capped collection"
+            )));
+        }
+        if sort.is_some() && natural != Some(1) {
+            return Err(ServerError::bad_value(
+                "cannot use tailable option with a sort other than {$natural: 1}",
+            ));
+        }
+        let after = if ns == OPLOG_NS {
+            oplog_start_after(&filter)
+        } else {
+            None
+        };
+        Source::Tail {
+            after,
+            positioned: false,
+            matcher,
+            await_data,
+        }
+    } else if (sort.is_none() || natural == Some(1)) && skip == 0 {
+        let records = view.map(|c| c.records.clone()).unwrap_or_default();
+        let next = match (ns == OPLOG_NS)
+            .then(|| oplog_start_after(&filter))
+            .flatten()
+        {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        Source::Scan {
+            records,
+            next,
+            matcher,
+        }
+    } else {
+        let mut docs = if natural == Some(-1) {
+            let mut d = matching_docs(view, &matcher);
+            d.reverse();
+            d
+        } else {
+            matching_docs(view, &matcher)
+        };
+        if let Some(s) = sort.as_ref().filter(|_| natural.is_none()) {
+            docs.sort_by(|a, b| s.compare(a, b));
+        }
+        Source::Buffered(docs.into_iter().skip(skip).collect::<VecDeque<_>>())
+    };
+    let cursor = Cursor {
+        ns,
+        source,
+        projection,
+        limit_remaining: limit,
+        batch_size,
+    };
+    let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
+    cursor_reply(ctx.state, cursor, first, single_batch)
+}
+
+/// One attempt at a getMore. `Ok(None)`: an awaitData cursor has nothing yet (caller waits).
+pub fn get_more(
+    state: &mut State,
+    db: &str,
+    body: &Document,
+    final_attempt: bool,
+) -> ServerResult<Option<Reply>> {
+    let id = body.get("getMore").and_then(as_i64).ok_or_else(|| {
+        ServerError::type_mismatch("BSON field 'getMore' is the wrong type, expected type 'long'")
+    })?;
+    let coll = coll_name(body, "collection")?;
+    let ns = format!("{db}.{coll}");
+    let mut cursor = state.cursors.remove(&id).ok_or_else(|| {
+        ServerError::new(43, "CursorNotFound", format!("cursor id {id} not found"))
+    })?;
+    if cursor.ns != ns {
+        let msg = format!(
+            "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}",
+            cursor.ns
+        );
+        state.cursors.insert(id, cursor);
+        return Err(ServerError::new(13, "Unauthorized", msg));
+    }
+    if body.contains_key("maxTimeMS") && !cursor.is_await_data() {
+        state.cursors.insert(id, cursor);
+        return Err(ServerError::bad_value(
+            "cannot set maxTimeMS on getMore command for a non-awaitData cursor",
+        ));
+    }
+    let max = non_negative(body, "batchSize")?
+        .map(|b| b as usize)
+        .filter(|b| *b > 0)
+        .unwrap_or(usize::MAX);
+    // Any error during a getMore destroys the cursor, so it is not put back on `?`.
+    let batch = cursor.next_batch(state, max)?;
+    if batch.docs.is_empty() && cursor.is_await_data() && !final_attempt {
+        state.cursors.insert(id, cursor);
+        return Ok(None);
+    }
+    let id_out = if batch.exhausted && !cursor.is_tailable() {
+        0
+    } else {
+        id
+    };
+    if id_out != 0 {
+        state.cursors.insert(id, cursor);
+    }
+    batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
+}
+
+pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
+    let ids = body.get_array("cursors").map_err(|_| {
+        ServerError::failed_to_parse(
+            "BSON field 'killCursors.cursors' is missing but a required field",
+        )
+    })?;
+    let (mut killed, mut not_found) = (Vec::new(), Vec::new());
+    for id in ids.iter().filter_map(as_i64) {
+        if state.cursors.remove(&id).is_some() {
+            killed.push(id);
+        } else {
+            not_found.push(id);
+        }
+    }
+    Ok(Reply::Doc(doc! {
+        "cursorsKilled": killed, "cursorsNotFound": not_found,
+        "cursorsAlive": Vec::<i64>::new(), "cursorsUnknown": Vec::<i64>::new(),
+    }))
+}
+
+pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    if ctx.in_txn() {
+        return Err(ServerError::new(
+            263,
+            "OperationNotSupportedInTransaction",
+            "Cannot run 'count' in a multi-document transaction.",
+        ));
+    }
+    let coll = coll_name(body, "count")?;
+    let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
+    let matcher = Matcher::new(&query)?;
+    let skip = non_negative(body, "skip")?.unwrap_or(0) as usize;
+    let limit = body
+        .get("limit")
+        .and_then(as_i64)
+        .map(|l| l.unsigned_abs() as usize)
+        .filter(|l| *l > 0);
+    let view = ctx.view(&ctx.db, &coll);
+    let total = match view {
+        Some(c) if query.is_empty() => c.len(),
+        Some(c) => c
+            .records
+            .values()
+            .filter(|r| matcher.matches(&r.doc))
+            .count(),
+        None => 0,
+    };
+    let mut n = total.saturating_sub(skip);
+    if let Some(l) = limit {
+        n = n.min(l);
+    }
+    Ok(Reply::Doc(doc! {"n": n as i32}))
+}
+
+pub fn distinct(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    let coll = coll_name(body, "distinct")?;
+    let key = body.get_str("key").map_err(|_| {
+        ServerError::failed_to_parse("BSON field 'distinct.key' is missing but a required field")
+    })?;
+    let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
+    let matcher = Matcher::new(&query)?;
+    let mut values: Vec<Bson> = Vec::new();
+    for doc in matching_docs(ctx.view(&ctx.db, &coll), &matcher) {
+        let mut candidates = Vec::new();
+        collect_path_values(&doc, key, &mut candidates);
+        for v in candidates {
+            if !values.iter().any(|x| values_equal(x, &v)) {
+                values.push(v);
+            }
+        }
+    }
+    values.sort_by(compare_values);
+    Ok(Reply::Doc(doc! {"values": values}))
+}
+
+/// Values at a dotted path, descending into arrays, with array values unwound.
+fn collect_path_values(doc: &Document, path: &str, out: &mut Vec<Bson>) {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let Some(v) = doc.get(head) else { return };
+    collect_value(v, rest, out);
+}
+
+fn collect_value(v: &Bson, rest: Option<&str>, out: &mut Vec<Bson>) {
+    match (v, rest) {
+        (Bson::Array(items), None) => out.extend(items.iter().cloned()),
+        (other, None) => out.push(other.clone()),
+        (Bson::Document(d), Some(r)) => collect_path_values(d, r, out),
+        (Bson::Array(items), Some(r)) => {
+            for item in items {
+                if let Bson::Document(d) = item {
+                    collect_path_values(d, r, out);
+                }
+            }
+            if let Some(idx) = r.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
+                if let Some(item) = items.get(idx) {
+                    let tail = r.split_once('.').map(|(_, t)| t);
+                    collect_value(item, tail, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    let pipeline: Vec<Document> = match body.get("pipeline") {
+        Some(Bson::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_document().cloned().ok_or_else(|| {
+                    ServerError::type_mismatch(
+                        "Each element of the 'pipeline' array must be an object",
+                    )
+                })
+            })
+            .collect::<ServerResult<_>>()?,
+        _ => {
+            return Err(ServerError::failed_to_parse(
+                "'pipeline' option must be specified as an array",
+            ))
+        }
+    };
+    let cursor_opts = doc_arg(body, "cursor")?.ok_or_else(|| {
+        ServerError::failed_to_parse(
+            "The 'cursor' option is required, except for aggregate with the explain argument",
+        )
+    })?;
+    let batch_size = cursor_opts
+        .get("batchSize")
+        .and_then(as_i64)
+        .map(|b| b as usize);
+    let db = ctx.db.clone();
+    let (ns, input) = match body.get("aggregate") {
+        Some(Bson::String(coll)) => {
+            let ns = format!("{db}.{coll}");
+            let input = match pipeline.first().and_then(|s| s.keys().next()).map(|k| k.as_str()) {
+                Some("$changeStream") => {
+                    return Err(ServerError::new(40573, "Location40573", "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
+                }
+                Some("$collStats") => {
+                    let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);
+                    return finish_aggregate(ctx, ns.clone(), vec![doc! {"ns": ns, "count": count as i64}], &pipeline[1..], batch_size);
+                }
+                _ => ctx.view(&db, coll).map(|c| c.records.values().map(|r| (*r.doc).clone()).collect()).unwrap_or_default(),
+            };
+            (ns, input)
+        }
+        Some(Bson::Int32(1)) | Some(Bson::Int64(1)) | Some(Bson::Double(_)) => {
+            (format!("{db}.$cmd.aggregate"), Vec::new())
+        }
+        _ => {
+            return Err(ServerError::type_mismatch(
+                "'aggregate' must be a collection name or 1",
+            ))
+        }
+    };
+    finish_aggregate(ctx, ns, input, &pipeline, batch_size)
+}
+
+fn finish_aggregate(
+    ctx: &mut Ctx,
+    ns: String,
+    input: Vec<Document>,
+    pipeline: &[Document],
+    batch_size: Option<usize>,
+) -> ServerResult<Reply> {
+    let out = run_pipeline(input, pipeline)?;
+    let source = Source::Buffered(out.into_iter().map(Arc::new).collect());
+    let cursor = Cursor {
+        ns,
+        source,
+        projection: None,
+        limit_remaining: None,
+        batch_size,
+    };
+    cursor_reply(
+        ctx.state,
+        cursor,
+        batch_size.unwrap_or(DEFAULT_FIRST_BATCH),
+        false,
+    )
+}

@@ -1,0 +1,456 @@
+//! insert, update, delete and findAndModify.
+
+use super::ctx::Ctx;
+use super::util::{bool_arg, coll_name, doc_arg, docs_arg, write_error};
+use crate::server::collection::RecordId;
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::oplog_writer::OpRecord;
+use crate::server::query::{Matcher, Projection, SortSpec};
+use crate::server::update::{upsert_seed, UpdateContext, UpdateSpec};
+use bson::{doc, oid::ObjectId, Bson, Document};
+
+/// Puts `_id` first, generating an ObjectId when the client sent none (as mongod stores it).
+pub fn with_id_first(doc: Document) -> ServerResult<Document> {
+    if let Some(id) = doc.get("_id") {
+        match id {
+            Bson::Array(_) => {
+                return Err(ServerError::new(
+                    2,
+                    "BadValue",
+                    "can't use an array for _id",
+                ))
+            }
+            Bson::RegularExpression(_) => {
+                return Err(ServerError::new(2, "BadValue", "can't use a regex for _id"))
+            }
+            _ => {}
+        }
+        if doc.keys().next().map(|k| k.as_str()) == Some("_id") {
+            return Ok(doc);
+        }
+    }
+    let mut out = Document::new();
+    out.insert(
+        "_id",
+        doc.get("_id")
+            .cloned()
+            .unwrap_or_else(|| Bson::ObjectId(ObjectId::new())),
+    );
+    for (k, v) in doc {
+        if k != "_id" {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts one document and logs it; the error, if any, is the statement's write error.
+pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: Document) -> ServerResult<()> {
+    let doc = with_id_first(doc)?;
+    let id = doc.get("_id").cloned().unwrap();
+    let version = ctx.next_version();
+    let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    let ui = c.uuid;
+    c.insert(doc.clone(), version, None)?;
+    let ns = format!("{db}.{coll}");
+    ctx.note_write(&ns, &id);
+    ctx.log(
+        OpRecord::new("i", ns, Some(ui), doc, Some(doc! {"_id": id})),
+        true,
+    );
+    Ok(())
+}
+
+pub fn insert(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    let coll = coll_name(body, "insert")?;
+    let docs = docs_arg(body, "documents")?;
+    let ordered = bool_arg(body, "ordered", true);
+    let db = ctx.db.clone();
+    let mut n = 0i32;
+    let mut errors = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        ctx.stmt_id = i as i32;
+        match insert_one(ctx, &db, &coll, doc) {
+            Ok(()) => n += 1,
+            Err(e) => {
+                if ctx.in_txn() {
+                    return Err(e);
+                }
+                errors.push(write_error(i, &e));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! {"n": n};
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(reply)
+}
+
+/// Record ids matching `filter`, in natural order; stops after the first when `just_one`.
+pub fn matching(
+    ctx: &Ctx,
+    db: &str,
+    coll: &str,
+    matcher: &Matcher,
+    just_one: bool,
+) -> Vec<RecordId> {
+    let Some(c) = ctx.view(db, coll) else {
+        return Vec::new();
+    };
+    if let Some(id) = matcher.id_equality() {
+        return c
+            .find_id(id)
+            .filter(|rid| c.get(*rid).is_some_and(|d| matcher.matches(d)))
+            .into_iter()
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (rid, rec) in c.records.iter() {
+        if matcher.matches(&rec.doc) {
+            out.push(*rid);
+            if just_one {
+                break;
+            }
+        }
+    }
+    out
+}
+
+pub struct UpdateResult {
+    pub matched: i32,
+    pub modified: i32,
+    pub upserted: Option<Bson>,
+    /// Pre- and post-image of the (last) document touched, for findAndModify.
+    pub before: Option<Document>,
+    pub after: Option<Document>,
+}
+
+/// Applies `spec` to the documents `rids` (already chosen) or upserts when there are none.
+pub fn update_docs(
+    ctx: &mut Ctx,
+    db: &str,
+    coll: &str,
+    rids: Vec<RecordId>,
+    query: &Document,
+    spec: &UpdateSpec,
+    upsert: bool,
+    retryable: bool,
+) -> ServerResult<UpdateResult> {
+    let ns = format!("{db}.{coll}");
+    let mut result = UpdateResult {
+        matched: 0,
+        modified: 0,
+        upserted: None,
+        before: None,
+        after: None,
+    };
+    let uctx = UpdateContext {
+        inserting: false,
+        now: ctx.now,
+        now_ts: ctx.state.clock.last(),
+    };
+    for rid in rids {
+        let version = ctx.next_version();
+        let c = ctx
+            .coll_for_write(db, coll, false)?
+            .expect("matched documents come from an existing collection");
+        let Some(current) = c.get(rid).cloned() else {
+            continue;
+        };
+        let ui = c.uuid;
+        let mut doc = (*current).clone();
+        let outcome = spec.apply(&mut doc, &uctx)?;
+        result.matched += 1;
+        result.before = Some((*current).clone());
+        if outcome.modified {
+            let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+            if current.get("_id") != Some(&id) {
+                return Err(ServerError::immutable_field(
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                ));
+            }
+            c.replace(rid, doc.clone(), version)?;
+            ctx.note_write(&ns, &id);
+            ctx.log(
+                OpRecord::new(
+                    "u",
+                    ns.clone(),
+                    Some(ui),
+                    outcome.oplog_o,
+                    Some(doc! {"_id": id}),
+                ),
+                retryable,
+            );
+            result.modified += 1;
+        }
+        result.after = Some(doc);
+    }
+    if result.matched == 0 && upsert {
+        let mut doc = if spec.is_replacement() {
+            let mut seed = Document::new();
+            if let Some(id) = upsert_seed(query)?.get("_id") {
+                seed.insert("_id", id.clone());
+            }
+            seed
+        } else {
+            upsert_seed(query)?
+        };
+        let ictx = UpdateContext {
+            inserting: true,
+            ..uctx
+        };
+        spec.apply(&mut doc, &ictx)?;
+        let doc = with_id_first(doc)?;
+        let id = doc.get("_id").cloned().unwrap();
+        let version = ctx.next_version();
+        let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+        let ui = c.uuid;
+        c.insert(doc.clone(), version, None)?;
+        ctx.note_write(&ns, &id);
+        ctx.log(
+            OpRecord::new(
+                "i",
+                ns.clone(),
+                Some(ui),
+                doc.clone(),
+                Some(doc! {"_id": id.clone()}),
+            ),
+            retryable,
+        );
+        result.upserted = Some(id);
+        result.after = Some(doc);
+    }
+    Ok(result)
+}
+
+pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    let coll = coll_name(body, "update")?;
+    let statements = docs_arg(body, "updates")?;
+    let ordered = bool_arg(body, "ordered", true);
+    let db = ctx.db.clone();
+    let (mut n, mut n_modified) = (0i32, 0i32);
+    let mut upserted = Vec::new();
+    let mut errors = Vec::new();
+    for (i, stmt) in statements.iter().enumerate() {
+        ctx.stmt_id = i as i32;
+        let run = |ctx: &mut Ctx| -> ServerResult<UpdateResult> {
+            let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
+            let u = match stmt.get("u") {
+                Some(Bson::Document(u)) => u.clone(),
+                Some(Bson::Array(_)) => {
+                    return Err(ServerError::not_implemented(
+                        "pipeline-style updates are not supported by the embedded server",
+                    ))
+                }
+                _ => {
+                    return Err(ServerError::failed_to_parse(
+                        "BSON field 'update.updates.u' is missing but a required field",
+                    ))
+                }
+            };
+            let multi = bool_arg(stmt, "multi", false);
+            let upsert = bool_arg(stmt, "upsert", false);
+            let array_filters: Option<Vec<Document>> = match stmt.get("arrayFilters") {
+                Some(Bson::Array(a)) => {
+                    Some(a.iter().filter_map(|b| b.as_document().cloned()).collect())
+                }
+                _ => None,
+            };
+            let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
+            if multi && spec.is_replacement() {
+                return Err(ServerError::failed_to_parse(
+                    "multi update is not supported for replacement-style update",
+                ));
+            }
+            let matcher = Matcher::new(&q)?;
+            let rids = matching(ctx, &db, &coll, &matcher, !multi);
+            update_docs(ctx, &db, &coll, rids, &q, &spec, upsert, !multi)
+        };
+        match run(ctx) {
+            Ok(r) => {
+                n += r.matched;
+                n_modified += r.modified;
+                if let Some(id) = r.upserted {
+                    n += 1;
+                    upserted.push(doc! {"index": i as i32, "_id": id});
+                }
+            }
+            Err(e) => {
+                if ctx.in_txn() {
+                    return Err(e);
+                }
+                errors.push(write_error(i, &e));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! {"n": n, "nModified": n_modified};
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(reply)
+}
+
+pub fn remove_docs(
+    ctx: &mut Ctx,
+    db: &str,
+    coll: &str,
+    rids: Vec<RecordId>,
+    retryable: bool,
+) -> ServerResult<Vec<Document>> {
+    let ns = format!("{db}.{coll}");
+    let mut removed = Vec::new();
+    for rid in rids {
+        let Some(c) = ctx.coll_for_write(db, coll, false)? else {
+            break;
+        };
+        if c.capped.is_some() {
+            return Err(ServerError::illegal_operation(format!(
+                "cannot remove from a capped collection: {ns}"
+            )));
+        }
+        let ui = c.uuid;
+        let Some(doc) = c.remove(rid) else { continue };
+        let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        ctx.note_write(&ns, &id);
+        ctx.log(
+            OpRecord::new("d", ns.clone(), Some(ui), doc! {"_id": id}, None),
+            retryable,
+        );
+        removed.push((*doc).clone());
+    }
+    Ok(removed)
+}
+
+pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    let coll = coll_name(body, "delete")?;
+    let statements = docs_arg(body, "deletes")?;
+    let ordered = bool_arg(body, "ordered", true);
+    let db = ctx.db.clone();
+    let mut n = 0i32;
+    let mut errors = Vec::new();
+    for (i, stmt) in statements.iter().enumerate() {
+        ctx.stmt_id = i as i32;
+        let run = |ctx: &mut Ctx| -> ServerResult<usize> {
+            let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
+            let just_one = match stmt.get("limit") {
+                Some(b) => super::util::as_i64(b).unwrap_or(0) == 1,
+                None => {
+                    return Err(ServerError::failed_to_parse(
+                        "BSON field 'delete.deletes.limit' is missing but a required field",
+                    ))
+                }
+            };
+            let matcher = Matcher::new(&q)?;
+            let rids = matching(ctx, &db, &coll, &matcher, just_one);
+            Ok(remove_docs(ctx, &db, &coll, rids, just_one)?.len())
+        };
+        match run(ctx) {
+            Ok(k) => n += k as i32,
+            Err(e) => {
+                if ctx.in_txn() {
+                    return Err(e);
+                }
+                errors.push(write_error(i, &e));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! {"n": n};
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(reply)
+}
+
+pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    let coll = coll_name(
+        body,
+        body.keys()
+            .next()
+            .map(|k| k.as_str())
+            .unwrap_or("findAndModify"),
+    )?;
+    let db = ctx.db.clone();
+    let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
+    let remove = bool_arg(body, "remove", false);
+    let return_new = bool_arg(body, "new", false);
+    let upsert = bool_arg(body, "upsert", false);
+    let update = body.get("update");
+    if remove && update.is_some() {
+        return Err(ServerError::failed_to_parse(
+            "Cannot specify both an update and remove=true",
+        ));
+    }
+    if !remove && update.is_none() {
+        return Err(ServerError::failed_to_parse(
+            "Either an update or remove=true must be specified",
+        ));
+    }
+    if remove && (upsert || return_new) {
+        return Err(ServerError::failed_to_parse(
+            "Cannot specify both upsert=true and remove=true or new=true and remove=true",
+        ));
+    }
+    let projection = doc_arg(body, "fields")?.map(Projection::new).transpose()?;
+    let matcher = Matcher::new(&query)?;
+    let mut rids = matching(ctx, &db, &coll, &matcher, false);
+    if let Some(sort) = doc_arg(body, "sort")?.filter(|s| !s.is_empty()) {
+        let sort = SortSpec::new(sort)?;
+        if let Some(c) = ctx.view(&db, &coll) {
+            rids.sort_by(|a, b| sort.compare(c.get(*a).unwrap(), c.get(*b).unwrap()));
+        }
+    }
+    rids.truncate(1);
+    let project = |d: Option<Document>| -> Bson {
+        match (d, &projection) {
+            (Some(d), Some(p)) => Bson::Document(p.apply(&d)),
+            (Some(d), None) => Bson::Document(d),
+            (None, _) => Bson::Null,
+        }
+    };
+    if remove {
+        let removed = remove_docs(ctx, &db, &coll, rids, true)?;
+        let n = removed.len() as i32;
+        return Ok(
+            doc! {"lastErrorObject": {"n": n}, "value": project(removed.into_iter().next())},
+        );
+    }
+    let u = match update {
+        Some(Bson::Document(u)) => u.clone(),
+        Some(Bson::Array(_)) => {
+            return Err(ServerError::not_implemented(
+                "pipeline-style updates are not supported by the embedded server",
+            ))
+        }
+        _ => return Err(ServerError::failed_to_parse("'update' must be a document")),
+    };
+    let spec = UpdateSpec::parse(&u, None)?;
+    let r = update_docs(ctx, &db, &coll, rids, &query, &spec, upsert, true)?;
+    let mut last =
+        doc! {"n": r.matched.max(r.upserted.is_some() as i32), "updatedExisting": r.matched > 0};
+    let value = if let Some(id) = &r.upserted {
+        last.insert("upserted", id.clone());
+        if return_new {
+            project(r.after)
+        } else {
+            Bson::Null
+        }
+    } else if return_new {
+        project(r.after)
+    } else {
+        project(r.before)
+    };
+    Ok(doc! {"lastErrorObject": last, "value": value})
+}

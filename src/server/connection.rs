@@ -1,0 +1,150 @@
+//! Accepting clients and serving one connection: read a message, run it, answer.
+
+use super::commands::{allowed_over_op_query, execute, to_raw, Execution};
+use super::error::ServerError;
+use super::wire::{self, Header, HEADER_LEN};
+use super::Shared;
+use bson::Document;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if shared.paused().is_some() {
+            drop(stream); // refused while paused
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = shared
+            .info
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed) as i64
+            + 1;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.info.connections.fetch_add(1, Ordering::Relaxed);
+            serve(stream, &shared, id).await;
+            shared.info.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn read_message(stream: &mut TcpStream) -> std::io::Result<Option<(Header, Vec<u8>)>> {
+    let mut head = [0u8; HEADER_LEN];
+    match stream.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let header = Header::parse(&head)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut payload = vec![0u8; header.length - HEADER_LEN];
+    stream.read_exact(&mut payload).await?;
+    Ok(Some((header, payload)))
+}
+
+async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
+    let mut drops = shared.drops.subscribe();
+    drops.mark_unchanged();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut reply_id: i32 = 0;
+    loop {
+        let message = tokio::select! {
+            m = read_message(&mut stream) => m,
+            _ = drops.changed() => return,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok(Some((header, payload))) = message else {
+            return;
+        };
+        // While paused, hold the request unanswered until the pause ends (or the link drops).
+        while let Some(until) = shared.paused() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = drops.changed() => return,
+            }
+        }
+        let request = match header.op_code {
+            wire::OP_MSG => wire::parse_op_msg(&payload),
+            wire::OP_QUERY => wire::parse_op_query(&payload),
+            // Compression is never negotiated and legacy opcodes are gone: close, as mongod does.
+            _ => return,
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(msg) => {
+                log::debug!("closing connection {connection_id}: {msg}");
+                return;
+            }
+        };
+        let cmd = request.body.keys().next().cloned().unwrap_or_default();
+        let reply = if request.legacy && !allowed_over_op_query(&cmd) {
+            let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
+            to_raw(&e.to_document())
+        } else {
+            tokio::select! {
+                r = run_request(shared, &request.body, connection_id) => r,
+                _ = drops.changed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        if request.more_to_come {
+            continue;
+        }
+        reply_id = reply_id.wrapping_add(1);
+        let bytes = if request.legacy {
+            wire::encode_op_reply(reply_id, header.request_id, &reply)
+        } else {
+            wire::encode_op_msg(reply_id, header.request_id, &reply)
+        };
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs a request; an awaitData getMore waits (without the lock) for new capped inserts.
+async fn run_request(shared: &Shared, body: &Document, connection_id: i64) -> bson::RawDocumentBuf {
+    let max_await = body
+        .get("maxTimeMS")
+        .and_then(|v| match v {
+            bson::Bson::Int32(i) => Some(*i as u64),
+            bson::Bson::Int64(i) => Some(*i as u64),
+            bson::Bson::Double(d) => Some(*d as u64),
+            _ => None,
+        })
+        .unwrap_or(1000);
+    let deadline = Instant::now() + Duration::from_millis(max_await);
+    let mut appends = shared.appends.subscribe();
+    loop {
+        let final_attempt = Instant::now() >= deadline;
+        let outcome = {
+            let mut state = shared.state.lock();
+            let before = state.capped_appends;
+            let outcome = execute(&mut state, &shared.info, body, connection_id, final_attempt);
+            if state.capped_appends != before {
+                shared.appends.send_replace(state.capped_appends);
+            }
+            outcome
+        };
+        match outcome {
+            Execution::Done(reply) => return reply,
+            Execution::Wait { seen } => {
+                let _ =
+                    tokio::time::timeout_at(deadline.into(), appends.wait_for(|v| *v > seen)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Server-side cursors: buffered results (sorted finds, aggregations), lazy scans over an O(1)
+//! snapshot of a collection, and tailable cursors that follow a capped collection's end.
+
+use crate::server::collection::{Record, RecordId};
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::query::{Matcher, Projection};
+use crate::server::state::{split_ns, State};
+use bson::{Document, RawArrayBuf, RawDocumentBuf};
+use imbl::OrdMap;
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Replies stop growing past this many bytes of documents (mongod: 16 MiB per batch).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// The first batch of a find without batchSize holds at most this many documents.
+pub const DEFAULT_FIRST_BATCH: usize = 101;
+
+pub enum Source {
+    Buffered(VecDeque<Arc<Document>>),
+    Scan {
+        records: OrdMap<RecordId, Record>,
+        next: Bound<RecordId>,
+        matcher: Matcher,
+    },
+    Tail {
+        /// The last record scanned; `positioned` is false until a scan actually visited one.
+        after: Option<RecordId>,
+        positioned: bool,
+        matcher: Matcher,
+        await_data: bool,
+    },
+}
+
+pub struct Cursor {
+    pub ns: String,
+    pub source: Source,
+    pub projection: Option<Projection>,
+    pub limit_remaining: Option<u64>,
+    pub batch_size: Option<usize>,
+}
+
+pub struct Batch {
+    pub docs: RawArrayBuf,
+    pub exhausted: bool,
+}
+
+impl Cursor {
+    pub fn is_await_data(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Tail {
+                await_data: true,
+                ..
+            }
+        )
+    }
+
+    pub fn is_tailable(&self) -> bool {
+        matches!(self.source, Source::Tail { .. })
+    }
+
+    /// Takes the next batch of up to `max_docs` documents.
+    pub fn next_batch(&mut self, state: &State, max_docs: usize) -> ServerResult<Batch> {
+        let mut docs = RawArrayBuf::new();
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        let max_docs = match self.limit_remaining {
+            Some(l) => max_docs.min(l as usize),
+            None => max_docs,
+        };
+        let mut push = |doc: &Document, projection: &Option<Projection>| -> ServerResult<usize> {
+            let raw = match projection {
+                Some(p) => RawDocumentBuf::from_document(&p.apply(doc)),
+                None => RawDocumentBuf::from_document(doc),
+            }
+            .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;
+            let len = raw.as_bytes().len();
+            docs.push(raw);
+            Ok(len)
+        };
+        let exhausted = match &mut self.source {
+            Source::Buffered(queue) => {
+                while count < max_docs && bytes < MAX_BATCH_BYTES {
+                    let Some(doc) = queue.pop_front() else { break };
+                    bytes += push(&doc, &self.projection)?;
+                    count += 1;
+                }
+                queue.is_empty()
+            }
+            Source::Scan {
+                records,
+                next,
+                matcher,
+            } => {
+                let mut last = None;
+                let mut done = true;
+                for (rid, rec) in records.range((*next, Bound::Unbounded)) {
+                    if count >= max_docs || bytes >= MAX_BATCH_BYTES {
+                        done = false;
+                        break;
+                    }
+                    last = Some(*rid);
+                    if matcher.matches(&rec.doc) {
+                        bytes += push(&rec.doc, &self.projection)?;
+                        count += 1;
+                    }
+                }
+                if let Some(l) = last {
+                    *next = Bound::Excluded(l);
+                }
+                done
+            }
+            Source::Tail {
+                after,
+                positioned,
+                matcher,
+                ..
+            } => {
+                let (db, coll) = split_ns(&self.ns);
+                let Some(c) = state.coll(db, coll) else {
+                    return Err(ServerError::new(
+                        237,
+                        "CursorKilled",
+                        format!("collection dropped while tailing: {}", self.ns),
+                    ));
+                };
+                if let (Some(pos), true) = (*after, *positioned) {
+                    if !c.records.contains_key(&pos)
+                        && c.first_record_id().is_some_and(|first| first > pos)
+                    {
+                        return Err(ServerError::new(
+                            136,
+                            "CappedPositionLost",
+                            format!(
+                                "CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({pos})"
+                            ),
+                        ));
+                    }
+                }
+                let start = match after {
+                    Some(p) => Bound::Excluded(*p),
+                    None => Bound::Unbounded,
+                };
+                for (rid, rec) in c.records.range((start, Bound::Unbounded)) {
+                    if count >= max_docs || bytes >= MAX_BATCH_BYTES {
+                        break;
+                    }
+                    *after = Some(*rid);
+                    *positioned = true;
+                    if matcher.matches(&rec.doc) {
+                        bytes += push(&rec.doc, &self.projection)?;
+                        count += 1;
+                    }
+                }
+                false
+            }
+        };
+        if let Some(l) = self.limit_remaining.as_mut() {
+            *l -= count as u64;
+        }
+        let exhausted = exhausted || self.limit_remaining == Some(0);
+        Ok(Batch { docs, exhausted })
+    }
+}
+
+pub fn new_cursor_id() -> i64 {
+    loop {
+        let id: i64 = rand::random::<i64>() & i64::MAX;
+        if id != 0 {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Builds `local.oplog.rs` entries exactly as a MongoDB 7.0 primary writes them (field order
+//! included: `[lsid, txnNumber,] op, ns, [ui,] o, [o2,] ts, t, v, wall[, stmtId][, prevOpTime]`).
+
+use bson::{doc, Binary, Bson, DateTime, Document, Timestamp};
+use sha2::{Digest, Sha256};
+
+/// The election term this single-node set is in (it never changes: no elections happen).
+pub const TERM: i64 = 1;
+
+/// One logical change, as it appears inside `applyOps` and as the core of a top-level entry.
+#[derive(Debug, Clone)]
+pub struct OpRecord {
+    pub op: &'static str,
+    pub ns: String,
+    pub ui: Option<bson::Uuid>,
+    pub o: Document,
+    pub o2: Option<Document>,
+}
+
+impl OpRecord {
+    pub fn new(
+        op: &'static str,
+        ns: impl Into<String>,
+        ui: Option<bson::Uuid>,
+        o: Document,
+        o2: Option<Document>,
+    ) -> Self {
+        OpRecord {
+            op,
+            ns: ns.into(),
+            ui,
+            o,
+            o2,
+        }
+    }
+
+    fn append_core(&self, d: &mut Document) {
+        d.insert("op", self.op);
+        d.insert("ns", self.ns.clone());
+        if let Some(ui) = self.ui {
+            d.insert("ui", ui);
+        }
+        d.insert("o", self.o.clone());
+        if let Some(o2) = &self.o2 {
+            d.insert("o2", o2.clone());
+        }
+    }
+
+    /// The form used inside `applyOps`: no ts/t/v/wall.
+    pub fn inner(&self) -> Document {
+        let mut d = Document::new();
+        self.append_core(&mut d);
+        d
+    }
+}
+
+/// Session fields of a retryable write or transaction entry.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub lsid: Document,
+    pub txn_number: i64,
+}
+
+/// `{id, uid}` as mongod stores an lsid: uid is SHA-256 of the authenticated user ("" without auth).
+pub fn oplog_lsid(lsid_id: &Bson) -> Document {
+    let uid = Sha256::digest(b"");
+    doc! {
+        "id": lsid_id.clone(),
+        "uid": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: uid.to_vec() },
+    }
+}
+
+pub fn optime(ts: Timestamp, t: i64) -> Document {
+    doc! {"ts": ts, "t": t}
+}
+
+pub fn null_optime() -> Document {
+    optime(
+        Timestamp {
+            time: 0,
+            increment: 0,
+        },
+        -1,
+    )
+}
+
+pub struct EntryExtras<'a> {
+    pub session: Option<&'a SessionInfo>,
+    pub stmt_id: Option<i32>,
+    pub prev_op_time: Option<Document>,
+}
+
+impl EntryExtras<'_> {
+    pub const NONE: EntryExtras<'static> = EntryExtras {
+        session: None,
+        stmt_id: None,
+        prev_op_time: None,
+    };
+}
+
+pub fn build_entry(op: &OpRecord, ts: Timestamp, wall: DateTime, extras: &EntryExtras) -> Document {
+    let mut d = Document::new();
+    if let Some(s) = extras.session {
+        d.insert("lsid", s.lsid.clone());
+        d.insert("txnNumber", s.txn_number);
+    }
+    op.append_core(&mut d);
+    d.insert("ts", ts);
+    d.insert("t", TERM);
+    d.insert("v", 2i64);
+    d.insert("wall", wall);
+    if let Some(stmt) = extras.stmt_id {
+        d.insert("stmtId", stmt);
+    }
+    if let Some(prev) = &extras.prev_op_time {
+        d.insert("prevOpTime", prev.clone());
+    }
+    d
+}
+
+pub fn noop(msg: &str) -> OpRecord {
+    OpRecord::new("n", "", None, doc! {"msg": msg}, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_entry_has_mongod_field_order() {
+        let ui = bson::Uuid::new();
+        let op = OpRecord::new(
+            "i",
+            "test.c",
+            Some(ui),
+            doc! {"_id": 1, "a": 1},
+            Some(doc! {"_id": 1}),
+        );
+        let ts = Timestamp {
+            time: 1700000000,
+            increment: 3,
+        };
+        let wall = DateTime::from_millis(1_700_000_000_123);
+        let e = build_entry(&op, ts, wall, &EntryExtras::NONE);
+        let keys: Vec<&str> = e.keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
+        assert_eq!(e.get("t"), Some(&Bson::Int64(1)));
+        assert_eq!(e.get("v"), Some(&Bson::Int64(2)));
+    }
+
+    #[test]
+    fn unauthenticated_uid_is_sha256_of_empty_string() {
+        let l = oplog_lsid(&Bson::Int32(0));
+        let Some(Bson::Binary(b)) = l.get("uid") else {
+            panic!()
+        };
+        // 47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU= in the captured entries.
+        assert_eq!(&b.bytes[..4], &[0xe3, 0xb0, 0xc4, 0x42]);
+    }
+}

@@ -1,0 +1,226 @@
+//! Logical sessions: retryable-write bookkeeping and multi-document transactions.
+//!
+//! A transaction works on O(1) snapshots of the collections it touches. At commit every document
+//! it wrote is checked against the live collection (a document changed by someone else since the
+//! snapshot is a WriteConflict), then the final versions are applied and logged as one `applyOps`
+//! entry (a chain of `partialTxn` entries when large), exactly as a replica-set primary does.
+
+use crate::server::collection::Collection;
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
+use crate::server::query::KeyValue;
+use crate::server::state::{split_ns, State};
+use bson::{doc, Bson, Document, Timestamp};
+use std::collections::HashMap;
+
+/// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
+pub const MAX_APPLY_OPS_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Session {
+    pub active_txn: Option<i64>,
+    pub state: TxnPhase,
+    /// Reply of the last retryable write, returned again if the driver retries it.
+    pub retry_reply: Option<(i64, Document)>,
+    /// OpTime of the last entry written by the active retryable write (for prevOpTime chains).
+    pub last_op_time: Option<Timestamp>,
+}
+
+#[derive(Debug, Default)]
+pub enum TxnPhase {
+    #[default]
+    None,
+    RetryableWrite,
+    InProgress(Box<Txn>),
+    Committed,
+    Aborted,
+}
+
+#[derive(Debug, Default)]
+pub struct Txn {
+    /// Collection states when the transaction first touched them (None: did not exist).
+    pub snapshots: HashMap<String, Option<Collection>>,
+    /// The transaction's private working copies.
+    pub working: HashMap<String, Collection>,
+    /// `_id`s written per namespace, in first-write order.
+    pub written: HashMap<String, Vec<Bson>>,
+    pub ops: Vec<OpRecord>,
+    pub ops_bytes: usize,
+}
+
+impl Txn {
+    /// The transaction's view of a collection (its copy, or the live one read-only).
+    pub fn view<'a>(&'a self, state: &'a State, ns: &str) -> Option<&'a Collection> {
+        if let Some(c) = self.working.get(ns) {
+            return Some(c);
+        }
+        let (db, coll) = split_ns(ns);
+        state.coll(db, coll)
+    }
+
+    /// A writable copy of `ns`, snapshotting it on first touch.
+    pub fn touch<'a>(&'a mut self, state: &State, ns: &str) -> Option<&'a mut Collection> {
+        if !self.working.contains_key(ns) {
+            let (db, coll) = split_ns(ns);
+            let live = state.coll(db, coll)?.clone();
+            self.snapshots.insert(ns.to_string(), Some(live.clone()));
+            self.working.insert(ns.to_string(), live);
+        }
+        self.working.get_mut(ns)
+    }
+
+    pub fn add_created(&mut self, ns: &str, c: Collection) {
+        self.snapshots.insert(ns.to_string(), None);
+        self.working.insert(ns.to_string(), c);
+    }
+
+    pub fn note_write(&mut self, ns: &str, id: &Bson) {
+        let ids = self.written.entry(ns.to_string()).or_default();
+        if !ids
+            .iter()
+            .any(|x| KeyValue(x.clone()) == KeyValue(id.clone()))
+        {
+            ids.push(id.clone());
+        }
+    }
+
+    pub fn log(&mut self, op: OpRecord) {
+        self.ops_bytes += crate::server::collection::bson_size(&op.o) + op.ns.len() + 64;
+        self.ops.push(op);
+    }
+}
+
+fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
+    let c = c?;
+    let rid = c.find_id(id)?;
+    c.records.get(&rid).map(|r| r.version)
+}
+
+pub fn write_conflict() -> ServerError {
+    ServerError::new(
+        112,
+        "WriteConflict",
+        "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction.",
+    )
+    .with_label("TransientTransactionError")
+}
+
+/// Applies a committed transaction to the live catalog and logs it. On error nothing changes.
+pub fn commit(
+    state: &mut State,
+    txn: Txn,
+    session: &SessionInfo,
+) -> ServerResult<Option<Timestamp>> {
+    let mut updated: Vec<(String, Collection)> = Vec::new();
+    let mut namespaces: Vec<&String> = txn.snapshots.keys().collect();
+    namespaces.sort();
+    for ns in namespaces {
+        let (db, coll) = split_ns(ns);
+        let live = state.coll(db, coll);
+        let snapshot = txn.snapshots[ns].as_ref();
+        let working = &txn.working[ns];
+        let ids = txn.written.get(ns).map(|v| v.as_slice()).unwrap_or(&[]);
+        match (snapshot, live) {
+            (None, Some(_)) => return Err(write_conflict()), // created concurrently
+            (Some(_), None) => return Err(write_conflict()), // dropped concurrently
+            _ => {}
+        }
+        for id in ids {
+            if version_of(snapshot, id) != version_of(live, id) {
+                return Err(write_conflict());
+            }
+        }
+        let mut target = match live {
+            Some(c) => c.clone(),
+            None => {
+                let mut fresh = working.clone();
+                fresh.records = Default::default();
+                fresh.id_index = Default::default();
+                for index in fresh.indexes.iter_mut() {
+                    index.entries = Default::default();
+                }
+                fresh.data_size = 0;
+                fresh
+            }
+        };
+        for id in ids {
+            let version = state.version + 1;
+            state.version = version;
+            let final_doc = working
+                .find_id(id)
+                .and_then(|rid| working.get(rid))
+                .map(|d| (**d).clone());
+            match (target.find_id(id), final_doc) {
+                (Some(rid), Some(doc)) => target.replace(rid, doc, version)?,
+                (None, Some(doc)) => {
+                    target.insert(doc, version, None)?;
+                }
+                (Some(rid), None) => {
+                    target.remove(rid);
+                }
+                (None, None) => {}
+            }
+        }
+        // Indexes created inside the transaction.
+        for index in &working.indexes {
+            if !target.indexes.iter().any(|i| i.name == index.name) {
+                let mut fresh = index.clone();
+                fresh.entries = Default::default();
+                target.add_index(fresh)?;
+            }
+        }
+        updated.push((ns.clone(), target));
+    }
+    for (ns, c) in updated {
+        let (db, coll) = split_ns(&ns);
+        state
+            .dbs
+            .entry(db.to_string())
+            .or_default()
+            .insert(coll.to_string(), c);
+    }
+    if txn.ops.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(log_apply_ops(state, txn.ops, session)))
+}
+
+/// Logs committed operations as one `applyOps` entry, or a partialTxn chain when too large.
+fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -> Timestamp {
+    let total = ops.len();
+    let mut chunks: Vec<Vec<Document>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for op in &ops {
+        let inner = op.inner();
+        let size = crate::server::collection::bson_size(&inner);
+        if bytes + size > MAX_APPLY_OPS_BYTES && !chunks.last().unwrap().is_empty() {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        chunks.last_mut().unwrap().push(inner);
+    }
+    let n = chunks.len();
+    let mut prev = null_optime();
+    let mut ts = Timestamp {
+        time: 0,
+        increment: 0,
+    };
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut o = doc! {"applyOps": chunk};
+        if i + 1 < n {
+            o.insert("partialTxn", true);
+        } else if n > 1 {
+            o.insert("count", total as i64);
+        }
+        let op = OpRecord::new("c", "admin.$cmd", None, o, None);
+        let extras = EntryExtras {
+            session: Some(session),
+            stmt_id: None,
+            prev_op_time: Some(prev),
+        };
+        ts = state.append_oplog(&op, &extras);
+        prev = optime(ts, TERM);
+    }
+    ts
+}

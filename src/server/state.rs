@@ -1,0 +1,160 @@
+//! Everything one server holds: the catalog of databases and collections (the oplog is the capped
+//! collection `local.oplog.rs` in it), the clock, open cursors and sessions.
+
+use crate::server::clock::{ts_to_u64, Clock};
+use crate::server::collection::Collection;
+use crate::server::cursor::Cursor;
+use crate::server::error::{ServerError, ServerResult};
+use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
+use crate::server::session::Session;
+use bson::{doc, DateTime, Document, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+
+pub const OPLOG_DB: &str = "local";
+pub const OPLOG_COLL: &str = "oplog.rs";
+pub const OPLOG_NS: &str = "local.oplog.rs";
+
+pub type Database = BTreeMap<String, Collection>;
+
+pub struct State {
+    pub dbs: BTreeMap<String, Database>,
+    pub clock: Clock,
+    /// Server-wide write counter; every record change takes the next value.
+    pub version: u64,
+    pub cursors: HashMap<i64, Cursor>,
+    pub sessions: HashMap<Vec<u8>, Session>,
+    pub last_write: (Timestamp, DateTime),
+    /// Bumped on every insert into a capped collection; awaitData getMores wait for it.
+    pub capped_appends: u64,
+}
+
+pub fn split_ns(ns: &str) -> (&str, &str) {
+    ns.split_once('.').unwrap_or((ns, ""))
+}
+
+/// Database names as mongod accepts them.
+pub fn validate_db_name(db: &str) -> ServerResult<()> {
+    if db.is_empty() || db.len() >= 64 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+        return Err(ServerError::new(
+            73,
+            "InvalidNamespace",
+            format!("Invalid database name: '{db}'"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_coll_name(db: &str, coll: &str) -> ServerResult<()> {
+    if coll.is_empty() || coll.contains('$') || coll.contains('\0') || coll.starts_with('.') {
+        return Err(ServerError::new(
+            73,
+            "InvalidNamespace",
+            format!("Invalid collection name: {db}.{coll}"),
+        ));
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn new(oplog_size_bytes: u64) -> State {
+        let mut oplog = Collection::new(
+            OPLOG_NS,
+            doc! {"capped": true, "size": oplog_size_bytes as i64},
+        )
+        .expect("oplog options are valid");
+        oplog.has_id_index = false;
+        let mut local = Database::new();
+        local.insert(OPLOG_COLL.to_string(), oplog);
+        let mut dbs = BTreeMap::new();
+        dbs.insert(OPLOG_DB.to_string(), local);
+        let mut state = State {
+            dbs,
+            clock: Clock::new(),
+            version: 0,
+            cursors: HashMap::new(),
+            sessions: HashMap::new(),
+            last_write: (
+                Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+                DateTime::now(),
+            ),
+            capped_appends: 0,
+        };
+        // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
+        // capped collection would die at once, so the oplog is never empty).
+        state.append_oplog(
+            &crate::server::oplog_writer::noop("initiating set"),
+            &EntryExtras::NONE,
+        );
+        state
+    }
+
+    pub fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    pub fn coll(&self, db: &str, coll: &str) -> Option<&Collection> {
+        self.dbs.get(db).and_then(|d| d.get(coll))
+    }
+
+    pub fn coll_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
+        self.dbs.get_mut(db).and_then(|d| d.get_mut(coll))
+    }
+
+    pub fn oplog(&self) -> &Collection {
+        self.coll(OPLOG_DB, OPLOG_COLL)
+            .expect("the oplog always exists")
+    }
+
+    /// Writes one oplog entry with the next timestamp and returns that timestamp.
+    pub fn append_oplog(&mut self, op: &OpRecord, extras: &EntryExtras) -> Timestamp {
+        let ts = self.clock.tick();
+        let wall = DateTime::now();
+        let entry = build_entry(op, ts, wall, extras);
+        let version = self.next_version();
+        let oplog = self
+            .coll_mut(OPLOG_DB, OPLOG_COLL)
+            .expect("the oplog always exists");
+        oplog
+            .insert(entry, version, Some(ts_to_u64(ts)))
+            .expect("oplog entries have no unique keys");
+        self.last_write = (ts, wall);
+        self.capped_appends += 1;
+        ts
+    }
+
+    /// Creates `db.coll` and logs the `create` entry, as an implicit or explicit create does.
+    pub fn create_collection(
+        &mut self,
+        db: &str,
+        coll: &str,
+        options: Document,
+    ) -> ServerResult<&mut Collection> {
+        validate_db_name(db)?;
+        validate_coll_name(db, coll)?;
+        let ns = format!("{db}.{coll}");
+        let c = Collection::new(&ns, options.clone())?;
+        let op = create_op(db, coll, &c);
+        self.dbs
+            .entry(db.to_string())
+            .or_default()
+            .insert(coll.to_string(), c);
+        self.append_oplog(&op, &EntryExtras::NONE);
+        Ok(self.coll_mut(db, coll).unwrap())
+    }
+}
+
+/// The `create` command entry: collection options (without the UUID) followed by `idIndex`.
+pub fn create_op(db: &str, coll: &str, c: &Collection) -> OpRecord {
+    let mut o = doc! {"create": coll};
+    for (k, v) in &c.options {
+        o.insert(k.clone(), v.clone());
+    }
+    if c.has_id_index {
+        o.insert("idIndex", Collection::id_index_spec());
+    }
+    OpRecord::new("c", format!("{db}.$cmd"), Some(c.uuid), o, None)
+}

@@ -1,0 +1,285 @@
+//! MongoDB wire protocol framing: the 16-byte header, OP_MSG (body and document sequences),
+//! the legacy OP_QUERY handshake and its OP_REPLY answer.
+
+use bson::{Document, RawDocumentBuf};
+
+pub const OP_REPLY: i32 = 1;
+pub const OP_QUERY: i32 = 2004;
+pub const OP_COMPRESSED: i32 = 2012;
+pub const OP_MSG: i32 = 2013;
+
+pub const HEADER_LEN: usize = 16;
+/// Largest message a client may send (the `maxMessageSizeBytes` the server advertises).
+pub const MAX_MESSAGE_SIZE: usize = 48_000_000;
+
+const FLAG_CHECKSUM_PRESENT: u32 = 1;
+pub const FLAG_MORE_TO_COME: u32 = 1 << 1;
+const FLAG_EXHAUST_ALLOWED: u32 = 1 << 16;
+/// Bits a server must understand (the low 16); anything else there is a protocol error.
+const KNOWN_REQUIRED_FLAGS: u32 = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub length: usize,
+    pub request_id: i32,
+    pub response_to: i32,
+    pub op_code: i32,
+}
+
+impl Header {
+    pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header, String> {
+        let length = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
+        if length < HEADER_LEN as i32 || length as usize > MAX_MESSAGE_SIZE {
+            return Err(format!("invalid message length {length}"));
+        }
+        Ok(Header {
+            length: length as usize,
+            request_id: i32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+            response_to: i32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+            op_code: i32::from_le_bytes(bytes[12..16].try_into().unwrap()),
+        })
+    }
+}
+
+/// A decoded request, with document sequences merged into the body as arrays.
+#[derive(Debug)]
+pub struct Request {
+    pub body: Document,
+    /// The client asked for no reply (OP_MSG moreToCome).
+    pub more_to_come: bool,
+    /// Legacy OP_QUERY: the answer must be an OP_REPLY.
+    pub legacy: bool,
+}
+
+fn read_cstring(buf: &[u8]) -> Result<(&str, &[u8]), String> {
+    let end = buf
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or("unterminated cstring")?;
+    let s = std::str::from_utf8(&buf[..end]).map_err(|_| "cstring is not UTF-8")?;
+    Ok((s, &buf[end + 1..]))
+}
+
+/// Splits one BSON document off the front of `buf`.
+fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), String> {
+    if buf.len() < 5 {
+        return Err("truncated BSON document".into());
+    }
+    let len = i32::from_le_bytes(buf[0..4].try_into().unwrap());
+    if len < 5 || len as usize > buf.len() {
+        return Err(format!("invalid BSON document length {len}"));
+    }
+    let (doc_bytes, rest) = buf.split_at(len as usize);
+    let doc = Document::from_reader(doc_bytes).map_err(|e| format!("invalid BSON: {e}"))?;
+    Ok((doc, rest))
+}
+
+/// Parses the part of an OP_MSG after the header.
+pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
+    if payload.len() < 5 {
+        return Err("OP_MSG too short".into());
+    }
+    let flags = u32::from_le_bytes(payload[0..4].try_into().unwrap());
+    if flags & 0xffff & !KNOWN_REQUIRED_FLAGS != 0 {
+        return Err(format!("unrecognized required OP_MSG flag bits {flags:#x}"));
+    }
+    let _ = FLAG_EXHAUST_ALLOWED; // accepted and ignored: every request gets exactly one reply
+    let mut rest = &payload[4..];
+    if flags & FLAG_CHECKSUM_PRESENT != 0 {
+        if rest.len() < 4 {
+            return Err("OP_MSG checksum missing".into());
+        }
+        rest = &rest[..rest.len() - 4];
+    }
+    let mut body: Option<Document> = None;
+    let mut sequences: Vec<(String, Vec<bson::Bson>)> = Vec::new();
+    while !rest.is_empty() {
+        let kind = rest[0];
+        rest = &rest[1..];
+        match kind {
+            0 => {
+                if body.is_some() {
+                    return Err("Multiple body sections in message".into());
+                }
+                let (doc, r) = read_document(rest)?;
+                body = Some(doc);
+                rest = r;
+            }
+            1 => {
+                if rest.len() < 4 {
+                    return Err("truncated document sequence".into());
+                }
+                let size = i32::from_le_bytes(rest[0..4].try_into().unwrap());
+                if size < 5 || size as usize > rest.len() {
+                    return Err(format!("invalid document sequence size {size}"));
+                }
+                let (section, r) = rest.split_at(size as usize);
+                rest = r;
+                let (identifier, mut docs_bytes) = read_cstring(&section[4..])?;
+                let mut docs = Vec::new();
+                while !docs_bytes.is_empty() {
+                    let (doc, r) = read_document(docs_bytes)?;
+                    docs.push(bson::Bson::Document(doc));
+                    docs_bytes = r;
+                }
+                if sequences.iter().any(|(id, _)| id == identifier) {
+                    return Err(format!("Duplicate document sequence: {identifier}"));
+                }
+                sequences.push((identifier.to_string(), docs));
+            }
+            other => return Err(format!("Unknown section kind {other}")),
+        }
+    }
+    let mut body = body.ok_or("OP_MSG messages must have a body")?;
+    for (identifier, docs) in sequences {
+        if body.contains_key(&identifier) {
+            return Err(format!(
+                "'{identifier}' may not appear both as a field and as a document sequence"
+            ));
+        }
+        body.insert(identifier, docs);
+    }
+    Ok(Request {
+        body,
+        more_to_come: flags & FLAG_MORE_TO_COME != 0,
+        legacy: false,
+    })
+}
+
+/// Parses a legacy OP_QUERY; only commands on `<db>.$cmd` are meaningful.
+pub fn parse_op_query(payload: &[u8]) -> Result<Request, String> {
+    if payload.len() < 4 {
+        return Err("OP_QUERY too short".into());
+    }
+    let (full_name, rest) = read_cstring(&payload[4..])?;
+    if rest.len() < 8 {
+        return Err("OP_QUERY too short".into());
+    }
+    let (mut query, _) = read_document(&rest[8..])?;
+    if let Ok(inner) = query.get_document("$query") {
+        query = inner.clone();
+    }
+    let db = full_name.strip_suffix(".$cmd").unwrap_or(full_name);
+    if !query.contains_key("$db") {
+        query.insert("$db", db);
+    }
+    Ok(Request {
+        body: query,
+        more_to_come: false,
+        legacy: true,
+    })
+}
+
+fn header_bytes(out: &mut Vec<u8>, request_id: i32, response_to: i32, op_code: i32) {
+    out.extend_from_slice(&0i32.to_le_bytes()); // length, patched at the end
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&op_code.to_le_bytes());
+}
+
+fn patch_length(out: &mut [u8]) {
+    let len = out.len() as i32;
+    out[0..4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// An OP_MSG reply: flagBits 0 and a single kind-0 section, as drivers require.
+pub fn encode_op_msg(request_id: i32, response_to: i32, body: &RawDocumentBuf) -> Vec<u8> {
+    let bytes = body.as_bytes();
+    let mut out = Vec::with_capacity(HEADER_LEN + 5 + bytes.len());
+    header_bytes(&mut out, request_id, response_to, OP_MSG);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(bytes);
+    patch_length(&mut out);
+    out
+}
+
+/// An OP_REPLY to a legacy OP_QUERY command (responseFlags 8 = AwaitCapable, as mongod sends).
+pub fn encode_op_reply(request_id: i32, response_to: i32, body: &RawDocumentBuf) -> Vec<u8> {
+    let bytes = body.as_bytes();
+    let mut out = Vec::with_capacity(HEADER_LEN + 20 + bytes.len());
+    header_bytes(&mut out, request_id, response_to, OP_REPLY);
+    out.extend_from_slice(&8i32.to_le_bytes());
+    out.extend_from_slice(&0i64.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&1i32.to_le_bytes());
+    out.extend_from_slice(bytes);
+    patch_length(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn op_msg_with_document_sequence_merges_into_body() {
+        // The insert example from the OP_MSG specification (header stripped).
+        let msg = hex(
+            "00 00 00 00 00 21 00 00 00 02 69 6e 73 65 72 74 00 02 00 00 00 63 00 \
+             02 24 64 62 00 05 00 00 00 74 65 73 74 00 00 01 1c 00 00 00 \
+             64 6f 63 75 6d 65 6e 74 73 00 0e 00 00 00 10 5f 69 64 00 01 00 00 00 00",
+        );
+        let req = parse_op_msg(&msg).unwrap();
+        assert_eq!(
+            req.body,
+            doc! {"insert": "c", "$db": "test", "documents": [{"_id": 1}]}
+        );
+        assert!(!req.more_to_come);
+    }
+
+    #[test]
+    fn op_msg_rejects_two_bodies_and_unknown_required_flags() {
+        let body = bson::to_vec(&doc! {"ping": 1}).unwrap();
+        let mut msg = vec![0, 0, 0, 0, 0];
+        msg.extend_from_slice(&body);
+        msg.push(0);
+        msg.extend_from_slice(&body);
+        assert!(parse_op_msg(&msg).unwrap_err().contains("Multiple body"));
+        let mut flagged = vec![4, 0, 0, 0, 0];
+        flagged.extend_from_slice(&body);
+        assert!(parse_op_msg(&flagged).is_err());
+    }
+
+    #[test]
+    fn op_query_handshake_from_the_reference_bytes() {
+        let msg = hex(
+            "00 00 00 00 61 64 6d 69 6e 2e 24 63 6d 64 00 00 00 00 00 ff ff ff ff \
+             1d 00 00 00 10 69 73 6d 61 73 74 65 72 00 01 00 00 00 \
+             08 68 65 6c 6c 6f 4f 6b 00 01 00",
+        );
+        let req = parse_op_query(&msg).unwrap();
+        assert_eq!(
+            req.body,
+            doc! {"ismaster": 1, "helloOk": true, "$db": "admin"}
+        );
+        assert!(req.legacy);
+    }
+
+    #[test]
+    fn replies_match_the_reference_bytes() {
+        let ok = RawDocumentBuf::from_document(&doc! {"ok": 1.0}).unwrap();
+        assert_eq!(
+            encode_op_msg(2, 1, &ok),
+            hex(
+                "26 00 00 00 02 00 00 00 01 00 00 00 dd 07 00 00 00 00 00 00 \
+                 00 11 00 00 00 01 6f 6b 00 00 00 00 00 00 00 f0 3f 00"
+            )
+        );
+        assert_eq!(
+            encode_op_reply(100, 1, &ok),
+            hex(
+                "35 00 00 00 64 00 00 00 01 00 00 00 01 00 00 00 08 00 00 00 \
+                 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 \
+                 11 00 00 00 01 6f 6b 00 00 00 00 00 00 00 f0 3f 00"
+            )
+        );
+    }
+}
