@@ -4,6 +4,7 @@
 pub mod oplog;
 pub mod runtime;
 pub mod server;
+pub mod tail;
 
 mod py;
 

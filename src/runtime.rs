@@ -16,6 +16,11 @@ pub fn get() -> &'static Runtime {
             .expect("failed to start the tokio runtime");
         (std::process::id(), rt)
     });
+    // asyncio bridges (pyo3-async-runtimes) run their futures on this same runtime.
+    static BRIDGED: std::sync::Once = std::sync::Once::new();
+    BRIDGED.call_once(|| {
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(rt);
+    });
     if *pid != std::process::id() {
         panic!("mmm's runtime was started before this process forked; create mmm objects in the worker process, not the parent");
     }

@@ -9,10 +9,21 @@ from __future__ import annotations
 import logging
 
 from . import _mmm
+from ._mmm import MmmError, NotReplicaSetError, OplogFormatError, OplogRolloverError
 from .embedded import MongoServer
+from .triggers import Tailer, diff_to_update
 
 __version__: str = _mmm.__version__
 
 logging.getLogger("mmm").addHandler(logging.NullHandler())
 
-__all__ = ["MongoServer", "__version__"]
+__all__ = [
+    "MmmError",
+    "MongoServer",
+    "NotReplicaSetError",
+    "OplogFormatError",
+    "OplogRolloverError",
+    "Tailer",
+    "__version__",
+    "diff_to_update",
+]
