@@ -185,10 +185,6 @@ class Tailer:
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _deliver(self, batch: Tuple[Any, ...], call: Callable[[Trigger, Op], Any]) -> Any:
-        """Runs the triggers of one batch; yields awaitables to the async caller via ``call``."""
-        raise NotImplementedError  # replaced by the sync/async loops below
-
     def _decode(self, batch: Tuple[Any, ...]):
         data, subs, ts_list, ends, checkpoint, entries = batch
         self.entries_read += entries

@@ -57,7 +57,12 @@ impl NsPattern {
                 "collection name {coll:?} contains '*'; only the forms \"db.*\" and \"*\" are wildcards"
             )));
         }
-        if let Some(c) = coll.chars().find(|&c| c == '$' || c == '\0') {
+        // `db.$cmd` is the namespace of a database's command entries (DDL, applyOps).
+        if let Some(c) = coll
+            .chars()
+            .find(|&c| c == '$' || c == '\0')
+            .filter(|_| coll != "$cmd")
+        {
             return Err(bad(format!(
                 "collection name {coll:?} contains the forbidden character {c:?}"
             )));
@@ -226,15 +231,18 @@ impl std::str::FromStr for OpSet {
     }
 }
 
+/// `(subscription id, ops it wants)`.
+type Subscriber = (usize, OpSet);
+
 /// A table of `(NsPattern, OpSet)` subscriptions, each with the id [`Subscriptions::add`]
 /// returned (ids are dense, in order of addition). Lookups do not allocate: exact namespaces
 /// and whole databases are found through hash maps, only `*` subscriptions are scanned.
 #[derive(Debug, Clone, Default)]
 pub struct Subscriptions {
     entries: Vec<(NsPattern, OpSet)>,
-    exact: HashMap<String, Vec<(usize, OpSet)>>,
-    by_db: HashMap<String, Vec<(usize, OpSet)>>,
-    all: Vec<(usize, OpSet)>,
+    exact: HashMap<String, Vec<Subscriber>>,
+    by_db: HashMap<String, Vec<Subscriber>>,
+    all: Vec<Subscriber>,
     any_ops: OpSet,
 }
 
@@ -276,21 +284,17 @@ impl Subscriptions {
     /// Ids of the subscriptions that want an op of kind `op` on `ns`: exact matches first,
     /// then database wildcards, then `*`, each group in order of addition. Allocation-free.
     pub fn matching<'s>(&'s self, ns: &str, op: OpKind) -> impl Iterator<Item = usize> + 's {
-        let (exact, by_db): (&[(usize, OpSet)], &[(usize, OpSet)]) = if self.any_ops.contains(op) {
-            (
-                self.exact.get(ns).map_or(&[], Vec::as_slice),
-                ns_db(ns)
-                    .and_then(|db| self.by_db.get(db))
-                    .map_or(&[], Vec::as_slice),
-            )
-        } else {
-            (&[], &[])
+        const NONE: &[Subscriber] = &[];
+        let wanted = self.any_ops.contains(op);
+        let exact = match self.exact.get(ns) {
+            Some(v) if wanted => v.as_slice(),
+            _ => NONE,
         };
-        let all: &[(usize, OpSet)] = if self.any_ops.contains(op) {
-            &self.all
-        } else {
-            &[]
+        let by_db = match ns_db(ns).and_then(|db| self.by_db.get(db)) {
+            Some(v) if wanted => v.as_slice(),
+            _ => NONE,
         };
+        let all = if wanted { self.all.as_slice() } else { NONE };
         exact
             .iter()
             .chain(by_db)
@@ -341,7 +345,7 @@ mod tests {
             ("sh/op.x", "forbidden character '/'"),
             ("*.orders", "not supported"),
             ("shop.ord*", "contains '*'"),
-            ("shop.$cmd", "forbidden character '$'"),
+            ("shop.$x", "forbidden character '$'"),
         ];
         for (input, needle) in cases {
             let err = NsPattern::parse(input).unwrap_err();
