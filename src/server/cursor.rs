@@ -71,7 +71,7 @@ impl Cursor {
         };
         let mut push = |doc: &Document, projection: &Option<Projection>| -> ServerResult<usize> {
             let raw = match projection {
-                Some(p) => RawDocumentBuf::from_document(&p.apply(doc)),
+                Some(p) => RawDocumentBuf::from_document(&p.try_apply(doc)?),
                 None => RawDocumentBuf::from_document(doc),
             }
             .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;

@@ -6,7 +6,7 @@ use crate::server::collection::RecordId;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
-use crate::server::update::{upsert_seed, UpdateContext, UpdateSpec};
+use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
 use bson::{doc, oid::ObjectId, Bson, Document};
 
 /// Puts `_id` first, generating an ObjectId when the client sent none (as mongod stores it).
@@ -191,11 +191,7 @@ pub fn update_docs(
     }
     if result.matched == 0 && upsert {
         let mut doc = if spec.is_replacement() {
-            let mut seed = Document::new();
-            if let Some(id) = upsert_seed(query)?.get("_id") {
-                seed.insert("_id", id.clone());
-            }
-            seed
+            upsert_seed_for_replacement(query)?
         } else {
             upsert_seed(query)?
         };

@@ -17,8 +17,7 @@ mod upsert;
 #[cfg(test)]
 mod tests;
 
-// integration: swap for `use crate::server::query::compare_values;` (MongoDB BSON order).
-use self::cmp::compare_values;
+use crate::server::query::compare_values;
 
 pub use self::upsert::{upsert_seed, upsert_seed_for_replacement};
 

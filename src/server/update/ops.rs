@@ -3,6 +3,7 @@
 
 use super::parse::{BitOp, PullSpec, PushSpec, SortSpec};
 use super::{compare_values, values_equal};
+use crate::server::query::Matcher;
 use bson::{Bson, Document};
 use std::cmp::Ordering;
 
@@ -255,70 +256,19 @@ pub(crate) fn pull_matches(spec: &PullSpec, element: &Bson) -> bool {
     }
 }
 
-/// Local stand-in for the query matcher.
-/// integration: use crate::server::query::Matcher — for a query document (first key not an
-/// operator) `Matcher::new(cond)?.matches(element_doc)`; for an operator expression
-/// (`{$gte: 6}`) `Matcher::new(&doc!{"": cond})?.matches(&doc!{"": value})`.
+/// Does an array element match a `$pull` condition? A condition whose first key is an
+/// operator applies to the element itself (`{$gte: 6}`); otherwise it is a query on the
+/// element as a document.
 fn pull_condition_matches(cond: &Document, value: &Bson) -> bool {
     let first_is_op = cond.keys().next().is_some_and(|k| k.starts_with('$'));
     if first_is_op {
-        return operators_match(cond, Some(value));
+        let wrapped = bson::doc! {"v": Bson::Document(cond.clone())};
+        return Matcher::new(&wrapped).is_ok_and(|m| m.matches(&bson::doc! {"v": value.clone()}));
     }
-    let doc = match value {
-        Bson::Document(d) => d,
-        _ => return false,
-    };
-    cond.iter().all(|(path, expected)| {
-        if path.starts_with('$') {
-            return false;
-        }
-        let actual = get_dotted(doc, path);
-        match expected {
-            Bson::Document(ops) if ops.keys().next().is_some_and(|k| k.starts_with('$')) => {
-                operators_match(ops, actual)
-            }
-            _ => match actual {
-                Some(Bson::Array(items)) => {
-                    values_equal(&Bson::Array(items.clone()), expected)
-                        || items.iter().any(|i| values_equal(i, expected))
-                }
-                Some(v) => values_equal(v, expected),
-                None => matches!(expected, Bson::Null),
-            },
-        }
-    })
-}
-
-fn operators_match(ops: &Document, value: Option<&Bson>) -> bool {
-    // Comparisons only match values in the same type bracket.
-    let bracket = |v: &Bson, t: &Bson| {
-        (is_numeric(v) && is_numeric(t)) || std::mem::discriminant(v) == std::mem::discriminant(t)
-    };
-    ops.iter().all(|(op, arg)| match (op.as_str(), value) {
-        ("$eq", Some(v)) => values_equal(v, arg),
-        ("$eq", None) => matches!(arg, Bson::Null),
-        ("$ne", Some(v)) => !values_equal(v, arg),
-        ("$ne", None) => !matches!(arg, Bson::Null),
-        ("$gt", Some(v)) => bracket(v, arg) && compare_values(v, arg) == Ordering::Greater,
-        ("$gte", Some(v)) => bracket(v, arg) && compare_values(v, arg) != Ordering::Less,
-        ("$lt", Some(v)) => bracket(v, arg) && compare_values(v, arg) == Ordering::Less,
-        ("$lte", Some(v)) => bracket(v, arg) && compare_values(v, arg) != Ordering::Greater,
-        ("$in", v) => match arg {
-            Bson::Array(items) => items.iter().any(|i| match v {
-                Some(v) => values_equal(v, i),
-                None => matches!(i, Bson::Null),
-            }),
-            _ => false,
-        },
-        ("$nin", v) => match arg {
-            Bson::Array(items) => !items.iter().any(|i| match v {
-                Some(v) => values_equal(v, i),
-                None => matches!(i, Bson::Null),
-            }),
-            _ => false,
-        },
+    match value {
+        Bson::Document(d) => Matcher::new(cond).is_ok_and(|m| m.matches(d)),
         _ => false,
-    })
+    }
 }
 
 /// A `$pull` regular expression removes string (and symbol) elements it matches, and equal
