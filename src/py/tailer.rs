@@ -3,7 +3,7 @@
 
 use super::errors::tail_error_to_py;
 use crate::oplog::{NsPattern, OpSet, Subscriptions};
-use crate::tail::{run, Delivery, Selector, StartAt, TailError, TailOptions};
+use crate::tail::{run, Delivery, Selector, StartAt, TailError, TailEvent, TailOptions, UnitBatch};
 use bson::Timestamp;
 use mongodb::options::ClientOptions;
 use parking_lot::Mutex;
@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-type Receiver = mpsc::Receiver<Result<Delivery, TailError>>;
+type Receiver = mpsc::Receiver<TailEvent>;
 
 #[pyclass(name = "TailerCore", module = "mmm._mmm")]
 pub struct PyTailerCore {
     options: Option<TailOptions>,
-    selector: Option<Selector>,
+    selector: Arc<Selector>,
     receiver: Arc<tokio::sync::Mutex<Option<Receiver>>>,
     stop: watch::Sender<bool>,
     pid: Mutex<Option<u32>>,
@@ -70,6 +70,21 @@ fn delivery_to_py<'py>(py: Python<'py>, d: Delivery) -> PyResult<Bound<'py, PyTu
     (docs, subs, ts, ends, checkpoint, d.entries_read).into_pyobject(py)
 }
 
+/// Picks the ops some trigger wants (on raw BSON, without the GIL).
+fn select(selector: &Selector, batch: UnitBatch) -> Result<Delivery, TailError> {
+    let mut delivery = Delivery {
+        checkpoint: batch.checkpoint,
+        entries_read: batch.entries_read,
+        ..Default::default()
+    };
+    for unit in &batch.units {
+        selector
+            .select(unit, &mut delivery)
+            .map_err(|e| TailError::Malformed(e.to_string()))?;
+    }
+    Ok(delivery)
+}
+
 fn receive(
     py: Python<'_>,
     result: Option<Result<Delivery, TailError>>,
@@ -115,7 +130,7 @@ impl PyTailerCore {
         };
         Ok(PyTailerCore {
             options: Some(options),
-            selector: Some(Selector::new(subs)),
+            selector: Arc::new(Selector::new(subs)),
             receiver: Arc::new(tokio::sync::Mutex::new(None)),
             stop: watch::channel(false).0,
             pid: Mutex::new(None),
@@ -124,14 +139,14 @@ impl PyTailerCore {
 
     /// Starts following the oplog on the background runtime.
     fn start(&mut self) -> PyResult<()> {
-        let (Some(options), Some(selector)) = (self.options.take(), self.selector.take()) else {
+        let Some(options) = self.options.take() else {
             return Err(PyRuntimeError::new_err("this tailer was already started"));
         };
         let (tx, rx) = mpsc::channel(4);
         *self.receiver.blocking_lock() = Some(rx);
         *self.pid.lock() = Some(std::process::id());
         let stop = self.stop.subscribe();
-        crate::runtime::get().spawn(run(options, selector, tx, stop));
+        crate::runtime::get().spawn(run(options, tx, stop));
         Ok(())
     }
 
@@ -153,6 +168,7 @@ impl PyTailerCore {
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.check_process()?;
         let receiver = self.receiver.clone();
+        let selector = self.selector.clone();
         let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         loop {
             // Wait in short slices with the GIL released, so Ctrl-C is noticed promptly.
@@ -166,7 +182,9 @@ impl PyTailerCore {
                         return Ok(None);
                     };
                     match tokio::time::timeout(slice, rx.recv()).await {
-                        Ok(message) => Ok(Some(message)),
+                        Ok(message) => {
+                            Ok(Some(message.map(|m| m.and_then(|b| select(&selector, b)))))
+                        }
                         Err(_) => Err(()),
                     }
                 })
@@ -188,6 +206,7 @@ impl PyTailerCore {
     fn next_batch_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_process()?;
         let receiver = self.receiver.clone();
+        let selector = self.selector.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let message = {
                 let mut guard = receiver.lock().await;
@@ -196,6 +215,7 @@ impl PyTailerCore {
                     None => None,
                 }
             };
+            let message = message.map(|m| m.and_then(|b| select(&selector, b)));
             Python::attach(|py| receive(py, message).map(|o| o.map(|t| t.unbind())))
         })
     }

@@ -5,4 +5,4 @@ mod select;
 mod tailer;
 
 pub use select::{Delivery, Selector};
-pub use tailer::{run, StartAt, TailError, TailOptions};
+pub use tailer::{run, StartAt, TailError, TailEvent, TailOptions, UnitBatch};

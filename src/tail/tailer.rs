@@ -2,8 +2,7 @@
 //! the current position, reassemble and select, hand on deliveries; on network errors back off
 //! and resume from the last safe position, so no op is ever skipped.
 
-use super::select::{Delivery, Selector};
-use crate::oplog::Reassembler;
+use crate::oplog::{Reassembler, Unit};
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::options::{ClientOptions, CursorType};
@@ -62,7 +61,17 @@ impl std::fmt::Display for TailError {
     }
 }
 
-pub type TailEvent = Result<Delivery, TailError>;
+/// The units read from one cursor batch.
+#[derive(Debug, Default)]
+pub struct UnitBatch {
+    pub units: Vec<Unit>,
+    /// Where a consumer may resume (`ts > checkpoint`) once every unit here is handled.
+    pub checkpoint: Option<Timestamp>,
+    /// Oplog entries read for this batch.
+    pub entries_read: u64,
+}
+
+pub type TailEvent = Result<UnitBatch, TailError>;
 
 fn hosts(options: &ClientOptions) -> String {
     options
@@ -110,12 +119,7 @@ async fn edge_entry_ts(client: &Client, direction: i32) -> Result<Option<Timesta
 }
 
 /// Runs until `stop` turns true or a fatal error; deliveries and the fatal error go to `tx`.
-pub async fn run(
-    opts: TailOptions,
-    selector: Selector,
-    tx: mpsc::Sender<TailEvent>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(opts: TailOptions, tx: mpsc::Sender<TailEvent>, mut stop: watch::Receiver<bool>) {
     let server = hosts(&opts.options);
     let mut state = Progress {
         start: opts.start,
@@ -124,7 +128,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = tokio::select! {
-            r = follow(&opts, &selector, &tx, &mut state, &server) => r,
+            r = follow(&opts, &tx, &mut state, &server) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         match attempt {
@@ -164,7 +168,6 @@ struct Progress {
 /// One connection's worth of tailing. Ok(true) when the cursor ended after progress.
 async fn follow(
     opts: &TailOptions,
-    selector: &Selector,
     tx: &mpsc::Sender<TailEvent>,
     progress: &mut Progress,
     server: &str,
@@ -221,14 +224,14 @@ async fn follow(
         after.increment
     );
     let mut reassembler = Reassembler::new();
-    let mut units = Vec::new();
     let mut progressed = false;
     while let Some(batch) = cursor.next().await {
         // CappedPositionLost (136) is retried like any error: the reconnect's check against the
         // oldest entry then reports the rollover with the real oldest timestamp.
         let batch = batch?;
         let docs = batch.doc_slices().map_err(Failure::from)?;
-        let mut delivery = Delivery::default();
+        let mut out = UnitBatch::default();
+        let mut units = Vec::new();
         for doc in docs {
             let doc = doc.map_err(|e| Failure::Retry(e.to_string()))?;
             let Some(raw) = doc.as_document() else {
@@ -236,36 +239,33 @@ async fn follow(
                     "an oplog batch held a non-document".into(),
                 )));
             };
-            delivery.entries_read += 1;
-            units.clear();
+            out.entries_read += 1;
             reassembler
                 .push_into(raw.to_raw_document_buf(), &mut units)
                 .map_err(|e| Failure::Fatal(TailError::Malformed(e.to_string())))?;
-            for unit in &units {
+            for unit in units.drain(..) {
                 let ts = unit
                     .ts()
                     .map_err(|e| Failure::Fatal(TailError::Malformed(e.to_string())))?;
                 if progress.last_unit.is_some_and(|last| ts <= last) {
                     continue; // handed on before a reconnect
                 }
-                selector
-                    .select(unit, &mut delivery)
-                    .map_err(|e| Failure::Fatal(TailError::Malformed(e.to_string())))?;
                 progress.last_unit = Some(ts);
+                out.units.push(unit);
             }
         }
-        if delivery.entries_read == 0 {
+        if out.entries_read == 0 {
             continue;
         }
         if let Some(resume) = reassembler.resume_ts() {
             progress.start = StartAt::After(resume);
         }
-        delivery.checkpoint = match (&progress.start, progress.last_unit) {
+        out.checkpoint = match (&progress.start, progress.last_unit) {
             (StartAt::After(resume), Some(last)) => Some((*resume).min(last)),
             _ => None,
         };
         progressed = true;
-        if tx.send(Ok(delivery)).await.is_err() {
+        if tx.send(Ok(out)).await.is_err() {
             return Ok(true);
         }
     }
