@@ -1,7 +1,9 @@
 //! mmm: oplog triggers and multi-master replication for MongoDB, with an embedded
 //! MongoDB-compatible server for development and tests.
 
+pub mod apply;
 pub mod oplog;
+pub mod replicate;
 pub mod runtime;
 pub mod server;
 pub mod tail;

@@ -127,6 +127,7 @@ impl PyTailerCore {
             start,
             batch_size,
             max_await: Duration::from_millis(max_await_ms.max(1)),
+            skip_through: None,
         };
         Ok(PyTailerCore {
             options: Some(options),

@@ -27,6 +27,8 @@ pub struct TailOptions {
     pub start: StartAt,
     pub batch_size: u32,
     pub max_await: Duration,
+    /// Units at or before this ts were handled already (skip them after resuming).
+    pub skip_through: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +125,7 @@ pub async fn run(opts: TailOptions, tx: mpsc::Sender<TailEvent>, mut stop: watch
     let server = hosts(&opts.options);
     let mut state = Progress {
         start: opts.start,
-        last_unit: None,
+        last_unit: opts.skip_through,
     };
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -1,0 +1,184 @@
+//! Runs a plan on the destination in one transaction whose first write is the link's checkpoint,
+//! so data and position commit together: after any crash the checkpoint says exactly what is
+//! applied. In the destination's oplog the batch is one `applyOps` that starts with the
+//! checkpoint write, which is how tailers recognise replicated writes and their origin.
+
+use super::plan::Plan;
+use crate::replicate::provenance::{CHECKPOINTS_COLL, MMM_DB};
+use bson::{doc, Bson, DateTime, Document, Timestamp};
+use mongodb::error::{Error, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{Acknowledgment, ReadConcern, TransactionOptions, WriteConcern};
+use mongodb::{Client, ClientSession};
+
+/// A link's position on its destination (`__mmm.checkpoints`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub link: String,
+    /// Server id where the ops of the last batch were first written.
+    pub origin: String,
+    /// Server id of the link's source.
+    pub src: String,
+    /// Resume reading the source after this ts.
+    pub ts: Timestamp,
+    /// The last unit applied (units up to it are skipped after a resume from `ts`).
+    pub applied: Timestamp,
+}
+
+impl Checkpoint {
+    fn to_document(&self) -> Document {
+        doc! {
+            "_id": &self.link, "origin": &self.origin, "src": &self.src,
+            "ts": self.ts, "applied": self.applied, "wall": DateTime::now(),
+        }
+    }
+
+    fn from_document(d: &Document) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            link: d.get_str("_id").ok()?.to_string(),
+            origin: d.get_str("origin").ok()?.to_string(),
+            src: d.get_str("src").ok()?.to_string(),
+            ts: d.get_timestamp("ts").ok()?,
+            applied: d
+                .get_timestamp("applied")
+                .unwrap_or_else(|_| d.get_timestamp("ts").unwrap()),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum ApplyError {
+    /// Network or server trouble: retry later from the stored checkpoint.
+    Retry(String),
+    /// A write the destination refused (e.g. a unique index): the link must stop.
+    Rejected(String),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Retry(m) | ApplyError::Rejected(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Error> for ApplyError {
+    fn from(e: Error) -> Self {
+        ApplyError::Retry(e.to_string())
+    }
+}
+
+pub struct Applier {
+    client: Client,
+    link: String,
+}
+
+fn txn_options() -> TransactionOptions {
+    TransactionOptions::builder()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+        .build()
+}
+
+/// Write errors in a command reply make the whole batch fail (and its transaction abort).
+fn check_reply(reply: &Document, what: &str) -> Result<(), ApplyError> {
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        let first = errors
+            .first()
+            .and_then(Bson::as_document)
+            .cloned()
+            .unwrap_or_default();
+        return Err(ApplyError::Rejected(format!(
+            "{what} failed on the destination: {} (code {})",
+            first.get_str("errmsg").unwrap_or("write error"),
+            first.get("code").cloned().unwrap_or(Bson::Null)
+        )));
+    }
+    Ok(())
+}
+
+impl Applier {
+    pub fn new(client: Client, link: &str) -> Applier {
+        Applier {
+            client,
+            link: link.to_string(),
+        }
+    }
+
+    pub async fn read_checkpoint(&self) -> Result<Option<Checkpoint>, ApplyError> {
+        let coll = self
+            .client
+            .database(MMM_DB)
+            .collection::<Document>(CHECKPOINTS_COLL);
+        let found = coll.find_one(doc! {"_id": &self.link}).await?;
+        Ok(found.as_ref().and_then(Checkpoint::from_document))
+    }
+
+    async fn run_once(
+        &self,
+        session: &mut ClientSession,
+        plan: &Plan,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), Error> {
+        session
+            .start_transaction()
+            .with_options(txn_options())
+            .await?;
+        let checkpoints = self
+            .client
+            .database(MMM_DB)
+            .collection::<Document>(CHECKPOINTS_COLL);
+        checkpoints
+            .replace_one(doc! {"_id": &self.link}, checkpoint.to_document())
+            .upsert(true)
+            .session(&mut *session)
+            .await?;
+        for command in &plan.commands {
+            let reply = self
+                .client
+                .database(&command.db)
+                .run_command(command.body())
+                .session(&mut *session)
+                .await?;
+            if let Err(e) = check_reply(&reply, &format!("writing {}.{}", command.db, command.coll))
+            {
+                let _ = session.abort_transaction().await;
+                return Err(Error::custom(e.to_string()));
+            }
+        }
+        loop {
+            match session.commit_transaction().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies `plan` and moves the checkpoint, atomically. Transient transaction errors
+    /// (write conflicts with local writers) are retried here.
+    /// Returns the commit's cluster time on the destination when the server reports one.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        checkpoint: &Checkpoint,
+    ) -> Result<Option<Timestamp>, ApplyError> {
+        let mut session = self.client.start_session().await?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.run_once(&mut session, plan, checkpoint).await {
+                Ok(()) => return Ok(session.operation_time()),
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 50 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempts)).await;
+                    continue;
+                }
+                Err(e) => {
+                    if let mongodb::error::ErrorKind::Custom(_) = e.kind.as_ref() {
+                        return Err(ApplyError::Rejected(e.to_string()));
+                    }
+                    return Err(ApplyError::Retry(e.to_string()));
+                }
+            }
+        }
+    }
+}

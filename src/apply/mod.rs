@@ -1,0 +1,8 @@
+//! Applying replicated ops on a destination: turning ops into batched write commands (`plan`)
+//! and running them in one transaction together with the link's checkpoint (`applier`).
+
+mod applier;
+mod plan;
+
+pub use applier::{Applier, ApplyError, Checkpoint};
+pub use plan::{Plan, PlanError};

@@ -1,0 +1,235 @@
+//! Ops in, write commands out: consecutive ops on one collection become one `update` or
+//! `delete` command with many statements, in op order, so a batch costs a few round trips
+//! however many ops it holds. Every statement is idempotent (inserts and replacements are
+//! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
+
+use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
+use bson::{doc, Bson, Document, RawDocument};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanError(pub String);
+
+impl From<OplogError> for PlanError {
+    fn from(e: OplogError) -> Self {
+        PlanError(e.to_string())
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub db: String,
+    pub coll: String,
+    kind: Kind,
+    statements: Vec<Document>,
+    bytes: usize,
+}
+
+/// Commands stay well below the 16 MiB BSON limit of a command document.
+const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
+
+impl Command {
+    /// The command document (`$db` is added by the driver).
+    pub fn body(&self) -> Document {
+        match self.kind {
+            Kind::Update => {
+                doc! {"update": &self.coll, "updates": self.statements.clone(), "ordered": true}
+            }
+            Kind::Delete => {
+                doc! {"delete": &self.coll, "deletes": self.statements.clone(), "ordered": true}
+            }
+        }
+    }
+
+    pub fn statement_count(&self) -> usize {
+        self.statements.len()
+    }
+}
+
+/// The documents touched, for conflict detection: (destination namespace, `_id`).
+pub type Touched = (String, Bson);
+
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+    pub ops: usize,
+    pub bytes: usize,
+    pub touched: Vec<Touched>,
+}
+
+fn to_doc(raw: &RawDocument) -> Result<Document, PlanError> {
+    Document::try_from(raw).map_err(|e| PlanError(format!("malformed document in the oplog: {e}")))
+}
+
+fn id_of(key: &Document) -> Bson {
+    key.get("_id").cloned().unwrap_or(Bson::Null)
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    fn push(&mut self, ns: &str, kind: Kind, statement: Document) {
+        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        let size = statement_size(&statement);
+        self.bytes += size;
+        match self.commands.last_mut() {
+            Some(last)
+                if last.kind == kind
+                    && last.db == db
+                    && last.coll == coll
+                    && last.bytes + size <= MAX_COMMAND_BYTES =>
+            {
+                last.statements.push(statement);
+                last.bytes += size;
+            }
+            _ => self.commands.push(Command {
+                db: db.to_string(),
+                coll: coll.to_string(),
+                kind,
+                statements: vec![statement],
+                bytes: size,
+            }),
+        }
+    }
+
+    /// Adds one CRUD op (an oplog entry or a transaction's inner op) bound for `dst_ns`.
+    pub fn add(&mut self, dst_ns: &str, op: &RawDocument) -> Result<(), PlanError> {
+        let entry = Entry::new(op);
+        match entry.op()? {
+            OpKind::Insert => {
+                let doc = to_doc(entry.o()?)?;
+                let key = doc! {"_id": id_of(&doc)};
+                self.touched.push((dst_ns.to_string(), id_of(&doc)));
+                self.push(
+                    dst_ns,
+                    Kind::Update,
+                    doc! {"q": key, "u": doc, "upsert": true},
+                );
+            }
+            OpKind::Update => {
+                let key = match entry.o2()? {
+                    Some(o2) => to_doc(o2)?,
+                    None => {
+                        return Err(PlanError("an update entry has no o2 (document key)".into()))
+                    }
+                };
+                self.touched.push((dst_ns.to_string(), id_of(&key)));
+                match diff_to_update(&to_doc(entry.o()?)?)? {
+                    UpdateTranslation::Replacement(doc) => self.push(
+                        dst_ns,
+                        Kind::Update,
+                        doc! {"q": key, "u": doc, "upsert": true},
+                    ),
+                    UpdateTranslation::Operators(updates) => {
+                        for u in updates {
+                            self.push(dst_ns, Kind::Update, doc! {"q": key.clone(), "u": u});
+                        }
+                    }
+                }
+            }
+            OpKind::Delete => {
+                let key = to_doc(entry.o()?)?;
+                self.touched.push((dst_ns.to_string(), id_of(&key)));
+                self.push(dst_ns, Kind::Delete, doc! {"q": key, "limit": 1});
+            }
+            other => {
+                return Err(PlanError(format!(
+                    "op '{}' is not replicated by a data link",
+                    other.letter()
+                )));
+            }
+        }
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+fn statement_size(d: &Document) -> usize {
+    let mut buf = Vec::new();
+    d.to_writer(&mut buf).map(|_| buf.len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::RawDocumentBuf;
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    #[test]
+    fn consecutive_ops_on_one_collection_share_a_command_in_order() {
+        let mut p = Plan::default();
+        p.add(
+            "db.c",
+            &raw(doc! {"op": "i", "ns": "db.c", "o": {"_id": 1, "a": 1}}),
+        )
+        .unwrap();
+        p.add("db.c", &raw(doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"a": 2}}}, "o2": {"_id": 1}}))
+            .unwrap();
+        p.add(
+            "db.c",
+            &raw(doc! {"op": "d", "ns": "db.c", "o": {"_id": 1}}),
+        )
+        .unwrap();
+        p.add(
+            "db.c",
+            &raw(doc! {"op": "i", "ns": "db.c", "o": {"_id": 2}}),
+        )
+        .unwrap();
+        p.add(
+            "db.other",
+            &raw(doc! {"op": "i", "ns": "db.other", "o": {"_id": 3}}),
+        )
+        .unwrap();
+        assert_eq!(p.ops, 5);
+        let bodies: Vec<Document> = p.commands.iter().map(|c| c.body()).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                doc! {"update": "c", "updates": [
+                    {"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true},
+                    {"q": {"_id": 1}, "u": {"$set": {"a": 2}}},
+                ], "ordered": true},
+                doc! {"delete": "c", "deletes": [{"q": {"_id": 1}, "limit": 1}], "ordered": true},
+                doc! {"update": "c", "updates": [{"q": {"_id": 2}, "u": {"_id": 2}, "upsert": true}], "ordered": true},
+                doc! {"update": "other", "updates": [{"q": {"_id": 3}, "u": {"_id": 3}, "upsert": true}], "ordered": true},
+            ]
+        );
+        assert_eq!(p.touched.len(), 5);
+    }
+
+    #[test]
+    fn replacement_updates_are_upserts_and_commands_are_refused() {
+        let mut p = Plan::default();
+        p.add(
+            "db.c",
+            &raw(doc! {"op": "u", "ns": "db.c", "o": {"_id": 1, "x": 2}, "o2": {"_id": 1}}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.commands[0].body().get_array("updates").unwrap()[0],
+            bson::Bson::Document(doc! {"q": {"_id": 1}, "u": {"_id": 1, "x": 2}, "upsert": true})
+        );
+        assert!(p
+            .add(
+                "db.c",
+                &raw(doc! {"op": "c", "ns": "db.$cmd", "o": {"drop": "c"}})
+            )
+            .is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! One link at work: read the source's oplog after the checkpoint stored on the destination,
+//! keep what the link carries (never an op back to its origin), apply it in batches, each in a
+//! transaction with the new checkpoint. Network trouble on either side: back off and resume
+//! from the checkpoint, so nothing is lost or applied twice.
+
+use super::conflicts::ConflictTracker;
+use super::initial_sync::initial_sync;
+use super::provenance::{classify, Provenance, CHECKPOINTS_COLL, MMM_DB};
+use super::route::route;
+use super::status::{LinkState, LinkStatus};
+use super::topology::{LinkSpec, ServerSpec};
+use crate::apply::{Applier, ApplyError, Checkpoint, Plan};
+use crate::tail::{self, StartAt, TailError, TailOptions};
+use bson::{doc, Document, Timestamp};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// A batch closes at this many ops or bytes (or when the tailer has nothing more).
+pub const MAX_BATCH_OPS: usize = 5000;
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How often a link with nothing to apply still moves its checkpoint (so it never falls behind
+/// the source's oplog window while only echoes or no-ops pass by).
+const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Conflict(super::conflicts::Conflict),
+    Failed { link: String, error: String },
+}
+
+pub struct LinkRuntime {
+    pub spec: LinkSpec,
+    pub src: ServerSpec,
+    pub dst: ServerSpec,
+    pub src_options: ClientOptions,
+    pub dst_options: ClientOptions,
+    pub status: Arc<Mutex<LinkStatus>>,
+    pub events: mpsc::UnboundedSender<LinkEvent>,
+    pub conflicts: Arc<ConflictTracker>,
+}
+
+enum LinkFailure {
+    Fatal(String),
+    Retry(String),
+}
+
+impl From<mongodb::error::Error> for LinkFailure {
+    fn from(e: mongodb::error::Error) -> Self {
+        LinkFailure::Retry(e.to_string())
+    }
+}
+
+impl From<ApplyError> for LinkFailure {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Retry(m) => LinkFailure::Retry(m),
+            ApplyError::Rejected(m) => LinkFailure::Fatal(m),
+        }
+    }
+}
+
+impl LinkRuntime {
+    fn set_state(&self, state: LinkState, error: Option<String>) {
+        let mut s = self.status.lock();
+        s.state = state;
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+}
+
+pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = tokio::select! {
+            r = session(&rt) => r,
+            _ = stop.wait_for(|s| *s) => Ok(()),
+        };
+        match outcome {
+            Ok(()) => {
+                rt.set_state(LinkState::Stopped, None);
+                return;
+            }
+            Err(LinkFailure::Fatal(msg)) => {
+                log::error!("link {} stopped: {msg}", rt.spec.id());
+                rt.set_state(LinkState::Failed, Some(msg.clone()));
+                let _ = rt.events.send(LinkEvent::Failed {
+                    link: rt.spec.id(),
+                    error: msg,
+                });
+                return;
+            }
+            Err(LinkFailure::Retry(msg)) => {
+                log::warn!(
+                    "link {}: {msg}; retrying in {:.1}s",
+                    rt.spec.id(),
+                    backoff.as_secs_f64()
+                );
+                rt.set_state(LinkState::Retrying, Some(msg));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => {
+                        rt.set_state(LinkState::Stopped, None);
+                        return;
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn require_replica_set(client: &Client, server: &ServerSpec) -> Result<(), LinkFailure> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await?;
+    if !hello.contains_key("setName") {
+        return Err(LinkFailure::Fatal(
+            TailError::NotReplicaSet {
+                server: format!("{} ({})", server.name, server.uri),
+            }
+            .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Error> {
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let last = oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": -1})
+        .projection(doc! {"ts": 1})
+        .await?;
+    Ok(last
+        .and_then(|d| d.get_timestamp("ts").ok())
+        .unwrap_or(Timestamp {
+            time: 0,
+            increment: 0,
+        }))
+}
+
+async fn ensure_checkpoint_collection(client: &Client) -> Result<(), LinkFailure> {
+    match client
+        .database(MMM_DB)
+        .create_collection(CHECKPOINTS_COLL)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The batch being built: ops of one origin.
+struct Pending {
+    plan: Plan,
+    origin: String,
+    last_unit: Option<Timestamp>,
+}
+
+async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
+    let link_id = rt.spec.id();
+    rt.set_state(LinkState::Starting, None);
+    let dst = Client::with_options(rt.dst_options.clone())?;
+    let src = Client::with_options(rt.src_options.clone())?;
+    require_replica_set(&dst, &rt.dst).await?;
+    require_replica_set(&src, &rt.src).await?;
+    ensure_checkpoint_collection(&dst).await?;
+    rt.conflicts.observe_server(&rt.src.id);
+    load_reverse_knowledge(rt, &src).await?;
+    let applier = Applier::new(dst.clone(), &link_id);
+    let checkpoint = match applier.read_checkpoint().await? {
+        Some(c) => c,
+        None => {
+            let start = latest_ts(&src).await?;
+            if rt.spec.initial_sync {
+                rt.set_state(LinkState::InitialSync, None);
+                initial_sync(rt, &src, &dst).await?;
+            }
+            let c = Checkpoint {
+                link: link_id.clone(),
+                origin: rt.src.id.clone(),
+                src: rt.src.id.clone(),
+                ts: start,
+                applied: start,
+            };
+            applier.apply(&Plan::default(), &c).await?;
+            c
+        }
+    };
+    rt.status.lock().checkpoint = Some(checkpoint.ts);
+    let (tx, mut rx) = mpsc::channel(4);
+    let tail_options = TailOptions {
+        options: rt.src_options.clone(),
+        start: StartAt::After(checkpoint.ts),
+        batch_size: 5000,
+        max_await: Duration::from_millis(500),
+        skip_through: Some(checkpoint.applied),
+    };
+    let (tail_stop, tail_stop_rx) = watch::channel(false);
+    let tailer = tokio::spawn(tail::run(tail_options, tx, tail_stop_rx));
+    let _guard = StopOnDrop(tail_stop);
+    rt.set_state(LinkState::Running, None);
+    let mut resume_safe = checkpoint.ts;
+    let mut last_checkpoint_write = Instant::now();
+    let mut idle_progress = false;
+    while let Some(event) = rx.recv().await {
+        let batch = match event {
+            Ok(b) => b,
+            Err(e @ TailError::Rollover { .. }) => return Err(LinkFailure::Fatal(e.to_string())),
+            Err(e) => return Err(LinkFailure::Fatal(e.to_string())),
+        };
+        {
+            let mut s = rt.status.lock();
+            s.pending_since.get_or_insert_with(Instant::now);
+        }
+        let mut pending = Pending {
+            plan: Plan::default(),
+            origin: rt.src.id.clone(),
+            last_unit: None,
+        };
+        let mut last_unit_in_batch = None;
+        for unit in &batch.units {
+            let ts = unit.ts().map_err(|e| LinkFailure::Fatal(e.to_string()))?;
+            last_unit_in_batch = Some(ts);
+            let provenance = classify(unit);
+            for conflict in rt.conflicts.observe(&rt.src.id, ts, unit, &provenance) {
+                report_conflict(rt, conflict);
+            }
+            let origin = match provenance {
+                Provenance::Local => rt.src.id.clone(),
+                Provenance::Replicated { origin, has_data } => {
+                    if origin == rt.dst.id && has_data {
+                        rt.status.lock().ops_skipped_echo += unit.op_count() as u64;
+                    }
+                    if origin == rt.dst.id || !rt.spec.forward || !has_data {
+                        idle_progress |= has_data;
+                        continue;
+                    }
+                    origin
+                }
+                Provenance::Internal => continue,
+            };
+            let routed = route(&rt.spec, unit).map_err(|e| LinkFailure::Fatal(e.to_string()))?;
+            if routed.is_empty() {
+                idle_progress = true;
+                continue;
+            }
+            if !pending.plan.is_empty()
+                && (pending.origin != origin
+                    || pending.plan.ops >= MAX_BATCH_OPS
+                    || pending.plan.bytes >= MAX_BATCH_BYTES)
+            {
+                flush(rt, &applier, &mut pending, resume_safe, None).await?;
+                last_checkpoint_write = Instant::now();
+            }
+            pending.origin = origin;
+            for r in &routed {
+                pending
+                    .plan
+                    .add(&r.dst_ns, &r.op)
+                    .map_err(|e| LinkFailure::Fatal(format!("link {link_id}: {e}")))?;
+            }
+            pending.last_unit = Some(ts);
+            rt.status.lock().lag_ops = pending.plan.ops as u64;
+        }
+        if let Some(c) = batch.checkpoint {
+            resume_safe = c;
+        }
+        if !pending.plan.is_empty() {
+            flush(rt, &applier, &mut pending, resume_safe, last_unit_in_batch).await?;
+            last_checkpoint_write = Instant::now();
+            idle_progress = false;
+        } else if idle_progress && last_checkpoint_write.elapsed() >= IDLE_CHECKPOINT_EVERY {
+            if let Some(last) = last_unit_in_batch {
+                let c = Checkpoint {
+                    link: link_id.clone(),
+                    origin: rt.src.id.clone(),
+                    src: rt.src.id.clone(),
+                    ts: resume_safe.min(last),
+                    applied: last,
+                };
+                applier.apply(&Plan::default(), &c).await?;
+                rt.status.lock().checkpoint = Some(c.ts);
+                last_checkpoint_write = Instant::now();
+                idle_progress = false;
+            }
+        }
+        let mut s = rt.status.lock();
+        s.pending_since = None;
+        s.lag_ops = 0;
+    }
+    // The tailer ended without an error event: it was stopped.
+    let _ = tailer.await;
+    Ok(())
+}
+
+fn report_conflict(rt: &LinkRuntime, conflict: super::conflicts::Conflict) {
+    log::warn!("conflict: {conflict}");
+    rt.status.lock().conflicts += 1;
+    let _ = rt.events.send(LinkEvent::Conflict(conflict));
+}
+
+/// What the reverse link (dst -> src) has applied, as recorded on `src`: the starting point
+/// for knowing which of dst's writes src has seen.
+async fn load_reverse_knowledge(rt: &LinkRuntime, src: &Client) -> Result<(), LinkFailure> {
+    let checkpoints = src
+        .database(MMM_DB)
+        .collection::<Document>(CHECKPOINTS_COLL);
+    let mut cursor = checkpoints.find(doc! {"src": &rt.dst.id}).await?;
+    while cursor.advance().await? {
+        let doc = cursor.deserialize_current()?;
+        if let Ok(applied) = doc.get_timestamp("applied") {
+            rt.conflicts.note_known(&rt.src.id, &rt.dst.id, applied);
+        }
+    }
+    Ok(())
+}
+
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Applies the pending batch with its checkpoint. `handled_through`: at the end of a tailer
+/// batch, the last unit read (everything up to it is applied or deliberately skipped).
+async fn flush(
+    rt: &LinkRuntime,
+    applier: &Applier,
+    pending: &mut Pending,
+    resume_safe: Timestamp,
+    handled_through: Option<Timestamp>,
+) -> Result<(), LinkFailure> {
+    let last = pending
+        .last_unit
+        .expect("a non-empty batch has a last unit");
+    let applied = handled_through.unwrap_or(last).max(last);
+    let checkpoint = Checkpoint {
+        link: rt.spec.id(),
+        origin: pending.origin.clone(),
+        src: rt.src.id.clone(),
+        ts: resume_safe.min(applied),
+        applied,
+    };
+    let commit_ts = applier.apply(&pending.plan, &checkpoint).await?;
+    {
+        let mut s = rt.status.lock();
+        s.ops_applied += pending.plan.ops as u64;
+        s.batches_applied += 1;
+        s.checkpoint = Some(checkpoint.ts);
+    }
+    if let Some(commit_ts) = commit_ts {
+        for conflict in
+            rt.conflicts
+                .after_apply(&rt.dst.id, &rt.src.id, commit_ts, &pending.plan.touched)
+        {
+            report_conflict(rt, conflict);
+        }
+    }
+    pending.plan = Plan::default();
+    pending.last_unit = None;
+    Ok(())
+}

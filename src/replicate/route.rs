@@ -1,0 +1,46 @@
+//! Which ops of a unit a link carries, renamed into the destination's namespaces. Pure logic.
+
+use super::provenance::is_internal_ns;
+use super::topology::LinkSpec;
+use crate::oplog::{Entry, OplogError, Unit};
+use bson::RawDocumentBuf;
+
+/// One op to apply: the destination namespace and the source entry (or inner op).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub dst_ns: String,
+    pub op: RawDocumentBuf,
+}
+
+fn route_op(link: &LinkSpec, op: &RawDocumentBuf, out: &mut Vec<Routed>) -> Result<(), OplogError> {
+    let entry = Entry::new(op);
+    let kind = entry.op()?;
+    if !link.ops.contains(kind) {
+        return Ok(());
+    }
+    let ns = entry.ns()?;
+    if is_internal_ns(ns) {
+        return Ok(());
+    }
+    if let Some(dst_ns) = link.src_ns.rename(ns, &link.dst_ns) {
+        out.push(Routed {
+            dst_ns,
+            op: op.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The ops of `unit` this link replicates, in order.
+pub fn route(link: &LinkSpec, unit: &Unit) -> Result<Vec<Routed>, OplogError> {
+    let mut out = Vec::new();
+    match unit {
+        Unit::Single(op) => route_op(link, op, &mut out)?,
+        Unit::Transaction(txn) => {
+            for op in &txn.ops {
+                route_op(link, op, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! What a link reports: state, position, lag, counters and the last error.
+
+use bson::Timestamp;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Starting,
+    InitialSync,
+    Running,
+    /// Source or destination unreachable; retrying with backoff.
+    Retrying,
+    /// Stopped on an error that needs a person (rollover, a refused write).
+    Failed,
+    Stopped,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Starting => "starting",
+            LinkState::InitialSync => "initial-sync",
+            LinkState::Running => "running",
+            LinkState::Retrying => "retrying",
+            LinkState::Failed => "failed",
+            LinkState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub id: String,
+    pub src: String,
+    pub dst: String,
+    pub state: LinkState,
+    pub checkpoint: Option<Timestamp>,
+    /// Ops read from the source and not applied yet.
+    pub lag_ops: u64,
+    /// Age of the oldest op read and not applied yet (0 when caught up).
+    pub lag_seconds: f64,
+    pub ops_applied: u64,
+    pub batches_applied: u64,
+    pub ops_skipped_echo: u64,
+    pub conflicts: u64,
+    pub initial_sync_copied: u64,
+    pub initial_sync_total: u64,
+    pub last_error: Option<String>,
+    pub pending_since: Option<Instant>,
+}
+
+impl LinkStatus {
+    pub fn new(id: &str, src: &str, dst: &str) -> LinkStatus {
+        LinkStatus {
+            id: id.to_string(),
+            src: src.to_string(),
+            dst: dst.to_string(),
+            state: LinkState::Starting,
+            checkpoint: None,
+            lag_ops: 0,
+            lag_seconds: 0.0,
+            ops_applied: 0,
+            batches_applied: 0,
+            ops_skipped_echo: 0,
+            conflicts: 0,
+            initial_sync_copied: 0,
+            initial_sync_total: 0,
+            last_error: None,
+            pending_since: None,
+        }
+    }
+
+    /// The lag as of now.
+    pub fn current_lag_seconds(&self) -> f64 {
+        self.pending_since
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}
