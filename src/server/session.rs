@@ -103,13 +103,20 @@ impl Txn {
         }
     }
 
+    pub fn has_written(&self, ns: &str, id: &Bson) -> bool {
+        self.written.get(ns).is_some_and(|ids| {
+            ids.iter()
+                .any(|x| KeyValue(x.clone()) == KeyValue(id.clone()))
+        })
+    }
+
     pub fn log(&mut self, op: OpRecord) {
         self.ops_bytes += crate::server::collection::bson_size(&op.o) + op.ns.len() + 64;
         self.ops.push(op);
     }
 }
 
-fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
+pub fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
     let c = c?;
     let rid = c.find_id(id)?;
     c.records.get(&rid).map(|r| r.version)
