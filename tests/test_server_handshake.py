@@ -4,10 +4,15 @@ References: wire-protocol.md §2 (hello field table, [src: server repl/hello.idl
 §3.0/§3.1 (buildInfo, replSetGetStatus, CommandNotFound 59); oplog-format.md §10.
 """
 
+import time
+
 import bson
 import pymongo
 import pytest
+from pymongo import monitoring
 from pymongo.errors import OperationFailure
+
+from conftest import RawConnection
 
 
 def test_replica_set_uri_discovers_a_primary(mongo_server):
@@ -127,3 +132,55 @@ def test_hello_spelling_is_case_sensitive(client):
     with pytest.raises(OperationFailure) as err:
         client.admin.command("HELLO")
     assert err.value.code == 59
+
+
+def test_awaitable_hello_waits_for_max_await_time_ms(mongo_server):
+    # server-monitoring spec, "Awaitable hello Server Specification": with the server's own
+    # topologyVersion and maxAwaitTimeMS, reply when the topology changes or the time is up.
+    with RawConnection(mongo_server.address) as conn:
+        first = conn.command({"hello": 1, "$db": "admin"})
+        topology_version = first["topologyVersion"]
+        started = time.monotonic()
+        reply = conn.command({"hello": 1, "topologyVersion": topology_version,
+                              "maxAwaitTimeMS": 600, "$db": "admin"})
+        elapsed = time.monotonic() - started
+    assert reply["ok"] == 1.0
+    assert reply["topologyVersion"] == topology_version
+    assert 0.5 <= elapsed < 5
+
+
+def test_hello_with_another_process_topology_version_answers_at_once(mongo_server):
+    with RawConnection(mongo_server.address) as conn:
+        started = time.monotonic()
+        reply = conn.command({"hello": 1, "maxAwaitTimeMS": 5000, "$db": "admin",
+                              "topologyVersion": {"processId": bson.ObjectId(),
+                                                  "counter": bson.Int64(0)}})
+        assert time.monotonic() - started < 2
+        assert reply["isWritablePrimary"] is True
+
+
+def test_streaming_monitor_does_not_spin(mongo_server):
+    # PyMongo's monitor does not sleep between awaitable hellos; an immediate reply would make it
+    # send thousands of heartbeats a second (wire-protocol.md §0 item 9, §2.5).
+    heartbeats = HeartbeatCounter()
+    client = pymongo.MongoClient(mongo_server.uri, event_listeners=[heartbeats])
+    try:
+        client.admin.command("ping")
+        time.sleep(2)
+        assert heartbeats.count <= 10
+    finally:
+        client.close()
+
+
+class HeartbeatCounter(monitoring.ServerHeartbeatListener):
+    def __init__(self):
+        self.count = 0
+
+    def started(self, event):
+        pass
+
+    def succeeded(self, event):
+        self.count += 1
+
+    def failed(self, event):
+        pass
