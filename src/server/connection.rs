@@ -90,6 +90,13 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         };
         let cmd = request.body.keys().next().cloned().unwrap_or_default();
+        if let Some(wait) = awaitable_hello_wait(&cmd, &request.body, shared) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = drops.changed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
         let reply = if request.legacy && !allowed_over_op_query(&cmd) {
             let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
@@ -113,6 +120,36 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             return;
         }
     }
+}
+
+/// How long an awaitable hello must wait before answering (server-monitoring specification,
+/// "Awaitable hello Server Specification"): a hello carrying our own `topologyVersion` and a
+/// `maxAwaitTimeMS` is answered when the topology changes or that time has passed. A single
+/// node's topology (counter 0) never changes, so it simply waits. Answering at once instead makes
+/// drivers' streaming monitors, which do not sleep between awaitable hellos, spin in a tight loop.
+fn awaitable_hello_wait(cmd: &str, body: &Document, shared: &Shared) -> Option<Duration> {
+    if !matches!(cmd, "hello" | "isMaster" | "ismaster") {
+        return None;
+    }
+    let tv = body.get_document("topologyVersion").ok()?;
+    if tv.get_object_id("processId").ok()? != shared.info.process_id {
+        return None; // another process's topology: answer immediately
+    }
+    let counter = match tv.get("counter")? {
+        bson::Bson::Int64(c) => *c,
+        bson::Bson::Int32(c) => *c as i64,
+        _ => return None,
+    };
+    if counter < 0 {
+        return None; // the client's view is older than ours
+    }
+    let ms = match body.get("maxAwaitTimeMS")? {
+        bson::Bson::Int32(i) => *i as i64,
+        bson::Bson::Int64(i) => *i,
+        bson::Bson::Double(d) => *d as i64,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms.max(0) as u64))
 }
 
 /// Runs a request; an awaitData getMore waits (without the lock) for new capped inserts.

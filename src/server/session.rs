@@ -9,9 +9,9 @@ use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::query::KeyValue;
-use crate::server::state::{split_ns, State};
+use crate::server::state::{split_ns, Database, State};
 use bson::{doc, Bson, Document, Timestamp};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
 pub const MAX_APPLY_OPS_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -38,6 +38,10 @@ pub enum TxnPhase {
 
 #[derive(Debug, Default)]
 pub struct Txn {
+    /// The catalog as it was when the transaction started: snapshot isolation means every read
+    /// of the transaction sees this state plus its own writes (mongod reads at the snapshot
+    /// timestamp chosen by the first statement). `None` only for a default-constructed Txn.
+    pub base: Option<BTreeMap<String, Database>>,
     /// Collection states when the transaction first touched them (None: did not exist).
     pub snapshots: HashMap<String, Option<Collection>>,
     /// The transaction's private working copies.
@@ -49,22 +53,37 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// The transaction's view of a collection (its copy, or the live one read-only).
+    /// A transaction reading the catalog as it is now (collections are O(1) to clone).
+    pub fn starting_at(state: &State) -> Txn {
+        Txn {
+            base: Some(state.dbs.clone()),
+            ..Txn::default()
+        }
+    }
+
+    /// A collection as of the transaction's snapshot (the live one if there is no snapshot).
+    fn at_snapshot<'a>(&'a self, state: &'a State, ns: &str) -> Option<&'a Collection> {
+        let (db, coll) = split_ns(ns);
+        match &self.base {
+            Some(base) => base.get(db).and_then(|d| d.get(coll)),
+            None => state.coll(db, coll),
+        }
+    }
+
+    /// The transaction's view of a collection (its copy, or the snapshot read-only).
     pub fn view<'a>(&'a self, state: &'a State, ns: &str) -> Option<&'a Collection> {
         if let Some(c) = self.working.get(ns) {
             return Some(c);
         }
-        let (db, coll) = split_ns(ns);
-        state.coll(db, coll)
+        self.at_snapshot(state, ns)
     }
 
-    /// A writable copy of `ns`, snapshotting it on first touch.
+    /// A writable copy of `ns`, taken from the snapshot on first touch.
     pub fn touch<'a>(&'a mut self, state: &State, ns: &str) -> Option<&'a mut Collection> {
         if !self.working.contains_key(ns) {
-            let (db, coll) = split_ns(ns);
-            let live = state.coll(db, coll)?.clone();
-            self.snapshots.insert(ns.to_string(), Some(live.clone()));
-            self.working.insert(ns.to_string(), live);
+            let snap = self.at_snapshot(state, ns)?.clone();
+            self.snapshots.insert(ns.to_string(), Some(snap.clone()));
+            self.working.insert(ns.to_string(), snap);
         }
         self.working.get_mut(ns)
     }
@@ -84,13 +103,20 @@ impl Txn {
         }
     }
 
+    pub fn has_written(&self, ns: &str, id: &Bson) -> bool {
+        self.written.get(ns).is_some_and(|ids| {
+            ids.iter()
+                .any(|x| KeyValue(x.clone()) == KeyValue(id.clone()))
+        })
+    }
+
     pub fn log(&mut self, op: OpRecord) {
         self.ops_bytes += crate::server::collection::bson_size(&op.o) + op.ns.len() + 64;
         self.ops.push(op);
     }
 }
 
-fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
+pub fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
     let c = c?;
     let rid = c.find_id(id)?;
     c.records.get(&rid).map(|r| r.version)

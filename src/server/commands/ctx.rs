@@ -4,8 +4,10 @@
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
-use crate::server::session::Txn;
-use crate::server::state::{create_op, validate_coll_name, validate_db_name, State, OPLOG_NS};
+use crate::server::session::{version_of, write_conflict, Txn, TxnPhase};
+use crate::server::state::{
+    create_op, split_ns, validate_coll_name, validate_db_name, State, OPLOG_NS,
+};
 use bson::{DateTime, Document, Timestamp};
 
 /// Retryable-write bookkeeping for oplog entries (lsid, txnNumber, stmtId, prevOpTime chain).
@@ -94,10 +96,31 @@ impl<'a> Ctx<'a> {
         self.state.next_version()
     }
 
-    pub fn note_write(&mut self, ns: &str, id: &bson::Bson) {
-        if let Some(txn) = self.txn.as_mut() {
-            txn.note_write(ns, id);
+    /// Records that the transaction (if any) wrote document `id` of `ns`.
+    ///
+    /// Snapshot isolation's "first updater wins" rule, as mongod applies it at the write itself
+    /// (jstests/core/txns/transactions_write_conflicts.js): a transaction may not write a document
+    /// that another open transaction has written, nor one changed by a commit after its snapshot;
+    /// the write fails with WriteConflict (112, TransientTransactionError) and the transaction
+    /// is aborted by the caller.
+    pub fn note_write(&mut self, ns: &str, id: &bson::Bson) -> ServerResult<()> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let (db, coll) = split_ns(ns);
+        let snapshot = txn.snapshots.get(ns).and_then(|c| c.as_ref());
+        if version_of(snapshot, id) != version_of(self.state.coll(db, coll), id) {
+            return Err(write_conflict());
         }
+        let written_elsewhere = self.state.sessions.values().any(|s| match &s.state {
+            TxnPhase::InProgress(other) => other.has_written(ns, id),
+            _ => false,
+        });
+        if written_elsewhere {
+            return Err(write_conflict());
+        }
+        txn.note_write(ns, id);
+        Ok(())
     }
 
     /// Records one change: into the transaction, or as an oplog entry right away.

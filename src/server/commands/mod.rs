@@ -256,6 +256,8 @@ fn in_transaction(
 ) -> (ServerResult<Reply>, Option<Timestamp>) {
     let start = bool_arg(body, "startTransaction", false);
     let result = (|| -> ServerResult<(Reply, Option<Timestamp>)> {
+        // The snapshot the transaction reads from is taken when it starts.
+        let fresh_txn = start.then(|| Box::new(Txn::starting_at(state)));
         let session = state.sessions.entry(key.clone()).or_default();
         let active = session.active_txn;
         if active.is_some_and(|a| n < a) {
@@ -266,7 +268,7 @@ fn in_transaction(
                 return Err(ServerError::new(117, "ConflictingOperationInProgress", "Only servers in a sharded cluster can start a new transaction at the active transaction number"));
             }
             session.active_txn = Some(n);
-            session.state = TxnPhase::InProgress(Box::default());
+            session.state = TxnPhase::InProgress(fresh_txn.unwrap_or_default());
         } else if active != Some(n) {
             return Err(no_such_txn(n, active));
         }

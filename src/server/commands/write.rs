@@ -53,7 +53,7 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: Document) -> ServerR
     let ui = c.uuid;
     c.insert(doc.clone(), version, None)?;
     let ns = format!("{db}.{coll}");
-    ctx.note_write(&ns, &id);
+    ctx.note_write(&ns, &id)?;
     ctx.log(
         OpRecord::new("i", ns, Some(ui), doc, Some(doc! {"_id": id})),
         true,
@@ -174,7 +174,7 @@ pub fn update_docs(
                 ));
             }
             c.replace(rid, doc.clone(), version)?;
-            ctx.note_write(&ns, &id);
+            ctx.note_write(&ns, &id)?;
             ctx.log(
                 OpRecord::new(
                     "u",
@@ -206,7 +206,7 @@ pub fn update_docs(
         let c = ctx.coll_for_write(db, coll, true)?.unwrap();
         let ui = c.uuid;
         c.insert(doc.clone(), version, None)?;
-        ctx.note_write(&ns, &id);
+        ctx.note_write(&ns, &id)?;
         ctx.log(
             OpRecord::new(
                 "i",
@@ -317,7 +317,7 @@ pub fn remove_docs(
         let ui = c.uuid;
         let Some(doc) = c.remove(rid) else { continue };
         let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
-        ctx.note_write(&ns, &id);
+        ctx.note_write(&ns, &id)?;
         ctx.log(
             OpRecord::new("d", ns.clone(), Some(ui), doc! {"_id": id}, None),
             retryable,
