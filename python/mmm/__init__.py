@@ -10,7 +10,9 @@ import logging
 
 from . import _mmm
 from ._mmm import MmmError, NotReplicaSetError, OplogFormatError, OplogRolloverError
+from .config import ConfigError, Link, Server
 from .embedded import MongoServer
+from .replication import ConflictEvent, ReplicationError, Replicator
 from .triggers import Tailer, diff_to_update
 
 __version__: str = _mmm.__version__
@@ -18,11 +20,17 @@ __version__: str = _mmm.__version__
 logging.getLogger("mmm").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ConfigError",
+    "ConflictEvent",
+    "Link",
     "MmmError",
     "MongoServer",
     "NotReplicaSetError",
     "OplogFormatError",
     "OplogRolloverError",
+    "ReplicationError",
+    "Replicator",
+    "Server",
     "Tailer",
     "__version__",
     "diff_to_update",

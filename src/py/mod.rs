@@ -2,6 +2,7 @@
 
 mod errors;
 mod functions;
+mod replicator;
 mod server;
 mod tailer;
 
@@ -11,6 +12,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<server::PyMongoServer>()?;
     m.add_class::<tailer::PyTailerCore>()?;
+    m.add_class::<replicator::PyReplicatorCore>()?;
     m.add_function(wrap_pyfunction!(functions::diff_to_update, m)?)?;
     Ok(())
 }

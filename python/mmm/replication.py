@@ -1,0 +1,241 @@
+"""Multi-master replication between MongoDB replica sets.
+
+::
+
+    r = mmm.Replicator(
+        servers={"factory": {"id": "f1", "uri": factory_uri}, "cloud": {"id": "c1", "uri": cloud_uri}},
+        links=[("factory/vision.*", "cloud/vision.*"), ("cloud/vision.*", "factory/vision.*")],
+    )
+    r.start()
+    ...
+    print(r.status())
+    r.stop(); r.join()
+
+Each link tails its source's oplog and applies batches on its destination in transactions that
+also move the link's checkpoint (``__mmm.checkpoints`` on the destination), so a crash loses
+nothing and applies nothing twice; replicated batches are recognised by that checkpoint write
+and never sent back to their origin. No field is added to user documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import bson
+from bson import Timestamp
+
+from . import _mmm
+from .config import Config, Link, Server, load_config
+
+log = logging.getLogger("mmm.replication")
+
+__all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
+
+LINKS_COLLECTION = "links"
+
+
+class ReplicationError(_mmm.MmmError):
+    """A link stopped on an error that needs attention (its message says which and why)."""
+
+
+@dataclass(frozen=True)
+class ConflictEvent:
+    """A document changed on both sides since they last synced."""
+
+    server: str
+    """Server id where the incoming write was applied over a local change."""
+    source: str
+    """Server id the incoming write came from."""
+    namespace: str
+    id: Any
+    local_ts: Timestamp
+    incoming_ts: Timestamp
+
+
+LinkLike = Union[Link, Tuple[str, str], Tuple[str, str, str], Mapping[str, Any]]
+
+
+def _as_link(spec: LinkLike) -> Link:
+    if isinstance(spec, Link):
+        return spec
+    if isinstance(spec, Mapping):
+        return Link(**spec)
+    if isinstance(spec, tuple) and len(spec) in (2, 3):
+        return Link(*spec)
+    raise ValueError(f"a link is a Link, a (src, dst[, ops]) tuple or a mapping, got {spec!r}")
+
+
+class Replicator:
+    """Runs a replication topology: servers by name and links between them."""
+
+    def __init__(
+        self,
+        servers: Union[Mapping[str, Mapping[str, str]], Iterable[Server]],
+        links: Sequence[LinkLike] = (),
+        *,
+        on_conflict: Optional[Callable[[ConflictEvent], Any]] = None,
+        load_stored_links: bool = False,
+    ) -> None:
+        if isinstance(servers, Mapping):
+            parsed = {}
+            for name, spec in servers.items():
+                if not isinstance(spec, Mapping) or "uri" not in spec:
+                    raise ValueError(f"server {name!r} needs a uri (and an id)")
+                parsed[name] = Server(name, str(spec.get("id", name)), spec["uri"])
+            self.servers: Dict[str, Server] = parsed
+        else:
+            self.servers = {s.name: s for s in servers}
+        self.links: List[Link] = [_as_link(l) for l in links]
+        self.on_conflict = on_conflict
+        self.conflicts: List[ConflictEvent] = []
+        if load_stored_links:
+            self.links.extend(l for l in self.stored_links() if l not in self.links)
+        self._core = self._make_core()  # validates the topology now
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs: Any) -> "Replicator":
+        """Servers and links from a YAML file, plus links stored with :meth:`replicate`."""
+        config = load_config(path)
+        kwargs.setdefault("load_stored_links", True)
+        return cls(list(config.servers.values()), config.links, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Config, **kwargs: Any) -> "Replicator":
+        kwargs.setdefault("load_stored_links", True)
+        return cls(list(config.servers.values()), config.links, **kwargs)
+
+    def _make_core(self) -> Any:
+        return _mmm.ReplicatorCore(
+            [(s.name, s.id, s.uri) for s in self.servers.values()],
+            [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in self.links],
+        )
+
+    # -- the original verbs ---------------------------------------------------------------
+
+    def _client(self, server: str):
+        import pymongo
+
+        if server not in self.servers:
+            raise ValueError(f"unknown server {server!r} (known: {', '.join(self.servers)})")
+        return pymongo.MongoClient(self.servers[server].uri, serverSelectionTimeoutMS=10000)
+
+    def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False, initial_sync: bool = False) -> Link:
+        """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did)."""
+        link = Link(src, dst, ops, forward, initial_sync)
+        candidate = self.links + [link]
+        _mmm.ReplicatorCore([(s.name, s.id, s.uri) for s in self.servers.values()],
+                            [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in candidate])
+        client = self._client(link.dst_server)
+        try:
+            client["__mmm"][LINKS_COLLECTION].replace_one(
+                {"_id": f"{src}->{dst}"}, {"_id": f"{src}->{dst}", **link.as_dict()}, upsert=True
+            )
+        finally:
+            client.close()
+        if link not in self.links:
+            self.links.append(link)
+        self._core = self._make_core()
+        return link
+
+    def stored_links(self) -> List[Link]:
+        """Links stored on the servers by :meth:`replicate`."""
+        found = []
+        for name in self.servers:
+            client = self._client(name)
+            try:
+                for doc in client["__mmm"][LINKS_COLLECTION].find():
+                    found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
+                                      doc.get("forward", False), doc.get("initial_sync", False)))
+            finally:
+                client.close()
+        return found
+
+    # -- running --------------------------------------------------------------------------
+
+    def status(self) -> List[Dict[str, Any]]:
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, last error."""
+        out = []
+        for s in self._core.status():
+            if s.get("checkpoint") is not None:
+                s["checkpoint"] = Timestamp(*s["checkpoint"])
+            out.append(s)
+        return out
+
+    def _handle(self, event: Dict[str, Any]) -> None:
+        if event["kind"] == "conflict":
+            conflict = ConflictEvent(
+                server=event["server"], source=event["from"], namespace=event["namespace"],
+                id=bson.decode(event["id_bson"])["_id"],
+                local_ts=Timestamp(*event["local_ts"]), incoming_ts=Timestamp(*event["incoming_ts"]),
+            )
+            self.conflicts.append(conflict)
+            if self.on_conflict is not None:
+                try:
+                    self.on_conflict(conflict)
+                except Exception:  # noqa: BLE001 - a callback must not stop replication
+                    log.exception("on_conflict callback failed")
+        elif event["kind"] == "failed":
+            raise ReplicationError(f"link {event['link']} stopped: {event['error']}")
+
+    def run(self) -> None:
+        """Replicates until :meth:`stop` (or Ctrl-C); raises ReplicationError if a link fails."""
+        self._stop.clear()
+        self._core = self._make_core()
+        self._core.start()
+        log.info("replicating %d link(s)", len(self.links))
+        try:
+            while not self._stop.is_set():
+                event = self._core.next_event(0.2)
+                if event is not None:
+                    self._handle(event)
+        finally:
+            self._core.stop()
+            while not self._core.finished:
+                self._core.next_event(0.05)
+
+    async def run_async(self) -> None:
+        """:meth:`run` for asyncio (the work happens on mmm's own threads either way)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.run)
+
+    def start(self) -> "Replicator":
+        """Runs :meth:`run` in a background thread."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the replicator is already running")
+        self._error = None
+
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self._error = exc
+                log.error("replication stopped: %s", exc)
+
+        self._thread = threading.Thread(target=target, name="mmm-replicator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Waits for the background thread; re-raises what stopped it, if anything."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> "Replicator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.join()

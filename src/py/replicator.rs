@@ -1,0 +1,197 @@
+//! `mmm._mmm.ReplicatorCore`: the replication engine driven from Python. `mmm.Replicator` builds
+//! the topology (from YAML or arguments) and turns events into callbacks and logs.
+
+use super::tailer::parse_client_options;
+use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[pyclass(name = "ReplicatorCore", module = "mmm._mmm")]
+pub struct PyReplicatorCore {
+    servers: Vec<ServerSpec>,
+    links: Vec<LinkSpec>,
+    running: parking_lot::Mutex<Option<Replicator>>,
+    events: std::sync::Arc<tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<LinkEvent>>>>,
+}
+
+fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
+    ts.map(|t| (t.time, t.increment))
+}
+
+#[pymethods]
+impl PyReplicatorCore {
+    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync)]` with
+    /// endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
+    #[new]
+    fn new(
+        servers: Vec<(String, String, String)>,
+        links: Vec<(String, String, String, bool, bool)>,
+    ) -> PyResult<Self> {
+        let servers: Vec<ServerSpec> = servers
+            .into_iter()
+            .map(|(name, id, uri)| ServerSpec { name, id, uri })
+            .collect();
+        let mut specs = Vec::new();
+        for (src, dst, ops, forward, initial_sync) in links {
+            let mut spec = LinkSpec::parse(&src, &dst, &ops)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            spec.forward = forward;
+            spec.initial_sync = initial_sync;
+            specs.push(spec);
+        }
+        crate::replicate::topology::validate(&servers, &specs)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        for s in &servers {
+            parse_client_options(&s.uri)
+                .map_err(|e| PyValueError::new_err(format!("server {:?}: {e}", s.name)))?;
+        }
+        Ok(PyReplicatorCore {
+            servers,
+            links: specs,
+            running: Default::default(),
+            events: Default::default(),
+        })
+    }
+
+    /// Link ids in declaration order.
+    fn link_ids(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.id()).collect()
+    }
+
+    fn start(&self) -> PyResult<()> {
+        if self.running.lock().is_some() {
+            return Err(PyRuntimeError::new_err("the replicator is already running"));
+        }
+        let mut options = HashMap::new();
+        for s in &self.servers {
+            let mut o = parse_client_options(&s.uri)?;
+            o.app_name = Some(format!("mmm link {}", s.name));
+            options.insert(s.name.clone(), o);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rt = crate::runtime::get();
+        let _guard = rt.enter();
+        let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        *self.running.lock() = Some(replicator);
+        *self.events.blocking_lock() = Some(rx);
+        Ok(())
+    }
+
+    fn stop(&self) {
+        if let Some(r) = self.running.lock().as_ref() {
+            r.stop();
+        }
+    }
+
+    /// True once every link has stopped or failed.
+    #[getter]
+    fn finished(&self) -> bool {
+        self.running.lock().as_ref().is_none_or(|r| r.finished())
+    }
+
+    /// Waits up to `timeout` seconds for an event: `{"kind": "conflict", ...}` or
+    /// `{"kind": "failed", "link": ..., "error": ...}`; None when nothing happened.
+    fn next_event<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let events = self.events.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        loop {
+            let slice = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(Duration::from_millis(100));
+            let got = py.detach(|| {
+                crate::runtime::get().block_on(async {
+                    let mut guard = events.lock().await;
+                    match guard.as_mut() {
+                        Some(rx) => tokio::time::timeout(slice, rx.recv()).await,
+                        None => Ok(None),
+                    }
+                })
+            });
+            match got {
+                Ok(Some(event)) => {
+                    let d = PyDict::new(py);
+                    match event {
+                        LinkEvent::Conflict(c) => {
+                            d.set_item("kind", "conflict")?;
+                            d.set_item("server", c.server)?;
+                            d.set_item("from", c.from)?;
+                            d.set_item("namespace", c.namespace)?;
+                            let mut idb = Vec::new();
+                            bson::doc! {"_id": c.id}
+                                .to_writer(&mut idb)
+                                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                            d.set_item("id_bson", pyo3::types::PyBytes::new(py, &idb))?;
+                            d.set_item("local_ts", (c.local_ts.time, c.local_ts.increment))?;
+                            d.set_item(
+                                "incoming_ts",
+                                (c.incoming_ts.time, c.incoming_ts.increment),
+                            )?;
+                        }
+                        LinkEvent::Failed { link, error } => {
+                            d.set_item("kind", "failed")?;
+                            d.set_item("link", link)?;
+                            d.set_item("error", error)?;
+                        }
+                    }
+                    return Ok(Some(d));
+                }
+                Ok(None) => return Ok(None),
+                Err(_) => {
+                    py.check_signals()?;
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One dict per link: id, src, dst, state, checkpoint, lag_seconds, lag_ops, ops_applied,
+    /// batches_applied, echoes_skipped, conflicts, initial_sync (copied, total), last_error.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut out = Vec::new();
+        let running = self.running.lock();
+        let Some(r) = running.as_ref() else {
+            for l in &self.links {
+                let d = PyDict::new(py);
+                d.set_item("id", l.id())?;
+                d.set_item("src", &l.src)?;
+                d.set_item("dst", &l.dst)?;
+                d.set_item("state", "not started")?;
+                out.push(d);
+            }
+            return Ok(out);
+        };
+        for status in &r.statuses {
+            let s = status.lock().clone();
+            let d = PyDict::new(py);
+            d.set_item("id", &s.id)?;
+            d.set_item("src", &s.src)?;
+            d.set_item("dst", &s.dst)?;
+            d.set_item("state", s.state.as_str())?;
+            d.set_item("checkpoint", ts_tuple(s.checkpoint))?;
+            d.set_item("lag_seconds", s.current_lag_seconds())?;
+            d.set_item("lag_ops", s.lag_ops)?;
+            d.set_item("ops_applied", s.ops_applied)?;
+            d.set_item("batches_applied", s.batches_applied)?;
+            d.set_item("echoes_skipped", s.ops_skipped_echo)?;
+            d.set_item("conflicts", s.conflicts)?;
+            d.set_item(
+                "initial_sync",
+                (s.initial_sync_copied, s.initial_sync_total),
+            )?;
+            d.set_item("last_error", s.last_error)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
