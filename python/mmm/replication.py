@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -184,12 +185,18 @@ class Replicator:
         elif event["kind"] == "failed":
             raise ReplicationError(f"link {event['link']} stopped: {event['error']}")
 
-    def run(self) -> None:
-        """Replicates until :meth:`stop` (or Ctrl-C); raises ReplicationError if a link fails."""
+    def _launch(self, ready_timeout: float) -> None:
         self._stop.clear()
         self._core = self._make_core()
         self._core.start()
         log.info("replicating %d link(s)", len(self.links))
+        # Wait until every link has its starting position, so writes made after this returns
+        # are replicated (a link with no checkpoint starts at the source's newest entry).
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and any(s["state"] == "starting" for s in self._core.status()):
+            time.sleep(0.02)
+
+    def _loop(self) -> None:
         try:
             while not self._stop.is_set():
                 event = self._core.next_event(0.2)
@@ -200,20 +207,27 @@ class Replicator:
             while not self._core.finished:
                 self._core.next_event(0.05)
 
+    def run(self, ready_timeout: float = 10.0) -> None:
+        """Replicates until :meth:`stop` (or Ctrl-C); raises ReplicationError if a link fails."""
+        self._launch(ready_timeout)
+        self._loop()
+
     async def run_async(self) -> None:
         """:meth:`run` for asyncio (the work happens on mmm's own threads either way)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.run)
 
-    def start(self) -> "Replicator":
-        """Runs :meth:`run` in a background thread."""
+    def start(self, ready_timeout: float = 10.0) -> "Replicator":
+        """Starts every link (waiting up to ``ready_timeout`` s for their starting positions),
+        then follows events in a background thread."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("the replicator is already running")
         self._error = None
+        self._launch(ready_timeout)
 
         def target() -> None:
             try:
-                self.run()
+                self._loop()
             except BaseException as exc:  # noqa: BLE001 - handed to join()
                 self._error = exc
                 log.error("replication stopped: %s", exc)
