@@ -22,6 +22,9 @@ pub struct Checkpoint {
     pub ts: Timestamp,
     /// The last unit applied (units up to it are skipped after a resume from `ts`).
     pub applied: Timestamp,
+    /// Running totals kept with the checkpoint, so `mmm status` can show them from anywhere.
+    pub ops_applied: u64,
+    pub conflicts: u64,
 }
 
 impl Checkpoint {
@@ -29,6 +32,7 @@ impl Checkpoint {
         doc! {
             "_id": &self.link, "origin": &self.origin, "src": &self.src,
             "ts": self.ts, "applied": self.applied, "wall": DateTime::now(),
+            "ops_applied": self.ops_applied as i64, "conflicts": self.conflicts as i64,
         }
     }
 
@@ -41,6 +45,8 @@ impl Checkpoint {
             applied: d
                 .get_timestamp("applied")
                 .unwrap_or_else(|_| d.get_timestamp("ts").unwrap()),
+            ops_applied: d.get_i64("ops_applied").unwrap_or(0).max(0) as u64,
+            conflicts: d.get_i64("conflicts").unwrap_or(0).max(0) as u64,
         })
     }
 }

@@ -73,6 +73,8 @@ pub async fn initial_sync(
         src: rt.src.id.clone(),
         ts: zero,
         applied: zero,
+        ops_applied: 0,
+        conflicts: 0,
     };
     let apply = |plan: Plan| {
         let applier = &applier;

@@ -64,6 +64,20 @@ impl From<ApplyError> for LinkFailure {
 }
 
 impl LinkRuntime {
+    /// The checkpoint to store with a batch of `ops` more operations.
+    fn checkpoint(&self, origin: String, ts: Timestamp, applied: Timestamp, ops: usize) -> Checkpoint {
+        let s = self.status.lock();
+        Checkpoint {
+            link: self.spec.id(),
+            origin,
+            src: self.src.id.clone(),
+            ts,
+            applied,
+            ops_applied: s.ops_applied + ops as u64,
+            conflicts: s.conflicts,
+        }
+    }
+
     fn set_state(&self, state: LinkState, error: Option<String>) {
         let mut s = self.status.lock();
         s.state = state;
@@ -185,18 +199,18 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
                 rt.set_state(LinkState::InitialSync, None);
                 initial_sync(rt, &src, &dst).await?;
             }
-            let c = Checkpoint {
-                link: link_id.clone(),
-                origin: rt.src.id.clone(),
-                src: rt.src.id.clone(),
-                ts: start,
-                applied: start,
-            };
+            let c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             applier.apply(&Plan::default(), &c).await?;
             c
         }
     };
-    rt.status.lock().checkpoint = Some(checkpoint.ts);
+    {
+        let mut s = rt.status.lock();
+        s.checkpoint = Some(checkpoint.ts);
+        // Totals continue from what the checkpoint recorded in earlier runs.
+        s.ops_applied = s.ops_applied.max(checkpoint.ops_applied);
+        s.conflicts = s.conflicts.max(checkpoint.conflicts);
+    }
     let (tx, mut rx) = mpsc::channel(4);
     let tail_options = TailOptions {
         options: rt.src_options.clone(),
@@ -281,13 +295,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             idle_progress = false;
         } else if idle_progress && last_checkpoint_write.elapsed() >= IDLE_CHECKPOINT_EVERY {
             if let Some(last) = last_unit_in_batch {
-                let c = Checkpoint {
-                    link: link_id.clone(),
-                    origin: rt.src.id.clone(),
-                    src: rt.src.id.clone(),
-                    ts: resume_safe.min(last),
-                    applied: last,
-                };
+                let c = rt.checkpoint(rt.src.id.clone(), resume_safe.min(last), last, 0);
                 applier.apply(&Plan::default(), &c).await?;
                 rt.status.lock().checkpoint = Some(c.ts);
                 last_checkpoint_write = Instant::now();
@@ -346,13 +354,7 @@ async fn flush(
         .last_unit
         .expect("a non-empty batch has a last unit");
     let applied = handled_through.unwrap_or(last).max(last);
-    let checkpoint = Checkpoint {
-        link: rt.spec.id(),
-        origin: pending.origin.clone(),
-        src: rt.src.id.clone(),
-        ts: resume_safe.min(applied),
-        applied,
-    };
+    let checkpoint = rt.checkpoint(pending.origin.clone(), resume_safe.min(applied), applied, pending.plan.ops);
     let commit_ts = applier.apply(&pending.plan, &checkpoint).await?;
     {
         let mut s = rt.status.lock();

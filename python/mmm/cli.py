@@ -1,0 +1,364 @@
+"""The ``mmm`` command: ``mmm -c mmm.yml run``, ``replicate``, ``status``, ``serve``, ``demo``, ...
+
+Every mistake is one clear line on stderr and a non-zero exit; nothing is written when a check
+fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import signal
+import sys
+import threading
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import __version__
+from .config import Config, ConfigError, Link, load_config
+
+log = logging.getLogger("mmm.cli")
+
+DEFAULT_CONFIG = "mmm.yml"
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _client(uri: str, timeout_ms: int = 5000):
+    import pymongo
+
+    return pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+
+
+def _check_server(name: str, uri: str) -> List[str]:
+    """Problems with one server: reachable, replica set, privileges. Writes nothing."""
+    import pymongo
+
+    client = _client(uri)
+    try:
+        try:
+            hello = client.admin.command("hello")
+        except pymongo.errors.PyMongoError as e:
+            return [f"server {name} ({uri}) is unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"]
+        problems = []
+        if "setName" not in hello:
+            problems.append(
+                f"server {name} ({uri}) is not a replica set member: start mongod with --replSet <name> and run rs.initiate() once"
+            )
+            return problems
+        try:
+            client.local["oplog.rs"].find_one({}, projection={"ts": 1})
+        except pymongo.errors.OperationFailure as e:
+            problems.append(f"server {name}: cannot read local.oplog.rs ({e.details.get('errmsg', e)}); grant read on the local database")
+        status = client.admin.command("connectionStatus", showPrivileges=True)
+        users = status.get("authInfo", {}).get("authenticatedUsers", [])
+        if users:
+            privileges = status["authInfo"].get("authenticatedUserPrivileges", [])
+            can_write = any(
+                {"insert", "update"} <= set(p.get("actions", []))
+                and p.get("resource", {}).get("db") in ("__mmm", "")
+                for p in privileges
+            )
+            if not can_write:
+                problems.append(f"server {name}: the user cannot write the __mmm database (grant readWrite on __mmm)")
+        return problems
+    finally:
+        client.close()
+
+
+# -- verbs ---------------------------------------------------------------------------------
+
+def cmd_dump_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .replication import Replicator
+
+    config = _config(args)
+    out: Dict[str, Any] = {name: {"id": s.id, "uri": s.uri} for name, s in config.servers.items()}
+    links = [l.as_dict() for l in config.links]
+    try:
+        stored = Replicator.from_config(config, load_stored_links=False).stored_links()
+    except Exception as e:  # noqa: BLE001 - unreachable servers still let the file print
+        log.warning("stored links not read: %s", e)
+        stored = []
+    for l in stored:
+        if l.as_dict() not in links:
+            links.append(l.as_dict())
+    if links:
+        out["links"] = links
+    sys.stdout.write(yaml.safe_dump(out, sort_keys=False))
+    return 0
+
+
+def cmd_clear_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    names = [args.server] if args.server else list(config.servers)
+    for n in names:
+        if n not in config.servers:
+            raise CliError(f"unknown server {n!r} (known: {', '.join(config.servers)})")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("clear-config needs confirmation: run it in a terminal or pass --yes")
+        answer = input(f"Delete mmm's stored links and checkpoints on {', '.join(names)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 0
+    for n in names:
+        client = _client(config.servers[n].uri)
+        try:
+            client.drop_database("__mmm")
+        finally:
+            client.close()
+        print(f"cleared mmm configuration on {n}")
+    return 0
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from .replication import Replicator
+
+    config = _config(args)
+    r = Replicator.from_config(config, load_stored_links=False)
+    for end in (args.src, args.dst):
+        server = end.split("/", 1)[0]
+        if "/" in end and server not in config.servers:
+            raise CliError(f"unknown server {server!r} in {end!r} (known: {', '.join(config.servers)})")
+    problems = _check_server(args.dst.split("/", 1)[0], config.servers[args.dst.split("/", 1)[0]].uri) if "/" in args.dst else []
+    if problems:
+        raise CliError(problems[0])
+    try:
+        link = r.replicate(args.src, args.dst, args.ops, forward=args.forward, initial_sync=args.initial_sync)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .replication import Replicator
+
+    config = _config(args)
+    problems: List[str] = []
+    for name, server in config.servers.items():
+        problems.extend(_check_server(name, server.uri))
+    if not problems:
+        try:
+            Replicator.from_config(config)
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        for p in problems:
+            print(f"mmm: {p}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: {len(config.servers)} server(s) reachable replica sets, configuration valid")
+    return 0
+
+
+def _format_status(rows: List[Dict[str, Any]]) -> str:
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    table = [headers]
+    for s in rows:
+        ck = s.get("checkpoint")
+        table.append([
+            s["id"], s["state"],
+            f"{ck.time}.{ck.inc}" if ck is not None else "-",
+            f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            (s.get("last_error") or "")[:60],
+        ])
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict[str, Any]]:
+    """Status of links as their checkpoints on the destinations show it (from any process)."""
+    rows = []
+    for link, link_id in zip(links, _ids(config, links)):
+        row: Dict[str, Any] = {"id": link_id, "src": link.src_server, "dst": link.dst_server}
+        try:
+            dst = _client(config.servers[link.dst_server].uri)
+            src = _client(config.servers[link.src_server].uri)
+            doc = dst["__mmm"]["checkpoints"].find_one({"_id": link_id})
+            if doc is None:
+                row.update(state="never run", checkpoint=None)
+            else:
+                newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
+                behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": doc["ts"]}, "op": {"$in": ["i", "u", "d", "c"]}})
+                row.update(
+                    state="caught up" if behind == 0 else "behind",
+                    checkpoint=doc["ts"],
+                    lag_seconds=float(max(0, newest.time - doc["ts"].time)),
+                    lag_ops=behind,
+                    ops_applied=doc.get("ops_applied", 0),
+                    conflicts=doc.get("conflicts", 0),
+                )
+            dst.close()
+            src.close()
+        except Exception as e:  # noqa: BLE001 - reported per link
+            row.update(state="unreachable", checkpoint=None, last_error=str(e).splitlines()[0])
+        rows.append(row)
+    return rows
+
+
+def _ids(config: Config, links: Sequence[Link]) -> List[str]:
+    from . import _mmm
+
+    core = _mmm.ReplicatorCore(
+        [(s.name, s.id, s.uri) for s in config.servers.values()],
+        [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in links],
+    )
+    return core.link_ids()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .replication import Replicator
+
+    config = _config(args)
+    links = Replicator.from_config(config).links
+    rows = link_status_from_servers(config, links)
+    if args.json:
+        print(json.dumps([{k: ([v.time, v.inc] if hasattr(v, "inc") else v) for k, v in r.items()} for r in rows], indent=2))
+    else:
+        print(_format_status(rows) if rows else "no links configured")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .replication import ReplicationError, Replicator
+
+    config = _config(args)
+    r = Replicator.from_config(config)
+    if args.server:
+        if args.server not in config.servers:
+            raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
+        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server])
+    if not r.links:
+        raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s: stopping after the current batch", signal.Signals(signum).name)
+        stopping.set()
+        r.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"mmm: replicating {len(r.links)} link(s); SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        r.start()
+        while not stopping.is_set():
+            stopping.wait(args.status_interval)
+            if args.status_interval and not stopping.is_set():
+                log.info("status:\n%s", _format_status(r.status()))
+            if r._thread is not None and not r._thread.is_alive():
+                break
+        r.stop()
+        r.join()
+    except ReplicationError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .embedded import MongoServer
+
+    try:
+        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
+    except OSError as e:
+        raise CliError(str(e)) from None
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"mmm: embedded MongoDB server on {server.address}, replica set {server.replset}", flush=True)
+    print(f"     connect with {server.uri}", flush=True)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(seconds=args.seconds, outage=args.outage)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmm", description="Multi-master replication and oplog triggers for MongoDB.")
+    p.add_argument("--version", action="version", version=f"mmm {__version__}")
+    p.add_argument("-c", "--config", default=os.environ.get("MMM_CONFIG", DEFAULT_CONFIG), help="configuration file (default: mmm.yml)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-l", "--logging", metavar="INI", help="a logging.ini file (logging.config.fileConfig)")
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    s = sub.add_parser("dump-config", help="print servers and links (file and stored)")
+    s.set_defaults(func=cmd_dump_config)
+    s = sub.add_parser("clear-config", help="delete stored links and checkpoints (__mmm) on servers")
+    s.add_argument("-s", "--server", help="only this server")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_clear_config)
+    s = sub.add_parser("replicate", help="store a link src -> dst on the destination")
+    s.add_argument("--src", required=True, help="server/db.collection (or server/db.*)")
+    s.add_argument("--dst", required=True, help="server/db.collection (or server/db.*)")
+    s.add_argument("--ops", default="iud", help="letters from 'iud' (default iud)")
+    s.add_argument("--forward", action="store_true", help="also carry writes replicated into src from elsewhere")
+    s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
+    s.set_defaults(func=cmd_replicate)
+    s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
+    s.add_argument("-s", "--server", help="only links whose destination is this server")
+    s.add_argument("--status-interval", type=float, default=0, help="log a status table every N seconds")
+    s.set_defaults(func=cmd_run)
+    s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("validate", help="check the file and every server, writing nothing")
+    s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")
+    s.add_argument("--port", type=int, default=27017)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--replset", default="rs0")
+    s.add_argument("--oplog-size-mb", type=float, default=256)
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("demo", help="factory and cloud, replicating both ways, with an outage")
+    s.add_argument("--seconds", type=float, default=12, help="how long the simulation runs")
+    s.add_argument("--outage", type=float, default=3, help="how long the link is cut")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    if args.logging:
+        if not os.path.exists(args.logging):
+            raise CliError(f"{args.logging}: no such logging configuration file")
+        logging.config.fileConfig(args.logging, disable_existing_loggers=False)
+        return
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        _setup_logging(args)
+        return args.func(args)
+    except (CliError, ConfigError) as e:
+        print(f"mmm: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"mmm: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
