@@ -13,7 +13,7 @@ import logging.config
 import os
 import signal
 import sys
-import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
@@ -241,24 +241,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server])
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
-    stopping = threading.Event()
+    stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
 
     def on_signal(signum: int, frame: Any) -> None:
-        log.info("received %s: stopping after the current batch", signal.Signals(signum).name)
-        stopping.set()
+        stopping.append(signum)
         r.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"mmm: replicating {len(r.links)} link(s); SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+    last_status = time.monotonic()
     try:
         r.start()
-        while not stopping.is_set():
-            stopping.wait(args.status_interval)
-            if args.status_interval and not stopping.is_set():
+        while not stopping and r._thread is not None and r._thread.is_alive():
+            time.sleep(0.1)
+            if args.status_interval and time.monotonic() - last_status >= args.status_interval:
                 log.info("status:\n%s", _format_status(r.status()))
-            if r._thread is not None and not r._thread.is_alive():
-                break
+                last_status = time.monotonic()
+        if stopping:
+            log.info("received %s: stopping after the current batch", signal.Signals(stopping[0]).name)
         r.stop()
         r.join()
     except ReplicationError as e:
@@ -273,13 +274,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
     except OSError as e:
         raise CliError(str(e)) from None
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done: List[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: done.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: done.append(signum))
     print(f"mmm: embedded MongoDB server on {server.address}, replica set {server.replset}", flush=True)
     print(f"     connect with {server.uri}", flush=True)
-    while not done.wait(0.5):
-        pass
+    while not done:
+        time.sleep(0.2)
     server.stop()
     return 0
 
