@@ -9,6 +9,7 @@ import datetime
 import bson
 import pytest
 from bson import Int64
+from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, WriteError
 
 
@@ -225,6 +226,42 @@ def test_raw_update_with_array_filters(client):
         "q": {"_id": 1}, "u": {"$set": {"a.$[big]": 0}}, "arrayFilters": [{"big": {"$gt": 4}}],
     }])
     assert client.test.u.find_one()["a"] == [1, 0, 0]
+
+
+def test_positional_operator_per_document_with_update_many(coll):
+    # The matched index is taken from each document (MatchDetails::elemMatchKey).
+    coll.insert_many([{"_id": 1, "a": [5, 7]}, {"_id": 2, "a": [7, 5, 7]}])
+    coll.update_many({"a": 7}, {"$inc": {"a.$": 100}})
+    assert [d["a"] for d in coll.find(sort=[("_id", 1)])] == [[5, 107], [107, 5, 7]]
+
+
+def test_positional_operator_without_array_match_fails(coll):
+    coll.insert_one({"_id": 1, "a": [1, 2]})
+    with pytest.raises(OperationFailure) as e:
+        coll.update_one({"_id": 1}, {"$set": {"a.$": 0}})
+    assert e.value.code == 2
+    assert "The positional operator did not find the match needed from the query." in str(e.value)
+
+
+def test_find_and_modify_with_array_filters(coll):
+    coll.insert_one({"_id": 1, "a": [{"k": 1}, {"k": 2}, {"k": 3}]})
+    after = coll.find_one_and_update({"_id": 1}, {"$set": {"a.$[e].k": 0}},
+                                     array_filters=[{"e.k": {"$gte": 2}}],
+                                     return_document=ReturnDocument.AFTER)
+    assert after["a"] == [{"k": 1}, {"k": 0}, {"k": 0}]
+
+
+def test_array_filter_identifier_errors(coll):
+    coll.insert_one({"_id": 1, "a": [1]})
+    with pytest.raises(OperationFailure) as e:
+        coll.update_one({"_id": 1}, {"$set": {"a.$[i]": 0}})
+    assert e.value.code == 2
+    assert "No array filter found for identifier 'i' in path 'a.$[i]'" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        coll.update_one({"_id": 1}, {"$set": {"a.$[i]": 5.0}}, array_filters=[{"i": 0}, {"j": 0}])
+    assert e.value.code == 9
+    assert ("The array filter for identifier 'j' was not used in the update "
+            "{ $set: { a.$[i]: 5.0 } }") in str(e.value)
 
 
 def test_failed_update_leaves_the_document_unchanged(client):

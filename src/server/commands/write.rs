@@ -120,6 +120,31 @@ pub fn matching(
     out
 }
 
+/// The `arrayFilters` option (IDL type `array<object>`); `field` is its name in IDL errors.
+fn array_filters_arg(body: &Document, field: &str) -> ServerResult<Option<Vec<Document>>> {
+    let wrong_type = |name: String, v: &Bson, expected: &str| {
+        ServerError::type_mismatch(format!(
+            "BSON field '{}' is the wrong type '{}', expected type '{}'",
+            name,
+            crate::server::query::compare::type_name(v),
+            expected
+        ))
+    };
+    match body.get("arrayFilters") {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Bson::Document(d) => Ok(d.clone()),
+                other => Err(wrong_type(format!("{field}.{i}"), other, "object")),
+            })
+            .collect::<ServerResult<Vec<_>>>()
+            .map(Some),
+        Some(other) => Err(wrong_type(field.to_string(), other, "array")),
+    }
+}
+
 pub struct UpdateResult {
     pub matched: i32,
     pub modified: i32,
@@ -153,6 +178,13 @@ pub fn update_docs(
         now: ctx.now,
         now_ts: ctx.state.clock.last(),
     };
+    // The positional `$` stands for the array index the query matched in each document
+    // (`UpdateDriver::needMatchDetails` → `MatchDetails::elemMatchKey`).
+    let positional_matcher = if spec.is_positional() {
+        Some(Matcher::new(query)?)
+    } else {
+        None
+    };
     for rid in rids {
         let version = ctx.next_version();
         let c = ctx
@@ -163,7 +195,10 @@ pub fn update_docs(
         };
         let ui = c.uuid;
         let mut doc = (*current).clone();
-        let outcome = spec.apply(&mut doc, &uctx)?;
+        let matched = positional_matcher
+            .as_ref()
+            .and_then(|m| m.positional_match(&current));
+        let outcome = spec.apply_matched(&mut doc, &uctx, matched)?;
         result.matched += 1;
         result.before = Some((*current).clone());
         if outcome.modified {
@@ -250,12 +285,7 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
             };
             let multi = bool_arg(stmt, "multi", false);
             let upsert = bool_arg(stmt, "upsert", false);
-            let array_filters: Option<Vec<Document>> = match stmt.get("arrayFilters") {
-                Some(Bson::Array(a)) => {
-                    Some(a.iter().filter_map(|b| b.as_document().cloned()).collect())
-                }
-                _ => None,
-            };
+            let array_filters = array_filters_arg(stmt, "update.updates.arrayFilters")?;
             let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
             if multi && spec.is_replacement() {
                 return Err(ServerError::failed_to_parse(
@@ -432,7 +462,8 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
         }
         _ => return Err(ServerError::failed_to_parse("'update' must be a document")),
     };
-    let spec = UpdateSpec::parse(&u, None)?;
+    let array_filters = array_filters_arg(body, "findAndModify.arrayFilters")?;
+    let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
     let r = update_docs(ctx, &db, &coll, rids, &query, &spec, upsert, true)?;
     let mut last =
         doc! {"n": r.matched.max(r.upserted.is_some() as i32), "updatedExisting": r.matched > 0};

@@ -9,7 +9,7 @@ use super::compare::{
     as_i64_trunc, canonical_type, compare_values, is_nan, is_number, true_value, type_code,
     values_equal,
 };
-use super::path::{matcher_values, split_path, LeafArrays};
+use super::path::{matcher_values, matcher_values_with_offsets, split_path, LeafArrays};
 use crate::server::error::{ServerError, ServerResult};
 use bson::{Bson, Document};
 use std::cmp::Ordering;
@@ -164,6 +164,24 @@ fn array_as_document(arr: &[Bson]) -> Document {
 }
 
 impl Pred {
+    /// For `$elemMatch` predicates satisfied by `v`: the index of the first matching element.
+    fn elem_match_index(&self, v: Option<&Bson>) -> Option<usize> {
+        let Some(Bson::Array(arr)) = v else {
+            return None;
+        };
+        match self {
+            Pred::ElemMatchObject(node) => arr.iter().position(|e| match e {
+                Bson::Document(d) => node.matches_doc(d),
+                Bson::Array(inner) => node.matches_doc(&array_as_document(inner)),
+                _ => false,
+            }),
+            Pred::ElemMatchValue(nodes) => arr
+                .iter()
+                .position(|e| nodes.iter().all(|n| n.matches_value(Some(e)))),
+            _ => None,
+        }
+    }
+
     fn leaf_arrays(&self) -> LeafArrays {
         match self {
             Pred::Size(_) | Pred::ElemMatchObject(_) | Pred::ElemMatchValue(_) => LeafArrays::Keep,
@@ -249,6 +267,44 @@ impl Node {
         }
     }
 
+    /// `matches_doc` that also records mongod's `MatchDetails::elemMatchKey` (the positional
+    /// `$` update operator's matched array index) into `key`: an `$and` passes the details to
+    /// each child in turn (a later child overwrites the key), `$or`/`$nor`/`$not` pass none, a
+    /// path predicate records the array offset of the first value that satisfies it, and
+    /// `$elemMatch` the index of the first matching element (overridden by the path's own array
+    /// offset, as `PathMatchExpression::matches` does).
+    fn matches_recording(&self, doc: &Document, key: &mut Option<usize>) -> bool {
+        match self {
+            Node::And(c) => {
+                for n in c {
+                    if !n.matches_recording(doc, key) {
+                        *key = None;
+                        return false;
+                    }
+                }
+                true
+            }
+            Node::Path { path, pred } => {
+                let mut vals = Vec::new();
+                matcher_values_with_offsets(doc, path, pred.leaf_arrays(), &mut vals);
+                for (v, offset) in vals {
+                    if !pred.matches_single(v) {
+                        continue;
+                    }
+                    if let Some(i) = pred.elem_match_index(v) {
+                        *key = Some(i);
+                    }
+                    if let Some(o) = offset {
+                        *key = Some(o);
+                    }
+                    return true;
+                }
+                false
+            }
+            other => other.matches_doc(doc),
+        }
+    }
+
     /// Evaluate against a single value (children of a value-form `$elemMatch`).
     pub(crate) fn matches_value(&self, v: Option<&Bson>) -> bool {
         match self {
@@ -278,6 +334,44 @@ impl Matcher {
 
     pub fn matches(&self, doc: &Document) -> bool {
         self.root.matches_doc(doc)
+    }
+
+    /// The array index the positional update operator `$` stands for in `doc` (mongod's
+    /// `MatchDetails::elemMatchKey`): `None` when the filter does not match or matched without
+    /// traversing an array.
+    pub fn positional_match(&self, doc: &Document) -> Option<usize> {
+        let mut key = None;
+        if self.root.matches_recording(doc, &mut key) {
+            key
+        } else {
+            None
+        }
+    }
+
+    /// The single top-level field name the filter is over (`parseTopLevelFieldName` in
+    /// expression_with_placeholder.cpp): the first component of each path, through logical
+    /// operators. `Ok(None)` when there is none; `Err((a, b))` when two differ.
+    pub fn top_level_field(&self) -> Result<Option<String>, (String, String)> {
+        fn walk(node: &Node) -> Result<Option<String>, (String, String)> {
+            match node {
+                Node::Path { path, .. } => Ok(path.first().cloned()),
+                Node::And(c) | Node::Or(c) | Node::Nor(c) => {
+                    let mut found: Option<String> = None;
+                    for n in c {
+                        let sub = walk(n)?;
+                        match (&found, sub) {
+                            (None, sub) => found = sub,
+                            (Some(a), Some(b)) if *a != b => return Err((a.clone(), b)),
+                            _ => {}
+                        }
+                    }
+                    Ok(found)
+                }
+                Node::Not(n) => walk(n),
+                Node::Const(_) => Ok(None),
+            }
+        }
+        walk(&self.root)
     }
 
     /// The value `_id` is pinned to by equality (`{_id: v}`, `{_id: {$eq: v}}`, possibly
@@ -1347,5 +1441,62 @@ mod tests {
         assert_eq!(m(doc! {"$or": [{"_id": 1}]}).id_equality(), None);
         assert_eq!(m(doc! {"_id": {"$ne": 1}}).id_equality(), None);
         assert_eq!(m(doc! {"a._id": 1}).id_equality(), None);
+    }
+
+    /// `MatchDetails::elemMatchKey`, the positional `$` operator's matched index.
+    #[test]
+    fn positional_match_records_the_array_offset() {
+        let pos = |f: Document, d: Document| m(f).positional_match(&d);
+        // ref §3.7: query {a: 1} on {a: [0, 1, 2]} → matched index 1.
+        assert_eq!(
+            pos(doc! {"_id": 1, "a": 1}, doc! {"_id": 1, "a": [0, 1, 2]}),
+            Some(1)
+        );
+        assert_eq!(
+            pos(
+                doc! {"_id": 1, "a.k": 2},
+                doc! {"_id": 1, "a": [{"k": 1}, {"k": 2}]}
+            ),
+            Some(1)
+        );
+        // $elemMatch records the matching element.
+        assert_eq!(
+            pos(
+                doc! {"a": {"$elemMatch": {"k": {"$gt": 1}}}},
+                doc! {"a": [{"k": 1}, {"k": 2}, {"k": 3}]}
+            ),
+            Some(1)
+        );
+        // The outermost array (path.cpp BSONElementIterator::next).
+        assert_eq!(
+            pos(doc! {"a.b": 2}, doc! {"a": [{"b": [1]}, {"b": [1, 2]}]}),
+            Some(1)
+        );
+        // No implicit array traversal: no key (whole-array equality, `a.1`, no array at all).
+        assert_eq!(pos(doc! {"a": [0, 1]}, doc! {"a": [0, 1]}), None);
+        assert_eq!(pos(doc! {"a.1": 1}, doc! {"a": [0, 1]}), None);
+        assert_eq!(pos(doc! {"a": 1}, doc! {"a": 1}), None);
+        // $or passes no MatchDetails to its children.
+        assert_eq!(pos(doc! {"$or": [{"a": 1}]}, doc! {"a": [0, 1]}), None);
+        // Not matching at all.
+        assert_eq!(pos(doc! {"a": 5}, doc! {"a": [0, 1]}), None);
+    }
+
+    #[test]
+    fn top_level_field_of_array_filters() {
+        assert_eq!(m(doc! {"i.b": 0}).top_level_field(), Ok(Some("i".into())));
+        assert_eq!(
+            m(doc! {"$or": [{"i": 0}, {"i": 3}]}).top_level_field(),
+            Ok(Some("i".into()))
+        );
+        assert_eq!(
+            m(doc! {"i": {"$ne": 0}}).top_level_field(),
+            Ok(Some("i".into()))
+        );
+        assert_eq!(
+            m(doc! {"i": 0, "j": 0}).top_level_field(),
+            Err(("i".into(), "j".into()))
+        );
+        assert_eq!(m(doc! {}).top_level_field(), Ok(None));
     }
 }

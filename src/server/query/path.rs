@@ -50,6 +50,27 @@ pub enum LeafArrays {
     Keep,
 }
 
+/// Receives the values a path yields. `offset` is mongod's `ElementIterator::Context::
+/// arrayOffset`: the index of the element of the outermost array traversed *implicitly* to reach
+/// the value (`None` when no array was traversed, for the whole array yielded after its
+/// elements, and for positional readings such as `a.1`). It is what the positional update
+/// operator `$` uses as the matched index.
+pub(crate) trait ValueSink<'a> {
+    fn push(&mut self, value: Option<&'a Bson>, offset: Option<usize>);
+}
+
+impl<'a> ValueSink<'a> for Vec<Option<&'a Bson>> {
+    fn push(&mut self, value: Option<&'a Bson>, _offset: Option<usize>) {
+        Vec::push(self, value);
+    }
+}
+
+impl<'a> ValueSink<'a> for Vec<(Option<&'a Bson>, Option<usize>)> {
+    fn push(&mut self, value: Option<&'a Bson>, offset: Option<usize>) {
+        Vec::push(self, (value, offset));
+    }
+}
+
 /// All values the matcher sees at `parts` in `doc`; `None` stands for "missing".
 /// An empty result means the path led nowhere (e.g. `a.b` over an array of scalars).
 pub fn matcher_values<'a>(
@@ -57,6 +78,28 @@ pub fn matcher_values<'a>(
     parts: &[String],
     leaf: LeafArrays,
     out: &mut Vec<Option<&'a Bson>>,
+) {
+    values_in(doc, parts, leaf, None, out);
+}
+
+/// [`matcher_values`] with each value's array offset (see [`ValueSink`]).
+pub(crate) fn matcher_values_with_offsets<'a>(
+    doc: &'a Document,
+    parts: &[String],
+    leaf: LeafArrays,
+    out: &mut Vec<(Option<&'a Bson>, Option<usize>)>,
+) {
+    values_in(doc, parts, leaf, None, out);
+}
+
+/// `outer`: the offset imposed by an enclosing implicit array traversal (the outermost array
+/// offset wins, as in `BSONElementIterator::next`).
+fn values_in<'a, S: ValueSink<'a>>(
+    doc: &'a Document,
+    parts: &[String],
+    leaf: LeafArrays,
+    outer: Option<usize>,
+    out: &mut S,
 ) {
     if parts.is_empty() {
         return;
@@ -67,12 +110,12 @@ pub fn matcher_values<'a>(
     loop {
         match cur.get(&parts[idx]) {
             None => {
-                out.push(None);
+                out.push(None, outer);
                 return;
             }
             Some(v) => {
                 if idx + 1 == parts.len() {
-                    from_start(v, &parts[idx + 1..], leaf, out);
+                    from_start(v, &parts[idx + 1..], leaf, outer, out);
                     return;
                 }
                 match v {
@@ -81,11 +124,11 @@ pub fn matcher_values<'a>(
                         idx += 1;
                     }
                     Bson::Array(_) => {
-                        from_start(v, &parts[idx + 1..], leaf, out);
+                        from_start(v, &parts[idx + 1..], leaf, outer, out);
                         return;
                     }
                     _ => {
-                        out.push(None);
+                        out.push(None, outer);
                         return;
                     }
                 }
@@ -94,57 +137,63 @@ pub fn matcher_values<'a>(
     }
 }
 
-fn from_start<'a>(
+fn from_start<'a, S: ValueSink<'a>>(
     start: &'a Bson,
     rest: &[String],
     leaf: LeafArrays,
-    out: &mut Vec<Option<&'a Bson>>,
+    outer: Option<usize>,
+    out: &mut S,
 ) {
     match start {
         Bson::Array(arr) => {
             if rest.is_empty() && leaf == LeafArrays::Keep {
-                out.push(Some(start));
+                out.push(Some(start), outer);
                 return;
             }
-            traverse_array(arr, rest, leaf, out);
+            traverse_array(arr, rest, leaf, outer, out);
             if rest.is_empty() {
-                out.push(Some(start));
+                out.push(Some(start), outer);
             }
         }
-        _ => out.push(Some(start)),
+        _ => out.push(Some(start), outer),
     }
 }
 
-fn traverse_array<'a>(
+fn traverse_array<'a, S: ValueSink<'a>>(
     arr: &'a [Bson],
     rest: &[String],
     leaf: LeafArrays,
-    out: &mut Vec<Option<&'a Bson>>,
+    outer: Option<usize>,
+    out: &mut S,
 ) {
     for (i, elt) in arr.iter().enumerate() {
+        // Values reached by implicitly traversing this array carry this element's index,
+        // unless an enclosing array already imposes its own.
+        let implicit = outer.or(Some(i));
         if rest.is_empty() {
-            out.push(Some(elt));
+            out.push(Some(elt), implicit);
             continue;
         }
         let offset_match = index_of(&rest[0]) == Some(i);
         match elt {
             Bson::Document(d) => {
                 // Implicit traversal into the element...
-                matcher_values(d, rest, leaf, out);
-                // ...and, when the component names this position, the positional reading.
+                values_in(d, rest, leaf, implicit, out);
+                // ...and, when the component names this position, the positional reading
+                // (not an implicit traversal: no offset of its own from this array).
                 if offset_match {
                     if rest.len() == 1 {
-                        out.push(Some(elt));
+                        out.push(Some(elt), outer);
                     } else {
-                        matcher_values(d, &rest[1..], leaf, out);
+                        values_in(d, &rest[1..], leaf, outer, out);
                     }
                 }
             }
             _ if offset_match => {
                 if rest.len() == 1 {
-                    out.push(Some(elt));
+                    out.push(Some(elt), outer);
                 } else if let Bson::Array(inner) = elt {
-                    traverse_array(inner, &rest[1..], leaf, out);
+                    traverse_array(inner, &rest[1..], leaf, outer, out);
                 }
             }
             _ => {}
@@ -223,6 +272,44 @@ mod tests {
         assert_eq!(
             values(&obj, "a.0", LeafArrays::Expand),
             vec![Some(bson!("x"))]
+        );
+    }
+
+    fn offsets(doc: &Document, path: &str, leaf: LeafArrays) -> Vec<(Option<Bson>, Option<usize>)> {
+        let mut out = Vec::new();
+        matcher_values_with_offsets(doc, &split_path(path), leaf, &mut out);
+        out.into_iter().map(|(v, o)| (v.cloned(), o)).collect()
+    }
+
+    #[test]
+    fn array_offsets_follow_element_iterator() {
+        // Leaf array: each element carries its index, the whole array none.
+        assert_eq!(
+            offsets(&doc! {"a": [5, 6]}, "a", LeafArrays::Expand),
+            vec![
+                (Some(bson!(5)), Some(0)),
+                (Some(bson!(6)), Some(1)),
+                (Some(bson!([5, 6])), None)
+            ]
+        );
+        // The outermost array offset wins (path.cpp: "the element with a value of 2 should be
+        // returned with an array offset of 0" for "a.b" over {a: [{b: [1, 2]}]}).
+        assert_eq!(
+            offsets(&doc! {"a": [{"b": [1, 2]}]}, "a.b", LeafArrays::Expand),
+            vec![
+                (Some(bson!(1)), Some(0)),
+                (Some(bson!(2)), Some(0)),
+                (Some(bson!([1, 2])), Some(0))
+            ]
+        );
+        // A positional reading is not an implicit traversal: no offset.
+        assert_eq!(
+            offsets(&doc! {"a": [5, 6]}, "a.1", LeafArrays::Expand),
+            vec![(Some(bson!(6)), None)]
+        );
+        assert_eq!(
+            offsets(&doc! {"a": [{"k": 1}, {"k": 2}]}, "a.k", LeafArrays::Expand),
+            vec![(Some(bson!(1)), Some(0)), (Some(bson!(2)), Some(1))]
         );
     }
 }

@@ -7,8 +7,8 @@ use super::diff::LogBuilder;
 use super::fmt;
 use super::ops::{arith, bit, is_numeric, num_debug, num_identical, perform_push, pull_matches};
 use super::ops::{Arith, ArithResult, Modify};
-use super::parse::{Leaf, Op, UNode};
-use super::{compare_values, values_equal, UpdateContext};
+use super::parse::{merge_nodes, ArrayNode, Leaf, ObjectNode, Op, UNode};
+use super::{compare_values, values_equal, ArrayFilter, UpdateContext};
 use crate::server::error::{ServerError, ServerResult};
 use bson::{Bson, Document};
 use std::cmp::Ordering;
@@ -95,14 +95,28 @@ pub(crate) struct Applier<'a> {
     pub root: Bson,
     pub ctx: &'a UpdateContext,
     pub log: LogBuilder,
+    array_filters: &'a [ArrayFilter],
+    /// The array index matched by the query (`matchedField`), for the positional `$`.
+    matched: Option<&'a str>,
+    /// A modifier wrote a value in place even if it did not change (`$currentDate`): mongod's
+    /// in-place damages are then not empty and the document counts as modified.
+    pub forced_write: bool,
 }
 
 impl<'a> Applier<'a> {
-    pub(crate) fn new(doc: Document, ctx: &'a UpdateContext) -> Self {
+    pub(crate) fn new(
+        doc: Document,
+        ctx: &'a UpdateContext,
+        array_filters: &'a [ArrayFilter],
+        matched: Option<&'a str>,
+    ) -> Self {
         Applier {
             root: Bson::Document(doc),
             ctx,
             log: LogBuilder::new(),
+            array_filters,
+            matched,
+            forced_write: false,
         }
     }
 
@@ -144,14 +158,166 @@ impl<'a> Applier<'a> {
         ptc: &mut Vec<String>,
     ) -> ServerResult<()> {
         match node {
-            UNode::Object(children) => {
-                for (field, child) in children {
-                    self.apply_child(child, field, pt, ptc)?;
-                }
-                Ok(())
-            }
+            UNode::Object(o) => self.apply_object(o, pt, ptc),
+            UNode::Array(a) => self.apply_array(a, pt, ptc),
             UNode::Leaf(leaf) => self.apply_leaf(leaf, pt, ptc),
         }
+    }
+
+    /// `UpdateObjectNode::apply`: the children in order, with the positional child applied at
+    /// the matched index — merged with the child of that name if there is one, otherwise just
+    /// before the first child whose name is (bytewise) greater.
+    fn apply_object(
+        &mut self,
+        node: &ObjectNode,
+        pt: &mut Vec<PathComp>,
+        ptc: &mut Vec<String>,
+    ) -> ServerResult<()> {
+        let mut positional = match &node.positional {
+            Some(p) => match self.matched {
+                Some(m) => Some((p.as_ref(), m)),
+                None => {
+                    return Err(ServerError::bad_value(
+                        "The positional operator did not find the match needed from the query.",
+                    ))
+                }
+            },
+            None => None,
+        };
+        for (field, child) in &node.children {
+            if let Some((pos_child, matched)) = positional {
+                if field == matched {
+                    let mut path: Vec<String> = pt.iter().map(|c| c.name.clone()).collect();
+                    path.extend(ptc.iter().cloned());
+                    path.push(matched.to_string());
+                    let merged = merge_nodes(pos_child, child, &mut path)?;
+                    self.apply_child(&merged, field, pt, ptc)?;
+                    positional = None;
+                    continue;
+                }
+                if matched.as_bytes() < field.as_bytes() {
+                    self.apply_child(pos_child, matched, pt, ptc)?;
+                    positional = None;
+                }
+            }
+            self.apply_child(child, field, pt, ptc)?;
+        }
+        if let Some((pos_child, matched)) = positional {
+            self.apply_child(pos_child, matched, pt, ptc)?;
+        }
+        Ok(())
+    }
+
+    /// `UpdateArrayNode::apply`: each element gets the (merged) updates whose filter it
+    /// matches. When more than one element matches, the children do not log; the array node
+    /// then logs the whole array if several elements changed, or the one changed element.
+    fn apply_array(
+        &mut self,
+        node: &ArrayNode,
+        pt: &mut Vec<PathComp>,
+        ptc: &[String],
+    ) -> ServerResult<()> {
+        if !ptc.is_empty() {
+            let mut parts: Vec<String> = pt.iter().map(|c| c.name.clone()).collect();
+            parts.extend(ptc.iter().cloned());
+            return Err(ServerError::bad_value(format!(
+                "The path '{}' must exist in the document in order to apply array updates.",
+                parts.join(".")
+            )));
+        }
+        let len = match nav(&self.root, pt) {
+            Bson::Array(a) => a.len(),
+            _ => {
+                return Err(ServerError::bad_value(format!(
+                    "Cannot apply array updates to non-array element {}",
+                    self.element_str(pt)
+                )))
+            }
+        };
+        let mut matching: Vec<(usize, Vec<&UNode>)> = Vec::new();
+        if let Bson::Array(arr) = nav(&self.root, pt) {
+            for (i, element) in arr.iter().enumerate() {
+                let mut updates = Vec::new();
+                for (id, child) in &node.children {
+                    let applies = id.is_empty()
+                        || self
+                            .array_filters
+                            .iter()
+                            .find(|f| f.id == *id)
+                            .expect("identifiers are checked at parse time")
+                            .matches_element(element);
+                    if applies {
+                        updates.push(child);
+                    }
+                }
+                if !updates.is_empty() {
+                    matching.push((i, updates));
+                }
+            }
+        }
+        debug_assert!(matching.iter().all(|(i, _)| *i < len));
+
+        let children_log = matching.len() <= 1;
+        if !children_log {
+            self.log.mute();
+        }
+        let mut modified: Vec<usize> = Vec::new();
+        let mut result = Ok(());
+        for (i, updates) in &matching {
+            pt.push(PathComp {
+                name: i.to_string(),
+                index: Some(*i),
+            });
+            let mut merged_owned: Option<UNode> = None;
+            for next in &updates[1..] {
+                let mut path: Vec<String> = pt.iter().map(|c| c.name.clone()).collect();
+                let left = merged_owned.as_ref().unwrap_or(updates[0]);
+                match merge_nodes(left, next, &mut path) {
+                    Ok(m) => merged_owned = Some(m),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                let child = merged_owned.as_ref().unwrap_or(updates[0]);
+                // The child is a no-op unless one of its modifiers reported a change.
+                let events_before = self.log.events();
+                let mut no_ptc = Vec::new();
+                result = self.apply_node(child, pt, &mut no_ptc);
+                if result.is_ok() && self.log.events() > events_before {
+                    modified.push(*i);
+                }
+            }
+            pt.pop();
+            if result.is_err() {
+                break;
+            }
+        }
+        if !children_log {
+            self.log.unmute();
+        }
+        result?;
+        if !children_log {
+            match modified.as_slice() {
+                [] => {}
+                [i] => {
+                    let mut p = pt.to_vec();
+                    p.push(PathComp {
+                        name: i.to_string(),
+                        index: Some(*i),
+                    });
+                    let v = nav(&self.root, &p).clone();
+                    self.log.log_updated(&p, v);
+                }
+                _ => {
+                    let v = nav(&self.root, pt).clone();
+                    self.log.log_updated(pt, v);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `applyChild` in update_object_node.cpp.
@@ -245,6 +411,9 @@ impl<'a> Applier<'a> {
         let result = update_existing(op, elem, ctx, &path, &field, &id, rename_value)?;
         if result == Modify::NoOp {
             return Ok(());
+        }
+        if matches!(op, Op::CurrentDate { .. }) {
+            self.forced_write = true;
         }
         if touches_id {
             return Err(self.immutable_error(pt));
@@ -536,7 +705,12 @@ fn update_existing(
                 Modify::NoOp
             }
         }
-        Op::CurrentDate { timestamp } => set_if_changed(elem, current_date(*timestamp, ctx)),
+        Op::CurrentDate { timestamp } => {
+            // CurrentDateNode::updateExistingElement: always a (normal) modification, even
+            // when the value does not change.
+            *elem = current_date(*timestamp, ctx);
+            Modify::Normal
+        }
         Op::Push(spec) => match elem {
             Bson::Array(a) => perform_push(spec, a),
             other => {

@@ -81,13 +81,33 @@ fn array_index(comp: &PathComp) -> usize {
 #[derive(Debug)]
 pub(crate) struct LogBuilder {
     root: Internal,
+    /// While positive, events are dropped: the update array node applies its children without
+    /// a log builder when more than one element matches, and logs the result itself.
+    muted: u32,
+    /// Events reported so far, muted or not: each is a modifier that did not report a no-op.
+    events: usize,
 }
 
 impl LogBuilder {
     pub(crate) fn new() -> Self {
         LogBuilder {
             root: Internal::new(InternalKind::SubDiff),
+            muted: 0,
+            events: 0,
         }
+    }
+
+    pub(crate) fn mute(&mut self) {
+        self.muted += 1;
+    }
+
+    pub(crate) fn unmute(&mut self) {
+        self.muted -= 1;
+    }
+
+    /// How many changes were reported (including while muted).
+    pub(crate) fn events(&self) -> usize {
+        self.events
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -107,6 +127,10 @@ impl LogBuilder {
     }
 
     fn add_at_path(&mut self, path: &[PathComp], node: Node, first_new: Option<usize>) {
+        self.events += 1;
+        if self.muted > 0 {
+            return;
+        }
         let mut cur: &mut Internal = &mut self.root;
         let last = path.len() - 1;
         for (i, comp) in path.iter().enumerate() {

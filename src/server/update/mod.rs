@@ -5,6 +5,10 @@
 //! Operator updates are parsed into MongoDB's update tree (one node per path component, children
 //! in `cmpPathsAndArrayIndexes` order — so new fields are appended in that order), applied by
 //! walking the tree, and every change is logged into a port of MongoDB's `V2LogBuilder`.
+//! Positional components follow MongoDB's `UpdateObjectNode` (a `$` child applied at the
+//! array index the query matched, passed to [`UpdateSpec::apply_matched`]) and
+//! `UpdateArrayNode` (`$[]` / `$[<identifier>]` children applied to the elements their
+//! `arrayFilters` entry matches).
 
 mod apply;
 mod cmp;
@@ -16,13 +20,82 @@ mod upsert;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_positional;
 
-use crate::server::query::compare_values;
+use crate::server::query::{compare_values, Matcher};
 
 pub use self::upsert::{upsert_seed, upsert_seed_for_replacement};
 
 use self::apply::Applier;
 use self::parse::UNode;
+
+/// One parsed `arrayFilters` entry: its identifier and the filter, matched against an array
+/// element as the value of the identifier.
+#[derive(Debug, Clone)]
+pub(crate) struct ArrayFilter {
+    pub id: String,
+    matcher: Matcher,
+}
+
+impl ArrayFilter {
+    /// `ExpressionWithPlaceholder::getFilter()->matchesBSONElement(element)`.
+    pub(crate) fn matches_element(&self, element: &Bson) -> bool {
+        let mut d = Document::new();
+        d.insert(self.id.clone(), element.clone());
+        self.matcher.matches(&d)
+    }
+}
+
+/// `ParsedUpdate::parseArrayFilters`: each filter is a query whose paths all start with one
+/// identifier (the "placeholder"), unique among the filters.
+fn parse_array_filters(raw: Option<&[Document]>) -> ServerResult<Vec<ArrayFilter>> {
+    let context = |e: ServerError| {
+        ServerError::new(
+            e.code,
+            e.code_name,
+            format!("Error parsing array filter :: caused by :: {}", e.message),
+        )
+    };
+    let mut out: Vec<ArrayFilter> = Vec::new();
+    for filter in raw.unwrap_or(&[]) {
+        let matcher = Matcher::new(filter).map_err(context)?;
+        let id = match matcher.top_level_field() {
+            Err((a, b)) => {
+                return Err(context(ServerError::failed_to_parse(format!(
+                    "Expected a single top-level field name, found '{}' and '{}'",
+                    a, b
+                ))))
+            }
+            Ok(Some(id)) => {
+                let mut chars = id.chars();
+                let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+                    && chars.all(|c| c.is_ascii_alphanumeric());
+                if !valid {
+                    return Err(context(ServerError::bad_value(format!(
+                        "The top-level field name must be an alphanumeric string beginning \
+                         with a lowercase letter, found '{}'",
+                        id
+                    ))));
+                }
+                id
+            }
+            Ok(None) => {
+                return Err(ServerError::failed_to_parse(
+                    "Cannot use an expression without a top-level field name in arrayFilters",
+                ))
+            }
+        };
+        if out.iter().any(|f| f.id == id) {
+            return Err(ServerError::failed_to_parse(format!(
+                "Found multiple array filters with the same top-level field name {}",
+                id
+            )));
+        }
+        out.push(ArrayFilter { id, matcher });
+    }
+    Ok(out)
+}
 use crate::server::error::{ServerError, ServerResult};
 use bson::{Bson, Document};
 use std::cmp::Ordering;
@@ -56,7 +129,11 @@ pub struct UpdateOutcome {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Operators(UNode),
+    Operators {
+        tree: UNode,
+        /// The tree has a positional `$` component.
+        positional: bool,
+    },
     Replacement(Document),
 }
 
@@ -64,16 +141,19 @@ enum Kind {
 #[derive(Debug, Clone)]
 pub struct UpdateSpec {
     kind: Kind,
+    array_filters: Vec<ArrayFilter>,
 }
 
 impl UpdateSpec {
     /// `{$set: ..., $inc: ...}` → operator update; a document whose first key does not start
-    /// with `$` → replacement. Validates modifiers and their operands, conflicting paths, and
-    /// `$`-prefixed top-level fields in replacements.
+    /// with `$` → replacement. Validates the array filters (first, as mongod does), modifiers
+    /// and their operands, conflicting paths, array filter identifiers, and `$`-prefixed
+    /// top-level fields in replacements (which ignore `arrayFilters`).
     pub fn parse(
         update: &Document,
         array_filters: Option<&[Document]>,
     ) -> ServerResult<UpdateSpec> {
+        let array_filters = parse_array_filters(array_filters)?;
         let first_is_op = update.keys().next().is_some_and(|k| k.starts_with('$'));
         if !first_is_op {
             for (k, v) in update {
@@ -97,11 +177,17 @@ impl UpdateSpec {
             }
             return Ok(UpdateSpec {
                 kind: Kind::Replacement(update.clone()),
+                array_filters: Vec::new(),
             });
         }
-        let tree = parse::parse_operator_update(update, array_filters)?;
+        let ids: Vec<String> = array_filters.iter().map(|f| f.id.clone()).collect();
+        let parsed = parse::parse_operator_update(update, &ids)?;
         Ok(UpdateSpec {
-            kind: Kind::Operators(tree),
+            kind: Kind::Operators {
+                tree: parsed.root,
+                positional: parsed.positional,
+            },
+            array_filters,
         })
     }
 
@@ -126,18 +212,50 @@ impl UpdateSpec {
         matches!(self.kind, Kind::Replacement(_))
     }
 
+    /// True when the update uses the positional `$` operator (`UpdateDriver::needMatchDetails`):
+    /// the caller must then pass the array index the query matched to [`Self::apply_matched`]
+    /// (see `Matcher::positional_match`).
+    pub fn is_positional(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Operators {
+                positional: true,
+                ..
+            }
+        )
+    }
+
     /// Apply to `doc` in place (on error `doc` is left unchanged). When `ctx.inserting`, the
     /// result also gets `_id` moved first, or a new ObjectId `_id` if it has none.
     pub fn apply(&self, doc: &mut Document, ctx: &UpdateContext) -> ServerResult<UpdateOutcome> {
+        self.apply_matched(doc, ctx, None)
+    }
+
+    /// [`Self::apply`] with the array index the query matched in `doc` (mongod's
+    /// `matchedField`), which the positional `$` component stands for.
+    pub fn apply_matched(
+        &self,
+        doc: &mut Document,
+        ctx: &UpdateContext,
+        matched: Option<usize>,
+    ) -> ServerResult<UpdateOutcome> {
         let before = doc.clone();
+        // mongod counts a document as unmodified when its modifiers changed nothing in place
+        // ("inPlace && damages.empty()" in UpdateStage::transformAndUpdate, e.g. `$push` with
+        // an empty `$each` and `$sort` on a sorted array), but `$currentDate` always writes its
+        // value (CurrentDateNode::updateExistingElement), so it is logged even when unchanged.
+        let mut forced_write = false;
         let (mut after, oplog_o) = match &self.kind {
             Kind::Replacement(repl) => {
                 let new_doc = replace(&before, repl)?;
                 (new_doc.clone(), new_doc)
             }
-            Kind::Operators(tree) => {
-                let mut applier = Applier::new(before.clone(), ctx);
+            Kind::Operators { tree, .. } => {
+                let matched = matched.map(|i| i.to_string());
+                let mut applier =
+                    Applier::new(before.clone(), ctx, &self.array_filters, matched.as_deref());
                 applier.apply_tree(tree)?;
+                forced_write = applier.forced_write;
                 let (new_doc, log) = applier.into_document();
                 let o = if log.is_empty() {
                     Document::new()
@@ -153,7 +271,7 @@ impl UpdateSpec {
             }
             after = upsert::id_first(after);
         }
-        let modified = !cmp::documents_identical(&before, &after);
+        let modified = forced_write || !cmp::documents_identical(&before, &after);
         *doc = after;
         Ok(UpdateOutcome {
             modified,

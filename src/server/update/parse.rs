@@ -85,10 +85,135 @@ pub(crate) struct Leaf {
     pub op: Op,
 }
 
+/// `UpdateObjectNode`: children by field name, plus the child for the positional `$` component
+/// (applied at the array index the query matched).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ObjectNode {
+    pub children: Vec<(String, UNode)>,
+    pub positional: Option<Box<UNode>>,
+}
+
+/// `UpdateArrayNode`: children by array filter identifier (`""` for `$[]`), each applied to the
+/// array elements its filter matches.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ArrayNode {
+    pub children: Vec<(String, UNode)>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum UNode {
-    Object(Vec<(String, UNode)>),
+    Object(ObjectNode),
+    Array(ArrayNode),
     Leaf(Leaf),
+}
+
+impl UNode {
+    fn get_child(&self, name: &str) -> Option<&UNode> {
+        match self {
+            UNode::Object(o) if name == "$" => o.positional.as_deref(),
+            UNode::Object(ObjectNode { children, .. }) | UNode::Array(ArrayNode { children }) => {
+                children.iter().find(|(k, _)| k == name).map(|(_, c)| c)
+            }
+            UNode::Leaf(_) => None,
+        }
+    }
+
+    fn get_child_mut(&mut self, name: &str) -> Option<&mut UNode> {
+        if name == "$" {
+            return match self {
+                UNode::Object(o) => o.positional.as_deref_mut(),
+                _ => None,
+            };
+        }
+        match self {
+            UNode::Object(ObjectNode { children, .. }) | UNode::Array(ArrayNode { children }) => {
+                children.iter_mut().find(|(k, _)| k == name).map(|(_, c)| c)
+            }
+            UNode::Leaf(_) => None,
+        }
+    }
+
+    fn set_child(&mut self, name: String, child: UNode) {
+        match self {
+            UNode::Object(o) if name == "$" => o.positional = Some(Box::new(child)),
+            UNode::Object(ObjectNode { children, .. }) | UNode::Array(ArrayNode { children }) => {
+                children.push((name, child))
+            }
+            UNode::Leaf(_) => unreachable!("leaves have no children"),
+        }
+    }
+}
+
+/// A parsed operator update: the tree, and whether it uses the positional `$` (mongod then
+/// asks the query for the matched array index).
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedTree {
+    pub root: UNode,
+    pub positional: bool,
+}
+
+/// `UpdateNode::createUpdateNodeByMerging`: the update for an array element (or a positional
+/// field) reached by several update paths. `path` is the path taken to that point, for the
+/// ConflictingUpdateOperators message.
+pub(crate) fn merge_nodes(
+    left: &UNode,
+    right: &UNode,
+    path: &mut Vec<String>,
+) -> ServerResult<UNode> {
+    fn merge_maps(
+        l: &[(String, UNode)],
+        r: &[(String, UNode)],
+        path: &mut Vec<String>,
+        wrap: bool,
+    ) -> ServerResult<Vec<(String, UNode)>> {
+        let mut out: Vec<(String, UNode)> = Vec::new();
+        for (k, a) in l {
+            match r.iter().find(|(rk, _)| rk == k) {
+                Some((_, b)) => {
+                    path.push(if wrap { format!("$[{}]", k) } else { k.clone() });
+                    let merged = merge_nodes(a, b, path);
+                    path.pop();
+                    out.push((k.clone(), merged?));
+                }
+                None => out.push((k.clone(), a.clone())),
+            }
+        }
+        for (k, b) in r {
+            if !l.iter().any(|(lk, _)| lk == k) {
+                out.push((k.clone(), b.clone()));
+            }
+        }
+        Ok(out)
+    }
+    match (left, right) {
+        (UNode::Object(l), UNode::Object(r)) => {
+            let mut children = merge_maps(&l.children, &r.children, path, false)?;
+            children.sort_by(|(a, _), (b, _)| cmp_paths_and_array_indexes(a, b));
+            let positional = match (&l.positional, &r.positional) {
+                (None, None) => None,
+                (Some(p), None) | (None, Some(p)) => Some(p.clone()),
+                (Some(a), Some(b)) => {
+                    path.push("$".to_string());
+                    let merged = merge_nodes(a, b, path);
+                    path.pop();
+                    Some(Box::new(merged?))
+                }
+            };
+            Ok(UNode::Object(ObjectNode {
+                children,
+                positional,
+            }))
+        }
+        (UNode::Array(l), UNode::Array(r)) => {
+            let mut children = merge_maps(&l.children, &r.children, path, true)?;
+            children.sort_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+            Ok(UNode::Array(ArrayNode { children }))
+        }
+        _ => Err(ServerError::conflicting_update(format!(
+            "Update created a conflict at '{}'",
+            path.join(".")
+        ))),
+    }
 }
 
 /// `pathsupport::cmpPathsAndArrayIndexes`: numbers (without leading zeros) in numeric order,
@@ -111,11 +236,26 @@ pub(crate) fn cmp_paths_and_array_indexes(a: &str, b: &str) -> Ordering {
 }
 
 fn sort_tree(node: &mut UNode) {
-    if let UNode::Object(children) = node {
-        children.sort_by(|(a, _), (b, _)| cmp_paths_and_array_indexes(a, b));
-        for (_, c) in children.iter_mut() {
-            sort_tree(c);
+    match node {
+        UNode::Object(o) => {
+            o.children
+                .sort_by(|(a, _), (b, _)| cmp_paths_and_array_indexes(a, b));
+            for (_, c) in o.children.iter_mut() {
+                sort_tree(c);
+            }
+            if let Some(p) = o.positional.as_deref_mut() {
+                sort_tree(p);
+            }
         }
+        UNode::Array(a) => {
+            // std::map<std::string, ...>: identifiers in bytewise order.
+            a.children
+                .sort_by(|(x, _), (y, _)| x.as_bytes().cmp(y.as_bytes()));
+            for (_, c) in a.children.iter_mut() {
+                sort_tree(c);
+            }
+        }
+        UNode::Leaf(_) => {}
     }
 }
 
@@ -137,16 +277,20 @@ const MODIFIERS: &[&str] = &[
     "$bit",
 ];
 
-fn is_positional(part: &str) -> bool {
-    part == "$" || (part.starts_with("$[") && part.ends_with(']'))
+/// `fieldchecker::isArrayFilterIdentifier`: `$[]` or `$[<identifier>]`.
+pub(crate) fn is_array_filter_identifier(part: &str) -> bool {
+    part.len() >= 3 && part.starts_with("$[") && part.ends_with(']')
 }
 
-/// Parse an operator update document into a sorted update tree.
+/// Parse an operator update document into a sorted update tree. `array_filters` are the
+/// identifiers of the (already parsed) arrayFilters; each must be used by some path.
 pub(crate) fn parse_operator_update(
     update: &Document,
-    array_filters: Option<&[Document]>,
-) -> ServerResult<UNode> {
-    let mut root = UNode::Object(Vec::new());
+    array_filters: &[String],
+) -> ServerResult<ParsedTree> {
+    let mut root = UNode::Object(ObjectNode::default());
+    let mut positional = false;
+    let mut found: Vec<String> = Vec::new();
     for (modifier, operand) in update {
         if modifier == "$v" {
             return Err(ServerError::failed_to_parse(
@@ -172,8 +316,21 @@ pub(crate) fn parse_operator_update(
             }
         };
         for (path, value) in fields {
+            // UpdateObjectNode::parseAndMerge: path checks, then the modifier's init(), then
+            // the walk that creates the nodes (array filter identifiers, conflicts).
             if modifier == "$rename" {
-                merge(&mut root, path, Op::RenameSource)?;
+                // A placeholder at the source path first ...
+                let parts = check_updatable(path)?;
+                positional |= parts.iter().any(|p| p == "$");
+                insert(
+                    &mut root,
+                    &parts,
+                    path,
+                    Op::RenameSource,
+                    array_filters,
+                    &mut found,
+                )?;
+                // ... then the rename at its destination.
                 let to = match value {
                     Bson::String(s) => s.clone(),
                     other => {
@@ -183,34 +340,34 @@ pub(crate) fn parse_operator_update(
                         )))
                     }
                 };
+                let to_parts = check_updatable(&to)?;
                 let op = parse_rename(path, &to, value)?;
-                merge(&mut root, &to, op)?;
+                insert(&mut root, &to_parts, &to, op, array_filters, &mut found)?;
             } else {
+                let parts = check_updatable(path)?;
+                positional |= parts.iter().any(|p| p == "$");
                 let op = parse_op(modifier, path, value)?;
-                merge(&mut root, path, op)?;
+                insert(&mut root, &parts, path, op, array_filters, &mut found)?;
             }
         }
     }
-    if let Some(filters) = array_filters {
-        // Positional paths are rejected above (NotImplemented), so any filter is unused.
-        if let Some(first) = filters.first() {
-            let id = first
-                .keys()
-                .next()
-                .map(|k| k.split('.').next().unwrap_or("").to_string())
-                .unwrap_or_default();
-            return Err(ServerError::failed_to_parse(format!(
-                "The array filter for identifier '{}' was not used in the update {}",
-                id,
-                fmt::document(update)
-            )));
-        }
+    // update_driver.cpp parseUpdateExpression: the filters (a std::map, so in identifier
+    // order) must all have been used.
+    let mut ids: Vec<&String> = array_filters.iter().collect();
+    ids.sort();
+    if let Some(unused) = ids.into_iter().find(|id| !found.contains(id)) {
+        return Err(ServerError::failed_to_parse(format!(
+            "The array filter for identifier '{}' was not used in the update {}",
+            unused,
+            fmt::document(update)
+        )));
     }
     sort_tree(&mut root);
-    Ok(root)
+    Ok(ParsedTree { root, positional })
 }
 
-fn check_updatable(path: &str) -> ServerResult<Vec<&str>> {
+/// `fieldchecker::isUpdatable` and the positional (`$`) checks of `parseAndMerge`.
+fn check_updatable(path: &str) -> ServerResult<Vec<String>> {
     if path.is_empty() {
         return Err(ServerError::new(
             56,
@@ -218,7 +375,7 @@ fn check_updatable(path: &str) -> ServerResult<Vec<&str>> {
             "An empty update path is not valid.",
         ));
     }
-    let parts: Vec<&str> = path.split('.').collect();
+    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(ServerError::new(
             56,
@@ -229,17 +386,61 @@ fn check_updatable(path: &str) -> ServerResult<Vec<&str>> {
             ),
         ));
     }
-    if parts.iter().any(|p| is_positional(p)) {
-        return Err(ServerError::not_implemented(format!(
-            "positional update operators ('$', '$[]', '$[<identifier>]') are not supported: '{}'",
+    let positions: Vec<usize> = (0..parts.len()).filter(|&i| parts[i] == "$").collect();
+    if positions.len() > 1 {
+        return Err(ServerError::bad_value(format!(
+            "Too many positional (i.e. '$') elements found in path '{}'",
+            path
+        )));
+    }
+    if positions.first() == Some(&0) {
+        return Err(ServerError::bad_value(format!(
+            "Cannot have positional (i.e. '$') element in the first position in path '{}'",
             path
         )));
     }
     Ok(parts)
 }
 
-fn merge(root: &mut UNode, path: &str, op: Op) -> ServerResult<()> {
-    let parts = check_updatable(path)?;
+/// `parseArrayFilterIdentifier`: `$[<id>]` → `<id>` (`""` for `$[]`).
+fn parse_identifier(
+    part: &str,
+    position: usize,
+    path: &str,
+    array_filters: &[String],
+    found: &mut Vec<String>,
+) -> ServerResult<String> {
+    if position == 0 {
+        return Err(ServerError::bad_value(format!(
+            "Cannot have array filter identifier (i.e. '$[<id>]') element in the first position \
+             in path '{}'",
+            path
+        )));
+    }
+    let id = &part[2..part.len() - 1];
+    if !id.is_empty() {
+        if !array_filters.iter().any(|f| f == id) {
+            return Err(ServerError::bad_value(format!(
+                "No array filter found for identifier '{}' in path '{}'",
+                id, path
+            )));
+        }
+        if !found.iter().any(|f| f == id) {
+            found.push(id.to_string());
+        }
+    }
+    Ok(id.to_string())
+}
+
+/// The walk of `parseAndMerge` that places `op` at `parts` in the tree.
+fn insert(
+    root: &mut UNode,
+    parts: &[String],
+    path: &str,
+    op: Op,
+    array_filters: &[String],
+    found: &mut Vec<String>,
+) -> ServerResult<()> {
     let conflict = |upto: usize| {
         ServerError::conflicting_update(format!(
             "Updating the path '{}' would create a conflict at '{}'",
@@ -247,35 +448,44 @@ fn merge(root: &mut UNode, path: &str, op: Op) -> ServerResult<()> {
             parts[..upto].join(".")
         ))
     };
-    let mut cur = root;
-    for (i, part) in parts.iter().enumerate() {
-        let children = match cur {
-            UNode::Object(c) => c,
-            UNode::Leaf(_) => unreachable!(),
-        };
-        let last = i == parts.len() - 1;
-        let pos = children.iter().position(|(k, _)| k == part);
-        if last {
-            if pos.is_some() {
-                return Err(conflict(parts.len()));
-            }
-            children.push((part.to_string(), UNode::Leaf(Leaf { op })));
-            return Ok(());
+    let child_name = |i: usize, found: &mut Vec<String>| -> ServerResult<String> {
+        if is_array_filter_identifier(&parts[i]) {
+            parse_identifier(&parts[i], i, path, array_filters, found)
+        } else {
+            Ok(parts[i].clone())
         }
-        let idx = match pos {
-            Some(p) => {
-                if matches!(children[p].1, UNode::Leaf(_)) {
+    };
+    let mut cur = root;
+    for i in 0..parts.len() - 1 {
+        let name = child_name(i, found)?;
+        let should_be_array = is_array_filter_identifier(&parts[i + 1]);
+        match cur.get_child(&name) {
+            Some(child) => {
+                let ok = match child {
+                    UNode::Array(_) => should_be_array,
+                    UNode::Object(_) => !should_be_array,
+                    UNode::Leaf(_) => false,
+                };
+                if !ok {
                     return Err(conflict(i + 1));
                 }
-                p
             }
             None => {
-                children.push((part.to_string(), UNode::Object(Vec::new())));
-                children.len() - 1
+                let child = if should_be_array {
+                    UNode::Array(ArrayNode::default())
+                } else {
+                    UNode::Object(ObjectNode::default())
+                };
+                cur.set_child(name.clone(), child);
             }
-        };
-        cur = &mut children[idx].1;
+        }
+        cur = cur.get_child_mut(&name).expect("child exists");
     }
+    let name = child_name(parts.len() - 1, found)?;
+    if cur.get_child(&name).is_some() {
+        return Err(conflict(parts.len()));
+    }
+    cur.set_child(name, UNode::Leaf(Leaf { op }));
     Ok(())
 }
 
@@ -297,6 +507,22 @@ fn parse_rename(from: &str, to: &str, value: &Bson) -> ServerResult<Op> {
         return Err(ServerError::bad_value(format!(
             "The source and target field for $rename must not be on the same path: {}",
             shown
+        )));
+    }
+    let dynamic = |p: &str| {
+        p.split('.')
+            .any(|c| c == "$" || is_array_filter_identifier(c))
+    };
+    if dynamic(from) {
+        return Err(ServerError::bad_value(format!(
+            "The source field for $rename may not be dynamic: {}",
+            from
+        )));
+    }
+    if dynamic(to) {
+        return Err(ServerError::bad_value(format!(
+            "The destination field for $rename may not be dynamic: {}",
+            to
         )));
     }
     Ok(Op::RenameDest {
@@ -379,7 +605,7 @@ fn parse_op(modifier: &str, path: &str, value: &Bson) -> ServerResult<Op> {
         }
         "$min" => Op::Min(value.clone()),
         "$max" => Op::Max(value.clone()),
-        "$currentDate" => parse_current_date(value, &shown())?,
+        "$currentDate" => parse_current_date(value)?,
         "$push" => Op::Push(parse_push(value)?),
         "$addToSet" => Op::AddToSet(parse_add_to_set(value)?),
         "$pull" => Op::Pull(match value {
@@ -426,7 +652,7 @@ fn parse_op(modifier: &str, path: &str, value: &Bson) -> ServerResult<Op> {
     })
 }
 
-fn parse_current_date(value: &Bson, shown: &str) -> ServerResult<Op> {
+fn parse_current_date(value: &Bson) -> ServerResult<Op> {
     match value {
         Bson::Boolean(_) => Ok(Op::CurrentDate { timestamp: false }),
         Bson::Document(d) => {
@@ -459,7 +685,7 @@ fn parse_current_date(value: &Bson, shown: &str) -> ServerResult<Op> {
         _ => Err(ServerError::bad_value(format!(
             "{} is not valid type for $currentDate. Please use a boolean ('true') or a $type \
              expression ({{$type: 'timestamp/date'}}).",
-            shown
+            fmt::type_name(value)
         ))),
     }
 }
