@@ -54,8 +54,9 @@ struct Deferred {
     on: String,
     from: String,
     commit_ts: Timestamp,
-    known: Timestamp,
-    touched: Vec<(String, Bson)>,
+    /// Per touched document: how far `from` had applied `on`'s writes when the incoming write
+    /// was read from `from`'s oplog.
+    touched: Vec<(String, Bson, Timestamp)>,
 }
 
 #[derive(Default)]
@@ -67,6 +68,8 @@ struct Inner {
     /// (server B, server A) -> B has applied A's writes through this A-ts.
     known: HashMap<(String, String), Timestamp>,
     deferred: Vec<Deferred>,
+    /// Per link: (destination, knowledge captured for the oldest op of its unapplied batch).
+    pins: HashMap<String, (String, Timestamp)>,
     /// Servers whose oplogs are read (checks on other servers are impossible and skipped).
     observed: HashMap<String, ()>,
 }
@@ -99,6 +102,28 @@ impl ConflictTracker {
     /// Declares that `server`'s oplog is read by some link (so checks on it can complete).
     pub fn observe_server(&self, server: &str) {
         self.inner.lock().observed.insert(server.to_string(), ());
+    }
+
+    /// How far B has applied A's writes, as far as B's oplog has been read. `link` (reading B,
+    /// applying on A) keeps the local writes this knowledge does not cover until it calls
+    /// [`ConflictTracker::after_apply`] or [`ConflictTracker::unpin`].
+    pub fn known(&self, link: &str, b: &str, a: &str) -> Timestamp {
+        let mut inner = self.inner.lock();
+        let k = inner
+            .known
+            .get(&(b.to_string(), a.to_string()))
+            .copied()
+            .unwrap_or_else(zero);
+        inner
+            .pins
+            .entry(link.to_string())
+            .or_insert_with(|| (a.to_string(), k));
+        k
+    }
+
+    /// The link has no unapplied batch any more.
+    pub fn unpin(&self, link: &str) {
+        self.inner.lock().pins.remove(link);
     }
 
     /// B has applied A's writes through `applied` (from the reverse link's checkpoint on B).
@@ -172,30 +197,27 @@ impl ConflictTracker {
     }
 
     /// After a batch from `from` was applied on `on` (committing at `commit_ts`): schedule the
-    /// check of the documents it touched. Returns conflicts found now (if the reader of `on`
+    /// check of the documents it touched, each with the knowledge `from` had when its write was
+    /// read (see [`ConflictTracker::known`]). Returns conflicts found now (if the reader of `on`
     /// is already past the commit).
     pub fn after_apply(
         &self,
+        link: &str,
         on: &str,
         from: &str,
         commit_ts: Timestamp,
-        touched: &[(String, Bson)],
+        touched: Vec<(String, Bson, Timestamp)>,
     ) -> Vec<Conflict> {
         let mut inner = self.inner.lock();
+        inner.pins.remove(link);
         if !inner.observed.contains_key(on) {
             return Vec::new();
         }
-        let known = inner
-            .known
-            .get(&(from.to_string(), on.to_string()))
-            .copied()
-            .unwrap_or_else(zero);
         inner.deferred.push(Deferred {
             on: on.to_string(),
             from: from.to_string(),
             commit_ts,
-            known,
-            touched: touched.to_vec(),
+            touched,
         });
         Self::run_ready(&mut inner, on)
     }
@@ -211,7 +233,7 @@ impl ConflictTracker {
             }
             let writes = inner.local.get(server);
             let mut seen = std::collections::HashSet::new();
-            for (ns, id) in &d.touched {
+            for (ns, id, known) in &d.touched {
                 let key = (ns.clone(), id_bytes(id));
                 if !seen.insert(format!("{ns}\u{0}{id}")) {
                     continue;
@@ -220,7 +242,7 @@ impl ConflictTracker {
                     if let Some(local_ts) = ts_list
                         .iter()
                         .rev()
-                        .find(|t| **t > d.known && **t < d.commit_ts)
+                        .find(|t| **t > *known && **t < d.commit_ts)
                     {
                         found.push(Conflict {
                             server: d.on.clone(),
@@ -247,12 +269,17 @@ impl ConflictTracker {
             .filter(|((_, a), _)| a == server)
             .map(|(_, t)| *t)
             .min();
-        let pending_min = inner
+        let deferred_min = inner
             .deferred
             .iter()
             .filter(|d| d.on == server)
-            .map(|d| d.known)
-            .min();
+            .flat_map(|d| d.touched.iter().map(|t| t.2));
+        let pinned = inner
+            .pins
+            .values()
+            .filter(|(on, _)| on == server)
+            .map(|(_, t)| *t);
+        let pending_min = deferred_min.chain(pinned).min();
         let floor = match (peers_known, pending_min) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
@@ -298,15 +325,14 @@ mod tests {
         // B had applied A's writes through ts(1) (doc 1) before writing its own versions.
         t.note_known("B", "A", ts(1));
         // B's batch touching both docs commits on A at ts(5); A's reader is not there yet.
-        let now = t.after_apply(
-            "A",
-            "B",
-            ts(5),
-            &[
-                ("db.c".into(), Bson::Int32(1)),
-                ("db.c".into(), Bson::Int32(2)),
-            ],
-        );
+        let known = t.known("B->A", "B", "A");
+        let touched = vec![
+            ("db.c".into(), Bson::Int32(1), known),
+            ("db.c".into(), Bson::Int32(2), known),
+        ];
+        // B learning more afterwards (an echo read after its write) must not hide the conflict.
+        t.note_known("B", "A", ts(2));
+        let now = t.after_apply("B->A", "A", "B", ts(5), touched);
         assert!(now.is_empty());
         // A's reader passes the commit: doc 2 was changed on A unseen by B -> conflict.
         let (at, unit) = insert(99, 6);
@@ -320,7 +346,13 @@ mod tests {
     fn writes_after_the_incoming_commit_are_not_conflicts() {
         let t = ConflictTracker::default();
         t.observe_server("A");
-        let deferred = t.after_apply("A", "B", ts(3), &[("db.c".into(), Bson::Int32(1))]);
+        let deferred = t.after_apply(
+            "B->A",
+            "A",
+            "B",
+            ts(3),
+            vec![("db.c".into(), Bson::Int32(1), zero())],
+        );
         assert!(deferred.is_empty());
         let (at, unit) = insert(1, 4); // A changes doc 1 after B's version landed: it saw it
         assert!(t.observe("A", at, &unit, &Provenance::Local).is_empty());

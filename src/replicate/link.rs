@@ -5,7 +5,7 @@
 
 use super::conflicts::ConflictTracker;
 use super::initial_sync::initial_sync;
-use super::provenance::{classify, Provenance, CHECKPOINTS_COLL, MMM_DB};
+use super::provenance::{classify, Provenance, CHECKPOINTS_COLL, CHECKPOINTS_NS, MMM_DB};
 use super::route::route;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
@@ -65,7 +65,13 @@ impl From<ApplyError> for LinkFailure {
 
 impl LinkRuntime {
     /// The checkpoint to store with a batch of `ops` more operations.
-    fn checkpoint(&self, origin: String, ts: Timestamp, applied: Timestamp, ops: usize) -> Checkpoint {
+    fn checkpoint(
+        &self,
+        origin: String,
+        ts: Timestamp,
+        applied: Timestamp,
+        ops: usize,
+    ) -> Checkpoint {
         let s = self.status.lock();
         Checkpoint {
             link: self.spec.id(),
@@ -176,6 +182,9 @@ async fn ensure_checkpoint_collection(client: &Client) -> Result<(), LinkFailure
 /// The batch being built: ops of one origin.
 struct Pending {
     plan: Plan,
+    /// Per op of the plan: how far the source had applied the destination's writes when the
+    /// op was read (for conflict detection).
+    known_at: Vec<Timestamp>,
     origin: String,
     last_unit: Option<Timestamp>,
 }
@@ -189,7 +198,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     require_replica_set(&src, &rt.src).await?;
     ensure_checkpoint_collection(&dst).await?;
     rt.conflicts.observe_server(&rt.src.id);
-    load_reverse_knowledge(rt, &src).await?;
+    rt.conflicts.unpin(&link_id);
     let applier = Applier::new(dst.clone(), &link_id);
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
@@ -204,6 +213,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             c
         }
     };
+    load_reverse_knowledge(rt, &src, checkpoint.applied).await?;
     {
         let mut s = rt.status.lock();
         s.checkpoint = Some(checkpoint.ts);
@@ -238,6 +248,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
         }
         let mut pending = Pending {
             plan: Plan::default(),
+            known_at: Vec::new(),
             origin: rt.src.id.clone(),
             last_unit: None,
         };
@@ -277,7 +288,9 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
                 last_checkpoint_write = Instant::now();
             }
             pending.origin = origin;
+            let known = rt.conflicts.known(&link_id, &rt.src.id, &rt.dst.id);
             for r in &routed {
+                pending.known_at.push(known);
                 pending
                     .plan
                     .add(&r.dst_ns, &r.op)
@@ -317,18 +330,39 @@ fn report_conflict(rt: &LinkRuntime, conflict: super::conflicts::Conflict) {
     let _ = rt.events.send(LinkEvent::Conflict(conflict));
 }
 
-/// What the reverse link (dst -> src) has applied, as recorded on `src`: the starting point
-/// for knowing which of dst's writes src has seen.
-async fn load_reverse_knowledge(rt: &LinkRuntime, src: &Client) -> Result<(), LinkFailure> {
-    let checkpoints = src
-        .database(MMM_DB)
-        .collection::<Document>(CHECKPOINTS_COLL);
-    let mut cursor = checkpoints.find(doc! {"src": &rt.dst.id}).await?;
-    while cursor.advance().await? {
-        let doc = cursor.deserialize_current()?;
-        if let Ok(applied) = doc.get_timestamp("applied") {
-            rt.conflicts.note_known(&rt.src.id, &rt.dst.id, applied);
-        }
+/// How far `src` had applied `dst`'s writes at the point this link starts reading `src`'s
+/// oplog: the last batch the reverse link (dst -> src) committed on `src` at or before `start`,
+/// found in `src`'s oplog by its checkpoint write. Later batches are seen in order while tailing.
+async fn load_reverse_knowledge(
+    rt: &LinkRuntime,
+    src: &Client,
+    start: Timestamp,
+) -> Result<(), LinkFailure> {
+    let oplog = src.database("local").collection::<Document>("oplog.rs");
+    let filter = doc! {
+        "ts": {"$lte": start},
+        "op": "c",
+        "ns": "admin.$cmd",
+        "o.applyOps": {"$elemMatch": {"ns": CHECKPOINTS_NS, "o.src": &rt.dst.id}},
+    };
+    let last = oplog.find_one(filter).sort(doc! {"$natural": -1}).await?;
+    let applied = last.as_ref().and_then(|entry| {
+        entry
+            .get_document("o")
+            .ok()?
+            .get_array("applyOps")
+            .ok()?
+            .iter()
+            .find_map(|op| {
+                let op = op.as_document()?;
+                let o = op.get_document("o").ok()?;
+                (op.get_str("ns").ok()? == CHECKPOINTS_NS && o.get_str("src").ok()? == rt.dst.id)
+                    .then(|| o.get_timestamp("applied").ok())
+                    .flatten()
+            })
+    });
+    if let Some(applied) = applied {
+        rt.conflicts.note_known(&rt.src.id, &rt.dst.id, applied);
     }
     Ok(())
 }
@@ -354,7 +388,12 @@ async fn flush(
         .last_unit
         .expect("a non-empty batch has a last unit");
     let applied = handled_through.unwrap_or(last).max(last);
-    let checkpoint = rt.checkpoint(pending.origin.clone(), resume_safe.min(applied), applied, pending.plan.ops);
+    let checkpoint = rt.checkpoint(
+        pending.origin.clone(),
+        resume_safe.min(applied),
+        applied,
+        pending.plan.ops,
+    );
     let commit_ts = applier.apply(&pending.plan, &checkpoint).await?;
     {
         let mut s = rt.status.lock();
@@ -363,14 +402,21 @@ async fn flush(
         s.checkpoint = Some(checkpoint.ts);
     }
     if let Some(commit_ts) = commit_ts {
+        let touched = std::mem::take(&mut pending.plan.touched)
+            .into_iter()
+            .zip(std::mem::take(&mut pending.known_at))
+            .map(|((ns, id), known)| (ns, id, known))
+            .collect();
         for conflict in
             rt.conflicts
-                .after_apply(&rt.dst.id, &rt.src.id, commit_ts, &pending.plan.touched)
+                .after_apply(&rt.spec.id(), &rt.dst.id, &rt.src.id, commit_ts, touched)
         {
             report_conflict(rt, conflict);
         }
     }
+    rt.conflicts.unpin(&rt.spec.id());
     pending.plan = Plan::default();
+    pending.known_at.clear();
     pending.last_unit = None;
     Ok(())
 }
