@@ -15,6 +15,9 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _mmm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Rust log records (target "mmm") go to Python's logging, logger "mmm"; levels are looked
+    // up on each record so logging configured later is honoured.
+    let _ = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Nothing)?.install();
     py::register(m)?;
     Ok(())
 }

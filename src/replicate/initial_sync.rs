@@ -58,7 +58,7 @@ pub async fn initial_sync(
             .await?;
     }
     rt.status.lock().initial_sync_total = total;
-    log::info!(
+    log::info!(target: "mmm",
         "link {}: initial sync of {} collection(s), about {total} documents",
         rt.spec.id(),
         namespaces.len()
@@ -122,7 +122,7 @@ pub async fn initial_sync(
             apply(plan).await?;
         }
     }
-    log::info!(
+    log::info!(target: "mmm",
         "link {}: initial sync copied {} documents",
         rt.spec.id(),
         rt.status.lock().initial_sync_copied

@@ -106,7 +106,7 @@ pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
                 return;
             }
             Err(LinkFailure::Fatal(msg)) => {
-                log::error!("link {} stopped: {msg}", rt.spec.id());
+                log::error!(target: "mmm", "link {} stopped: {msg}", rt.spec.id());
                 rt.set_state(LinkState::Failed, Some(msg.clone()));
                 let _ = rt.events.send(LinkEvent::Failed {
                     link: rt.spec.id(),
@@ -115,7 +115,7 @@ pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
                 return;
             }
             Err(LinkFailure::Retry(msg)) => {
-                log::warn!(
+                log::warn!(target: "mmm",
                     "link {}: {msg}; retrying in {:.1}s",
                     rt.spec.id(),
                     backoff.as_secs_f64()
@@ -325,7 +325,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
 }
 
 fn report_conflict(rt: &LinkRuntime, conflict: super::conflicts::Conflict) {
-    log::warn!("conflict: {conflict}");
+    log::warn!(target: "mmm", "conflict: {conflict}");
     rt.status.lock().conflicts += 1;
     let _ = rt.events.send(LinkEvent::Conflict(conflict));
 }

@@ -85,7 +85,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
         let request = match request {
             Ok(r) => r,
             Err(msg) => {
-                log::debug!("closing connection {connection_id}: {msg}");
+                log::debug!(target: "mmm", "closing connection {connection_id}: {msg}");
                 return;
             }
         };

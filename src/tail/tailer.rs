@@ -144,7 +144,7 @@ pub async fn run(opts: TailOptions, tx: mpsc::Sender<TailEvent>, mut stop: watch
                 return;
             }
             Err(Failure::Retry(msg)) => {
-                log::warn!(
+                log::warn!(target: "mmm",
                     "oplog tailer on {server}: {msg}; retrying in {:.1}s",
                     backoff.as_secs_f64()
                 );
@@ -220,7 +220,7 @@ async fn follow(
         .batch_size(opts.batch_size)
         .batch()
         .await?;
-    log::info!(
+    log::info!(target: "mmm",
         "tailing the oplog of {server} after Timestamp({}, {})",
         after.time,
         after.increment
