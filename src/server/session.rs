@@ -50,6 +50,8 @@ pub struct Txn {
     pub written: HashMap<String, Vec<Bson>>,
     pub ops: Vec<OpRecord>,
     pub ops_bytes: usize,
+    /// When the transaction started (mongod aborts it after transactionLifetimeLimitSeconds).
+    pub started: Option<std::time::Instant>,
 }
 
 impl Txn {
@@ -57,6 +59,7 @@ impl Txn {
     pub fn starting_at(state: &State) -> Txn {
         Txn {
             base: Some(state.dbs.clone()),
+            started: Some(std::time::Instant::now()),
             ..Txn::default()
         }
     }
@@ -249,4 +252,17 @@ fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -
         prev = optime(ts, TERM);
     }
     ts
+}
+
+/// Aborts transactions that have been open longer than `limit`, as mongod's periodic
+/// transaction reaper does (transactionLifetimeLimitSeconds): a client that died mid-transaction
+/// must not keep its documents locked for ever.
+pub fn expire_transactions(state: &mut State, limit: std::time::Duration) {
+    for session in state.sessions.values_mut() {
+        if let TxnPhase::InProgress(txn) = &session.state {
+            if txn.started.is_some_and(|t| t.elapsed() > limit) {
+                session.state = TxnPhase::Aborted;
+            }
+        }
+    }
 }

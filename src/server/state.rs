@@ -26,6 +26,9 @@ pub struct State {
     pub last_write: (Timestamp, DateTime),
     /// Bumped on every insert into a capped collection; awaitData getMores wait for it.
     pub capped_appends: u64,
+    /// transactionLifetimeLimitSeconds (settable with setParameter, default 60 as in mongod).
+    pub txn_lifetime_limit_secs: i64,
+    pub last_txn_sweep: std::time::Instant,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -81,6 +84,8 @@ impl State {
                 DateTime::now(),
             ),
             capped_appends: 0,
+            txn_lifetime_limit_secs: 60,
+            last_txn_sweep: std::time::Instant::now(),
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).

@@ -143,14 +143,60 @@ pub fn repl_set_get_status(state: &State, info: &ServerInfo) -> Reply {
     })
 }
 
-pub fn get_parameter(body: &Document) -> ServerResult<Reply> {
+pub fn get_parameter(state: &State, body: &Document) -> ServerResult<Reply> {
     let mut d = Document::new();
     let all = matches!(body.get("getParameter"), Some(bson::Bson::String(s)) if s == "*");
     if all || body.contains_key("featureCompatibilityVersion") {
         d.insert("featureCompatibilityVersion", doc! {"version": "7.0"});
     }
+    if all || body.contains_key("transactionLifetimeLimitSeconds") {
+        d.insert(
+            "transactionLifetimeLimitSeconds",
+            state.txn_lifetime_limit_secs as i32,
+        );
+    }
     if d.is_empty() {
         return Err(ServerError::invalid_options("no option found to get"));
     }
     Ok(Reply::Doc(d))
+}
+
+/// `{setParameter: 1, <name>: <value>}` for the parameters this server has; replies `{was}`.
+pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> {
+    let mut was = None;
+    for (name, value) in body.iter().skip(1) {
+        if name.starts_with('$') || matches!(name.as_str(), "lsid" | "comment" | "$clusterTime") {
+            continue;
+        }
+        match name.as_str() {
+            "transactionLifetimeLimitSeconds" => {
+                let secs = match value {
+                    bson::Bson::Int32(i) => *i as i64,
+                    bson::Bson::Int64(i) => *i,
+                    bson::Bson::Double(f) => *f as i64,
+                    _ => {
+                        return Err(ServerError::bad_value(
+                            "transactionLifetimeLimitSeconds must be a number",
+                        ))
+                    }
+                };
+                if secs < 1 {
+                    return Err(ServerError::bad_value(format!(
+                        "Invalid value for parameter transactionLifetimeLimitSeconds: {secs} is not greater than or equal to 1"
+                    )));
+                }
+                was = Some(state.txn_lifetime_limit_secs as i32);
+                state.txn_lifetime_limit_secs = secs;
+            }
+            other => return Err(ServerError::invalid_options(format!(
+                "attempted to set unrecognized parameter [{other}], use help:true to see options "
+            ))),
+        }
+    }
+    match was {
+        Some(w) => Ok(Reply::Doc(doc! {"was": w})),
+        None => Err(ServerError::invalid_options(
+            "no option found to set, use help:true to see options ",
+        )),
+    }
 }

@@ -118,6 +118,11 @@ pub fn execute(
     connection_id: i64,
     final_attempt: bool,
 ) -> Execution {
+    if state.last_txn_sweep.elapsed() >= std::time::Duration::from_millis(100) {
+        state.last_txn_sweep = std::time::Instant::now();
+        let limit = std::time::Duration::from_secs(state.txn_lifetime_limit_secs as u64);
+        crate::server::session::expire_transactions(state, limit);
+    }
     let cmd = body.keys().next().cloned().unwrap_or_default();
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
@@ -385,7 +390,11 @@ fn run(
         )),
         "getParameter" => {
             admin_only(ctx, cmd)?;
-            admin::get_parameter(body)
+            admin::get_parameter(ctx.state, body)
+        }
+        "setParameter" => {
+            admin_only(ctx, cmd)?;
+            admin::set_parameter(ctx.state, body)
         }
         "connectionStatus" => Ok(Reply::Doc(
             doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},

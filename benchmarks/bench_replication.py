@@ -1,0 +1,170 @@
+"""One-way replication: apply throughput and steady-state lag.
+
+    python benchmarks/bench_replication.py
+
+Servers run as separate processes (``mmm serve``); the replicator runs in this process and its
+peak RSS is reported. References run in the same script on the same servers:
+
+- op-by-op: the original algorithm on current PyMongo (tail the source oplog, one round trip per
+  op on the destination);
+- ceiling: PyMongo ``insert_many`` of the same documents straight into the destination.
+
+Targets: mmm >= 10x op-by-op, >= 50% of the ceiling, p99 lag < 100 ms at 5,000 ops/s, peak RSS
+< 300 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pymongo
+from pymongo import CursorType
+
+from _common import ServeProcess, doc_1kb, peak_rss_mb, quick, table, verdict
+
+import mmm
+
+N_DOCS = 10_000 if quick() else 100_000
+N_CHUNKS = 100 if quick() else 400
+CHUNK = 255 * 1024
+LAG_RATE = 5_000
+LAG_SECONDS = 3 if quick() else 10
+
+
+def wait_count(coll, n: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while coll.estimated_document_count() < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {n} documents in {coll.full_name}")
+        time.sleep(0.01)
+
+
+def replicate_backlog(src_uri: str, dst_uri: str, db: str, load) -> float:
+    """Seconds mmm needs to apply a backlog written while its link was stopped."""
+    servers = {"a": {"id": "A", "uri": src_uri}, "b": {"id": "B", "uri": dst_uri}}
+    links = [(f"a/{db}.*", f"b/{db}.*")]
+    with mmm.Replicator(servers, links):
+        pass  # creates the link's checkpoint "now"
+    expected = load()
+    dst = pymongo.MongoClient(dst_uri)
+    start = time.perf_counter()
+    with mmm.Replicator(servers, links):
+        wait_count(dst[db]["c"], expected)
+    elapsed = time.perf_counter() - start
+    dst.close()
+    return elapsed
+
+
+def op_by_op(src, dst, db: str, start_ts):
+    """The 2012 algorithm on current PyMongo: read the oplog, one round trip per op on the
+    destination (into a separate database, so the same backlog is replayed). Returns (ops, s)."""
+    begin = time.perf_counter()
+    n = 0
+    for op in src.local["oplog.rs"].find({"ts": {"$gte": start_ts}, "ns": f"{db}.c"}):
+        dst[f"{db}obo"]["c"].replace_one({"_id": op["o"]["_id"]}, op["o"], upsert=True)
+        n += 1
+    return n, time.perf_counter() - begin
+
+
+def main() -> None:
+    a, b = ServeProcess(), ServeProcess()
+    try:
+        ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+        docs = [doc_1kb(i) for i in range(N_DOCS)]
+        rows = [("measure", "mmm", "op-by-op", "ceiling", "vs op-by-op", "vs ceiling", "")]
+
+        # 1 KB documents.
+        def load_docs() -> int:
+            for s in range(0, N_DOCS, 1000):
+                ca.d1["c"].insert_many(docs[s:s + 1000])
+            return N_DOCS
+
+        t_mmm = replicate_backlog(a.uri, b.uri, "d1", load_docs)
+        start_ts = ca.local["oplog.rs"].find_one({"ns": "d1.c"}, sort=[("$natural", 1)])["ts"]
+        n, t_obo = op_by_op(ca, cb, "d1", start_ts)
+        begin = time.perf_counter()
+        for s in range(0, N_DOCS, 1000):
+            cb.d1ceiling["c"].insert_many(docs[s:s + 1000])
+        t_ceiling = time.perf_counter() - begin
+        r_mmm, r_obo, r_ceil = N_DOCS / t_mmm, n / t_obo, N_DOCS / t_ceiling
+        rows.append((f"{N_DOCS:,} x 1 KB docs (ops/s)", f"{r_mmm:,.0f}", f"{r_obo:,.0f}", f"{r_ceil:,.0f}",
+                     f"{r_mmm / r_obo:.1f}x", f"{100 * r_mmm / r_ceil:.0f}%", verdict(r_mmm >= 10 * r_obo and r_mmm >= 0.5 * r_ceil)))
+
+        # GridFS-sized chunks.
+        payload = os.urandom(CHUNK)
+        chunks = [{"_id": i, "files_id": 1, "n": i, "data": payload} for i in range(N_CHUNKS)]
+        mb = N_CHUNKS * CHUNK / 1e6
+
+        def load_chunks() -> int:
+            for s in range(0, N_CHUNKS, 20):
+                ca.d2["c"].insert_many(chunks[s:s + 20])
+            return N_CHUNKS
+
+        t_mmm = replicate_backlog(a.uri, b.uri, "d2", load_chunks)
+        start_ts = ca.local["oplog.rs"].find_one({"ns": "d2.c"}, sort=[("$natural", 1)])["ts"]
+        n, t_obo = op_by_op(ca, cb, "d2", start_ts)
+        begin = time.perf_counter()
+        for s in range(0, N_CHUNKS, 20):
+            cb.d2ceiling["c"].insert_many(chunks[s:s + 20])
+        t_ceiling = time.perf_counter() - begin
+        r_mmm, r_obo, r_ceil = mb / t_mmm, mb / t_obo, mb / t_ceiling
+        rows.append((f"{N_CHUNKS} x 255 KB chunks (MB/s)", f"{r_mmm:,.1f}", f"{r_obo:,.1f}", f"{r_ceil:,.1f}",
+                     f"{r_mmm / r_obo:.1f}x", f"{100 * r_mmm / r_ceil:.0f}%", verdict(r_mmm >= 0.5 * r_ceil)))
+        table("one-way apply throughput", rows)
+
+        # Lag at a steady rate.
+        servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+        lags = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            cursor = cb.local["oplog.rs"].find({"ts": {"$gt": cb.local["oplog.rs"].find_one(sort=[("$natural", -1)])["ts"]}},
+                                               cursor_type=CursorType.TAILABLE_AWAIT, oplog_replay=True)
+            while not stop.is_set() and cursor.alive:
+                for op in cursor:
+                    now = time.time()
+                    for inner in op.get("o", {}).get("applyOps", []):
+                        if inner.get("ns") == "d3.c" and inner.get("op") in "iu":
+                            sent = inner["o"].get("sent")
+                            if sent is not None:
+                                lags.append(now - sent)
+                    if stop.is_set():
+                        break
+
+        with mmm.Replicator(servers, [("a/d3.*", "b/d3.*")]) as r:
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            interval = 1.0 / LAG_RATE
+            total = LAG_RATE * LAG_SECONDS
+            begin = time.perf_counter()
+            batch = 50  # writers send small batches to keep the rate steady
+            for i in range(0, total, batch):
+                target = begin + i * interval
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                ca.d3["c"].insert_many([{"_id": j, "sent": time.time()} for j in range(i, i + batch)])
+            achieved = total / (time.perf_counter() - begin)
+            wait_count(cb.d3["c"], total, timeout=60)
+            time.sleep(0.5)
+            stop.set()
+            rss = peak_rss_mb()
+        lags.sort()
+        p50 = lags[len(lags) // 2] * 1000 if lags else float("nan")
+        p99 = lags[int(len(lags) * 0.99)] * 1000 if lags else float("nan")
+        table(
+            f"lag at a steady {LAG_RATE:,} ops/s for {LAG_SECONDS}s (achieved {achieved:,.0f} ops/s, {len(lags):,} ops observed)",
+            [("p50 lag", "p99 lag", "target", "peak RSS (this process: replicator + clients)", ""),
+             (f"{p50:.1f} ms", f"{p99:.1f} ms", "p99 < 100 ms, RSS < 300 MB", f"{rss:.0f} MB", verdict(p99 < 100 and rss < 300))],
+        )
+        ca.close()
+        cb.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+if __name__ == "__main__":
+    main()
