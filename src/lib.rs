@@ -10,6 +10,11 @@ pub mod tail;
 
 mod py;
 
+/// Many small BSON allocations from several threads: mimalloc keeps that fast and compact where
+/// the system allocator fragments its per-thread arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pyo3::prelude::*;
 
 #[pymodule]

@@ -5,19 +5,41 @@
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::query::{get_path, KeyValue};
 use crate::server::shell;
-use bson::{doc, Bson, Document};
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use imbl::OrdMap;
 use std::sync::Arc;
 
 pub type RecordId = u64;
 
+/// One stored document, kept as its BSON bytes: compact, and sent to clients as they are.
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub doc: Arc<Document>,
+    pub raw: Arc<RawDocumentBuf>,
     /// Server-wide write counter at the last change; transactions use it to detect conflicts.
     pub version: u64,
-    /// Encoded size, kept only for capped collections (their limit is in bytes).
-    pub size: u32,
+}
+
+impl Record {
+    /// The document, decoded (for matching, updating, sorting).
+    pub fn document(&self) -> Document {
+        self.raw.to_document().unwrap_or_default()
+    }
+
+    pub fn size(&self) -> usize {
+        self.raw.as_bytes().len()
+    }
+
+    /// The `_id` without decoding the rest.
+    pub fn id(&self) -> Option<Bson> {
+        let value = self.raw.get("_id").ok()??;
+        Bson::try_from(value.to_raw_bson()).ok()
+    }
+}
+
+fn encode(doc: &Document) -> ServerResult<Arc<RawDocumentBuf>> {
+    RawDocumentBuf::from_document(doc)
+        .map(Arc::new)
+        .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))
 }
 
 #[derive(Clone, Debug)]
@@ -174,8 +196,9 @@ impl Collection {
         self.id_index.get(&KeyValue(id.clone())).copied()
     }
 
-    pub fn get(&self, rid: RecordId) -> Option<&Arc<Document>> {
-        self.records.get(&rid).map(|r| &r.doc)
+    /// The document at `rid`, decoded.
+    pub fn get(&self, rid: RecordId) -> Option<Document> {
+        self.records.get(&rid).map(Record::document)
     }
 
     fn check_unique(&self, doc: &Document, ignore: Option<RecordId>) -> ServerResult<()> {
@@ -216,23 +239,18 @@ impl Collection {
         }
     }
 
-    fn index_remove(&mut self, doc: &Document) {
+    fn index_remove(&mut self, rec: &Record) {
         if self.has_id_index {
-            if let Some(id) = doc.get("_id") {
-                self.id_index.remove(&KeyValue(id.clone()));
+            if let Some(id) = rec.id() {
+                self.id_index.remove(&KeyValue(id));
             }
         }
-        for index in self.indexes.iter_mut().filter(|i| i.unique) {
-            let key = index.key_of(doc);
-            index.entries.remove(&key);
-        }
-    }
-
-    fn record_size(&self, doc: &Document) -> u32 {
-        if self.capped.is_some() {
-            bson_size(doc) as u32
-        } else {
-            0
+        if self.indexes.iter().any(|i| i.unique) {
+            let doc = rec.document();
+            for index in self.indexes.iter_mut().filter(|i| i.unique) {
+                let key = index.key_of(&doc);
+                index.entries.remove(&key);
+            }
         }
     }
 
@@ -245,50 +263,37 @@ impl Collection {
         rid: Option<RecordId>,
     ) -> ServerResult<RecordId> {
         self.check_unique(&doc, None)?;
+        let raw = encode(&doc)?;
         let rid = rid.unwrap_or(self.next_record);
         self.next_record = self.next_record.max(rid + 1);
         self.index_add(rid, &doc);
-        let size = self.record_size(&doc);
-        self.data_size += size as u64;
-        self.records.insert(
-            rid,
-            Record {
-                doc: Arc::new(doc),
-                version,
-                size,
-            },
-        );
+        self.data_size += raw.as_bytes().len() as u64;
+        self.records.insert(rid, Record { raw, version });
         self.truncate_capped();
         Ok(rid)
     }
 
     pub fn replace(&mut self, rid: RecordId, doc: Document, version: u64) -> ServerResult<()> {
         self.check_unique(&doc, Some(rid))?;
+        let raw = encode(&doc)?;
         let old = self
             .records
             .get(&rid)
             .cloned()
             .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
-        self.index_remove(&old.doc);
+        self.index_remove(&old);
         self.index_add(rid, &doc);
-        let size = self.record_size(&doc);
-        self.data_size = self.data_size + size as u64 - old.size as u64;
-        self.records.insert(
-            rid,
-            Record {
-                doc: Arc::new(doc),
-                version,
-                size,
-            },
-        );
+        self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
+        self.records.insert(rid, Record { raw, version });
         Ok(())
     }
 
-    pub fn remove(&mut self, rid: RecordId) -> Option<Arc<Document>> {
+    /// Removes the record at `rid` and returns it.
+    pub fn remove(&mut self, rid: RecordId) -> Option<Record> {
         let rec = self.records.remove(&rid)?;
-        self.index_remove(&rec.doc);
-        self.data_size -= rec.size as u64;
-        Some(rec.doc)
+        self.index_remove(&rec);
+        self.data_size -= rec.size() as u64;
+        Some(rec)
     }
 
     fn truncate_capped(&mut self) {
@@ -314,7 +319,7 @@ impl Collection {
         if index.unique {
             let mut entries = OrdMap::new();
             for (rid, rec) in self.records.iter() {
-                let key = index.key_of(&rec.doc);
+                let key = index.key_of(&rec.document());
                 if entries.insert(key.clone(), *rid).is_some() {
                     return Err(index.dup_error(&self.ns, &key));
                 }

@@ -20,14 +20,16 @@ pub enum Source {
     Buffered(VecDeque<Arc<Document>>),
     Scan {
         records: OrdMap<RecordId, Record>,
+        /// Where the scan continues: a lower bound forward, an upper bound in reverse.
         next: Bound<RecordId>,
-        matcher: Matcher,
+        reverse: bool,
+        matcher: Option<Matcher>,
     },
     Tail {
         /// The last record scanned; `positioned` is false until a scan actually visited one.
         after: Option<RecordId>,
         positioned: bool,
-        matcher: Matcher,
+        matcher: Option<Matcher>,
         await_data: bool,
     },
 }
@@ -69,21 +71,12 @@ impl Cursor {
             Some(l) => max_docs.min(l as usize),
             None => max_docs,
         };
-        let mut push = |doc: &Document, projection: &Option<Projection>| -> ServerResult<usize> {
-            let raw = match projection {
-                Some(p) => RawDocumentBuf::from_document(&p.try_apply(doc)?),
-                None => RawDocumentBuf::from_document(doc),
-            }
-            .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;
-            let len = raw.as_bytes().len();
-            docs.push(raw);
-            Ok(len)
-        };
+        let projection = &self.projection;
         let exhausted = match &mut self.source {
             Source::Buffered(queue) => {
                 while count < max_docs && bytes < MAX_BATCH_BYTES {
                     let Some(doc) = queue.pop_front() else { break };
-                    bytes += push(&doc, &self.projection)?;
+                    bytes += push_document(&mut docs, &doc, projection)?;
                     count += 1;
                 }
                 queue.is_empty()
@@ -91,18 +84,24 @@ impl Cursor {
             Source::Scan {
                 records,
                 next,
+                reverse,
                 matcher,
             } => {
                 let mut last = None;
                 let mut done = true;
-                for (rid, rec) in records.range((*next, Bound::Unbounded)) {
+                let range: Box<dyn Iterator<Item = (&RecordId, &Record)>> = if *reverse {
+                    Box::new(records.range((Bound::Unbounded, *next)).rev())
+                } else {
+                    Box::new(records.range((*next, Bound::Unbounded)))
+                };
+                for (rid, rec) in range {
                     if count >= max_docs || bytes >= MAX_BATCH_BYTES {
                         done = false;
                         break;
                     }
                     last = Some(*rid);
-                    if matcher.matches(&rec.doc) {
-                        bytes += push(&rec.doc, &self.projection)?;
+                    if let Some(len) = emit(&mut docs, rec, matcher.as_ref(), projection)? {
+                        bytes += len;
                         count += 1;
                     }
                 }
@@ -148,8 +147,8 @@ impl Cursor {
                     }
                     *after = Some(*rid);
                     *positioned = true;
-                    if matcher.matches(&rec.doc) {
-                        bytes += push(&rec.doc, &self.projection)?;
+                    if let Some(len) = emit(&mut docs, rec, matcher.as_ref(), projection)? {
+                        bytes += len;
                         count += 1;
                     }
                 }
@@ -162,6 +161,44 @@ impl Cursor {
         let exhausted = exhausted || self.limit_remaining == Some(0);
         Ok(Batch { docs, exhausted })
     }
+}
+
+fn push_document(
+    docs: &mut RawArrayBuf,
+    doc: &Document,
+    projection: &Option<Projection>,
+) -> ServerResult<usize> {
+    let raw = match projection {
+        Some(p) => RawDocumentBuf::from_document(&p.try_apply(doc)?),
+        None => RawDocumentBuf::from_document(doc),
+    }
+    .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;
+    let len = raw.as_bytes().len();
+    docs.push(raw);
+    Ok(len)
+}
+
+/// Adds a stored record to the batch if it matches: its bytes as they are when there is no
+/// projection (no decoding at all when there is no filter either). Returns the bytes added.
+fn emit(
+    docs: &mut RawArrayBuf,
+    rec: &Record,
+    matcher: Option<&Matcher>,
+    projection: &Option<Projection>,
+) -> ServerResult<Option<usize>> {
+    if let Some(m) = matcher {
+        let doc = rec.document();
+        if !m.matches(&doc) {
+            return Ok(None);
+        }
+        if projection.is_some() {
+            return push_document(docs, &doc, projection).map(Some);
+        }
+    } else if projection.is_some() {
+        return push_document(docs, &rec.document(), projection).map(Some);
+    }
+    docs.push(rec.raw.as_ref().clone());
+    Ok(Some(rec.size()))
 }
 
 pub fn new_cursor_id() -> i64 {

@@ -46,6 +46,19 @@ impl OpRecord {
         }
     }
 
+    /// Moves the fields into a top-level entry (no copy of possibly large documents).
+    fn into_core(self, d: &mut Document) {
+        d.insert("op", self.op);
+        d.insert("ns", self.ns);
+        if let Some(ui) = self.ui {
+            d.insert("ui", ui);
+        }
+        d.insert("o", self.o);
+        if let Some(o2) = self.o2 {
+            d.insert("o2", o2);
+        }
+    }
+
     /// The form used inside `applyOps`: no ts/t/v/wall.
     pub fn inner(&self) -> Document {
         let mut d = Document::new();
@@ -98,13 +111,13 @@ impl EntryExtras<'_> {
     };
 }
 
-pub fn build_entry(op: &OpRecord, ts: Timestamp, wall: DateTime, extras: &EntryExtras) -> Document {
+pub fn build_entry(op: OpRecord, ts: Timestamp, wall: DateTime, extras: &EntryExtras) -> Document {
     let mut d = Document::new();
     if let Some(s) = extras.session {
         d.insert("lsid", s.lsid.clone());
         d.insert("txnNumber", s.txn_number);
     }
-    op.append_core(&mut d);
+    op.into_core(&mut d);
     d.insert("ts", ts);
     d.insert("t", TERM);
     d.insert("v", 2i64);
@@ -141,7 +154,7 @@ mod tests {
             increment: 3,
         };
         let wall = DateTime::from_millis(1_700_000_000_123);
-        let e = build_entry(&op, ts, wall, &EntryExtras::NONE);
+        let e = build_entry(op, ts, wall, &EntryExtras::NONE);
         let keys: Vec<&str> = e.keys().map(|k| k.as_str()).collect();
         assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
         assert_eq!(e.get("t"), Some(&Bson::Int64(1)));

@@ -175,10 +175,7 @@ pub fn commit(
         for id in ids {
             let version = state.version + 1;
             state.version = version;
-            let final_doc = working
-                .find_id(id)
-                .and_then(|rid| working.get(rid))
-                .map(|d| (**d).clone());
+            let final_doc = working.find_id(id).and_then(|rid| working.get(rid));
             match (target.find_id(id), final_doc) {
                 (Some(rid), Some(doc)) => target.replace(rid, doc, version)?,
                 (None, Some(doc)) => {
@@ -248,7 +245,7 @@ fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -
             stmt_id: None,
             prev_op_time: Some(prev),
         };
-        ts = state.append_oplog(&op, &extras);
+        ts = state.append_oplog(op, &extras);
         prev = optime(ts, TERM);
     }
     ts

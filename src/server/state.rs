@@ -90,7 +90,7 @@ impl State {
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
         state.append_oplog(
-            &crate::server::oplog_writer::noop("initiating set"),
+            crate::server::oplog_writer::noop("initiating set"),
             &EntryExtras::NONE,
         );
         state
@@ -115,7 +115,7 @@ impl State {
     }
 
     /// Writes one oplog entry with the next timestamp and returns that timestamp.
-    pub fn append_oplog(&mut self, op: &OpRecord, extras: &EntryExtras) -> Timestamp {
+    pub fn append_oplog(&mut self, op: OpRecord, extras: &EntryExtras) -> Timestamp {
         let ts = self.clock.tick();
         let wall = DateTime::now();
         let entry = build_entry(op, ts, wall, extras);
@@ -147,7 +147,7 @@ impl State {
             .entry(db.to_string())
             .or_default()
             .insert(coll.to_string(), c);
-        self.append_oplog(&op, &EntryExtras::NONE);
+        self.append_oplog(op, &EntryExtras::NONE);
         Ok(self.coll_mut(db, coll).unwrap())
     }
 }

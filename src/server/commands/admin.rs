@@ -188,9 +188,11 @@ pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> 
                 was = Some(state.txn_lifetime_limit_secs as i32);
                 state.txn_lifetime_limit_secs = secs;
             }
-            other => return Err(ServerError::invalid_options(format!(
+            other => {
+                return Err(ServerError::invalid_options(format!(
                 "attempted to set unrecognized parameter [{other}], use help:true to see options "
-            ))),
+            )))
+            }
         }
     }
     match was {

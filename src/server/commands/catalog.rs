@@ -94,7 +94,7 @@ fn drop_collection(ctx: &mut Ctx, db: &str, coll: &str) -> Option<usize> {
         doc! {"drop": coll},
         Some(doc! {"numRecords": n as i32}),
     );
-    ctx.state.append_oplog(&op, &EntryExtras::NONE);
+    ctx.state.append_oplog(op, &EntryExtras::NONE);
     if ctx.state.dbs.get(db).is_some_and(|d| d.is_empty()) {
         ctx.state.dbs.remove(db);
     }
@@ -147,7 +147,7 @@ pub fn drop_database(ctx: &mut Ctx, _body: &Document) -> ServerResult<Reply> {
         doc! {"dropDatabase": 1},
         None,
     );
-    ctx.state.append_oplog(&op, &EntryExtras::NONE);
+    ctx.state.append_oplog(op, &EntryExtras::NONE);
     Ok(Reply::Doc(doc! {"dropped": db}))
 }
 
@@ -207,7 +207,7 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
         .insert(tcoll.to_string(), c);
     ctx.state.cursors.retain(|_, cur| cur.ns != from);
     let op = OpRecord::new("c", format!("{fdb}.$cmd"), Some(uuid), o, o2);
-    ctx.state.append_oplog(&op, &EntryExtras::NONE);
+    ctx.state.append_oplog(op, &EntryExtras::NONE);
     Ok(Reply::Doc(Document::new()))
 }
 
@@ -465,7 +465,7 @@ pub fn drop_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             doc! {"dropIndexes": coll.clone(), "index": name},
             Some(spec),
         );
-        ctx.state.append_oplog(&op, &EntryExtras::NONE);
+        ctx.state.append_oplog(op, &EntryExtras::NONE);
     }
     Ok(Reply::Doc(doc! {"nIndexesWas": was}))
 }

@@ -140,11 +140,11 @@ impl<'a> Ctx<'a> {
                     stmt_id: Some(self.stmt_id),
                     prev_op_time: Some(prev),
                 };
-                let ts = self.state.append_oplog(&op, &extras);
+                let ts = self.state.append_oplog(op, &extras);
                 r.prev = Some(ts);
                 ts
             }
-            None => self.state.append_oplog(&op, &EntryExtras::NONE),
+            None => self.state.append_oplog(op, &EntryExtras::NONE),
         };
         self.last_op = Some(ts);
     }

@@ -49,12 +49,31 @@ fn oplog_start_after(filter: &Document) -> Option<u64> {
     best
 }
 
+/// Whether a filter needs evaluating per document: not when it is empty, nor when it is only
+/// the `ts` bound of an oplog query (the scan already starts there).
+fn needs_matcher(filter: &Document, ns: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    if ns == OPLOG_NS && filter.len() == 1 {
+        if let Some(Bson::Document(ops)) = filter.get("ts") {
+            let only_lower_bound = ops.len() == 1
+                && ops.iter().all(|(op, v)| {
+                    matches!(op.as_str(), "$gt" | "$gte") && matches!(v, Bson::Timestamp(_))
+                });
+            return !only_lower_bound;
+        }
+    }
+    true
+}
+
 fn matching_docs(c: Option<&Collection>, matcher: &Matcher) -> Vec<Arc<Document>> {
     c.map(|c| {
         c.records
             .values()
-            .filter(|r| matcher.matches(&r.doc))
-            .map(|r| r.doc.clone())
+            .map(|r| r.document())
+            .filter(|d| matcher.matches(d))
+            .map(Arc::new)
             .collect()
     })
     .unwrap_or_default()
@@ -135,21 +154,26 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         Source::Tail {
             after,
             positioned: false,
-            matcher,
+            matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
         }
-    } else if (sort.is_none() || natural == Some(1)) && skip == 0 {
+    } else if (sort.is_none() || natural.is_some()) && skip == 0 {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
-        let next = match (ns == OPLOG_NS)
+        let reverse = natural == Some(-1);
+        let bound = (ns == OPLOG_NS)
             .then(|| oplog_start_after(&filter))
-            .flatten()
-        {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
+            .flatten();
+        let next = match bound {
+            Some(after) if !reverse => Bound::Excluded(after),
+            _ => Bound::Unbounded,
         };
+        // A reverse scan keeps the whole filter (the bound only speeds up forward scans).
+        let matcher =
+            (needs_matcher(&filter, &ns) || (reverse && !filter.is_empty())).then_some(matcher);
         Source::Scan {
             records,
             next,
+            reverse,
             matcher,
         }
     } else {
@@ -269,7 +293,7 @@ pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         Some(c) => c
             .records
             .values()
-            .filter(|r| matcher.matches(&r.doc))
+            .filter(|r| matcher.matches(&r.document()))
             .count(),
         None => 0,
     };
@@ -372,7 +396,7 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                     let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);
                     return finish_aggregate(ctx, ns.clone(), vec![doc! {"ns": ns, "count": count as i64}], &pipeline[1..], batch_size);
                 }
-                _ => ctx.view(&db, coll).map(|c| c.records.values().map(|r| (*r.doc).clone()).collect()).unwrap_or_default(),
+                _ => ctx.view(&db, coll).map(|c| c.records.values().map(|r| r.document()).collect()).unwrap_or_default(),
             };
             (ns, input)
         }

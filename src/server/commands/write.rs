@@ -104,13 +104,13 @@ pub fn matching(
     if let Some(id) = matcher.id_equality() {
         return c
             .find_id(id)
-            .filter(|rid| c.get(*rid).is_some_and(|d| matcher.matches(d)))
+            .filter(|rid| c.get(*rid).is_some_and(|d| matcher.matches(&d)))
             .into_iter()
             .collect();
     }
     let mut out = Vec::new();
     for (rid, rec) in c.records.iter() {
-        if matcher.matches(&rec.doc) {
+        if matcher.matches(&rec.document()) {
             out.push(*rid);
             if just_one {
                 break;
@@ -190,20 +190,21 @@ pub fn update_docs(
         let c = ctx
             .coll_for_write(db, coll, false)?
             .expect("matched documents come from an existing collection");
-        let Some(current) = c.get(rid).cloned() else {
+        let Some(current) = c.get(rid) else {
             continue;
         };
         let ui = c.uuid;
-        let mut doc = (*current).clone();
+        let mut doc = current.clone();
         let matched = positional_matcher
             .as_ref()
             .and_then(|m| m.positional_match(&current));
         let outcome = spec.apply_matched(&mut doc, &uctx, matched)?;
         result.matched += 1;
-        result.before = Some((*current).clone());
+        let current_id = current.get("_id").cloned();
+        result.before = Some(current);
         if outcome.modified {
             let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
-            if current.get("_id") != Some(&id) {
+            if current_id.as_ref() != Some(&id) {
                 return Err(ServerError::immutable_field(
                     "Performing an update on the path '_id' would modify the immutable field '_id'",
                 ));
@@ -345,14 +346,17 @@ pub fn remove_docs(
             )));
         }
         let ui = c.uuid;
-        let Some(doc) = c.remove(rid) else { continue };
+        let Some(record) = c.remove(rid) else {
+            continue;
+        };
+        let doc = record.document();
         let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
         ctx.note_write(&ns, &id)?;
         ctx.log(
             OpRecord::new("d", ns.clone(), Some(ui), doc! {"_id": id}, None),
             retryable,
         );
-        removed.push((*doc).clone());
+        removed.push(doc);
     }
     Ok(removed)
 }
@@ -435,7 +439,12 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
     if let Some(sort) = doc_arg(body, "sort")?.filter(|s| !s.is_empty()) {
         let sort = SortSpec::new(sort)?;
         if let Some(c) = ctx.view(&db, &coll) {
-            rids.sort_by(|a, b| sort.compare(c.get(*a).unwrap(), c.get(*b).unwrap()));
+            let mut keyed: Vec<(u64, Document)> = rids
+                .iter()
+                .filter_map(|rid| Some((*rid, c.get(*rid)?)))
+                .collect();
+            keyed.sort_by(|a, b| sort.compare(&a.1, &b.1));
+            rids = keyed.into_iter().map(|(rid, _)| rid).collect();
         }
     }
     rids.truncate(1);
