@@ -262,15 +262,41 @@ impl Collection {
         version: u64,
         rid: Option<RecordId>,
     ) -> ServerResult<RecordId> {
-        self.check_unique(&doc, None)?;
         let raw = encode(&doc)?;
+        self.insert_encoded(&doc, raw, version, rid)
+    }
+
+    /// Inserts a document whose bytes are already encoded (`doc` gives the index keys).
+    pub fn insert_encoded(
+        &mut self,
+        doc: &Document,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+        rid: Option<RecordId>,
+    ) -> ServerResult<RecordId> {
+        self.check_unique(doc, None)?;
         let rid = rid.unwrap_or(self.next_record);
         self.next_record = self.next_record.max(rid + 1);
-        self.index_add(rid, &doc);
+        self.index_add(rid, doc);
         self.data_size += raw.as_bytes().len() as u64;
         self.records.insert(rid, Record { raw, version });
         self.truncate_capped();
         Ok(rid)
+    }
+
+    /// Appends an entry with no index keys (the oplog) from its bytes.
+    pub fn append_raw(&mut self, raw: RawDocumentBuf, version: u64, rid: RecordId) {
+        debug_assert!(!self.has_id_index && self.indexes.is_empty());
+        self.next_record = self.next_record.max(rid + 1);
+        self.data_size += raw.as_bytes().len() as u64;
+        self.records.insert(
+            rid,
+            Record {
+                raw: Arc::new(raw),
+                version,
+            },
+        );
+        self.truncate_capped();
     }
 
     pub fn replace(&mut self, rid: RecordId, doc: Document, version: u64) -> ServerResult<()> {

@@ -1,11 +1,59 @@
 //! Builds `local.oplog.rs` entries exactly as a MongoDB 7.0 primary writes them (field order
 //! included: `[lsid, txnNumber,] op, ns, [ui,] o, [o2,] ts, t, v, wall[, stmtId][, prevOpTime]`).
 
-use bson::{doc, Binary, Bson, DateTime, Document, Timestamp};
+use bson::{doc, Binary, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// The election term this single-node set is in (it never changes: no elections happen).
 pub const TERM: i64 = 1;
+
+/// An op's `o`: a document, or (for inserts) the stored document's bytes, copied as they are.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Doc(Document),
+    Raw(Arc<RawDocumentBuf>),
+}
+
+impl From<Document> for Body {
+    fn from(d: Document) -> Self {
+        Body::Doc(d)
+    }
+}
+
+impl From<Arc<RawDocumentBuf>> for Body {
+    fn from(r: Arc<RawDocumentBuf>) -> Self {
+        Body::Raw(r)
+    }
+}
+
+impl Body {
+    pub fn to_document(&self) -> Document {
+        match self {
+            Body::Doc(d) => d.clone(),
+            Body::Raw(r) => r.to_document().unwrap_or_default(),
+        }
+    }
+
+    fn to_raw(&self) -> RawDocumentBuf {
+        match self {
+            Body::Doc(d) => raw(d),
+            Body::Raw(r) => r.as_ref().clone(),
+        }
+    }
+
+    /// Encoded size in bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            Body::Doc(d) => crate::server::collection::bson_size(d),
+            Body::Raw(r) => r.as_bytes().len(),
+        }
+    }
+}
+
+fn raw(d: &Document) -> RawDocumentBuf {
+    RawDocumentBuf::from_document(d).unwrap_or_default()
+}
 
 /// One logical change, as it appears inside `applyOps` and as the core of a top-level entry.
 #[derive(Debug, Clone)]
@@ -13,7 +61,7 @@ pub struct OpRecord {
     pub op: &'static str,
     pub ns: String,
     pub ui: Option<bson::Uuid>,
-    pub o: Document,
+    pub o: Body,
     pub o2: Option<Document>,
 }
 
@@ -22,14 +70,14 @@ impl OpRecord {
         op: &'static str,
         ns: impl Into<String>,
         ui: Option<bson::Uuid>,
-        o: Document,
+        o: impl Into<Body>,
         o2: Option<Document>,
     ) -> Self {
         OpRecord {
             op,
             ns: ns.into(),
             ui,
-            o,
+            o: o.into(),
             o2,
         }
     }
@@ -40,22 +88,22 @@ impl OpRecord {
         if let Some(ui) = self.ui {
             d.insert("ui", ui);
         }
-        d.insert("o", self.o.clone());
+        d.insert("o", self.o.to_document());
         if let Some(o2) = &self.o2 {
             d.insert("o2", o2.clone());
         }
     }
 
-    /// Moves the fields into a top-level entry (no copy of possibly large documents).
-    fn into_core(self, d: &mut Document) {
-        d.insert("op", self.op);
-        d.insert("ns", self.ns);
+    /// Writes the fields into a top-level entry being built as bytes.
+    fn append_raw(&self, d: &mut RawDocumentBuf) {
+        d.append("op", self.op);
+        d.append("ns", self.ns.as_str());
         if let Some(ui) = self.ui {
-            d.insert("ui", ui);
+            d.append("ui", Binary::from_uuid(ui));
         }
-        d.insert("o", self.o);
-        if let Some(o2) = self.o2 {
-            d.insert("o2", o2);
+        d.append("o", self.o.to_raw());
+        if let Some(o2) = &self.o2 {
+            d.append("o2", raw(o2));
         }
     }
 
@@ -111,22 +159,28 @@ impl EntryExtras<'_> {
     };
 }
 
-pub fn build_entry(op: OpRecord, ts: Timestamp, wall: DateTime, extras: &EntryExtras) -> Document {
-    let mut d = Document::new();
+/// The entry as stored in `local.oplog.rs`, built directly as BSON bytes.
+pub fn build_entry(
+    op: OpRecord,
+    ts: Timestamp,
+    wall: DateTime,
+    extras: &EntryExtras,
+) -> RawDocumentBuf {
+    let mut d = RawDocumentBuf::new();
     if let Some(s) = extras.session {
-        d.insert("lsid", s.lsid.clone());
-        d.insert("txnNumber", s.txn_number);
+        d.append("lsid", raw(&s.lsid));
+        d.append("txnNumber", s.txn_number);
     }
-    op.into_core(&mut d);
-    d.insert("ts", ts);
-    d.insert("t", TERM);
-    d.insert("v", 2i64);
-    d.insert("wall", wall);
+    op.append_raw(&mut d);
+    d.append("ts", ts);
+    d.append("t", TERM);
+    d.append("v", 2i64);
+    d.append("wall", wall);
     if let Some(stmt) = extras.stmt_id {
-        d.insert("stmtId", stmt);
+        d.append("stmtId", stmt);
     }
     if let Some(prev) = &extras.prev_op_time {
-        d.insert("prevOpTime", prev.clone());
+        d.append("prevOpTime", raw(prev));
     }
     d
 }
@@ -154,7 +208,9 @@ mod tests {
             increment: 3,
         };
         let wall = DateTime::from_millis(1_700_000_000_123);
-        let e = build_entry(op, ts, wall, &EntryExtras::NONE);
+        let e = build_entry(op, ts, wall, &EntryExtras::NONE)
+            .to_document()
+            .unwrap();
         let keys: Vec<&str> = e.keys().map(|k| k.as_str()).collect();
         assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
         assert_eq!(e.get("t"), Some(&Bson::Int64(1)));

@@ -114,7 +114,7 @@ impl Txn {
     }
 
     pub fn log(&mut self, op: OpRecord) {
-        self.ops_bytes += crate::server::collection::bson_size(&op.o) + op.ns.len() + 64;
+        self.ops_bytes += op.o.size() + op.ns.len() + 64;
         self.ops.push(op);
     }
 }

@@ -123,9 +123,7 @@ impl State {
         let oplog = self
             .coll_mut(OPLOG_DB, OPLOG_COLL)
             .expect("the oplog always exists");
-        oplog
-            .insert(entry, version, Some(ts_to_u64(ts)))
-            .expect("oplog entries have no unique keys");
+        oplog.append_raw(entry, version, ts_to_u64(ts));
         self.last_write = (ts, wall);
         self.capped_appends += 1;
         ts

@@ -66,12 +66,13 @@ pub fn doc_arg<'a>(body: &'a Document, key: &str) -> ServerResult<Option<&'a Doc
     }
 }
 
-pub fn docs_arg(body: &Document, key: &str) -> ServerResult<Vec<Document>> {
+/// The documents of an array argument, borrowed.
+pub fn docs_ref<'a>(body: &'a Document, key: &str) -> ServerResult<Vec<&'a Document>> {
     match body.get(key) {
         Some(Bson::Array(items)) => items
             .iter()
             .map(|b| match b {
-                Bson::Document(d) => Ok(d.clone()),
+                Bson::Document(d) => Ok(d),
                 _ => Err(ServerError::type_mismatch(format!(
                     "BSON field '{key}' must be an array of documents"
                 ))),
@@ -85,6 +86,11 @@ pub fn docs_arg(body: &Document, key: &str) -> ServerResult<Vec<Document>> {
             type_name(Some(other))
         ))),
     }
+}
+
+/// The documents of an array argument, copied.
+pub fn docs_arg(body: &Document, key: &str) -> ServerResult<Vec<Document>> {
+    docs_ref(body, key).map(|docs| docs.into_iter().cloned().collect())
 }
 
 pub fn non_negative(body: &Document, key: &str) -> ServerResult<Option<i64>> {

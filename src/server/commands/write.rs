@@ -1,7 +1,7 @@
 //! insert, update, delete and findAndModify.
 
 use super::ctx::Ctx;
-use super::util::{bool_arg, coll_name, doc_arg, docs_arg, write_error};
+use super::util::{bool_arg, coll_name, doc_arg, docs_arg, docs_ref, write_error};
 use crate::server::collection::RecordId;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::OpRecord;
@@ -44,26 +44,46 @@ pub fn with_id_first(doc: Document) -> ServerResult<Document> {
     Ok(out)
 }
 
-/// Inserts one document and logs it; the error, if any, is the statement's write error.
-pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: Document) -> ServerResult<()> {
-    let doc = with_id_first(doc)?;
+/// Inserts one document and logs it; the error, if any, is the statement's write error. The
+/// document is encoded once: the same bytes are stored and become the oplog entry's `o`.
+pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> ServerResult<()> {
+    let reordered;
+    let doc = if doc.keys().next().map(String::as_str) == Some("_id") && with_id_first_is_valid(doc)
+    {
+        doc
+    } else {
+        reordered = with_id_first(doc.clone())?;
+        &reordered
+    };
     let id = doc.get("_id").cloned().unwrap();
+    let raw = std::sync::Arc::new(
+        bson::RawDocumentBuf::from_document(doc)
+            .map_err(|e| ServerError::bad_value(format!("cannot store document: {e}")))?,
+    );
     let version = ctx.next_version();
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
     let ui = c.uuid;
-    c.insert(doc.clone(), version, None)?;
+    c.insert_encoded(doc, raw.clone(), version, None)?;
     let ns = format!("{db}.{coll}");
     ctx.note_write(&ns, &id)?;
     ctx.log(
-        OpRecord::new("i", ns, Some(ui), doc, Some(doc! {"_id": id})),
+        OpRecord::new("i", ns, Some(ui), raw, Some(doc! {"_id": id})),
         true,
     );
     Ok(())
 }
 
+/// True when `_id` has a type MongoDB accepts (arrays and regular expressions are refused).
+fn with_id_first_is_valid(doc: &Document) -> bool {
+    !matches!(
+        doc.get("_id"),
+        Some(Bson::Array(_)) | Some(Bson::RegularExpression(_))
+    )
+}
+
 pub fn insert(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "insert")?;
-    let docs = docs_arg(body, "documents")?;
+    let docs = docs_ref(body, "documents")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
