@@ -36,10 +36,19 @@ impl Record {
     }
 }
 
-fn encode(doc: &Document) -> ServerResult<Arc<RawDocumentBuf>> {
+/// Encodes a document for storage, without spare capacity.
+pub fn encode(doc: &Document) -> ServerResult<Arc<RawDocumentBuf>> {
     RawDocumentBuf::from_document(doc)
-        .map(Arc::new)
+        .map(|raw| Arc::new(compact(raw)))
         .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))
+}
+
+/// Drops the spare capacity an encoder leaves (up to half of the buffer): stored documents
+/// live long, and memory is what an in-memory server runs out of.
+pub fn compact(raw: RawDocumentBuf) -> RawDocumentBuf {
+    let mut bytes = raw.into_bytes();
+    bytes.shrink_to_fit();
+    RawDocumentBuf::from_bytes(bytes).expect("bytes of a valid document")
 }
 
 #[derive(Clone, Debug)]

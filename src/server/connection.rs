@@ -41,7 +41,12 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn read_message(stream: &mut TcpStream) -> std::io::Result<Option<(Header, Vec<u8>)>> {
+/// Reads one message into `payload` (reused across messages: a 48 MB limit means large
+/// buffers, and allocating them afresh for every message costs page faults).
+async fn read_message(
+    stream: &mut TcpStream,
+    payload: &mut Vec<u8>,
+) -> std::io::Result<Option<Header>> {
     let mut head = [0u8; HEADER_LEN];
     match stream.read_exact(&mut head).await {
         Ok(_) => {}
@@ -50,9 +55,10 @@ async fn read_message(stream: &mut TcpStream) -> std::io::Result<Option<(Header,
     }
     let header = Header::parse(&head)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let mut payload = vec![0u8; header.length - HEADER_LEN];
-    stream.read_exact(&mut payload).await?;
-    Ok(Some((header, payload)))
+    payload.clear();
+    payload.resize(header.length - HEADER_LEN, 0);
+    stream.read_exact(payload).await?;
+    Ok(Some(header))
 }
 
 async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
@@ -60,13 +66,14 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
     drops.mark_unchanged();
     let mut shutdown = shared.shutdown.subscribe();
     let mut reply_id: i32 = 0;
+    let mut payload = Vec::new();
     loop {
         let message = tokio::select! {
-            m = read_message(&mut stream) => m,
+            m = read_message(&mut stream, &mut payload) => m,
             _ = drops.changed() => return,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok(Some((header, payload))) = message else {
+        let Ok(Some(header)) = message else {
             return;
         };
         // While paused, hold the request unanswered until the pause ends (or the link drops).

@@ -56,10 +56,7 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
         &reordered
     };
     let id = doc.get("_id").cloned().unwrap();
-    let raw = std::sync::Arc::new(
-        bson::RawDocumentBuf::from_document(doc)
-            .map_err(|e| ServerError::bad_value(format!("cannot store document: {e}")))?,
-    );
+    let raw = crate::server::collection::encode(doc)?;
     let version = ctx.next_version();
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
     let ui = c.uuid;
