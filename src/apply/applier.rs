@@ -59,6 +59,10 @@ pub enum ApplyError {
     Rejected(String),
 }
 
+/// An insert found its document already there (initial-sync overlap, or the same `_id`
+/// written on both sides): the batch is sent again with inserts as upserts.
+const DUPLICATE_KEY: i32 = 11000;
+
 impl std::fmt::Display for ApplyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -86,20 +90,31 @@ fn txn_options() -> TransactionOptions {
 }
 
 /// Write errors in a command reply make the whole batch fail (and its transaction abort).
-fn check_reply(reply: &Document, what: &str) -> Result<(), ApplyError> {
+/// `Ok(false)`: an insert met a document that is already there.
+fn check_reply(reply: &Document, what: &str) -> Result<bool, ApplyError> {
     if let Ok(errors) = reply.get_array("writeErrors") {
         let first = errors
             .first()
             .and_then(Bson::as_document)
             .cloned()
             .unwrap_or_default();
+        if first.get_i32("code").ok() == Some(DUPLICATE_KEY) && what.starts_with("inserting") {
+            return Ok(false);
+        }
         return Err(ApplyError::Rejected(format!(
             "{what} failed on the destination: {} (code {})",
             first.get_str("errmsg").unwrap_or("write error"),
             first.get("code").cloned().unwrap_or(Bson::Null)
         )));
     }
-    Ok(())
+    Ok(true)
+}
+
+/// What one attempt at a batch came to.
+enum Attempt {
+    Committed,
+    /// An insert met an existing document; the transaction was aborted.
+    Duplicate,
 }
 
 impl Applier {
@@ -124,7 +139,8 @@ impl Applier {
         session: &mut ClientSession,
         plan: &Plan,
         checkpoint: &Checkpoint,
-    ) -> Result<(), Error> {
+        upsert_inserts: bool,
+    ) -> Result<Attempt, Error> {
         session
             .start_transaction()
             .with_options(txn_options())
@@ -139,21 +155,38 @@ impl Applier {
             .session(&mut *session)
             .await?;
         for command in &plan.commands {
+            let body = command.body(upsert_inserts);
+            let what = format!(
+                "{} {}.{}",
+                if body.contains_key("insert") {
+                    "inserting into"
+                } else {
+                    "writing"
+                },
+                command.db,
+                command.coll
+            );
             let reply = self
                 .client
                 .database(&command.db)
-                .run_command(command.body())
+                .run_command(body)
                 .session(&mut *session)
                 .await?;
-            if let Err(e) = check_reply(&reply, &format!("writing {}.{}", command.db, command.coll))
-            {
-                let _ = session.abort_transaction().await;
-                return Err(Error::custom(e.to_string()));
+            match check_reply(&reply, &what) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = session.abort_transaction().await;
+                    return Ok(Attempt::Duplicate);
+                }
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(Error::custom(e.to_string()));
+                }
             }
         }
         loop {
             match session.commit_transaction().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Attempt::Committed),
                 Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
                 Err(e) => return Err(e),
             }
@@ -170,10 +203,18 @@ impl Applier {
     ) -> Result<Option<Timestamp>, ApplyError> {
         let mut session = self.client.start_session().await?;
         let mut attempts = 0;
+        let mut upsert_inserts = false;
         loop {
             attempts += 1;
-            match self.run_once(&mut session, plan, checkpoint).await {
-                Ok(()) => return Ok(session.operation_time()),
+            match self
+                .run_once(&mut session, plan, checkpoint, upsert_inserts)
+                .await
+            {
+                Ok(Attempt::Committed) => return Ok(session.operation_time()),
+                Ok(Attempt::Duplicate) => {
+                    upsert_inserts = true;
+                    continue;
+                }
                 Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 50 => {
                     tokio::time::sleep(std::time::Duration::from_millis(5 * attempts)).await;
                     continue;

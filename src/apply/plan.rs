@@ -23,6 +23,9 @@ impl std::fmt::Display for PlanError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// Inserted documents: sent as `insert` (cheapest), or as upserts by `_id` when the
+    /// destination may already hold them (see [`Command::body`]).
+    Insert,
     Update,
     Delete,
 }
@@ -40,15 +43,21 @@ pub struct Command {
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 impl Command {
-    /// The command document (`$db` is added by the driver).
-    pub fn body(&self) -> Document {
+    /// The command document (`$db` is added by the driver). `upsert_inserts`: send inserts as
+    /// replacements with upsert, which succeed whether or not the document already exists.
+    pub fn body(&self, upsert_inserts: bool) -> Document {
+        let statements = self.statements.clone();
         match self.kind {
-            Kind::Update => {
-                doc! {"update": &self.coll, "updates": self.statements.clone(), "ordered": true}
+            Kind::Insert if upsert_inserts => {
+                let updates: Vec<Document> = statements
+                    .into_iter()
+                    .map(|d| doc! {"q": {"_id": id_of(&d)}, "u": d, "upsert": true})
+                    .collect();
+                doc! {"update": &self.coll, "updates": updates, "ordered": true}
             }
-            Kind::Delete => {
-                doc! {"delete": &self.coll, "deletes": self.statements.clone(), "ordered": true}
-            }
+            Kind::Insert => doc! {"insert": &self.coll, "documents": statements, "ordered": true},
+            Kind::Update => doc! {"update": &self.coll, "updates": statements, "ordered": true},
+            Kind::Delete => doc! {"delete": &self.coll, "deletes": statements, "ordered": true},
         }
     }
 
@@ -111,13 +120,8 @@ impl Plan {
         match entry.op()? {
             OpKind::Insert => {
                 let doc = to_doc(entry.o()?)?;
-                let key = doc! {"_id": id_of(&doc)};
                 self.touched.push((dst_ns.to_string(), id_of(&doc)));
-                self.push(
-                    dst_ns,
-                    Kind::Update,
-                    doc! {"q": key, "u": doc, "upsert": true},
-                );
+                self.push(dst_ns, Kind::Insert, doc);
             }
             OpKind::Update => {
                 let key = match entry.o2()? {
@@ -197,18 +201,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.ops, 5);
-        let bodies: Vec<Document> = p.commands.iter().map(|c| c.body()).collect();
+        let bodies: Vec<Document> = p.commands.iter().map(|c| c.body(false)).collect();
         assert_eq!(
             bodies,
             vec![
-                doc! {"update": "c", "updates": [
-                    {"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true},
-                    {"q": {"_id": 1}, "u": {"$set": {"a": 2}}},
-                ], "ordered": true},
+                doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}], "ordered": true},
+                doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 2}}}], "ordered": true},
                 doc! {"delete": "c", "deletes": [{"q": {"_id": 1}, "limit": 1}], "ordered": true},
-                doc! {"update": "c", "updates": [{"q": {"_id": 2}, "u": {"_id": 2}, "upsert": true}], "ordered": true},
-                doc! {"update": "other", "updates": [{"q": {"_id": 3}, "u": {"_id": 3}, "upsert": true}], "ordered": true},
+                doc! {"insert": "c", "documents": [{"_id": 2}], "ordered": true},
+                doc! {"insert": "other", "documents": [{"_id": 3}], "ordered": true},
             ]
+        );
+        // The idempotent form, for a destination that may already hold the documents.
+        assert_eq!(
+            p.commands[0].body(true),
+            doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true}], "ordered": true}
         );
         assert_eq!(p.touched.len(), 5);
     }
@@ -222,7 +229,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.commands[0].body().get_array("updates").unwrap()[0],
+            p.commands[0].body(false).get_array("updates").unwrap()[0],
             bson::Bson::Document(doc! {"q": {"_id": 1}, "u": {"_id": 1, "x": 2}, "upsert": true})
         );
         assert!(p

@@ -31,9 +31,14 @@ impl Record {
 
     /// The `_id` without decoding the rest.
     pub fn id(&self) -> Option<Bson> {
-        let value = self.raw.get("_id").ok()??;
-        Bson::try_from(value.to_raw_bson()).ok()
+        raw_id(&self.raw)
     }
+}
+
+/// A stored document's `_id`, read from its bytes.
+pub fn raw_id(raw: &RawDocumentBuf) -> Option<Bson> {
+    let value = raw.get("_id").ok()??;
+    Bson::try_from(value.to_raw_bson()).ok()
 }
 
 /// Encodes a document for storage, without spare capacity.
@@ -291,6 +296,46 @@ impl Collection {
         self.records.insert(rid, Record { raw, version });
         self.truncate_capped();
         Ok(rid)
+    }
+
+    /// The document for index maintenance: only decoded when a unique secondary index needs it.
+    fn keys_doc(&self, raw: &RawDocumentBuf) -> Document {
+        if self.indexes.iter().any(|i| i.unique) {
+            raw.to_document().unwrap_or_default()
+        } else {
+            raw_id(raw).map(|id| doc! {"_id": id}).unwrap_or_default()
+        }
+    }
+
+    /// Inserts an already stored record's bytes (a transaction's commit).
+    pub fn insert_record(
+        &mut self,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+    ) -> ServerResult<RecordId> {
+        let keys = self.keys_doc(&raw);
+        self.insert_encoded(&keys, raw, version, None)
+    }
+
+    /// Replaces the record at `rid` with already stored bytes (a transaction's commit).
+    pub fn replace_record(
+        &mut self,
+        rid: RecordId,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+    ) -> ServerResult<()> {
+        let keys = self.keys_doc(&raw);
+        self.check_unique(&keys, Some(rid))?;
+        let old = self
+            .records
+            .get(&rid)
+            .cloned()
+            .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
+        self.index_remove(&old);
+        self.index_add(rid, &keys);
+        self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
+        self.records.insert(rid, Record { raw, version });
+        Ok(())
     }
 
     /// Appends an entry with no index keys (the oplog) from its bytes.

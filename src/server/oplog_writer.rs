@@ -107,6 +107,13 @@ impl OpRecord {
         }
     }
 
+    /// The form used inside `applyOps`, as bytes.
+    pub fn inner_raw(&self) -> RawDocumentBuf {
+        let mut d = RawDocumentBuf::new();
+        self.append_raw(&mut d);
+        d
+    }
+
     /// The form used inside `applyOps`: no ts/t/v/wall.
     pub fn inner(&self) -> Document {
         let mut d = Document::new();

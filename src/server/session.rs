@@ -10,7 +10,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::query::KeyValue;
 use crate::server::state::{split_ns, Database, State};
-use bson::{doc, Bson, Document, Timestamp};
+use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 
 /// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
@@ -48,6 +48,8 @@ pub struct Txn {
     pub working: HashMap<String, Collection>,
     /// `_id`s written per namespace, in first-write order.
     pub written: HashMap<String, Vec<Bson>>,
+    /// The same, for membership tests.
+    pub written_set: std::collections::BTreeSet<(String, KeyValue)>,
     pub ops: Vec<OpRecord>,
     pub ops_bytes: usize,
     /// When the transaction started (mongod aborts it after transactionLifetimeLimitSeconds).
@@ -97,20 +99,18 @@ impl Txn {
     }
 
     pub fn note_write(&mut self, ns: &str, id: &Bson) {
-        let ids = self.written.entry(ns.to_string()).or_default();
-        if !ids
-            .iter()
-            .any(|x| KeyValue(x.clone()) == KeyValue(id.clone()))
-        {
-            ids.push(id.clone());
+        let key = (ns.to_string(), KeyValue(id.clone()));
+        if self.written_set.insert(key) {
+            self.written
+                .entry(ns.to_string())
+                .or_default()
+                .push(id.clone());
         }
     }
 
     pub fn has_written(&self, ns: &str, id: &Bson) -> bool {
-        self.written.get(ns).is_some_and(|ids| {
-            ids.iter()
-                .any(|x| KeyValue(x.clone()) == KeyValue(id.clone()))
-        })
+        self.written_set
+            .contains(&(ns.to_string(), KeyValue(id.clone())))
     }
 
     pub fn log(&mut self, op: OpRecord) {
@@ -175,11 +175,14 @@ pub fn commit(
         for id in ids {
             let version = state.version + 1;
             state.version = version;
-            let final_doc = working.find_id(id).and_then(|rid| working.get(rid));
-            match (target.find_id(id), final_doc) {
-                (Some(rid), Some(doc)) => target.replace(rid, doc, version)?,
-                (None, Some(doc)) => {
-                    target.insert(doc, version, None)?;
+            let final_record = working
+                .find_id(id)
+                .and_then(|rid| working.records.get(&rid))
+                .cloned();
+            match (target.find_id(id), final_record) {
+                (Some(rid), Some(rec)) => target.replace_record(rid, rec.raw, version)?,
+                (None, Some(rec)) => {
+                    target.insert_record(rec.raw, version)?;
                 }
                 (Some(rid), None) => {
                     target.remove(rid);
@@ -214,11 +217,11 @@ pub fn commit(
 /// Logs committed operations as one `applyOps` entry, or a partialTxn chain when too large.
 fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -> Timestamp {
     let total = ops.len();
-    let mut chunks: Vec<Vec<Document>> = vec![Vec::new()];
+    let mut chunks: Vec<Vec<RawDocumentBuf>> = vec![Vec::new()];
     let mut bytes = 0usize;
     for op in &ops {
-        let inner = op.inner();
-        let size = crate::server::collection::bson_size(&inner);
+        let inner = op.inner_raw();
+        let size = inner.as_bytes().len();
         if bytes + size > MAX_APPLY_OPS_BYTES && !chunks.last().unwrap().is_empty() {
             chunks.push(Vec::new());
             bytes = 0;
@@ -233,13 +236,18 @@ fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -
         increment: 0,
     };
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut o = doc! {"applyOps": chunk};
-        if i + 1 < n {
-            o.insert("partialTxn", true);
-        } else if n > 1 {
-            o.insert("count", total as i64);
+        let mut array = bson::RawArrayBuf::new();
+        for inner in chunk {
+            array.push(inner);
         }
-        let op = OpRecord::new("c", "admin.$cmd", None, o, None);
+        let mut o = RawDocumentBuf::new();
+        o.append("applyOps", array);
+        if i + 1 < n {
+            o.append("partialTxn", true);
+        } else if n > 1 {
+            o.append("count", total as i64);
+        }
+        let op = OpRecord::new("c", "admin.$cmd", None, std::sync::Arc::new(o), None);
         let extras = EntryExtras {
             session: Some(session),
             stmt_id: None,
