@@ -325,17 +325,7 @@ impl Collection {
         version: u64,
     ) -> ServerResult<()> {
         let keys = self.keys_doc(&raw);
-        self.check_unique(&keys, Some(rid))?;
-        let old = self
-            .records
-            .get(&rid)
-            .cloned()
-            .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
-        self.index_remove(&old);
-        self.index_add(rid, &keys);
-        self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
-        self.records.insert(rid, Record { raw, version });
-        Ok(())
+        self.replace_encoded(rid, &keys, raw, version)
     }
 
     /// Appends an entry with no index keys (the oplog) from its bytes.
@@ -354,15 +344,26 @@ impl Collection {
     }
 
     pub fn replace(&mut self, rid: RecordId, doc: Document, version: u64) -> ServerResult<()> {
-        self.check_unique(&doc, Some(rid))?;
         let raw = encode(&doc)?;
+        self.replace_encoded(rid, &doc, raw, version)
+    }
+
+    /// Replaces the record at `rid` with encoded bytes (`doc` gives the index keys).
+    fn replace_encoded(
+        &mut self,
+        rid: RecordId,
+        doc: &Document,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+    ) -> ServerResult<()> {
+        self.check_unique(doc, Some(rid))?;
         let old = self
             .records
             .get(&rid)
             .cloned()
             .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
         self.index_remove(&old);
-        self.index_add(rid, &doc);
+        self.index_add(rid, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
         self.records.insert(rid, Record { raw, version });
         Ok(())

@@ -88,11 +88,6 @@ pub fn docs_ref<'a>(body: &'a Document, key: &str) -> ServerResult<Vec<&'a Docum
     }
 }
 
-/// The documents of an array argument, copied.
-pub fn docs_arg(body: &Document, key: &str) -> ServerResult<Vec<Document>> {
-    docs_ref(body, key).map(|docs| docs.into_iter().cloned().collect())
-}
-
 pub fn non_negative(body: &Document, key: &str) -> ServerResult<Option<i64>> {
     match body.get(key) {
         None | Some(Bson::Null) => Ok(None),

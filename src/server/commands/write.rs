@@ -1,7 +1,7 @@
 //! insert, update, delete and findAndModify.
 
 use super::ctx::Ctx;
-use super::util::{bool_arg, coll_name, doc_arg, docs_arg, docs_ref, write_error};
+use super::util::{bool_arg, coll_name, doc_arg, docs_ref, write_error};
 use crate::server::collection::RecordId;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::OpRecord;
@@ -78,28 +78,42 @@ fn with_id_first_is_valid(doc: &Document) -> bool {
     )
 }
 
+/// Runs the statements of a write command in order, as mongod does: a failing statement
+/// becomes a `writeErrors` entry (and stops an ordered command); inside a transaction it fails
+/// the command. Returns the write errors.
+fn run_statements<S>(
+    ctx: &mut Ctx,
+    statements: impl IntoIterator<Item = S>,
+    ordered: bool,
+    mut run: impl FnMut(&mut Ctx, S) -> ServerResult<()>,
+) -> ServerResult<Vec<Bson>> {
+    let mut errors = Vec::new();
+    for (i, statement) in statements.into_iter().enumerate() {
+        ctx.stmt_id = i as i32;
+        if let Err(e) = run(ctx, statement) {
+            if ctx.in_txn() {
+                return Err(e);
+            }
+            errors.push(write_error(i, &e));
+            if ordered {
+                break;
+            }
+        }
+    }
+    Ok(errors)
+}
+
 pub fn insert(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "insert")?;
     let docs = docs_ref(body, "documents")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
-    let mut errors = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        ctx.stmt_id = i as i32;
-        match insert_one(ctx, &db, &coll, doc) {
-            Ok(()) => n += 1,
-            Err(e) => {
-                if ctx.in_txn() {
-                    return Err(e);
-                }
-                errors.push(write_error(i, &e));
-                if ordered {
-                    break;
-                }
-            }
-        }
-    }
+    let errors = run_statements(ctx, docs, ordered, |ctx, doc| {
+        insert_one(ctx, &db, &coll, doc)?;
+        n += 1;
+        Ok(())
+    })?;
     let mut reply = doc! {"n": n};
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
@@ -278,15 +292,16 @@ pub fn update_docs(
 
 pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "update")?;
-    let statements = docs_arg(body, "updates")?;
+    let statements = docs_ref(body, "updates")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let (mut n, mut n_modified) = (0i32, 0i32);
     let mut upserted = Vec::new();
-    let mut errors = Vec::new();
-    for (i, stmt) in statements.iter().enumerate() {
-        ctx.stmt_id = i as i32;
-        let run = |ctx: &mut Ctx| -> ServerResult<UpdateResult> {
+    let errors = run_statements(
+        ctx,
+        statements.into_iter().enumerate(),
+        ordered,
+        |ctx, (i, stmt)| {
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
             let u = match stmt.get("u") {
                 Some(Bson::Document(u)) => u.clone(),
@@ -312,28 +327,16 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
             }
             let matcher = Matcher::new(&q)?;
             let rids = matching(ctx, &db, &coll, &matcher, !multi);
-            update_docs(ctx, &db, &coll, rids, &q, &spec, upsert, !multi)
-        };
-        match run(ctx) {
-            Ok(r) => {
-                n += r.matched;
-                n_modified += r.modified;
-                if let Some(id) = r.upserted {
-                    n += 1;
-                    upserted.push(doc! {"index": i as i32, "_id": id});
-                }
+            let r = update_docs(ctx, &db, &coll, rids, &q, &spec, upsert, !multi)?;
+            n += r.matched;
+            n_modified += r.modified;
+            if let Some(id) = r.upserted {
+                n += 1;
+                upserted.push(doc! {"index": i as i32, "_id": id});
             }
-            Err(e) => {
-                if ctx.in_txn() {
-                    return Err(e);
-                }
-                errors.push(write_error(i, &e));
-                if ordered {
-                    break;
-                }
-            }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let mut reply = doc! {"n": n, "nModified": n_modified};
     if !upserted.is_empty() {
         reply.insert("upserted", upserted);
@@ -380,40 +383,25 @@ pub fn remove_docs(
 
 pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "delete")?;
-    let statements = docs_arg(body, "deletes")?;
+    let statements = docs_ref(body, "deletes")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
-    let mut errors = Vec::new();
-    for (i, stmt) in statements.iter().enumerate() {
-        ctx.stmt_id = i as i32;
-        let run = |ctx: &mut Ctx| -> ServerResult<usize> {
-            let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
-            let just_one = match stmt.get("limit") {
-                Some(b) => super::util::as_i64(b).unwrap_or(0) == 1,
-                None => {
-                    return Err(ServerError::failed_to_parse(
-                        "BSON field 'delete.deletes.limit' is missing but a required field",
-                    ))
-                }
-            };
-            let matcher = Matcher::new(&q)?;
-            let rids = matching(ctx, &db, &coll, &matcher, just_one);
-            Ok(remove_docs(ctx, &db, &coll, rids, just_one)?.len())
-        };
-        match run(ctx) {
-            Ok(k) => n += k as i32,
-            Err(e) => {
-                if ctx.in_txn() {
-                    return Err(e);
-                }
-                errors.push(write_error(i, &e));
-                if ordered {
-                    break;
-                }
+    let errors = run_statements(ctx, statements, ordered, |ctx, stmt| {
+        let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
+        let just_one = match stmt.get("limit") {
+            Some(b) => super::util::as_i64(b).unwrap_or(0) == 1,
+            None => {
+                return Err(ServerError::failed_to_parse(
+                    "BSON field 'delete.deletes.limit' is missing but a required field",
+                ))
             }
-        }
-    }
+        };
+        let matcher = Matcher::new(&q)?;
+        let rids = matching(ctx, &db, &coll, &matcher, just_one);
+        n += remove_docs(ctx, &db, &coll, rids, just_one)?.len() as i32;
+        Ok(())
+    })?;
     let mut reply = doc! {"n": n};
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
