@@ -243,3 +243,55 @@ def test_not_a_replica_set_or_unreachable_names_the_server(pair):
     wait_for(lambda: r.status()[0]["state"] == "retrying" and r.status()[0]["last_error"])
     r.stop()
     r.join()
+
+
+def test_ddl_replicates_when_enabled_without_echo(pair):
+    a, b, ca, cb = pair
+    r = mmm.Replicator(
+        {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}},
+        [mmm.Link("a/app.*", "b/app.*", ops="iudc"), mmm.Link("b/app.*", "a/app.*", ops="iudc")],
+    )
+    with r:
+        ca.app.create_collection("events", capped=True, size=1 << 20)
+        ca.app.people.create_index("email", unique=True)
+        ca.app.people.insert_one({"_id": 1, "email": "a@x"})
+        wait_for(lambda: "events" in cb.app.list_collection_names() and cb.app.people.count_documents({}) == 1)
+        assert cb.app.events.options().get("capped") is True
+        assert "email_1" in cb.app.people.index_information()
+        assert cb.app.people.index_information()["email_1"].get("unique") is True
+        cb.app.people.drop_index("email_1")  # from the other side
+        wait_for(lambda: "email_1" not in ca.app.people.index_information())
+        ca.app.people.rename("staff")
+        wait_for(lambda: "staff" in cb.app.list_collection_names() and "people" not in cb.app.list_collection_names())
+        ca.app.events.drop()
+        wait_for(lambda: "events" not in cb.app.list_collection_names())
+        time.sleep(1.0)  # time for an echo to show up
+    for client in (ca, cb):
+        creates = [e for e in client.local["oplog.rs"].find({"op": "c", "o.create": "events"})]
+        assert len(creates) == 1, "each server created the collection once: no DDL echo"
+        drops = [e for e in client.local["oplog.rs"].find({"op": "c", "o.drop": "events"})]
+        assert len(drops) == 1
+    assert sorted(ca.app.list_collection_names()) == sorted(cb.app.list_collection_names())
+
+    def announced_ddl(client):
+        """DDL commands mmm ran on this server (each announced by a checkpoint write)."""
+        out = []
+        for e in client.local["oplog.rs"].find({"op": "c", "ns": "admin.$cmd"}):
+            for op in e["o"].get("applyOps", []):
+                if op["ns"] == "__mmm.checkpoints" and "pending_ddl" in op["o"]:
+                    out.append(next(iter(op["o"]["pending_ddl"]["body"])))
+        return out
+
+    # A received only the index drop made on B; B received A's DDL, and nothing bounced back.
+    assert announced_ddl(ca) == ["dropIndexes"]
+    assert set(announced_ddl(cb)) == {"create", "createIndexes", "renameCollection", "drop"}
+
+
+def test_ddl_is_not_replicated_by_default(pair):
+    a, b, ca, cb = pair
+    with bidirectional(a, b):
+        ca.app.people.create_index("email")
+        ca.app.people.insert_one({"_id": 1})
+        wait_for(lambda: cb.app.people.count_documents({}) == 1)
+        time.sleep(0.5)
+    assert "email_1" not in cb.app.people.index_information()

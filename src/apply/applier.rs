@@ -3,6 +3,7 @@
 //! applied. In the destination's oplog the batch is one `applyOps` that starts with the
 //! checkpoint write, which is how tailers recognise replicated writes and their origin.
 
+use super::ddl::DdlCommand;
 use super::plan::Plan;
 use crate::replicate::provenance::{CHECKPOINTS_COLL, MMM_DB};
 use bson::{doc, Bson, DateTime, Document, Timestamp};
@@ -25,15 +26,23 @@ pub struct Checkpoint {
     /// Running totals kept with the checkpoint, so `mmm status` can show them from anywhere.
     pub ops_applied: u64,
     pub conflicts: u64,
+    /// A DDL command about to run outside any transaction (the source entry's ts with it):
+    /// after a crash it is run again, idempotently, before anything else.
+    pub pending_ddl: Option<(DdlCommand, Timestamp)>,
 }
 
 impl Checkpoint {
     fn to_document(&self) -> Document {
-        doc! {
+        let mut d = doc! {
             "_id": &self.link, "origin": &self.origin, "src": &self.src,
             "ts": self.ts, "applied": self.applied, "wall": DateTime::now(),
             "ops_applied": self.ops_applied as i64, "conflicts": self.conflicts as i64,
+        };
+        if let Some((ddl, ts)) = &self.pending_ddl {
+            d.insert("pending_ddl", ddl.to_document());
+            d.insert("pending_ts", *ts);
         }
+        d
     }
 
     fn from_document(d: &Document) -> Option<Checkpoint> {
@@ -47,6 +56,11 @@ impl Checkpoint {
                 .unwrap_or_else(|_| d.get_timestamp("ts").unwrap()),
             ops_applied: d.get_i64("ops_applied").unwrap_or(0).max(0) as u64,
             conflicts: d.get_i64("conflicts").unwrap_or(0).max(0) as u64,
+            pending_ddl: d
+                .get_document("pending_ddl")
+                .ok()
+                .and_then(DdlCommand::from_document)
+                .zip(d.get_timestamp("pending_ts").ok()),
         })
     }
 }
@@ -190,6 +204,26 @@ impl Applier {
                 Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Runs a DDL command outside a transaction; "already done" errors count as success.
+    pub async fn run_ddl(&self, ddl: &DdlCommand) -> Result<(), ApplyError> {
+        match self
+            .client
+            .database(&ddl.db)
+            .run_command(ddl.body.clone())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(c) if ddl.done_codes.contains(&c.code) => Ok(()),
+                mongodb::error::ErrorKind::Command(c) => Err(ApplyError::Rejected(format!(
+                    "replicating {} on {} failed: {} (code {})",
+                    ddl.body, ddl.db, c.message, c.code
+                ))),
+                _ => Err(ApplyError::Retry(e.to_string())),
+            },
         }
     }
 

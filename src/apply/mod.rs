@@ -2,6 +2,7 @@
 //! and running them in one transaction together with the link's checkpoint (`applier`).
 
 mod applier;
+pub mod ddl;
 mod plan;
 
 pub use applier::{Applier, ApplyError, Checkpoint};

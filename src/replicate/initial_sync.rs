@@ -75,6 +75,7 @@ pub async fn initial_sync(
         applied: zero,
         ops_applied: 0,
         conflicts: 0,
+        pending_ddl: None,
     };
     let apply = |plan: Plan| {
         let applier = &applier;

@@ -5,11 +5,15 @@
 
 use super::conflicts::ConflictTracker;
 use super::initial_sync::initial_sync;
-use super::provenance::{classify, Provenance, CHECKPOINTS_COLL, CHECKPOINTS_NS, MMM_DB};
+use super::provenance::{
+    classify, ddl_database, Provenance, CHECKPOINTS_COLL, CHECKPOINTS_NS, MMM_DB,
+};
 use super::route::route;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
+use crate::apply::ddl::{self, DdlCommand};
 use crate::apply::{Applier, ApplyError, Checkpoint, Plan};
+use crate::oplog::{OpKind, Unit};
 use crate::tail::{self, StartAt, TailError, TailOptions};
 use bson::{doc, Document, Timestamp};
 use mongodb::options::ClientOptions;
@@ -81,6 +85,7 @@ impl LinkRuntime {
             applied,
             ops_applied: s.ops_applied + ops as u64,
             conflicts: s.conflicts,
+            pending_ddl: None,
         }
     }
 
@@ -213,6 +218,16 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             c
         }
     };
+    let checkpoint = match checkpoint.pending_ddl.clone() {
+        // A crash between announcing a DDL command and recording it: run it again.
+        Some((ddl, ddl_ts)) => {
+            applier.run_ddl(&ddl).await?;
+            let done = rt.checkpoint(checkpoint.origin.clone(), checkpoint.ts, ddl_ts, 0);
+            applier.apply(&Plan::default(), &done).await?;
+            done
+        }
+        None => checkpoint,
+    };
     load_reverse_knowledge(rt, &src, checkpoint.applied).await?;
     {
         let mut s = rt.status.lock();
@@ -234,6 +249,8 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     let _guard = StopOnDrop(tail_stop);
     rt.set_state(LinkState::Running, None);
     let mut resume_safe = checkpoint.ts;
+    let mut prev_ts = checkpoint.applied;
+    let mut ddl_window: Option<(String, String)> = None;
     let mut last_checkpoint_write = Instant::now();
     let mut idle_progress = false;
     while let Some(event) = rx.recv().await {
@@ -256,13 +273,44 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
         for unit in &batch.units {
             let ts = unit.ts().map_err(|e| LinkFailure::Fatal(e.to_string()))?;
             last_unit_in_batch = Some(ts);
-            let provenance = classify(unit);
+            // Every unit before this one is applied, pending in the batch, or skipped.
+            let unit_prev_ts = prev_ts;
+            prev_ts = ts;
+            let prev_ts_for_ddl = unit_prev_ts;
+            let mut provenance = classify(unit);
+            // DDL that mmm itself ran here (announced by a checkpoint) is replicated, not local.
+            match &provenance {
+                Provenance::Replicated {
+                    origin,
+                    ddl_db: Some(db),
+                    ..
+                } => ddl_window = Some((db.clone(), origin.clone())),
+                Provenance::Replicated {
+                    origin,
+                    ddl_db: None,
+                    ..
+                } if ddl_window.as_ref().is_some_and(|w| &w.1 == origin) => ddl_window = None,
+                Provenance::Local => {
+                    if let (Some((db, origin)), Some(unit_db)) = (&ddl_window, ddl_database(unit)) {
+                        if *db == unit_db {
+                            provenance = Provenance::Replicated {
+                                origin: origin.clone(),
+                                has_data: true,
+                                ddl_db: None,
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
             for conflict in rt.conflicts.observe(&rt.src.id, ts, unit, &provenance) {
                 report_conflict(rt, conflict);
             }
             let origin = match provenance {
                 Provenance::Local => rt.src.id.clone(),
-                Provenance::Replicated { origin, has_data } => {
+                Provenance::Replicated {
+                    origin, has_data, ..
+                } => {
                     if origin == rt.dst.id && has_data {
                         rt.status.lock().ops_skipped_echo += unit.op_count() as u64;
                     }
@@ -274,6 +322,23 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
                 }
                 Provenance::Internal => continue,
             };
+            if let Some(ddl) = link_ddl(rt, unit)? {
+                if !pending.plan.is_empty() {
+                    flush(rt, &applier, &mut pending, resume_safe, None).await?;
+                }
+                apply_ddl(
+                    rt,
+                    &applier,
+                    &origin,
+                    ddl,
+                    resume_safe.min(prev_ts_for_ddl),
+                    prev_ts_for_ddl,
+                    ts,
+                )
+                .await?;
+                last_checkpoint_write = Instant::now();
+                continue;
+            }
             let routed = route(&rt.spec, unit).map_err(|e| LinkFailure::Fatal(e.to_string()))?;
             if routed.is_empty() {
                 idle_progress = true;
@@ -321,6 +386,43 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     }
     // The tailer ended without an error event: it was stopped.
     let _ = tailer.await;
+    Ok(())
+}
+
+/// The DDL command this link replicates for `unit`, if it is a DDL entry the link carries.
+fn link_ddl(rt: &LinkRuntime, unit: &Unit) -> Result<Option<DdlCommand>, LinkFailure> {
+    let Unit::Single(op) = unit else {
+        return Ok(None);
+    };
+    if !rt.spec.ops.contains(OpKind::Command) || ddl_database(unit).is_none() {
+        return Ok(None);
+    }
+    ddl::translate(op, |ns| rt.spec.src_ns.rename(ns, &rt.spec.dst_ns))
+        .map_err(|e| LinkFailure::Fatal(format!("link {}: {e}", rt.spec.id())))
+}
+
+/// DDL cannot run in a transaction, so: a checkpoint transaction announcing it (so a crash
+/// midway redoes it, and tailers of the destination know the DDL entries that follow are
+/// replicated), the command itself (idempotent), then a checkpoint transaction past it.
+#[allow(clippy::too_many_arguments)]
+async fn apply_ddl(
+    rt: &LinkRuntime,
+    applier: &Applier,
+    origin: &str,
+    ddl: DdlCommand,
+    resume: Timestamp,
+    applied_before: Timestamp,
+    ddl_ts: Timestamp,
+) -> Result<(), LinkFailure> {
+    let mut marker = rt.checkpoint(origin.to_string(), resume, applied_before, 0);
+    marker.pending_ddl = Some((ddl.clone(), ddl_ts));
+    applier.apply(&Plan::default(), &marker).await?;
+    applier.run_ddl(&ddl).await?;
+    let done = rt.checkpoint(origin.to_string(), resume, ddl_ts, 1);
+    applier.apply(&Plan::default(), &done).await?;
+    let mut s = rt.status.lock();
+    s.ops_applied += 1;
+    s.checkpoint = Some(done.ts);
     Ok(())
 }
 

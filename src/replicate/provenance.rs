@@ -14,8 +14,14 @@ pub enum Provenance {
     /// Written by an application on this server.
     Local,
     /// Applied here by mmm; `origin` is the id of the server where it was first written.
-    /// `has_data` is false for checkpoint-only batches.
-    Replicated { origin: String, has_data: bool },
+    /// `has_data` is false for checkpoint-only batches. `ddl_db`: the batch announces a DDL
+    /// command that mmm runs next on this database (outside any transaction); the DDL entries
+    /// that follow on that database, up to the link's next batch, are replicated too.
+    Replicated {
+        origin: String,
+        has_data: bool,
+        ddl_db: Option<String>,
+    },
     /// mmm's own bookkeeping (anything in the `__mmm` database outside a replicated batch).
     Internal,
 }
@@ -24,7 +30,8 @@ pub fn is_internal_ns(ns: &str) -> bool {
     ns == MMM_DB || ns.starts_with("__mmm.")
 }
 
-fn origin_of_checkpoint_write(op: &RawDocument) -> Option<String> {
+/// The origin named by a checkpoint write, and the database of a DDL command it announces.
+fn origin_of_checkpoint_write(op: &RawDocument) -> Option<(String, Option<String>)> {
     let entry = Entry::new(op);
     if entry.ns().ok()? != CHECKPOINTS_NS {
         return None;
@@ -34,7 +41,17 @@ fn origin_of_checkpoint_write(op: &RawDocument) -> Option<String> {
         OpKind::Insert | OpKind::Update => entry.o().ok()?,
         _ => return None,
     };
-    o.get_str("origin").ok().map(|s| s.to_string())
+    let origin = o.get_str("origin").ok()?.to_string();
+    // The database the announced command changes: where it runs, except for renameCollection,
+    // which runs on admin and changes the database of the namespace it names.
+    let ddl_db = o.get_document("pending_ddl").ok().and_then(|p| {
+        let body = p.get_document("body").ok()?;
+        match body.get_str("renameCollection") {
+            Ok(ns) => Some(ns.split_once('.').map_or(ns, |(db, _)| db).to_string()),
+            Err(_) => p.get_str("db").ok().map(|db| db.to_string()),
+        }
+    });
+    Some((origin, ddl_db))
 }
 
 pub fn classify(unit: &Unit) -> Provenance {
@@ -47,7 +64,7 @@ pub fn classify(unit: &Unit) -> Provenance {
                     .map(|ns| ns.starts_with("__mmm."))
                     .unwrap_or(false)
             });
-            if let Some(origin) = leading
+            if let Some((origin, ddl_db)) = leading
                 .filter_map(|op| origin_of_checkpoint_write(op))
                 .next()
             {
@@ -55,7 +72,11 @@ pub fn classify(unit: &Unit) -> Provenance {
                     .ops
                     .iter()
                     .any(|op| !Entry::new(op).ns().map(is_internal_ns).unwrap_or(true));
-                return Provenance::Replicated { origin, has_data };
+                return Provenance::Replicated {
+                    origin,
+                    has_data,
+                    ddl_db,
+                };
             }
             Provenance::Local
         }
@@ -82,4 +103,22 @@ pub fn classify(unit: &Unit) -> Provenance {
             }
         }
     }
+}
+
+/// The database a DDL entry changes (None for anything else).
+pub fn ddl_database(unit: &Unit) -> Option<String> {
+    let Unit::Single(raw) = unit else { return None };
+    let entry = Entry::new(raw);
+    if entry.op().ok()? != OpKind::Command {
+        return None;
+    }
+    let ns = match entry.command_target_ns().ok()? {
+        Some(target) => target,
+        None => entry.ns().ok()?.to_string(),
+    };
+    Some(
+        ns.split_once('.')
+            .map_or(ns.as_str(), |(db, _)| db)
+            .to_string(),
+    )
 }

@@ -2,7 +2,7 @@
 
 use super::provenance::is_internal_ns;
 use super::topology::LinkSpec;
-use crate::oplog::{Entry, OplogError, Unit};
+use crate::oplog::{Entry, OpKind, OplogError, Unit};
 use bson::RawDocumentBuf;
 
 /// One op to apply: the destination namespace and the source entry (or inner op).
@@ -15,7 +15,8 @@ pub struct Routed {
 fn route_op(link: &LinkSpec, op: &RawDocumentBuf, out: &mut Vec<Routed>) -> Result<(), OplogError> {
     let entry = Entry::new(op);
     let kind = entry.op()?;
-    if !link.ops.contains(kind) {
+    // Commands are DDL, handled one at a time outside batches (link.rs); no-ops carry nothing.
+    if !link.ops.contains(kind) || matches!(kind, OpKind::Command | OpKind::Noop) {
         return Ok(());
     }
     let ns = entry.ns()?;

@@ -57,13 +57,10 @@ impl LinkSpec {
         let (src, src_ns) = parse_endpoint(src)?;
         let (dst, dst_ns) = parse_endpoint(dst)?;
         let ops = OpSet::parse(ops).map_err(|e| TopologyError(e.to_string()))?;
-        for kind in [OpKind::Command, OpKind::Noop] {
-            if ops.contains(kind) {
-                return Err(TopologyError(format!(
-                    "op '{}' cannot be replicated: links carry inserts, updates and deletes (letters from \"iud\")",
-                    kind.letter()
-                )));
-            }
+        if ops.contains(OpKind::Noop) {
+            return Err(TopologyError(
+                "op 'n' cannot be replicated: links carry inserts, updates, deletes and (opt-in) DDL commands (letters from \"iudc\")".into(),
+            ));
         }
         let shape_ok = match (&src_ns, &dst_ns) {
             (NsPattern::Exact { .. }, NsPattern::Exact { .. }) => true,
@@ -271,10 +268,11 @@ mod tests {
             .unwrap_err()
             .0
             .contains("same shape"));
-        assert!(LinkSpec::parse("a/db.c", "b/db.c", "iuc")
+        assert!(LinkSpec::parse("a/db.c", "b/db.c", "iun")
             .unwrap_err()
             .0
             .contains("cannot be replicated"));
+        assert!(LinkSpec::parse("a/db.c", "b/db.c", "iudc").is_ok());
         assert!(LinkSpec::parse("a/db.c", "b/db.c", "iuq").is_err());
     }
 
