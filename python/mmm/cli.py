@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("replicate", help="store a link src -> dst on the destination")
     s.add_argument("--src", required=True, help="server/db.collection (or server/db.*)")
     s.add_argument("--dst", required=True, help="server/db.collection (or server/db.*)")
-    s.add_argument("--ops", default="iud", help="letters from 'iud' (default iud)")
+    s.add_argument("--ops", default="iud", help="letters from 'iudc' (default iud; c replicates DDL)")
     s.add_argument("--forward", action="store_true", help="also carry writes replicated into src from elsewhere")
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.set_defaults(func=cmd_replicate)

@@ -106,7 +106,7 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
             raise ConfigError(f"{_where(path, node, key)}: '{required}' (like server/db.collection) is required")
     ops = values.get("ops", "iud")
     if not isinstance(ops, str):
-        raise ConfigError(f"{_where(path, node, key + '.ops')}: ops is a string of letters from 'iud'")
+        raise ConfigError(f"{_where(path, node, key + '.ops')}: ops is a string of letters from 'iudc'")
     for flag in ("forward", "initial_sync"):
         if flag in values and not isinstance(values[flag], bool):
             raise ConfigError(f"{_where(path, node, key + '.' + flag)}: expected true or false")
