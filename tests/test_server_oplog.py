@@ -1,6 +1,6 @@
 """The oplog (`local.oplog.rs`) as MongoDB 7.0 writes it, one entry kind at a time.
 
-References (all in /work/shared/ref/oplog-format.md): §1.1–§1.3 common fields, 5.0–7.0 field
+References (all in the oplog reference notes): §1.1–§1.3 common fields, 5.0–7.0 field
 order `[lsid, txnNumber,] op, ns, ui, o, [o2,] ts, t, v, wall [, stmtId, prevOpTime]` and the
 captured 7.0 insert entry (SERVER-91730); §2 inserts (o2 = {_id} in 7.0, implicit create first);
 §3.2 replacement updates; §4 deletes; §5.1–§5.5 create/drop/dropDatabase/renameCollection/index

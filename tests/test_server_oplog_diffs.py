@@ -1,6 +1,6 @@
 """`$v: 2` delta entries: the exact `diff` MongoDB 7.0 logs for each kind of modifier update.
 
-Every expected diff below is taken from /work/shared/ref/oplog-format.md §3.7 (the table built
+Every expected diff below is taken from the oplog reference notes §3.7 (the table built
 from MongoDB's update node tests: set_node_test, unset_node_test, push_node_test,
 pull_node_test, arithmetic_node_test, rename_node_test, update_array_node_test and
 v2_log_builder_test) or §3.8 (worked examples 1–6). The post-image is checked as well.

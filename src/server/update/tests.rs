@@ -1,5 +1,5 @@
 //! Tests of the update engine. Expected `$v:2` entries come from the reference
-//! (/work/shared/ref/oplog-format.md §3.7/§3.8, "ref") and from MongoDB's node tests in
+//! (the oplog reference notes §3.7/§3.8, "ref") and from MongoDB's node tests in
 //! src/mongo/db/update/*_node_test.cpp and v2_log_builder_test.cpp (cited per test).
 
 use super::*;

@@ -3,7 +3,7 @@
 //! src/mongo/db/update/update_array_node_test.cpp ("array node test", whose `$v:1` log
 //! documents are given here in the `$v:2` form the same logging calls produce),
 //! update_object_node_test.cpp, current_date_node_test.cpp, jstests/core/update_arrayFilters.js
-//! and /work/shared/ref/oplog-format.md §3.7 ("ref").
+//! and the oplog reference notes §3.7 ("ref").
 
 use super::*;
 use bson::{doc, DateTime, Document, Timestamp};
