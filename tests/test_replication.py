@@ -7,7 +7,6 @@ import time
 import gridfs
 import pymongo
 import pytest
-from bson import Timestamp
 
 import mmm
 from conftest import wait_for

@@ -11,7 +11,7 @@ import time
 import bson
 import pymongo
 
-from conftest import OP_MSG, OP_QUERY, OP_REPLY, RawConnection
+from conftest import OP_MSG, OP_REPLY, RawConnection
 
 MORE_TO_COME = 1 << 1
 

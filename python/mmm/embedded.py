@@ -13,7 +13,6 @@ can be developed and tested with no MongoDB installed::
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from . import _mmm
 
