@@ -172,7 +172,7 @@ impl Applier {
             let body = command.body(upsert_inserts);
             let what = format!(
                 "{} {}.{}",
-                if body.contains_key("insert") {
+                if body.get("insert").ok().flatten().is_some() {
                     "inserting into"
                 } else {
                     "writing"
@@ -183,7 +183,7 @@ impl Applier {
             let reply = self
                 .client
                 .database(&command.db)
-                .run_command(body)
+                .run_raw_command(body)
                 .session(&mut *session)
                 .await?;
             match check_reply(&reply, &what) {

@@ -4,7 +4,7 @@
 //! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
 
 use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
-use bson::{doc, Bson, Document, RawDocument};
+use bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanError(pub String);
@@ -35,7 +35,9 @@ pub struct Command {
     pub db: String,
     pub coll: String,
     kind: Kind,
-    statements: Vec<Document>,
+    /// Kept as BSON bytes: inserted documents go from the source's oplog to the destination
+    /// without being decoded.
+    statements: Vec<RawDocumentBuf>,
     bytes: usize,
 }
 
@@ -45,20 +47,34 @@ const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 impl Command {
     /// The command document (`$db` is added by the driver). `upsert_inserts`: send inserts as
     /// replacements with upsert, which succeed whether or not the document already exists.
-    pub fn body(&self, upsert_inserts: bool) -> Document {
-        let statements = self.statements.clone();
-        match self.kind {
-            Kind::Insert if upsert_inserts => {
-                let updates: Vec<Document> = statements
-                    .into_iter()
-                    .map(|d| doc! {"q": {"_id": id_of(&d)}, "u": d, "upsert": true})
-                    .collect();
-                doc! {"update": &self.coll, "updates": updates, "ordered": true}
+    pub fn body(&self, upsert_inserts: bool) -> RawDocumentBuf {
+        let mut statements = RawArrayBuf::new();
+        for st in &self.statements {
+            if self.kind == Kind::Insert && upsert_inserts {
+                let mut q = RawDocumentBuf::new();
+                if let Ok(Some(id)) = st.get("_id") {
+                    q.append("_id", id.to_raw_bson());
+                }
+                let mut upsert = RawDocumentBuf::new();
+                upsert.append("q", q);
+                upsert.append("u", st.clone());
+                upsert.append("upsert", true);
+                statements.push(upsert);
+            } else {
+                statements.push(st.clone());
             }
-            Kind::Insert => doc! {"insert": &self.coll, "documents": statements, "ordered": true},
-            Kind::Update => doc! {"update": &self.coll, "updates": statements, "ordered": true},
-            Kind::Delete => doc! {"delete": &self.coll, "deletes": statements, "ordered": true},
         }
+        let (name, field) = match self.kind {
+            Kind::Insert if upsert_inserts => ("update", "updates"),
+            Kind::Insert => ("insert", "documents"),
+            Kind::Update => ("update", "updates"),
+            Kind::Delete => ("delete", "deletes"),
+        };
+        let mut body = RawDocumentBuf::new();
+        body.append(name, self.coll.as_str());
+        body.append(field, statements);
+        body.append("ordered", true);
+        body
     }
 
     pub fn statement_count(&self) -> usize {
@@ -91,8 +107,16 @@ impl Plan {
     }
 
     fn push(&mut self, ns: &str, kind: Kind, statement: Document) {
+        self.push_raw(
+            ns,
+            kind,
+            RawDocumentBuf::from_document(&statement).unwrap_or_default(),
+        );
+    }
+
+    fn push_raw(&mut self, ns: &str, kind: Kind, statement: RawDocumentBuf) {
         let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-        let size = statement_size(&statement);
+        let size = statement.as_bytes().len();
         self.bytes += size;
         match self.commands.last_mut() {
             Some(last)
@@ -119,9 +143,15 @@ impl Plan {
         let entry = Entry::new(op);
         match entry.op()? {
             OpKind::Insert => {
-                let doc = to_doc(entry.o()?)?;
-                self.touched.push((dst_ns.to_string(), id_of(&doc)));
-                self.push(dst_ns, Kind::Insert, doc);
+                let doc = entry.o()?;
+                let id = doc
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
+                    .unwrap_or(Bson::Null);
+                self.touched.push((dst_ns.to_string(), id));
+                self.push_raw(dst_ns, Kind::Insert, doc.to_raw_document_buf());
             }
             OpKind::Update => {
                 let key = match entry.o2()? {
@@ -161,11 +191,6 @@ impl Plan {
     }
 }
 
-fn statement_size(d: &Document) -> usize {
-    let mut buf = Vec::new();
-    d.to_writer(&mut buf).map(|_| buf.len()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +226,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.ops, 5);
-        let bodies: Vec<Document> = p.commands.iter().map(|c| c.body(false)).collect();
+        let bodies: Vec<Document> = p
+            .commands
+            .iter()
+            .map(|c| c.body(false).to_document().unwrap())
+            .collect();
         assert_eq!(
             bodies,
             vec![
@@ -214,7 +243,7 @@ mod tests {
         );
         // The idempotent form, for a destination that may already hold the documents.
         assert_eq!(
-            p.commands[0].body(true),
+            p.commands[0].body(true).to_document().unwrap(),
             doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true}], "ordered": true}
         );
         assert_eq!(p.touched.len(), 5);
@@ -229,7 +258,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.commands[0].body(false).get_array("updates").unwrap()[0],
+            p.commands[0]
+                .body(false)
+                .to_document()
+                .unwrap()
+                .get_array("updates")
+                .unwrap()[0],
             bson::Bson::Document(doc! {"q": {"_id": 1}, "u": {"_id": 1, "x": 2}, "upsert": true})
         );
         assert!(p
