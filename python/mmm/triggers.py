@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import bson
 from bson import Timestamp
@@ -137,6 +137,7 @@ class Tailer:
         self._running = False
         self.ops_delivered = 0
         self.entries_read = 0
+        self._last_save = time.monotonic()
 
     # -- registration ---------------------------------------------------------------------
 
@@ -185,11 +186,25 @@ class Tailer:
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _decode(self, batch: Tuple[Any, ...]):
+    def _ops(self, batch: Tuple[Any, ...]) -> Iterator[Tuple[Op, List[Trigger]]]:
+        """The ops of a batch with their triggers. The checkpoint moves past an op only when the
+        caller comes back for the next one, i.e. after all its triggers returned."""
         data, subs, ts_list, ends, checkpoint, entries = batch
         self.entries_read += entries
         ops = bson.decode_all(data) if data else []
-        return ops, subs, ts_list, ends, checkpoint
+        for op, ids, ts, end in zip(ops, subs, ts_list, ends):
+            yield op, [self._triggers[i] for i in ids]
+            self.ops_delivered += 1
+            if end:
+                self._checkpoint = Timestamp(*ts)
+        if checkpoint is not None:
+            self._checkpoint = Timestamp(*checkpoint)
+
+    def _save_due(self) -> bool:
+        if time.monotonic() - self._last_save < self.save_interval:
+            return False
+        self._last_save = time.monotonic()
+        return True
 
     def _handle_error(self, exc: BaseException, op: Op) -> None:
         if self.on_error == "log":
@@ -207,27 +222,19 @@ class Tailer:
         self._running = True
         self._stop.clear()
         core = self._core = self._make_core()
-        last_save = time.monotonic()
         try:
             while not self._stop.is_set():
                 batch = core.next_batch(0.2)
                 if batch is None:
                     continue
-                ops, subs, ts_list, ends, checkpoint = self._decode(batch)
-                for op, ids, ts, end in zip(ops, subs, ts_list, ends):
-                    for i in ids:
+                for op, triggers in self._ops(batch):
+                    for trigger in triggers:
                         try:
-                            self._triggers[i](op)
+                            trigger(op)
                         except Exception as exc:  # noqa: BLE001 - policy decides
                             self._handle_error(exc, op)
-                    self.ops_delivered += 1
-                    if end:
-                        self._checkpoint = Timestamp(*ts)
-                if checkpoint is not None:
-                    self._checkpoint = Timestamp(*checkpoint)
-                if time.monotonic() - last_save >= self.save_interval:
+                if self._save_due():
                     self._save()
-                    last_save = time.monotonic()
         finally:
             core.stop()
             self._save()
@@ -238,29 +245,21 @@ class Tailer:
         self._running = True
         self._stop.clear()
         core = self._core = self._make_core()
-        last_save = time.monotonic()
         try:
             while not self._stop.is_set():
                 batch = await core.next_batch_async()
                 if batch is None:
                     break
-                ops, subs, ts_list, ends, checkpoint = self._decode(batch)
-                for op, ids, ts, end in zip(ops, subs, ts_list, ends):
-                    for i in ids:
+                for op, triggers in self._ops(batch):
+                    for trigger in triggers:
                         try:
-                            result = self._triggers[i](op)
+                            result = trigger(op)
                             if inspect.isawaitable(result):
                                 await result
                         except Exception as exc:  # noqa: BLE001 - policy decides
                             self._handle_error(exc, op)
-                    self.ops_delivered += 1
-                    if end:
-                        self._checkpoint = Timestamp(*ts)
-                if checkpoint is not None:
-                    self._checkpoint = Timestamp(*checkpoint)
-                if time.monotonic() - last_save >= self.save_interval:
+                if self._save_due():
                     await asyncio.get_running_loop().run_in_executor(None, self._save)
-                    last_save = time.monotonic()
         finally:
             core.stop()
             self._save()
