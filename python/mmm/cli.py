@@ -253,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     last_status = time.monotonic()
     try:
         r.start()
-        while not stopping and r._thread is not None and r._thread.is_alive():
+        while not stopping and r.running:
             time.sleep(0.1)
             if args.status_interval and time.monotonic() - last_status >= args.status_interval:
                 log.info("status:\n%s", _format_status(r.status()))

@@ -30,6 +30,7 @@ import bson
 from bson import Timestamp
 
 from . import _mmm
+from ._background import BackgroundThread
 from .config import Config, Link, Server, load_config
 
 log = logging.getLogger("mmm.replication")
@@ -97,8 +98,7 @@ class Replicator:
             self.links.extend(l for l in self.stored_links() if l not in self.links)
         self._core = self._make_core()  # validates the topology now
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._background = BackgroundThread()
 
     @classmethod
     def from_file(cls, path: str, **kwargs: Any) -> "Replicator":
@@ -220,32 +220,23 @@ class Replicator:
     def start(self, ready_timeout: float = 10.0) -> "Replicator":
         """Starts every link (waiting up to ``ready_timeout`` s for their starting positions),
         then follows events in a background thread."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             raise RuntimeError("the replicator is already running")
-        self._error = None
         self._launch(ready_timeout)
-
-        def target() -> None:
-            try:
-                self._loop()
-            except BaseException as exc:  # noqa: BLE001 - handed to join()
-                self._error = exc
-                log.error("replication stopped: %s", exc)
-
-        self._thread = threading.Thread(target=target, name="mmm-replicator", daemon=True)
-        self._thread.start()
+        self._background.start(self._loop, "mmm-replicator", "replicator")
         return self
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`start`'s background thread runs."""
+        return self._background.alive
 
     def stop(self) -> None:
         self._stop.set()
 
     def join(self, timeout: Optional[float] = None) -> None:
         """Waits for the background thread; re-raises what stopped it, if anything."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._background.join(timeout)
 
     def __enter__(self) -> "Replicator":
         return self.start()

@@ -27,6 +27,7 @@ import bson
 from bson import Timestamp
 
 from . import _mmm
+from ._background import BackgroundThread
 
 log = logging.getLogger("mmm.triggers")
 
@@ -132,8 +133,7 @@ class Tailer:
         self._checkpoint: Optional[Timestamp] = checkpoint if isinstance(checkpoint, Timestamp) else None
         self._core: Optional[Any] = None
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._background = BackgroundThread()
         self._running = False
         self.ops_delivered = 0
         self.entries_read = 0
@@ -269,19 +269,7 @@ class Tailer:
 
     def start(self) -> "Tailer":
         """Runs :meth:`run` in a background thread."""
-        if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError("the tailer is already running")
-        self._error = None
-
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as exc:  # noqa: BLE001 - handed to join()
-                self._error = exc
-                log.error("tailer stopped: %s", exc)
-
-        self._thread = threading.Thread(target=target, name=f"mmm-tailer-{self.name or id(self)}", daemon=True)
-        self._thread.start()
+        self._background.start(self.run, f"mmm-tailer-{self.name or id(self)}", "tailer")
         return self
 
     def stop(self) -> None:
@@ -292,11 +280,7 @@ class Tailer:
 
     def join(self, timeout: Optional[float] = None) -> None:
         """Waits for the background thread; re-raises the exception that stopped it, if any."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._background.join(timeout)
 
     def __enter__(self) -> "Tailer":
         return self.start()

@@ -7,6 +7,31 @@ mod server;
 mod tailer;
 
 use pyo3::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Waits up to `timeout` seconds for `next` to produce something, in slices of at most 100 ms
+/// with the GIL released, checking for signals between slices so Ctrl-C is noticed promptly.
+/// `next(slice)` returns `Some(Some(v))` for a value, `Some(None)` when the source is closed,
+/// and `None` when the slice passed with nothing. Returns `None` on timeout or when closed.
+pub fn wait_detached<T: Send>(
+    py: Python<'_>,
+    timeout: f64,
+    mut next: impl FnMut(Duration) -> Option<Option<T>> + Send,
+) -> PyResult<Option<T>> {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        if let Some(got) = py.detach(|| next(slice)) {
+            return Ok(got);
+        }
+        py.check_signals()?;
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;

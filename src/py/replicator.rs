@@ -7,7 +7,6 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::collections::HashMap;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[pyclass(name = "ReplicatorCore", module = "mmm._mmm")]
@@ -102,57 +101,38 @@ impl PyReplicatorCore {
         timeout: f64,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let events = self.events.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        loop {
-            let slice = deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .min(Duration::from_millis(100));
-            let got = py.detach(|| {
-                crate::runtime::get().block_on(async {
-                    let mut guard = events.lock().await;
-                    match guard.as_mut() {
-                        Some(rx) => tokio::time::timeout(slice, rx.recv()).await,
-                        None => Ok(None),
-                    }
-                })
-            });
-            match got {
-                Ok(Some(event)) => {
-                    let d = PyDict::new(py);
-                    match event {
-                        LinkEvent::Conflict(c) => {
-                            d.set_item("kind", "conflict")?;
-                            d.set_item("server", c.server)?;
-                            d.set_item("from", c.from)?;
-                            d.set_item("namespace", c.namespace)?;
-                            let mut idb = Vec::new();
-                            bson::doc! {"_id": c.id}
-                                .to_writer(&mut idb)
-                                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-                            d.set_item("id_bson", pyo3::types::PyBytes::new(py, &idb))?;
-                            d.set_item("local_ts", (c.local_ts.time, c.local_ts.increment))?;
-                            d.set_item(
-                                "incoming_ts",
-                                (c.incoming_ts.time, c.incoming_ts.increment),
-                            )?;
-                        }
-                        LinkEvent::Failed { link, error } => {
-                            d.set_item("kind", "failed")?;
-                            d.set_item("link", link)?;
-                            d.set_item("error", error)?;
-                        }
-                    }
-                    return Ok(Some(d));
+        let event = super::wait_detached(py, timeout, |slice| {
+            crate::runtime::get().block_on(async {
+                let mut guard = events.lock().await;
+                match guard.as_mut() {
+                    Some(rx) => tokio::time::timeout(slice, rx.recv()).await.ok(),
+                    None => Some(None),
                 }
-                Ok(None) => return Ok(None),
-                Err(_) => {
-                    py.check_signals()?;
-                    if std::time::Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                }
+            })
+        })?;
+        let Some(event) = event else { return Ok(None) };
+        let d = PyDict::new(py);
+        match event {
+            LinkEvent::Conflict(c) => {
+                d.set_item("kind", "conflict")?;
+                d.set_item("server", c.server)?;
+                d.set_item("from", c.from)?;
+                d.set_item("namespace", c.namespace)?;
+                let mut idb = Vec::new();
+                bson::doc! {"_id": c.id}
+                    .to_writer(&mut idb)
+                    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                d.set_item("id_bson", pyo3::types::PyBytes::new(py, &idb))?;
+                d.set_item("local_ts", (c.local_ts.time, c.local_ts.increment))?;
+                d.set_item("incoming_ts", (c.incoming_ts.time, c.incoming_ts.increment))?;
+            }
+            LinkEvent::Failed { link, error } => {
+                d.set_item("kind", "failed")?;
+                d.set_item("link", link)?;
+                d.set_item("error", error)?;
             }
         }
+        Ok(Some(d))
     }
 
     /// One dict per link: id, src, dst, state, checkpoint, lag_seconds, lag_ops, ops_applied,

@@ -170,37 +170,17 @@ impl PyTailerCore {
         self.check_process()?;
         let receiver = self.receiver.clone();
         let selector = self.selector.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        loop {
-            // Wait in short slices with the GIL released, so Ctrl-C is noticed promptly.
-            let slice = deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .min(Duration::from_millis(100));
-            let got = py.detach(|| {
-                crate::runtime::get().block_on(async {
-                    let mut guard = receiver.lock().await;
-                    let Some(rx) = guard.as_mut() else {
-                        return Ok(None);
-                    };
-                    match tokio::time::timeout(slice, rx.recv()).await {
-                        Ok(message) => {
-                            Ok(Some(message.map(|m| m.and_then(|b| select(&selector, b)))))
-                        }
-                        Err(_) => Err(()),
-                    }
-                })
-            });
-            match got {
-                Ok(Some(message)) => return receive(py, message),
-                Ok(None) => return Ok(None),
-                Err(()) => {
-                    py.check_signals()?;
-                    if std::time::Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
+        let message = super::wait_detached(py, timeout, |slice| {
+            crate::runtime::get().block_on(async {
+                let mut guard = receiver.lock().await;
+                let Some(rx) = guard.as_mut() else {
+                    return Some(None);
+                };
+                let message = tokio::time::timeout(slice, rx.recv()).await.ok()?;
+                Some(message.map(|m| m.and_then(|b| select(&selector, b))))
+            })
+        })?;
+        receive(py, message)
     }
 
     /// The same as `next_batch` for asyncio: an awaitable of the next batch (None after stop).

@@ -5,7 +5,7 @@
 use super::*;
 use bson::{doc, Bson, DateTime, Document, Timestamp};
 
-fn ctx() -> UpdateContext {
+pub(super) fn ctx() -> UpdateContext {
     UpdateContext {
         inserting: false,
         now: DateTime::from_millis(1_700_000_000_123),
@@ -24,7 +24,7 @@ fn bytes(d: &Document) -> Vec<u8> {
 
 /// Byte-level equality (field order and types matter).
 #[track_caller]
-fn assert_same(actual: &Document, expected: &Document) {
+pub(super) fn assert_same(actual: &Document, expected: &Document) {
     assert!(
         bytes(actual) == bytes(expected),
         "\n  actual:   {:?}\n  expected: {:?}",
@@ -33,7 +33,7 @@ fn assert_same(actual: &Document, expected: &Document) {
     );
 }
 
-fn v2(diff: Document) -> Document {
+pub(super) fn v2(diff: Document) -> Document {
     doc! {"$v": 2, "diff": diff}
 }
 

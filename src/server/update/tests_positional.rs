@@ -5,39 +5,9 @@
 //! update_object_node_test.cpp, current_date_node_test.cpp, jstests/core/update_arrayFilters.js
 //! and the oplog reference notes §3.7 ("ref").
 
+use super::tests::{assert_same, ctx, v2};
 use super::*;
-use bson::{doc, DateTime, Document, Timestamp};
-
-fn ctx() -> UpdateContext {
-    UpdateContext {
-        inserting: false,
-        now: DateTime::from_millis(1_700_000_000_123),
-        now_ts: Timestamp {
-            time: 1_700_000_000,
-            increment: 7,
-        },
-    }
-}
-
-fn bytes(d: &Document) -> Vec<u8> {
-    let mut v = Vec::new();
-    d.to_writer(&mut v).unwrap();
-    v
-}
-
-#[track_caller]
-fn assert_same(actual: &Document, expected: &Document) {
-    assert!(
-        bytes(actual) == bytes(expected),
-        "\n  actual:   {:?}\n  expected: {:?}",
-        actual,
-        expected
-    );
-}
-
-fn v2(diff: Document) -> Document {
-    doc! {"$v": 2, "diff": diff}
-}
+use bson::{doc, Document};
 
 #[track_caller]
 fn run(
