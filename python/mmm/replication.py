@@ -233,6 +233,7 @@ class Replicator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._core.stop()  # the event loop wakes as soon as every link has ended
 
     def join(self, timeout: Optional[float] = None) -> None:
         """Waits for the background thread; re-raises what stopped it, if anything."""

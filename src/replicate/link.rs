@@ -202,7 +202,6 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
     ensure_checkpoint_collection(&dst).await?;
-    rt.conflicts.observe_server(&rt.src.id);
     rt.conflicts.unpin(&link_id);
     let applier = Applier::new(dst.clone(), &link_id);
     let checkpoint = match applier.read_checkpoint().await? {

@@ -40,6 +40,11 @@ impl Replicator {
         let by_name = topology::validate(servers, links)?;
         let (stop, _) = watch::channel(false);
         let conflicts = Arc::new(ConflictTracker::default());
+        // Every server some link reads is declared before any link runs: a batch applied on a
+        // server whose reader has not started yet must still wait for that reader's check.
+        for spec in links {
+            conflicts.observe_server(&by_name[spec.src.as_str()].id);
+        }
         let mut statuses = Vec::new();
         let mut tasks = Vec::new();
         for spec in links {

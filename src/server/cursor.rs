@@ -187,14 +187,11 @@ fn emit(
     projection: &Option<Projection>,
 ) -> ServerResult<Option<usize>> {
     if let Some(m) = matcher {
-        let doc = rec.document();
-        if !m.matches(&doc) {
+        if !m.matches_raw(&rec.raw) {
             return Ok(None);
         }
-        if projection.is_some() {
-            return push_document(docs, &doc, projection).map(Some);
-        }
-    } else if projection.is_some() {
+    }
+    if projection.is_some() {
         return push_document(docs, &rec.document(), projection).map(Some);
     }
     docs.push(rec.raw.as_ref().clone());

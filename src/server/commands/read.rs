@@ -293,7 +293,7 @@ pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         Some(c) => c
             .records
             .values()
-            .filter(|r| matcher.matches(&r.document()))
+            .filter(|r| matcher.matches_raw(&r.raw))
             .count(),
         None => 0,
     };

@@ -141,7 +141,7 @@ pub fn matching(
     }
     let mut out = Vec::new();
     for (rid, rec) in c.records.iter() {
-        if matcher.matches(&rec.document()) {
+        if matcher.matches_raw(&rec.raw) {
             out.push(*rid);
             if just_one {
                 break;

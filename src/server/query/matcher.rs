@@ -11,7 +11,7 @@ use super::compare::{
 };
 use super::path::{matcher_values, matcher_values_with_offsets, split_path, LeafArrays};
 use crate::server::error::{ServerError, ServerResult};
-use bson::{Bson, Document};
+use bson::{Bson, Document, RawDocument};
 use std::cmp::Ordering;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +305,23 @@ impl Node {
         }
     }
 
+    fn collect_top_level_fields(&self, out: &mut Vec<String>) {
+        match self {
+            Node::And(c) | Node::Or(c) | Node::Nor(c) => {
+                c.iter().for_each(|n| n.collect_top_level_fields(out))
+            }
+            Node::Not(n) => n.collect_top_level_fields(out),
+            Node::Path { path, .. } => {
+                if let Some(first) = path.first() {
+                    if !out.contains(first) {
+                        out.push(first.clone());
+                    }
+                }
+            }
+            Node::Const(_) => {}
+        }
+    }
+
     /// Evaluate against a single value (children of a value-form `$elemMatch`).
     pub(crate) fn matches_value(&self, v: Option<&Bson>) -> bool {
         match self {
@@ -322,18 +339,45 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     root: Node,
+    /// The top-level fields the filter reads: a stored document is matched after decoding
+    /// only these (an oplog scan by `ts` never decodes the entries' `o`).
+    fields: Vec<String>,
 }
 
 impl Matcher {
     /// Parse and validate a filter document.
     pub fn new(filter: &Document) -> ServerResult<Matcher> {
-        Ok(Matcher {
-            root: parse_filter(filter, true)?,
-        })
+        let root = parse_filter(filter, true)?;
+        let mut fields = Vec::new();
+        root.collect_top_level_fields(&mut fields);
+        Ok(Matcher { root, fields })
     }
 
     pub fn matches(&self, doc: &Document) -> bool {
         self.root.matches_doc(doc)
+    }
+
+    /// [`Matcher::matches`] on a stored document, decoding only the fields the filter reads.
+    /// Every predicate looks at the values under its path's first component, so the answer is
+    /// the same as on the whole document.
+    pub fn matches_raw(&self, raw: &RawDocument) -> bool {
+        let mut partial = Document::new();
+        for element in raw.iter() {
+            let Ok((key, value)) = element else {
+                // Malformed bytes: let the full decoder decide what the document is.
+                return self.matches(&Document::try_from(raw).unwrap_or_default());
+            };
+            if !self.fields.iter().any(|f| f == key) {
+                continue;
+            }
+            match Bson::try_from(value.to_raw_bson()) {
+                Ok(v) => {
+                    partial.insert(key, v);
+                }
+                Err(_) => return self.matches(&Document::try_from(raw).unwrap_or_default()),
+            }
+        }
+        self.matches(&partial)
     }
 
     /// The array index the positional update operator `$` stands for in `doc` (mongod's
@@ -956,8 +1000,14 @@ mod tests {
         Matcher::new(&filter).unwrap()
     }
 
+    /// Whether `filter` matches `d`, checking that matching the stored bytes (decoding only
+    /// the filter's fields) agrees with matching the whole decoded document.
     fn hit(filter: Document, d: Document) -> bool {
-        m(filter).matches(&d)
+        let matcher = m(filter.clone());
+        let whole = matcher.matches(&d);
+        let raw = bson::RawDocumentBuf::from_document(&d).unwrap();
+        assert_eq!(matcher.matches_raw(&raw), whole, "{filter} on {d}");
+        whole
     }
 
     fn err(filter: Document) -> ServerError {
