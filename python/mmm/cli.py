@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import __version__
+from . import __version__, preflight
 from .config import Config, ConfigError, Link, load_config
 
 log = logging.getLogger("mmm.cli")
@@ -36,42 +36,6 @@ def _client(uri: str, timeout_ms: int = 5000):
     import pymongo
 
     return pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
-
-
-def _check_server(name: str, uri: str) -> List[str]:
-    """Problems with one server: reachable, replica set, privileges. Writes nothing."""
-    import pymongo
-
-    client = _client(uri)
-    try:
-        try:
-            hello = client.admin.command("hello")
-        except pymongo.errors.PyMongoError as e:
-            return [f"server {name} ({uri}) is unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"]
-        problems = []
-        if "setName" not in hello:
-            problems.append(
-                f"server {name} ({uri}) is not a replica set member: start mongod with --replSet <name> and run rs.initiate() once"
-            )
-            return problems
-        try:
-            client.local["oplog.rs"].find_one({}, projection={"ts": 1})
-        except pymongo.errors.OperationFailure as e:
-            problems.append(f"server {name}: cannot read local.oplog.rs ({e.details.get('errmsg', e)}); grant read on the local database")
-        status = client.admin.command("connectionStatus", showPrivileges=True)
-        users = status.get("authInfo", {}).get("authenticatedUsers", [])
-        if users:
-            privileges = status["authInfo"].get("authenticatedUserPrivileges", [])
-            can_write = any(
-                {"insert", "update"} <= set(p.get("actions", []))
-                and p.get("resource", {}).get("db") in ("__mmm", "")
-                for p in privileges
-            )
-            if not can_write:
-                problems.append(f"server {name}: the user cannot write the __mmm database (grant readWrite on __mmm)")
-        return problems
-    finally:
-        client.close()
 
 
 # -- verbs ---------------------------------------------------------------------------------
@@ -130,9 +94,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         server = end.split("/", 1)[0]
         if "/" in end and server not in config.servers:
             raise CliError(f"unknown server {server!r} in {end!r} (known: {', '.join(config.servers)})")
-    problems = _check_server(args.dst.split("/", 1)[0], config.servers[args.dst.split("/", 1)[0]].uri) if "/" in args.dst else []
-    if problems:
-        raise CliError(problems[0])
+    if "/" in args.dst:
+        # Only the destination: the link is stored there, and the source may be down for now.
+        dst = args.dst.split("/", 1)[0]
+        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync)
+        findings = preflight.check({dst: config.servers[dst]}, [link])
+        if findings:
+            raise CliError("; ".join(f.message for f in findings))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward, initial_sync=args.initial_sync)
     except ValueError as e:
@@ -145,9 +113,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .replication import Replicator
 
     config = _config(args)
-    problems: List[str] = []
-    for name, server in config.servers.items():
-        problems.extend(_check_server(name, server.uri))
+    problems = [f.message for f in preflight.check(config.servers, config.links, every_server=True)]
     if not problems:
         try:
             Replicator.from_config(config)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import bson
 from bson import Timestamp
 
-from . import _mmm
+from . import _mmm, preflight as _preflight
 from ._background import BackgroundThread
 from .config import Config, Link, Server, load_config
 
@@ -72,7 +72,15 @@ def _as_link(spec: LinkLike) -> Link:
 
 
 class Replicator:
-    """Runs a replication topology: servers by name and links between them."""
+    """Runs a replication topology: servers by name and links between them.
+
+    With ``preflight=True`` (the default), :meth:`start` and :meth:`run` first check every
+    server a link uses, writing nothing: one that is reachable but not a replica set member, or
+    whose authenticated user lacks a privilege the links need, makes them raise
+    :class:`ReplicationError` listing every such problem before any link starts. An unreachable
+    server is only logged (warning on ``mmm.replication``): its links retry until it is back.
+    ``preflight=False`` skips the check.
+    """
 
     def __init__(
         self,
@@ -81,6 +89,7 @@ class Replicator:
         *,
         on_conflict: Optional[Callable[[ConflictEvent], Any]] = None,
         load_stored_links: bool = False,
+        preflight: bool = True,
     ) -> None:
         if isinstance(servers, Mapping):
             parsed = {}
@@ -93,6 +102,7 @@ class Replicator:
             self.servers = {s.name: s for s in servers}
         self.links: List[Link] = [_as_link(l) for l in links]
         self.on_conflict = on_conflict
+        self.preflight = preflight
         self.conflicts: List[ConflictEvent] = []
         if load_stored_links:
             self.links.extend(l for l in self.stored_links() if l not in self.links)
@@ -185,9 +195,23 @@ class Replicator:
         elif event["kind"] == "failed":
             raise ReplicationError(f"link {event['link']} stopped: {event['error']}")
 
+    def _check_servers(self) -> None:
+        """The preflight check (see the class): raises ReplicationError naming every problem,
+        logs unreachable servers. Writes nothing."""
+        problems = []
+        for finding in _preflight.check(self.servers, self.links):
+            if finding.unreachable:
+                log.warning("%s; its links will retry until it is reachable", finding.message)
+            else:
+                problems.append(finding.message)
+        if problems:
+            raise ReplicationError(f"cannot start replication: {'; '.join(problems)}")
+
     def _launch(self, ready_timeout: float) -> None:
         self._stop.clear()
         self._core = self._make_core()
+        if self.preflight:
+            self._check_servers()  # before the core starts: a failed check leaves no trace
         self._core.start()
         log.info("replicating %d link(s)", len(self.links))
         # Wait until every link has its starting position, so writes made after this returns
@@ -208,7 +232,8 @@ class Replicator:
                 self._core.next_event(0.05)
 
     def run(self, ready_timeout: float = 10.0) -> None:
-        """Replicates until :meth:`stop` (or Ctrl-C); raises ReplicationError if a link fails."""
+        """Replicates until :meth:`stop` (or Ctrl-C); raises ReplicationError if the preflight
+        check finds a problem (see the class) or a link fails."""
         self._launch(ready_timeout)
         self._loop()
 
@@ -218,8 +243,9 @@ class Replicator:
         await loop.run_in_executor(None, self.run)
 
     def start(self, ready_timeout: float = 10.0) -> "Replicator":
-        """Starts every link (waiting up to ``ready_timeout`` s for their starting positions),
-        then follows events in a background thread."""
+        """Checks the servers unless ``preflight=False`` (ReplicationError on a problem, see the
+        class), starts every link (waiting up to ``ready_timeout`` s for their starting
+        positions), then follows events in a background thread."""
         if self.running:
             raise RuntimeError("the replicator is already running")
         self._launch(ready_timeout)

@@ -72,6 +72,8 @@ struct Inner {
     pins: HashMap<String, (String, Timestamp)>,
     /// Servers whose oplogs are read (checks on other servers are impossible and skipped).
     observed: HashMap<String, ()>,
+    /// Servers some link applies to: only their local writes can meet an incoming one.
+    written: HashMap<String, ()>,
 }
 
 #[derive(Default)]
@@ -102,6 +104,16 @@ impl ConflictTracker {
     /// Declares that `server`'s oplog is read by some link (so checks on it can complete).
     pub fn observe_server(&self, server: &str) {
         self.inner.lock().observed.insert(server.to_string(), ());
+    }
+
+    /// Declares that some link applies to `server` (so its local writes are worth recording).
+    pub fn write_server(&self, server: &str) {
+        self.inner.lock().written.insert(server.to_string(), ());
+    }
+
+    /// Whether writes applied on `server` are checked: only when some link reads its oplog.
+    pub fn checks(&self, server: &str) -> bool {
+        self.inner.lock().observed.contains_key(server)
     }
 
     /// How far B has applied A's writes, as far as B's oplog has been read. `link` (reading B,
@@ -148,7 +160,7 @@ impl ConflictTracker {
         provenance: &Provenance,
     ) -> Vec<Conflict> {
         match provenance {
-            Provenance::Local => {
+            Provenance::Local if self.inner.lock().written.contains_key(server) => {
                 let mut inner = self.inner.lock();
                 let writes = inner.local.entry(server.to_string()).or_default();
                 let mut record = |op: &bson::RawDocumentBuf| {
@@ -183,7 +195,7 @@ impl ConflictTracker {
                     }
                 }
             }
-            Provenance::Internal => {}
+            Provenance::Local | Provenance::Internal => {}
         }
         let mut inner = self.inner.lock();
         let pos = inner
@@ -318,6 +330,7 @@ mod tests {
     fn concurrent_writes_conflict_and_known_writes_do_not() {
         let t = ConflictTracker::default();
         t.observe_server("A");
+        t.write_server("A");
         // A writes docs 1 and 2 locally.
         for (at, unit) in [insert(1, 1), insert(2, 2)] {
             t.observe("A", at, &unit, &Provenance::Local);
@@ -346,6 +359,7 @@ mod tests {
     fn writes_after_the_incoming_commit_are_not_conflicts() {
         let t = ConflictTracker::default();
         t.observe_server("A");
+        t.write_server("A");
         let deferred = t.after_apply(
             "B->A",
             "A",
@@ -356,5 +370,17 @@ mod tests {
         assert!(deferred.is_empty());
         let (at, unit) = insert(1, 4); // A changes doc 1 after B's version landed: it saw it
         assert!(t.observe("A", at, &unit, &Provenance::Local).is_empty());
+    }
+
+    #[test]
+    fn local_writes_of_a_server_no_link_applies_to_are_not_kept() {
+        let t = ConflictTracker::default();
+        t.observe_server("A"); // read by a one-way link A -> B, written by none
+        for i in 0..100 {
+            let (at, unit) = insert(i, i as u32 + 1);
+            t.observe("A", at, &unit, &Provenance::Local);
+        }
+        assert!(t.inner.lock().local.get("A").is_none_or(|w| w.is_empty()));
+        assert!(!t.checks("B"));
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 /// A batch closes at this many ops or bytes (or when the tailer has nothing more).
 pub const MAX_BATCH_OPS: usize = 5000;
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a link with nothing to apply still moves its checkpoint (so it never falls behind
 /// the source's oplog window while only echoes or no-ops pass by).
 const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -227,7 +227,11 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
         }
         None => checkpoint,
     };
-    load_reverse_knowledge(rt, &src, checkpoint.applied).await?;
+    // Knowledge of the reverse direction serves only checks on the destination (a one-way
+    // link skips the oplog scan it costs).
+    if rt.conflicts.checks(&rt.dst.id) {
+        load_reverse_knowledge(rt, &src, checkpoint.applied).await?;
+    }
     {
         let mut s = rt.status.lock();
         s.checkpoint = Some(checkpoint.ts);

@@ -44,6 +44,7 @@ impl Replicator {
         // server whose reader has not started yet must still wait for that reader's check.
         for spec in links {
             conflicts.observe_server(&by_name[spec.src.as_str()].id);
+            conflicts.write_server(&by_name[spec.dst.as_str()].id);
         }
         let mut statuses = Vec::new();
         let mut tasks = Vec::new();

@@ -1,7 +1,7 @@
 //! MongoDB wire protocol framing: the 16-byte header, OP_MSG (body and document sequences),
 //! the legacy OP_QUERY handshake and its OP_REPLY answer.
 
-use bson::{Document, RawDocumentBuf};
+use bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 
 pub const OP_REPLY: i32 = 1;
 pub const OP_QUERY: i32 = 2004;
@@ -41,10 +41,35 @@ impl Header {
     }
 }
 
-/// A decoded request, with document sequences merged into the body as arrays.
+/// A command's body with its document sequences merged in as arrays, except an insert's
+/// `documents`: those stay as the bytes the client sent (already validated), since they are
+/// stored and logged as they are.
+#[derive(Debug, Default)]
+pub struct Command {
+    pub body: Document,
+    pub raw_documents: Option<Vec<RawDocumentBuf>>,
+}
+
+impl std::ops::Deref for Command {
+    type Target = Document;
+    fn deref(&self) -> &Document {
+        &self.body
+    }
+}
+
+impl From<Document> for Command {
+    fn from(body: Document) -> Command {
+        Command {
+            body,
+            raw_documents: None,
+        }
+    }
+}
+
+/// A decoded request.
 #[derive(Debug)]
 pub struct Request {
-    pub body: Document,
+    pub body: Command,
     /// The client asked for no reply (OP_MSG moreToCome).
     pub more_to_come: bool,
     /// Legacy OP_QUERY: the answer must be an OP_REPLY.
@@ -60,8 +85,8 @@ fn read_cstring(buf: &[u8]) -> Result<(&str, &[u8]), String> {
     Ok((s, &buf[end + 1..]))
 }
 
-/// Splits one BSON document off the front of `buf`.
-fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), String> {
+/// Splits the bytes of one BSON document off the front of `buf`.
+fn split_document(buf: &[u8]) -> Result<(&[u8], &[u8]), String> {
     if buf.len() < 5 {
         return Err("truncated BSON document".into());
     }
@@ -69,9 +94,80 @@ fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), String> {
     if len < 5 || len as usize > buf.len() {
         return Err(format!("invalid BSON document length {len}"));
     }
-    let (doc_bytes, rest) = buf.split_at(len as usize);
+    Ok(buf.split_at(len as usize))
+}
+
+/// Splits one BSON document off the front of `buf`.
+fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), String> {
+    let (doc_bytes, rest) = split_document(buf)?;
     let doc = Document::from_reader(doc_bytes).map_err(|e| format!("invalid BSON: {e}"))?;
     Ok((doc, rest))
+}
+
+/// Checks every element of a document, nested ones included, as decoding would (framing,
+/// element types, UTF-8), without building it.
+fn validate(doc: &RawDocument) -> Result<(), bson::raw::Error> {
+    for element in doc.iter() {
+        let (_, value) = element?;
+        validate_value(value)?;
+    }
+    Ok(())
+}
+
+fn validate_value(value: RawBsonRef<'_>) -> Result<(), bson::raw::Error> {
+    match value {
+        RawBsonRef::Document(d) => validate(d),
+        RawBsonRef::Array(a) => {
+            for v in a {
+                validate_value(v?)?;
+            }
+            Ok(())
+        }
+        RawBsonRef::JavaScriptCodeWithScope(c) => validate(c.scope),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes a command body; an insert's `documents` array is kept as validated bytes.
+fn decode_body(bytes: &[u8]) -> Result<(Document, Option<Vec<RawDocumentBuf>>), String> {
+    let invalid = |e: bson::raw::Error| format!("invalid BSON: {e}");
+    let raw = RawDocument::from_bytes(bytes).map_err(invalid)?;
+    let is_insert = matches!(raw.iter().next(), Some(Ok(("insert", _))));
+    if !is_insert {
+        let doc = Document::from_reader(bytes).map_err(|e| format!("invalid BSON: {e}"))?;
+        return Ok((doc, None));
+    }
+    let mut body = Document::new();
+    let mut documents = None;
+    for element in raw.iter() {
+        let (key, value) = element.map_err(invalid)?;
+        if key == "documents" && documents.is_none() {
+            if let Some(docs) = raw_documents_of(value).map_err(invalid)? {
+                documents = Some(docs);
+                continue;
+            }
+        }
+        let value = Bson::try_from(value.to_raw_bson()).map_err(|e| format!("invalid BSON: {e}"))?;
+        body.insert(key, value);
+    }
+    Ok((body, documents))
+}
+
+/// The elements of an array of documents, validated; `None` when it is not one (the command
+/// then reports the wrong type).
+fn raw_documents_of(value: RawBsonRef<'_>) -> Result<Option<Vec<RawDocumentBuf>>, bson::raw::Error> {
+    let RawBsonRef::Array(items) = value else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let RawBsonRef::Document(d) = item? else {
+            return Ok(None);
+        };
+        validate(d)?;
+        out.push(d.to_raw_document_buf());
+    }
+    Ok(Some(out))
 }
 
 /// Parses the part of an OP_MSG after the header.
@@ -91,8 +187,8 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
         }
         rest = &rest[..rest.len() - 4];
     }
-    let mut body: Option<Document> = None;
-    let mut sequences: Vec<(String, Vec<bson::Bson>)> = Vec::new();
+    let mut body: Option<&[u8]> = None;
+    let mut sequences: Vec<(String, Vec<RawDocumentBuf>)> = Vec::new();
     while !rest.is_empty() {
         let kind = rest[0];
         rest = &rest[1..];
@@ -101,8 +197,8 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                 if body.is_some() {
                     return Err("Multiple body sections in message".into());
                 }
-                let (doc, r) = read_document(rest)?;
-                body = Some(doc);
+                let (bytes, r) = split_document(rest)?;
+                body = Some(bytes);
                 rest = r;
             }
             1 => {
@@ -118,8 +214,11 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                 let (identifier, mut docs_bytes) = read_cstring(&section[4..])?;
                 let mut docs = Vec::new();
                 while !docs_bytes.is_empty() {
-                    let (doc, r) = read_document(docs_bytes)?;
-                    docs.push(bson::Bson::Document(doc));
+                    let (bytes, r) = split_document(docs_bytes)?;
+                    let doc = RawDocumentBuf::from_bytes(bytes.to_vec())
+                        .map_err(|e| format!("invalid BSON: {e}"))?;
+                    validate(&doc).map_err(|e| format!("invalid BSON: {e}"))?;
+                    docs.push(doc);
                     docs_bytes = r;
                 }
                 if sequences.iter().any(|(id, _)| id == identifier) {
@@ -130,17 +229,33 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
             other => return Err(format!("Unknown section kind {other}")),
         }
     }
-    let mut body = body.ok_or("OP_MSG messages must have a body")?;
+    let body = body.ok_or("OP_MSG messages must have a body")?;
+    let (mut body, mut raw_documents) = decode_body(body)?;
+    let is_insert = body.keys().next().map(String::as_str) == Some("insert");
     for (identifier, docs) in sequences {
-        if body.contains_key(&identifier) {
+        let in_body = body.contains_key(&identifier)
+            || (identifier == "documents" && raw_documents.is_some());
+        if in_body {
             return Err(format!(
                 "'{identifier}' may not appear both as a field and as a document sequence"
             ));
         }
+        if is_insert && identifier == "documents" {
+            raw_documents = Some(docs);
+            continue;
+        }
+        let docs = docs
+            .iter()
+            .map(|d| Document::try_from(d.as_ref()).map(Bson::Document))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("invalid BSON: {e}"))?;
         body.insert(identifier, docs);
     }
     Ok(Request {
-        body,
+        body: Command {
+            body,
+            raw_documents,
+        },
         more_to_come: flags & FLAG_MORE_TO_COME != 0,
         legacy: false,
     })
@@ -164,7 +279,7 @@ pub fn parse_op_query(payload: &[u8]) -> Result<Request, String> {
         query.insert("$db", db);
     }
     Ok(Request {
-        body: query,
+        body: query.into(),
         more_to_come: false,
         legacy: true,
     })
@@ -220,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn op_msg_with_document_sequence_merges_into_body() {
+    fn op_msg_keeps_an_inserts_document_sequence_as_bytes() {
         // The insert example from the OP_MSG specification (header stripped).
         let msg = hex(
             "00 00 00 00 00 21 00 00 00 02 69 6e 73 65 72 74 00 02 00 00 00 63 00 \
@@ -228,11 +343,70 @@ mod tests {
              64 6f 63 75 6d 65 6e 74 73 00 0e 00 00 00 10 5f 69 64 00 01 00 00 00 00",
         );
         let req = parse_op_msg(&msg).unwrap();
-        assert_eq!(
-            req.body,
-            doc! {"insert": "c", "$db": "test", "documents": [{"_id": 1}]}
-        );
+        assert_eq!(req.body.body, doc! {"insert": "c", "$db": "test"});
+        let docs = req.body.raw_documents.unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].to_document().unwrap(), doc! {"_id": 1});
         assert!(!req.more_to_come);
+    }
+
+    /// An OP_MSG with `body` and one document sequence.
+    fn op_msg(body: &Document, identifier: &str, docs: &[Vec<u8>]) -> Vec<u8> {
+        let mut msg = vec![0, 0, 0, 0, 0];
+        msg.extend_from_slice(&bson::to_vec(body).unwrap());
+        msg.push(1);
+        let mut section = Vec::new();
+        section.extend_from_slice(identifier.as_bytes());
+        section.push(0);
+        docs.iter().for_each(|d| section.extend_from_slice(d));
+        msg.extend_from_slice(&((section.len() + 4) as i32).to_le_bytes());
+        msg.extend_from_slice(&section);
+        msg
+    }
+
+    #[test]
+    fn other_document_sequences_merge_into_the_body() {
+        let update = bson::to_vec(&doc! {"q": {}, "u": {"$set": {"a": 1}}}).unwrap();
+        let msg = op_msg(&doc! {"update": "c", "$db": "test"}, "updates", &[update]);
+        let req = parse_op_msg(&msg).unwrap();
+        assert_eq!(
+            req.body.body,
+            doc! {"update": "c", "$db": "test", "updates": [{"q": {}, "u": {"$set": {"a": 1}}}]}
+        );
+        assert!(req.body.raw_documents.is_none());
+    }
+
+    #[test]
+    fn an_inserts_inline_documents_stay_bytes_unless_they_are_not_documents() {
+        let mut msg = vec![0, 0, 0, 0, 0];
+        let body = doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}], "$db": "test"};
+        msg.extend_from_slice(&bson::to_vec(&body).unwrap());
+        let req = parse_op_msg(&msg).unwrap();
+        assert_eq!(req.body.body, doc! {"insert": "c", "$db": "test"});
+        assert_eq!(req.body.raw_documents.unwrap().len(), 2);
+
+        let mut msg = vec![0, 0, 0, 0, 0];
+        let body = doc! {"insert": "c", "documents": [1], "$db": "test"};
+        msg.extend_from_slice(&bson::to_vec(&body).unwrap());
+        let req = parse_op_msg(&msg).unwrap();
+        assert_eq!(req.body.body, body);
+        assert!(req.body.raw_documents.is_none());
+    }
+
+    #[test]
+    fn invalid_bson_in_an_insert_sequence_is_refused() {
+        // {"s": <string whose byte is not UTF-8>} nested one level down.
+        let inner: Vec<u8> = vec![
+            14, 0, 0, 0, 2, b's', 0, 2, 0, 0, 0, 0xff, 0, 0,
+        ];
+        let mut outer = vec![0u8; 4];
+        outer.extend_from_slice(&[3, b'd', 0]);
+        outer.extend_from_slice(&inner);
+        outer.push(0);
+        let len = outer.len() as i32;
+        outer[0..4].copy_from_slice(&len.to_le_bytes());
+        let msg = op_msg(&doc! {"insert": "c", "$db": "test"}, "documents", &[outer]);
+        assert!(parse_op_msg(&msg).unwrap_err().contains("invalid BSON"));
     }
 
     #[test]
@@ -257,7 +431,7 @@ mod tests {
         );
         let req = parse_op_query(&msg).unwrap();
         assert_eq!(
-            req.body,
+            req.body.body,
             doc! {"ismaster": 1, "helloOk": true, "$db": "admin"}
         );
         assert!(req.legacy);

@@ -14,6 +14,7 @@ use crate::server::oplog_writer::{oplog_lsid, SessionInfo};
 use crate::server::session::{commit, Session, Txn, TxnPhase};
 use crate::server::state::State;
 use crate::server::ServerInfo;
+use crate::server::wire::Command;
 use bson::{doc, Binary, Bson, Document, RawDocumentBuf, Timestamp};
 use ctx::{Ctx, Retryable};
 use util::{as_i64, bool_arg};
@@ -114,7 +115,7 @@ fn is_retryable_write(cmd: &str, body: &Document) -> bool {
 pub fn execute(
     state: &mut State,
     info: &ServerInfo,
-    body: &Document,
+    body: &Command,
     connection_id: i64,
     final_attempt: bool,
 ) -> Execution {
@@ -187,7 +188,7 @@ fn retryable(
     info: &ServerInfo,
     db: &str,
     cmd: &str,
-    body: &Document,
+    body: &Command,
     conn: i64,
     n: i64,
     key: Vec<u8>,
@@ -253,7 +254,7 @@ fn in_transaction(
     info: &ServerInfo,
     db: &str,
     cmd: &str,
-    body: &Document,
+    body: &Command,
     conn: i64,
     n: i64,
     key: Vec<u8>,
@@ -371,7 +372,7 @@ fn run(
     ctx: &mut Ctx,
     info: &ServerInfo,
     cmd: &str,
-    body: &Document,
+    body: &Command,
     conn: i64,
 ) -> ServerResult<Reply> {
     match cmd {
@@ -428,7 +429,7 @@ fn run(
         "renameCollection" => catalog::rename_collection(ctx, body),
         "createIndexes" => catalog::create_indexes(ctx, body),
         "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(ctx, body),
-        "insert" => write::insert(ctx, body).map(Reply::Doc),
+        "insert" => write::insert(ctx, body, body.raw_documents.as_deref()).map(Reply::Doc),
         "update" => write::update(ctx, body).map(Reply::Doc),
         "delete" => write::delete(ctx, body).map(Reply::Doc),
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),

@@ -7,7 +7,8 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
-use bson::{doc, oid::ObjectId, Bson, Document};
+use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
+use std::sync::Arc;
 
 /// Puts `_id` first, generating an ObjectId when the client sent none (as mongod stores it).
 pub fn with_id_first(doc: Document) -> ServerResult<Document> {
@@ -61,6 +62,41 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
     let ui = c.uuid;
     c.insert_encoded(doc, raw.clone(), version, None)?;
+    log_insert(ctx, db, coll, ui, raw, id)
+}
+
+/// [`insert_one`] for a document that arrived as bytes. Drivers put `_id` first, and then the
+/// bytes are stored and logged as they are, never decoded; otherwise it takes the general path.
+fn insert_one_raw(ctx: &mut Ctx, db: &str, coll: &str, raw: &RawDocumentBuf) -> ServerResult<()> {
+    let id = match raw.iter().next() {
+        Some(Ok(("_id", value)))
+            if !matches!(value, RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_)) =>
+        {
+            Bson::try_from(value.to_raw_bson()).ok()
+        }
+        _ => None,
+    };
+    let Some(id) = id else {
+        let doc = Document::try_from(raw.as_ref())
+            .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))?;
+        return insert_one(ctx, db, coll, &doc);
+    };
+    let raw = Arc::new(raw.clone());
+    let version = ctx.next_version();
+    let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    let ui = c.uuid;
+    c.insert_record(raw.clone(), version)?;
+    log_insert(ctx, db, coll, ui, raw, id)
+}
+
+fn log_insert(
+    ctx: &mut Ctx,
+    db: &str,
+    coll: &str,
+    ui: bson::Uuid,
+    raw: Arc<RawDocumentBuf>,
+    id: Bson,
+) -> ServerResult<()> {
     let ns = format!("{db}.{coll}");
     ctx.note_write(&ns, &id)?;
     ctx.log(
@@ -103,17 +139,28 @@ fn run_statements<S>(
     Ok(errors)
 }
 
-pub fn insert(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+/// `raw_documents`: the documents when they came as a document sequence (kept as bytes).
+pub fn insert(
+    ctx: &mut Ctx,
+    body: &Document,
+    raw_documents: Option<&[RawDocumentBuf]>,
+) -> ServerResult<Document> {
     let coll = coll_name(body, "insert")?;
-    let docs = docs_ref(body, "documents")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
-    let errors = run_statements(ctx, docs, ordered, |ctx, doc| {
-        insert_one(ctx, &db, &coll, doc)?;
-        n += 1;
-        Ok(())
-    })?;
+    let errors = match raw_documents {
+        Some(docs) => run_statements(ctx, docs, ordered, |ctx, doc| {
+            insert_one_raw(ctx, &db, &coll, doc)?;
+            n += 1;
+            Ok(())
+        })?,
+        None => run_statements(ctx, docs_ref(body, "documents")?, ordered, |ctx, doc| {
+            insert_one(ctx, &db, &coll, doc)?;
+            n += 1;
+            Ok(())
+        })?,
+    };
     let mut reply = doc! {"n": n};
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);

@@ -305,6 +305,14 @@ impl Node {
         }
     }
 
+    /// The terms of a top-level conjunction (the node itself when it is not one).
+    fn conditions(&self) -> &[Node] {
+        match self {
+            Node::And(children) => children,
+            other => std::slice::from_ref(other),
+        }
+    }
+
     fn collect_top_level_fields(&self, out: &mut Vec<String>) {
         match self {
             Node::And(c) | Node::Or(c) | Node::Nor(c) => {
@@ -339,17 +347,25 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     root: Node,
-    /// The top-level fields the filter reads: a stored document is matched after decoding
-    /// only these (an oplog scan by `ts` never decodes the entries' `o`).
-    fields: Vec<String>,
+    /// Per condition of the top-level `$and`: the top-level fields it reads. A stored document
+    /// is matched condition by condition, decoding each field only when a condition first needs
+    /// it (an oplog scan by `ts` and `op` never decodes the entries' `o` unless those pass).
+    fields: Vec<Vec<String>>,
 }
 
 impl Matcher {
     /// Parse and validate a filter document.
     pub fn new(filter: &Document) -> ServerResult<Matcher> {
         let root = parse_filter(filter, true)?;
-        let mut fields = Vec::new();
-        root.collect_top_level_fields(&mut fields);
+        let fields = root
+            .conditions()
+            .iter()
+            .map(|n| {
+                let mut out = Vec::new();
+                n.collect_top_level_fields(&mut out);
+                out
+            })
+            .collect();
         Ok(Matcher { root, fields })
     }
 
@@ -358,26 +374,43 @@ impl Matcher {
     }
 
     /// [`Matcher::matches`] on a stored document, decoding only the fields the filter reads.
-    /// Every predicate looks at the values under its path's first component, so the answer is
-    /// the same as on the whole document.
+    /// Every predicate looks only at the values under its path's first component, and a
+    /// conjunction does not depend on the order of its terms, so the answer is the same as on
+    /// the whole document.
     pub fn matches_raw(&self, raw: &RawDocument) -> bool {
         let mut partial = Document::new();
-        for element in raw.iter() {
-            let Ok((key, value)) = element else {
-                // Malformed bytes: let the full decoder decide what the document is.
-                return self.matches(&Document::try_from(raw).unwrap_or_default());
-            };
-            if !self.fields.iter().any(|f| f == key) {
-                continue;
-            }
-            match Bson::try_from(value.to_raw_bson()) {
-                Ok(v) => {
-                    partial.insert(key, v);
+        let mut decoded: Vec<&str> = Vec::new();
+        for (condition, fields) in self.root.conditions().iter().zip(&self.fields) {
+            let missing: Vec<&str> = fields
+                .iter()
+                .map(String::as_str)
+                .filter(|f| !decoded.contains(f))
+                .collect();
+            if !missing.is_empty() {
+                for element in raw.iter() {
+                    let Ok((key, value)) = element else {
+                        // Malformed bytes: let the full decoder decide what the document is.
+                        return self.matches(&Document::try_from(raw).unwrap_or_default());
+                    };
+                    if !missing.contains(&key) {
+                        continue;
+                    }
+                    match Bson::try_from(value.to_raw_bson()) {
+                        Ok(v) => {
+                            partial.insert(key, v);
+                        }
+                        Err(_) => {
+                            return self.matches(&Document::try_from(raw).unwrap_or_default())
+                        }
+                    }
                 }
-                Err(_) => return self.matches(&Document::try_from(raw).unwrap_or_default()),
+                decoded.extend(missing);
+            }
+            if !condition.matches_doc(&partial) {
+                return false;
             }
         }
-        self.matches(&partial)
+        true
     }
 
     /// The array index the positional update operator `$` stands for in `doc` (mongod's
