@@ -105,6 +105,8 @@ def test_validate_checks_every_server(two, tmp_path):
         (["replicate", "--src", "server_a/app", "--dst", "server_b/app.t"], "two", "server_a/app"),
         (["replicate", "--src", "server_a/app.t", "--dst", "server_b/app.t", "--ops", "ix"], "two", "ix"),
         (["run"], "two", "no links to run"),
+        (["dump-config"], "a:\n  id: A\n  uri: mongodb://x\nlinks:\n  - {src: a/d.*, dst: a/e.*, marker: tag}\n",
+         "line 5, key 'links[0].marker'"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_writes_nothing(two, tmp_path, args, config, message):

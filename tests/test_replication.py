@@ -87,6 +87,32 @@ def test_no_echo_each_write_applied_once_per_remote(pair):
     assert not any("__mmm" in doc for doc in ca.app.items.find())
 
 
+def test_field_mode_tags_documents_with_their_origin_without_echo(pair):
+    a, b, ca, cb = pair
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    links = [mmm.Link("a/app.*", "b/app.*", marker="field"), mmm.Link("b/app.*", "a/app.*", marker="field")]
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()))
+        ca.app.items.insert_one({"_id": 1, "n": 0, "tags": ["x"]})
+        wait_for(lambda: cb.app.items.find_one({"_id": 1}) is not None)
+        assert cb.app.items.find_one({"_id": 1})["__mmm"]["origin"] == "A"
+        assert "__mmm" not in ca.app.items.find_one({"_id": 1})  # the user's own document is untouched
+        cb.app.items.update_one({"_id": 1}, {"$inc": {"n": 1}, "$push": {"tags": "y"}})
+        wait_for(lambda: ca.app.items.find_one({"_id": 1}).get("n") == 1)
+        on_a = ca.app.items.find_one({"_id": 1})
+        assert on_a["tags"] == ["x", "y"] and on_a["__mmm"]["origin"] == "B"
+        ca.app.items.replace_one({"_id": 1}, {"n": 5})
+        wait_for(lambda: cb.app.items.find_one({"_id": 1}).get("n") == 5)
+        assert cb.app.items.find_one({"_id": 1})["__mmm"]["origin"] == "A"
+        ca.app.items.delete_one({"_id": 1})
+        wait_for(lambda: cb.app.items.count_documents({}) == 0)
+        time.sleep(1.0)  # time for any echo to show up
+    # Each server logged each write once: its own, or the other's applied once; never bounced.
+    for client in (ca, cb):
+        kinds = [e["op"] for e in user_entries(client)]
+        assert kinds == ["i", "u", "u", "d"]
+
+
 def test_three_server_star_forwards_through_the_hub(mongo_server_factory):
     hub, x, y = (mongo_server_factory() for _ in range(3))
     clients = [pymongo.MongoClient(s.uri) for s in (hub, x, y)]

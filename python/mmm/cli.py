@@ -97,12 +97,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if "/" in args.dst:
         # Only the destination: the link is stored there, and the source may be down for now.
         dst = args.dst.split("/", 1)[0]
-        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync)
+        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
         findings = preflight.check({dst: config.servers[dst]}, [link])
         if findings:
             raise CliError("; ".join(f.message for f in findings))
     try:
-        link = r.replicate(args.src, args.dst, args.ops, forward=args.forward, initial_sync=args.initial_sync)
+        link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
+                           initial_sync=args.initial_sync, marker=args.marker)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -178,7 +179,7 @@ def _ids(config: Config, links: Sequence[Link]) -> List[str]:
 
     core = _mmm.ReplicatorCore(
         [(s.name, s.id, s.uri) for s in config.servers.values()],
-        [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in links],
+        [l.core_tuple() for l in links],
     )
     return core.link_ids()
 
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ops", default="iud", help="letters from 'iudc' (default iud; c replicates DDL)")
     s.add_argument("--forward", action="store_true", help="also carry writes replicated into src from elsewhere")
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
+    s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
+                   help="field: also write __mmm: {origin, ts} into every document the link writes")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")

@@ -22,14 +22,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_config"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync"}
+LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker"}
+MARKERS = ("transaction", "field")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,17 @@ class Link:
     ops: str = "iud"
     forward: bool = False
     initial_sync: bool = False
+    marker: str = "transaction"
+    """How replicated writes are marked: "transaction" (no field added to documents) or
+    "field" (also write ``__mmm: {origin, ts}`` into every document the link writes)."""
+
+    def __post_init__(self) -> None:
+        if self.marker not in MARKERS:
+            raise ValueError(f"marker is one of {', '.join(map(repr, MARKERS))}, got {self.marker!r}")
+
+    def core_tuple(self) -> Tuple[str, str, str, bool, bool, bool]:
+        """The link as the replication core takes it."""
+        return (self.src, self.dst, self.ops, self.forward, self.initial_sync, self.marker == "field")
 
     @property
     def src_server(self) -> str:
@@ -61,7 +73,7 @@ class Link:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "ops": self.ops, "forward": self.forward,
-                "initial_sync": self.initial_sync}
+                "initial_sync": self.initial_sync, "marker": self.marker}
 
 
 @dataclass
@@ -94,7 +106,7 @@ def _scalar(node: yaml.Node, path: str, key: str) -> Any:
 def _link(node: yaml.Node, path: str, index: int) -> Link:
     key = f"links[{index}]"
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync")
+        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync, marker")
     values: Dict[str, Any] = {}
     for k_node, v_node in node.value:
         k = k_node.value
@@ -110,7 +122,11 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
     for flag in ("forward", "initial_sync"):
         if flag in values and not isinstance(values[flag], bool):
             raise ConfigError(f"{_where(path, node, key + '.' + flag)}: expected true or false")
-    return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)), bool(values.get("initial_sync", False)))
+    marker = values.get("marker", "transaction")
+    if marker not in MARKERS:
+        raise ConfigError(f"{_where(path, node, key + '.marker')}: marker is one of {', '.join(MARKERS)}")
+    return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
+                bool(values.get("initial_sync", False)), marker)
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:

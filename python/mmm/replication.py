@@ -125,7 +125,7 @@ class Replicator:
     def _make_core(self) -> Any:
         return _mmm.ReplicatorCore(
             [(s.name, s.id, s.uri) for s in self.servers.values()],
-            [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in self.links],
+            [l.core_tuple() for l in self.links],
         )
 
     # -- the original verbs ---------------------------------------------------------------
@@ -137,12 +137,13 @@ class Replicator:
             raise ValueError(f"unknown server {server!r} (known: {', '.join(self.servers)})")
         return pymongo.MongoClient(self.servers[server].uri, serverSelectionTimeoutMS=10000)
 
-    def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False, initial_sync: bool = False) -> Link:
+    def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
+                  initial_sync: bool = False, marker: str = "transaction") -> Link:
         """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did)."""
-        link = Link(src, dst, ops, forward, initial_sync)
+        link = Link(src, dst, ops, forward, initial_sync, marker)
         candidate = self.links + [link]
         _mmm.ReplicatorCore([(s.name, s.id, s.uri) for s in self.servers.values()],
-                            [(l.src, l.dst, l.ops, l.forward, l.initial_sync) for l in candidate])
+                            [l.core_tuple() for l in candidate])
         client = self._client(link.dst_server)
         try:
             client["__mmm"][LINKS_COLLECTION].replace_one(
@@ -163,7 +164,8 @@ class Replicator:
             try:
                 for doc in client["__mmm"][LINKS_COLLECTION].find():
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
-                                      doc.get("forward", False), doc.get("initial_sync", False)))
+                                      doc.get("forward", False), doc.get("initial_sync", False),
+                                      doc.get("marker", "transaction")))
             finally:
                 client.close()
         return found

@@ -6,4 +6,4 @@ pub mod ddl;
 mod plan;
 
 pub use applier::{Applier, ApplyError, Checkpoint};
-pub use plan::{Plan, PlanError};
+pub use plan::{Plan, PlanError, Tag};

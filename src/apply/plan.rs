@@ -4,7 +4,7 @@
 //! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
 
 use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
-use bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf};
+use bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanError(pub String);
@@ -82,6 +82,85 @@ impl Command {
     }
 }
 
+/// The field a link in field mode writes into every document it inserts, replaces or updates:
+/// `{origin: <server id where the write was made>, ts: <its source ts>}`, as the 2012 tool did,
+/// for applications that look at a document to know where its last replicated write came from.
+pub const TAG_FIELD: &str = "__mmm";
+
+/// What field mode writes into a document: origin server id and the source op's ts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub origin: String,
+    pub ts: Timestamp,
+}
+
+impl Tag {
+    fn value(&self) -> Document {
+        doc! {"origin": &self.origin, "ts": self.ts}
+    }
+
+    /// The document with its tag as the last field (any tag it carried is dropped).
+    fn on_raw(&self, doc: &RawDocument) -> Result<RawDocumentBuf, PlanError> {
+        let mut out = RawDocumentBuf::new();
+        for element in doc.iter() {
+            let (key, value) = element
+                .map_err(|e| PlanError(format!("malformed document in the oplog: {e}")))?;
+            if key != TAG_FIELD {
+                out.append(key, value.to_raw_bson());
+            }
+        }
+        out.append(
+            TAG_FIELD,
+            RawDocumentBuf::from_document(&self.value()).unwrap_or_default(),
+        );
+        Ok(out)
+    }
+
+    fn on_document(&self, mut doc: Document) -> Document {
+        doc.remove(TAG_FIELD);
+        doc.insert(TAG_FIELD, self.value());
+        doc
+    }
+
+    /// Update operators with the tag set by the last of them. Paths under the tag that the
+    /// source changed (a tagged document forwarded along a chain) give way to it.
+    fn on_operators(&self, updates: Vec<Document>) -> Vec<Document> {
+        let under_tag = |path: &str| {
+            path == TAG_FIELD || path.strip_prefix(TAG_FIELD).is_some_and(|r| r.starts_with('.'))
+        };
+        let mut out: Vec<Document> = updates
+            .into_iter()
+            .map(|update| {
+                update
+                    .into_iter()
+                    .filter_map(|(op, args)| match args {
+                        Bson::Document(fields) => {
+                            let kept: Document =
+                                fields.into_iter().filter(|(p, _)| !under_tag(p)).collect();
+                            (!kept.is_empty()).then(|| (op, Bson::Document(kept)))
+                        }
+                        other => Some((op, other)),
+                    })
+                    .collect::<Document>()
+            })
+            .filter(|u| !u.is_empty())
+            .collect();
+        if out.is_empty() {
+            out.push(Document::new());
+        }
+        let last = out.last_mut().unwrap();
+        match last.get_mut("$set") {
+            Some(Bson::Document(set)) => {
+                set.insert(TAG_FIELD, self.value());
+            }
+            _ => {
+                last.insert("$set", doc! {TAG_FIELD: self.value()});
+            }
+        }
+        out
+    }
+}
+
 /// The documents touched, for conflict detection: (destination namespace, `_id`).
 pub type Touched = (String, Bson);
 
@@ -140,6 +219,16 @@ impl Plan {
 
     /// Adds one CRUD op (an oplog entry or a transaction's inner op) bound for `dst_ns`.
     pub fn add(&mut self, dst_ns: &str, op: &RawDocument) -> Result<(), PlanError> {
+        self.add_tagged(dst_ns, op, None)
+    }
+
+    /// [`Plan::add`], writing `tag` into the document when there is one (field mode).
+    pub fn add_tagged(
+        &mut self,
+        dst_ns: &str,
+        op: &RawDocument,
+        tag: Option<&Tag>,
+    ) -> Result<(), PlanError> {
         let entry = Entry::new(op);
         match entry.op()? {
             OpKind::Insert => {
@@ -151,7 +240,11 @@ impl Plan {
                     .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
                     .unwrap_or(Bson::Null);
                 self.touched.push((dst_ns.to_string(), id));
-                self.push_raw(dst_ns, Kind::Insert, doc.to_raw_document_buf());
+                let doc = match tag {
+                    Some(tag) => tag.on_raw(doc)?,
+                    None => doc.to_raw_document_buf(),
+                };
+                self.push_raw(dst_ns, Kind::Insert, doc);
             }
             OpKind::Update => {
                 let key = match entry.o2()? {
@@ -162,12 +255,22 @@ impl Plan {
                 };
                 self.touched.push((dst_ns.to_string(), id_of(&key)));
                 match diff_to_update(&to_doc(entry.o()?)?)? {
-                    UpdateTranslation::Replacement(doc) => self.push(
-                        dst_ns,
-                        Kind::Update,
-                        doc! {"q": key, "u": doc, "upsert": true},
-                    ),
+                    UpdateTranslation::Replacement(doc) => {
+                        let doc = match tag {
+                            Some(tag) => tag.on_document(doc),
+                            None => doc,
+                        };
+                        self.push(
+                            dst_ns,
+                            Kind::Update,
+                            doc! {"q": key, "u": doc, "upsert": true},
+                        )
+                    }
                     UpdateTranslation::Operators(updates) => {
+                        let updates = match tag {
+                            Some(tag) => tag.on_operators(updates),
+                            None => updates,
+                        };
                         for u in updates {
                             self.push(dst_ns, Kind::Update, doc! {"q": key.clone(), "u": u});
                         }
@@ -247,6 +350,48 @@ mod tests {
             doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true}], "ordered": true}
         );
         assert_eq!(p.touched.len(), 5);
+    }
+
+    #[test]
+    fn field_mode_tags_every_written_document_and_nothing_else() {
+        let tag = Tag {
+            origin: "A".into(),
+            ts: Timestamp {
+                time: 7,
+                increment: 1,
+            },
+        };
+        let t = doc! {"origin": "A", "ts": tag.ts};
+        let mut p = Plan::default();
+        let ops = [
+            // an insert that carried a tag from an earlier hop
+            doc! {"op": "i", "ns": "db.c", "o": {"_id": 1, "__mmm": {"origin": "Z"}, "a": 1}},
+            doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"a": 2}}}, "o2": {"_id": 1}},
+            // a forwarded update that itself changed the tag
+            doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"__mmm": {"origin": "Z"}}}}, "o2": {"_id": 1}},
+            doc! {"op": "u", "ns": "db.c", "o": {"_id": 1, "b": 1}, "o2": {"_id": 1}},
+            doc! {"op": "d", "ns": "db.c", "o": {"_id": 1}},
+        ];
+        for op in ops {
+            p.add_tagged("db.c", &raw(op), Some(&tag)).unwrap();
+        }
+        let bodies: Vec<Document> = p
+            .commands
+            .iter()
+            .map(|c| c.body(false).to_document().unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![
+                doc! {"insert": "c", "documents": [{"_id": 1, "a": 1, "__mmm": t.clone()}], "ordered": true},
+                doc! {"update": "c", "updates": [
+                    {"q": {"_id": 1}, "u": {"$set": {"a": 2, "__mmm": t.clone()}}},
+                    {"q": {"_id": 1}, "u": {"$set": {"__mmm": t.clone()}}},
+                    {"q": {"_id": 1}, "u": {"_id": 1, "b": 1, "__mmm": t.clone()}, "upsert": true},
+                ], "ordered": true},
+                doc! {"delete": "c", "deletes": [{"q": {"_id": 1}, "limit": 1}], "ordered": true},
+            ]
+        );
     }
 
     #[test]

@@ -23,23 +23,24 @@ fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
 
 #[pymethods]
 impl PyReplicatorCore {
-    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync)]` with
-    /// endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
+    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync,
+    /// tag_documents)]` with endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
     fn new(
         servers: Vec<(String, String, String)>,
-        links: Vec<(String, String, String, bool, bool)>,
+        links: Vec<(String, String, String, bool, bool, bool)>,
     ) -> PyResult<Self> {
         let servers: Vec<ServerSpec> = servers
             .into_iter()
             .map(|(name, id, uri)| ServerSpec { name, id, uri })
             .collect();
         let mut specs = Vec::new();
-        for (src, dst, ops, forward, initial_sync) in links {
+        for (src, dst, ops, forward, initial_sync, tag_documents) in links {
             let mut spec = LinkSpec::parse(&src, &dst, &ops)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             spec.forward = forward;
             spec.initial_sync = initial_sync;
+            spec.tag_documents = tag_documents;
             specs.push(spec);
         }
         crate::replicate::topology::validate(&servers, &specs)

@@ -4,7 +4,7 @@
 //! marked like replicated batches, so the reverse link never sends them back.
 
 use super::link::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use crate::apply::{Applier, Checkpoint, Plan};
+use crate::apply::{Applier, Checkpoint, Plan, Tag};
 use crate::oplog::NsPattern;
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
@@ -40,11 +40,17 @@ async fn source_namespaces(
     Ok(out)
 }
 
+/// `start`: the source ts the link continues from (field mode tags copies with it).
 pub async fn initial_sync(
     rt: &LinkRuntime,
     src: &Client,
     dst: &Client,
+    start: Timestamp,
 ) -> Result<(), mongodb::error::Error> {
+    let tag = rt.spec.tag_documents.then(|| Tag {
+        origin: rt.src.id.clone(),
+        ts: start,
+    });
     let marker = format!("{}#initial-sync", rt.spec.id());
     let applier = Applier::new(dst.clone(), &marker);
     let namespaces = source_namespaces(src, &rt.spec.src_ns).await?;
@@ -112,7 +118,7 @@ pub async fn initial_sync(
                 op.append("op", "i");
                 op.append("ns", ns.as_str());
                 op.append("o", raw.to_raw_document_buf());
-                plan.add(&dst_ns, &op)
+                plan.add_tagged(&dst_ns, &op, tag.as_ref())
                     .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
                 if plan.ops >= MAX_BATCH_OPS || plan.bytes >= MAX_BATCH_BYTES {
                     apply(std::mem::take(&mut plan)).await?;

@@ -12,7 +12,7 @@ use super::route::route;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
 use crate::apply::ddl::{self, DdlCommand};
-use crate::apply::{Applier, ApplyError, Checkpoint, Plan};
+use crate::apply::{Applier, ApplyError, Checkpoint, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
 use crate::tail::{self, StartAt, TailError, TailOptions};
 use bson::{doc, Document, Timestamp};
@@ -210,7 +210,7 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             let start = latest_ts(&src).await?;
             if rt.spec.initial_sync {
                 rt.set_state(LinkState::InitialSync, None);
-                initial_sync(rt, &src, &dst).await?;
+                initial_sync(rt, &src, &dst, start).await?;
             }
             let c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             applier.apply(&Plan::default(), &c).await?;
@@ -357,11 +357,15 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             }
             pending.origin = origin;
             let known = rt.conflicts.known(&link_id, &rt.src.id, &rt.dst.id);
+            let tag = rt.spec.tag_documents.then(|| Tag {
+                origin: pending.origin.clone(),
+                ts,
+            });
             for r in &routed {
                 pending.known_at.push(known);
                 pending
                     .plan
-                    .add(&r.dst_ns, &r.op)
+                    .add_tagged(&r.dst_ns, &r.op, tag.as_ref())
                     .map_err(|e| LinkFailure::Fatal(format!("link {link_id}: {e}")))?;
             }
             pending.last_unit = Some(ts);

@@ -25,6 +25,8 @@ pub struct LinkSpec {
     pub forward: bool,
     /// With no checkpoint yet: copy the existing source documents first.
     pub initial_sync: bool,
+    /// Field mode: write `__mmm: {origin, ts}` into every document the link writes.
+    pub tag_documents: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +88,7 @@ impl LinkSpec {
             ops,
             forward: false,
             initial_sync: false,
+            tag_documents: false,
         })
     }
 
