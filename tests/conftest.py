@@ -42,6 +42,16 @@ def plain_client(mongo_server) -> Iterator[pymongo.MongoClient]:
     c.close()
 
 
+@pytest.fixture
+def pair(mongo_server_factory):
+    """Two servers and a client of each: ``(a, b, client_a, client_b)``."""
+    a, b = mongo_server_factory(), mongo_server_factory()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    yield a, b, ca, cb
+    ca.close()
+    cb.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Oplog helpers
 # ---------------------------------------------------------------------------------------------

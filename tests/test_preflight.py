@@ -126,15 +126,6 @@ def test_no_authenticated_user_means_nothing_to_check():
 
 # -- Replicator start ----------------------------------------------------------------------------
 
-@pytest.fixture
-def pair(mongo_server_factory):
-    a, b = mongo_server_factory(), mongo_server_factory()
-    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
-    yield a, b, ca, cb
-    ca.close()
-    cb.close()
-
-
 def servers(a, b) -> dict:
     return {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
 

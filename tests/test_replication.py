@@ -25,15 +25,6 @@ def wait_identical(clients, db="app", timeout=20.0):
     return everything(clients[0], db)
 
 
-@pytest.fixture
-def pair(mongo_server_factory):
-    a, b = mongo_server_factory(), mongo_server_factory()
-    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
-    yield a, b, ca, cb
-    ca.close()
-    cb.close()
-
-
 def bidirectional(a, b, **kwargs):
     return mmm.Replicator(
         servers={"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}},

@@ -303,6 +303,13 @@ mod tests {
         RawDocumentBuf::from_document(&d).unwrap()
     }
 
+    fn bodies(p: &Plan) -> Vec<Document> {
+        p.commands
+            .iter()
+            .map(|c| c.body(false).to_document().unwrap())
+            .collect()
+    }
+
     #[test]
     fn consecutive_ops_on_one_collection_share_a_command_in_order() {
         let mut p = Plan::default();
@@ -329,13 +336,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.ops, 5);
-        let bodies: Vec<Document> = p
-            .commands
-            .iter()
-            .map(|c| c.body(false).to_document().unwrap())
-            .collect();
         assert_eq!(
-            bodies,
+            bodies(&p),
             vec![
                 doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}], "ordered": true},
                 doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 2}}}], "ordered": true},
@@ -375,13 +377,8 @@ mod tests {
         for op in ops {
             p.add_tagged("db.c", &raw(op), Some(&tag)).unwrap();
         }
-        let bodies: Vec<Document> = p
-            .commands
-            .iter()
-            .map(|c| c.body(false).to_document().unwrap())
-            .collect();
         assert_eq!(
-            bodies,
+            bodies(&p),
             vec![
                 doc! {"insert": "c", "documents": [{"_id": 1, "a": 1, "__mmm": t.clone()}], "ordered": true},
                 doc! {"update": "c", "updates": [
