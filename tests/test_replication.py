@@ -261,6 +261,17 @@ def test_not_a_replica_set_or_unreachable_names_the_server(pair):
     r.join()
 
 
+def test_stored_links_of_an_unreachable_server_are_skipped_with_a_warning(pair, caplog):
+    a, b, ca, cb = pair
+    down = "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=300"
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}, "c": {"id": "C", "uri": down}}
+    mmm.Replicator(servers).replicate("a/app.x", "b/app.x")
+    with caplog.at_level("WARNING", logger="mmm.replication"):
+        r = mmm.Replicator(servers, [("b/app.y", "c/app.y")], load_stored_links=True)
+    assert [(l.src, l.dst) for l in r.links] == [("b/app.y", "c/app.y"), ("a/app.x", "b/app.x")]
+    assert any("stored on server c" in m and "unreachable" in m for m in caplog.messages)
+
+
 def test_ddl_replicates_when_enabled_without_echo(pair):
     a, b, ca, cb = pair
     r = mmm.Replicator(

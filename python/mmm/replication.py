@@ -135,7 +135,11 @@ class Replicator:
 
         if server not in self.servers:
             raise ValueError(f"unknown server {server!r} (known: {', '.join(self.servers)})")
-        return pymongo.MongoClient(self.servers[server].uri, serverSelectionTimeoutMS=10000)
+        uri = self.servers[server].uri
+        # A timeout written in the uri is the user's choice and wins over ours.
+        if "serverselectiontimeoutms" in uri.lower():
+            return pymongo.MongoClient(uri)
+        return pymongo.MongoClient(uri, serverSelectionTimeoutMS=_preflight.TIMEOUT_MS)
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
                   initial_sync: bool = False, marker: str = "transaction") -> Link:
@@ -157,7 +161,10 @@ class Replicator:
         return link
 
     def stored_links(self) -> List[Link]:
-        """Links stored on the servers by :meth:`replicate`."""
+        """Links stored on the servers by :meth:`replicate`. A server that cannot be reached
+        is skipped with a warning (its stored links are loaded by the next start)."""
+        import pymongo
+
         found = []
         for name in self.servers:
             client = self._client(name)
@@ -166,6 +173,14 @@ class Replicator:
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
                                       doc.get("forward", False), doc.get("initial_sync", False),
                                       doc.get("marker", "transaction")))
+            except pymongo.errors.ConnectionFailure as e:
+                log.warning("links stored on server %s not loaded: it is unreachable (%s)",
+                            name, str(e).splitlines()[0])
+            except pymongo.errors.OperationFailure as e:
+                raise ReplicationError(
+                    f"server {name}: cannot read the links stored in __mmm.{LINKS_COLLECTION}: "
+                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on __mmm)"
+                ) from None
             finally:
                 client.close()
         return found
