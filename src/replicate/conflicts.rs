@@ -68,7 +68,7 @@ struct Inner {
     /// (server B, server A) -> B has applied A's writes through this A-ts.
     known: HashMap<(String, String), Timestamp>,
     deferred: Vec<Deferred>,
-    /// Per link: (destination, knowledge captured for the oldest op of its unapplied batch).
+    /// Per unapplied batch (`link#n`): (destination, knowledge captured for its oldest op).
     pins: HashMap<String, (String, Timestamp)>,
     /// Servers whose oplogs are read (checks on other servers are impossible and skipped).
     observed: HashMap<String, ()>,
@@ -116,10 +116,10 @@ impl ConflictTracker {
         self.inner.lock().observed.contains_key(server)
     }
 
-    /// How far B has applied A's writes, as far as B's oplog has been read. `link` (reading B,
-    /// applying on A) keeps the local writes this knowledge does not cover until it calls
-    /// [`ConflictTracker::after_apply`] or [`ConflictTracker::unpin`].
-    pub fn known(&self, link: &str, b: &str, a: &str) -> Timestamp {
+    /// How far B has applied A's writes, as far as B's oplog has been read. The batch pinned
+    /// as `pin` (of a link reading B and applying on A) keeps the local writes this knowledge
+    /// does not cover until [`ConflictTracker::after_apply`] or [`ConflictTracker::unpin`].
+    pub fn known(&self, pin: &str, b: &str, a: &str) -> Timestamp {
         let mut inner = self.inner.lock();
         let k = inner
             .known
@@ -128,14 +128,20 @@ impl ConflictTracker {
             .unwrap_or_else(zero);
         inner
             .pins
-            .entry(link.to_string())
+            .entry(pin.to_string())
             .or_insert_with(|| (a.to_string(), k));
         k
     }
 
-    /// The link has no unapplied batch any more.
-    pub fn unpin(&self, link: &str) {
-        self.inner.lock().pins.remove(link);
+    /// The batch pinned under `pin` is applied (or abandoned).
+    pub fn unpin(&self, pin: &str) {
+        self.inner.lock().pins.remove(pin);
+    }
+
+    /// Drops every pin of `link` (its batches are keyed `link#n`): a new session starts over.
+    pub fn unpin_link(&self, link: &str) {
+        let prefix = format!("{link}#");
+        self.inner.lock().pins.retain(|k, _| !k.starts_with(&prefix));
     }
 
     /// B has applied A's writes through `applied` (from the reverse link's checkpoint on B).
@@ -214,14 +220,14 @@ impl ConflictTracker {
     /// is already past the commit).
     pub fn after_apply(
         &self,
-        link: &str,
+        pin: &str,
         on: &str,
         from: &str,
         commit_ts: Timestamp,
         touched: Vec<(String, Bson, Timestamp)>,
     ) -> Vec<Conflict> {
         let mut inner = self.inner.lock();
-        inner.pins.remove(link);
+        inner.pins.remove(pin);
         if !inner.observed.contains_key(on) {
             return Vec::new();
         }

@@ -12,6 +12,7 @@ use super::route::route;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
 use crate::apply::ddl::{self, DdlCommand};
+use super::writer::{self, AbortOnDrop, Work};
 use crate::apply::{Applier, ApplyError, Checkpoint, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
 use crate::tail::{self, StartAt, TailError, TailOptions};
@@ -21,7 +22,7 @@ use mongodb::Client;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A batch closes at this many ops or bytes (or when the tailer has nothing more).
 pub const MAX_BATCH_OPS: usize = 5000;
@@ -47,7 +48,7 @@ pub struct LinkRuntime {
     pub conflicts: Arc<ConflictTracker>,
 }
 
-enum LinkFailure {
+pub(super) enum LinkFailure {
     Fatal(String),
     Retry(String),
 }
@@ -69,7 +70,7 @@ impl From<ApplyError> for LinkFailure {
 
 impl LinkRuntime {
     /// The checkpoint to store with a batch of `ops` more operations.
-    fn checkpoint(
+    pub(super) fn checkpoint(
         &self,
         origin: String,
         ts: Timestamp,
@@ -99,6 +100,7 @@ impl LinkRuntime {
 }
 
 pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
+    let rt = Arc::new(rt);
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome = tokio::select! {
@@ -192,9 +194,52 @@ struct Pending {
     known_at: Vec<Timestamp>,
     origin: String,
     last_unit: Option<Timestamp>,
+    /// The conflict tracker's pin for this batch (one per batch: several can be in flight).
+    pin: String,
 }
 
-async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
+/// The reading half's end of the writer: hands work over in order and learns of its failure.
+struct WriterHandle {
+    work: mpsc::Sender<Work>,
+    failed: oneshot::Receiver<LinkFailure>,
+    _task: AbortOnDrop,
+    batches: u64,
+}
+
+impl WriterHandle {
+    fn start(rt: &Arc<LinkRuntime>, applier: Applier) -> WriterHandle {
+        // One batch waits while another is applied: the source is read ahead by one batch.
+        let (work, work_rx) = mpsc::channel(1);
+        let (failed_tx, failed) = oneshot::channel();
+        let task = tokio::spawn(writer::run(rt.clone(), applier, work_rx, failed_tx));
+        WriterHandle {
+            work,
+            failed,
+            _task: AbortOnDrop(task),
+            batches: 0,
+        }
+    }
+
+    async fn hand_over(&mut self, item: Work) -> Result<(), LinkFailure> {
+        let gone = || LinkFailure::Retry("the destination writer stopped".into());
+        tokio::select! {
+            sent = self.work.send(item) => match sent {
+                Ok(()) => Ok(()),
+                // The writer ended: its failure is on the way.
+                Err(_) => Err((&mut self.failed).await.unwrap_or_else(|_| gone())),
+            },
+            failure = &mut self.failed => Err(failure.unwrap_or_else(|_| gone())),
+        }
+    }
+
+    /// A fresh pin key for the next batch.
+    fn next_pin(&mut self, link: &str) -> String {
+        self.batches += 1;
+        format!("{link}#{}", self.batches)
+    }
+}
+
+async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     let link_id = rt.spec.id();
     rt.set_state(LinkState::Starting, None);
     let dst = Client::with_options(rt.dst_options.clone())?;
@@ -202,7 +247,8 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
     ensure_checkpoint_collection(&dst).await?;
-    rt.conflicts.unpin(&link_id);
+    rt.conflicts.unpin_link(&link_id);
+    rt.status.lock().reset_pending();
     let applier = Applier::new(dst.clone(), &link_id);
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
@@ -256,21 +302,29 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
     let mut ddl_window: Option<(String, String)> = None;
     let mut last_checkpoint_write = Instant::now();
     let mut idle_progress = false;
-    while let Some(event) = rx.recv().await {
+    let mut writer = WriterHandle::start(rt, applier);
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            failure = &mut writer.failed => {
+                return Err(failure.unwrap_or_else(|_| LinkFailure::Retry("the destination writer stopped".into())));
+            }
+        };
         let batch = match event {
             Ok(b) => b,
             Err(e @ TailError::Rollover { .. }) => return Err(LinkFailure::Fatal(e.to_string())),
             Err(e) => return Err(LinkFailure::Fatal(e.to_string())),
         };
-        {
-            let mut s = rt.status.lock();
-            s.pending_since.get_or_insert_with(Instant::now);
-        }
+        let read_at = Instant::now();
         let mut pending = Pending {
             plan: Plan::default(),
             known_at: Vec::new(),
             origin: rt.src.id.clone(),
             last_unit: None,
+            pin: writer.next_pin(&link_id),
         };
         let mut last_unit_in_batch = None;
         for unit in &batch.units {
@@ -327,18 +381,17 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
             };
             if let Some(ddl) = link_ddl(rt, unit)? {
                 if !pending.plan.is_empty() {
-                    flush(rt, &applier, &mut pending, resume_safe, None).await?;
+                    flush(rt, &mut writer, &mut pending, resume_safe, None).await?;
                 }
-                apply_ddl(
-                    rt,
-                    &applier,
-                    &origin,
-                    ddl,
-                    resume_safe.min(prev_ts_for_ddl),
-                    prev_ts_for_ddl,
-                    ts,
-                )
-                .await?;
+                writer
+                    .hand_over(Work::Ddl {
+                        origin: origin.clone(),
+                        ddl,
+                        resume: resume_safe.min(prev_ts_for_ddl),
+                        applied_before: prev_ts_for_ddl,
+                        ddl_ts: ts,
+                    })
+                    .await?;
                 last_checkpoint_write = Instant::now();
                 continue;
             }
@@ -352,11 +405,11 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
                     || pending.plan.ops >= MAX_BATCH_OPS
                     || pending.plan.bytes >= MAX_BATCH_BYTES)
             {
-                flush(rt, &applier, &mut pending, resume_safe, None).await?;
+                flush(rt, &mut writer, &mut pending, resume_safe, None).await?;
                 last_checkpoint_write = Instant::now();
             }
             pending.origin = origin;
-            let known = rt.conflicts.known(&link_id, &rt.src.id, &rt.dst.id);
+            let known = rt.conflicts.known(&pending.pin, &rt.src.id, &rt.dst.id);
             let tag = rt.spec.tag_documents.then(|| Tag {
                 origin: pending.origin.clone(),
                 ts,
@@ -369,27 +422,25 @@ async fn session(rt: &LinkRuntime) -> Result<(), LinkFailure> {
                     .map_err(|e| LinkFailure::Fatal(format!("link {link_id}: {e}")))?;
             }
             pending.last_unit = Some(ts);
-            rt.status.lock().lag_ops = pending.plan.ops as u64;
+            let mut s = rt.status.lock();
+            s.lag_ops += routed.len() as u64;
+            s.building_since.get_or_insert(read_at);
         }
         if let Some(c) = batch.checkpoint {
             resume_safe = c;
         }
         if !pending.plan.is_empty() {
-            flush(rt, &applier, &mut pending, resume_safe, last_unit_in_batch).await?;
+            flush(rt, &mut writer, &mut pending, resume_safe, last_unit_in_batch).await?;
             last_checkpoint_write = Instant::now();
             idle_progress = false;
         } else if idle_progress && last_checkpoint_write.elapsed() >= IDLE_CHECKPOINT_EVERY {
             if let Some(last) = last_unit_in_batch {
-                let c = rt.checkpoint(rt.src.id.clone(), resume_safe.min(last), last, 0);
-                applier.apply(&Plan::default(), &c).await?;
-                rt.status.lock().checkpoint = Some(c.ts);
+                let (resume, applied) = (resume_safe.min(last), last);
+                writer.hand_over(Work::Checkpoint { resume, applied }).await?;
                 last_checkpoint_write = Instant::now();
                 idle_progress = false;
             }
         }
-        let mut s = rt.status.lock();
-        s.pending_since = None;
-        s.lag_ops = 0;
     }
     // The tailer ended without an error event: it was stopped.
     let _ = tailer.await;
@@ -408,32 +459,7 @@ fn link_ddl(rt: &LinkRuntime, unit: &Unit) -> Result<Option<DdlCommand>, LinkFai
         .map_err(|e| LinkFailure::Fatal(format!("link {}: {e}", rt.spec.id())))
 }
 
-/// DDL cannot run in a transaction, so: a checkpoint transaction announcing it (so a crash
-/// midway redoes it, and tailers of the destination know the DDL entries that follow are
-/// replicated), the command itself (idempotent), then a checkpoint transaction past it.
-#[allow(clippy::too_many_arguments)]
-async fn apply_ddl(
-    rt: &LinkRuntime,
-    applier: &Applier,
-    origin: &str,
-    ddl: DdlCommand,
-    resume: Timestamp,
-    applied_before: Timestamp,
-    ddl_ts: Timestamp,
-) -> Result<(), LinkFailure> {
-    let mut marker = rt.checkpoint(origin.to_string(), resume, applied_before, 0);
-    marker.pending_ddl = Some((ddl.clone(), ddl_ts));
-    applier.apply(&Plan::default(), &marker).await?;
-    applier.run_ddl(&ddl).await?;
-    let done = rt.checkpoint(origin.to_string(), resume, ddl_ts, 1);
-    applier.apply(&Plan::default(), &done).await?;
-    let mut s = rt.status.lock();
-    s.ops_applied += 1;
-    s.checkpoint = Some(done.ts);
-    Ok(())
-}
-
-fn report_conflict(rt: &LinkRuntime, conflict: super::conflicts::Conflict) {
+pub(super) fn report_conflict(rt: &LinkRuntime, conflict: super::conflicts::Conflict) {
     log::warn!(target: "mmm", "conflict: {conflict}");
     rt.status.lock().conflicts += 1;
     let _ = rt.events.send(LinkEvent::Conflict(conflict));
@@ -484,11 +510,12 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Applies the pending batch with its checkpoint. `handled_through`: at the end of a tailer
-/// batch, the last unit read (everything up to it is applied or deliberately skipped).
+/// Hands the pending batch to the writer, which applies it with its checkpoint.
+/// `handled_through`: at the end of a tailer batch, the last unit read (everything up to it is
+/// applied or deliberately skipped).
 async fn flush(
     rt: &LinkRuntime,
-    applier: &Applier,
+    writer: &mut WriterHandle,
     pending: &mut Pending,
     resume_safe: Timestamp,
     handled_through: Option<Timestamp>,
@@ -497,35 +524,20 @@ async fn flush(
         .last_unit
         .expect("a non-empty batch has a last unit");
     let applied = handled_through.unwrap_or(last).max(last);
-    let checkpoint = rt.checkpoint(
-        pending.origin.clone(),
-        resume_safe.min(applied),
-        applied,
-        pending.plan.ops,
-    );
-    let commit_ts = applier.apply(&pending.plan, &checkpoint).await?;
     {
         let mut s = rt.status.lock();
-        s.ops_applied += pending.plan.ops as u64;
-        s.batches_applied += 1;
-        s.checkpoint = Some(checkpoint.ts);
+        let since = s.building_since.take().unwrap_or_else(Instant::now);
+        s.queued_since.push_back(since);
     }
-    if let Some(commit_ts) = commit_ts {
-        let touched = std::mem::take(&mut pending.plan.touched)
-            .into_iter()
-            .zip(std::mem::take(&mut pending.known_at))
-            .map(|((ns, id), known)| (ns, id, known))
-            .collect();
-        for conflict in
-            rt.conflicts
-                .after_apply(&rt.spec.id(), &rt.dst.id, &rt.src.id, commit_ts, touched)
-        {
-            report_conflict(rt, conflict);
-        }
-    }
-    rt.conflicts.unpin(&rt.spec.id());
-    pending.plan = Plan::default();
-    pending.known_at.clear();
+    let next_pin = writer.next_pin(&rt.spec.id());
+    let work = Work::Batch {
+        plan: std::mem::take(&mut pending.plan),
+        known_at: std::mem::take(&mut pending.known_at),
+        origin: pending.origin.clone(),
+        resume: resume_safe.min(applied),
+        applied,
+        pin: std::mem::replace(&mut pending.pin, next_pin),
+    };
     pending.last_unit = None;
-    Ok(())
+    writer.hand_over(work).await
 }

@@ -9,6 +9,7 @@ pub mod provenance;
 mod route;
 pub mod status;
 pub mod topology;
+mod writer;
 
 pub use link::{LinkEvent, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};

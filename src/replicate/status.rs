@@ -1,6 +1,7 @@
 //! What a link reports: state, position, lag, counters and the last error.
 
 use bson::Timestamp;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,11 @@ pub struct LinkStatus {
     pub initial_sync_copied: u64,
     pub initial_sync_total: u64,
     pub last_error: Option<String>,
-    pub pending_since: Option<Instant>,
+    /// When the first op of each batch handed to the destination's writer and not yet applied
+    /// was read, oldest first.
+    pub queued_since: VecDeque<Instant>,
+    /// When the first op of the batch being built was read.
+    pub building_since: Option<Instant>,
 }
 
 impl LinkStatus {
@@ -66,14 +71,24 @@ impl LinkStatus {
             initial_sync_copied: 0,
             initial_sync_total: 0,
             last_error: None,
-            pending_since: None,
+            queued_since: VecDeque::new(),
+            building_since: None,
         }
     }
 
     /// The lag as of now.
     pub fn current_lag_seconds(&self) -> f64 {
-        self.pending_since
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(0.0)
+        let oldest = match (self.queued_since.front(), self.building_since) {
+            (Some(a), Some(b)) => Some((*a).min(b)),
+            (a, b) => a.copied().or(b),
+        };
+        oldest.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+    }
+
+    /// A new session starts with nothing read and nothing queued.
+    pub fn reset_pending(&mut self) {
+        self.queued_since.clear();
+        self.building_since = None;
+        self.lag_ops = 0;
     }
 }
