@@ -197,6 +197,23 @@ def test_outage_then_catch_up(pair):
     assert len(data["frames"]) == 300
 
 
+def test_status_shows_lag_while_the_destination_stalls_and_none_after(pair):
+    a, b, ca, cb = pair
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    with mmm.Replicator(servers, [("a/app.*", "b/app.*")]) as r:
+        wait_for(lambda: r.status()[0]["state"] == "running")
+        b.pause(1.5)
+        ca.app.frames.insert_many([{"_id": i} for i in range(500)])
+        wait_for(lambda: r.status()[0]["lag_ops"] > 0)
+        time.sleep(0.5)
+        stalled = r.status()[0]
+        assert stalled["lag_seconds"] >= 0.3 and stalled["ops_applied"] < 500
+        wait_for(lambda: cb.app.frames.count_documents({}) == 500, timeout=20)
+        wait_for(lambda: r.status()[0]["ops_applied"] == 500)
+        caught_up = r.status()[0]
+    assert caught_up["lag_ops"] == 0 and caught_up["lag_seconds"] == 0.0
+
+
 def test_initial_sync_under_concurrent_writes(pair):
     a, b, ca, cb = pair
     ca.app.big.insert_many([{"_id": i, "v": 0} for i in range(3000)])
