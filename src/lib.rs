@@ -2,6 +2,7 @@
 //! MongoDB-compatible server for development and tests.
 
 pub mod apply;
+pub mod bson_bytes;
 pub mod oplog;
 pub mod replicate;
 pub mod runtime;

@@ -3,8 +3,9 @@
 //! however many ops it holds. Every statement is idempotent (inserts and replacements are
 //! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
 
+use crate::bson_bytes::{DocArray, DocWriter};
 use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
-use bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanError(pub String);
@@ -35,46 +36,52 @@ pub struct Command {
     pub db: String,
     pub coll: String,
     kind: Kind,
-    /// Kept as BSON bytes: inserted documents go from the source's oplog to the destination
-    /// without being decoded.
-    statements: Vec<RawDocumentBuf>,
-    bytes: usize,
+    /// Written once as the elements of the command's array: documents pass from the source's
+    /// oplog to the destination in one copy, never decoded.
+    statements: DocArray,
 }
 
 /// Commands stay well below the 16 MiB BSON limit of a command document.
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 impl Command {
+    fn new(db: &str, coll: &str, kind: Kind) -> Command {
+        Command {
+            db: db.to_string(),
+            coll: coll.to_string(),
+            kind,
+            statements: DocArray::default(),
+        }
+    }
+
     /// The command document (`$db` is added by the driver). `upsert_inserts`: send inserts as
     /// replacements with upsert, which succeed whether or not the document already exists.
     pub fn body(&self, upsert_inserts: bool) -> RawDocumentBuf {
-        let mut statements = RawArrayBuf::new();
-        for st in &self.statements {
-            if self.kind == Kind::Insert && upsert_inserts {
+        if self.kind == Kind::Insert && upsert_inserts {
+            let mut upserts = Command::new(&self.db, &self.coll, Kind::Update);
+            for st in self.statements.iter() {
                 let mut q = RawDocumentBuf::new();
                 if let Ok(Some(id)) = st.get("_id") {
                     q.append("_id", id.to_raw_bson());
                 }
                 let mut upsert = RawDocumentBuf::new();
                 upsert.append("q", q);
-                upsert.append("u", st.clone());
+                upsert.append_ref("u", st);
                 upsert.append("upsert", true);
-                statements.push(upsert);
-            } else {
-                statements.push(st.clone());
+                upserts.statements.push(&upsert);
             }
+            return upserts.body(false);
         }
         let (name, field) = match self.kind {
-            Kind::Insert if upsert_inserts => ("update", "updates"),
             Kind::Insert => ("insert", "documents"),
             Kind::Update => ("update", "updates"),
             Kind::Delete => ("delete", "deletes"),
         };
-        let mut body = RawDocumentBuf::new();
-        body.append(name, self.coll.as_str());
-        body.append(field, statements);
-        body.append("ordered", true);
-        body
+        DocWriter::with_capacity(self.statements.bytes() + self.coll.len())
+            .string(name, &self.coll)
+            .array(field, &self.statements)
+            .boolean("ordered", true)
+            .finish()
     }
 
     pub fn statement_count(&self) -> usize {
@@ -186,34 +193,27 @@ impl Plan {
     }
 
     fn push(&mut self, ns: &str, kind: Kind, statement: Document) {
-        self.push_raw(
-            ns,
-            kind,
-            RawDocumentBuf::from_document(&statement).unwrap_or_default(),
-        );
+        let raw = RawDocumentBuf::from_document(&statement).unwrap_or_default();
+        self.push_raw(ns, kind, &raw);
     }
 
-    fn push_raw(&mut self, ns: &str, kind: Kind, statement: RawDocumentBuf) {
+    fn push_raw(&mut self, ns: &str, kind: Kind, statement: &RawDocument) {
         let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
         let size = statement.as_bytes().len();
         self.bytes += size;
+        let fits = |last: &Command| {
+            last.kind == kind
+                && last.db == db
+                && last.coll == coll
+                && last.statements.bytes() + size <= MAX_COMMAND_BYTES
+        };
         match self.commands.last_mut() {
-            Some(last)
-                if last.kind == kind
-                    && last.db == db
-                    && last.coll == coll
-                    && last.bytes + size <= MAX_COMMAND_BYTES =>
-            {
-                last.statements.push(statement);
-                last.bytes += size;
+            Some(last) if fits(last) => last.statements.push(statement),
+            _ => {
+                let mut command = Command::new(db, coll, kind);
+                command.statements.push(statement);
+                self.commands.push(command);
             }
-            _ => self.commands.push(Command {
-                db: db.to_string(),
-                coll: coll.to_string(),
-                kind,
-                statements: vec![statement],
-                bytes: size,
-            }),
         }
     }
 
@@ -240,11 +240,10 @@ impl Plan {
                     .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
                     .unwrap_or(Bson::Null);
                 self.touched.push((dst_ns.to_string(), id));
-                let doc = match tag {
-                    Some(tag) => tag.on_raw(doc)?,
-                    None => doc.to_raw_document_buf(),
-                };
-                self.push_raw(dst_ns, Kind::Insert, doc);
+                match tag {
+                    Some(tag) => self.push_raw(dst_ns, Kind::Insert, &tag.on_raw(doc)?),
+                    None => self.push_raw(dst_ns, Kind::Insert, doc),
+                }
             }
             OpKind::Update => {
                 let key = match entry.o2()? {

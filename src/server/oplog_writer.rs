@@ -35,13 +35,6 @@ impl Body {
         }
     }
 
-    fn to_raw(&self) -> RawDocumentBuf {
-        match self {
-            Body::Doc(d) => raw(d),
-            Body::Raw(r) => r.as_ref().clone(),
-        }
-    }
-
     /// Encoded size in bytes.
     pub fn size(&self) -> usize {
         match self {
@@ -101,7 +94,10 @@ impl OpRecord {
         if let Some(ui) = self.ui {
             d.append("ui", Binary::from_uuid(ui));
         }
-        d.append("o", self.o.to_raw());
+        match &self.o {
+            Body::Raw(r) => d.append_ref("o", r.as_ref()),
+            Body::Doc(doc) => d.append("o", raw(doc)),
+        }
         if let Some(o2) = &self.o2 {
             d.append("o2", raw(o2));
         }
@@ -109,7 +105,7 @@ impl OpRecord {
 
     /// The form used inside `applyOps`, as bytes.
     pub fn inner_raw(&self) -> RawDocumentBuf {
-        let mut d = RawDocumentBuf::new();
+        let mut d = crate::bson_bytes::empty_with_capacity(self.o.size() + self.ns.len() + 64);
         self.append_raw(&mut d);
         d
     }
@@ -173,7 +169,7 @@ pub fn build_entry(
     wall: DateTime,
     extras: &EntryExtras,
 ) -> RawDocumentBuf {
-    let mut d = RawDocumentBuf::new();
+    let mut d = crate::bson_bytes::empty_with_capacity(op.o.size() + op.ns.len() + 256);
     if let Some(s) = extras.session {
         d.append("lsid", raw(&s.lsid));
         d.append("txnNumber", s.txn_number);

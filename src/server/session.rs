@@ -10,6 +10,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::query::KeyValue;
 use crate::server::state::{split_ns, Database, State};
+use crate::bson_bytes::{DocArray, DocWriter};
 use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 
@@ -236,17 +237,18 @@ fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -
         increment: 0,
     };
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut array = bson::RawArrayBuf::new();
-        for inner in chunk {
+        let size = chunk.iter().map(|d| d.as_bytes().len() + 8).sum();
+        let mut array = DocArray::with_capacity(size);
+        for inner in &chunk {
             array.push(inner);
         }
-        let mut o = RawDocumentBuf::new();
-        o.append("applyOps", array);
+        let mut o = DocWriter::with_capacity(size).array("applyOps", &array);
         if i + 1 < n {
-            o.append("partialTxn", true);
+            o = o.boolean("partialTxn", true);
         } else if n > 1 {
-            o.append("count", total as i64);
+            o = o.int64("count", total as i64);
         }
+        let o = o.finish();
         let op = OpRecord::new("c", "admin.$cmd", None, std::sync::Arc::new(o), None);
         let extras = EntryExtras {
             session: Some(session),

@@ -2,6 +2,7 @@
 //! the legacy OP_QUERY handshake and its OP_REPLY answer.
 
 use bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::Arc;
 
 pub const OP_REPLY: i32 = 1;
 pub const OP_QUERY: i32 = 2004;
@@ -47,7 +48,8 @@ impl Header {
 #[derive(Debug, Default)]
 pub struct Command {
     pub body: Document,
-    pub raw_documents: Option<Vec<RawDocumentBuf>>,
+    /// Shared, so storing a document costs no copy.
+    pub raw_documents: Option<Vec<Arc<RawDocumentBuf>>>,
 }
 
 impl std::ops::Deref for Command {
@@ -230,7 +232,9 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
         }
     }
     let body = body.ok_or("OP_MSG messages must have a body")?;
-    let (mut body, mut raw_documents) = decode_body(body)?;
+    let (mut body, raw_documents) = decode_body(body)?;
+    let mut raw_documents: Option<Vec<Arc<RawDocumentBuf>>> =
+        raw_documents.map(|docs| docs.into_iter().map(Arc::new).collect());
     let is_insert = body.keys().next().map(String::as_str) == Some("insert");
     for (identifier, docs) in sequences {
         let in_body = body.contains_key(&identifier)
@@ -241,7 +245,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
             ));
         }
         if is_insert && identifier == "documents" {
-            raw_documents = Some(docs);
+            raw_documents = Some(docs.into_iter().map(Arc::new).collect());
             continue;
         }
         let docs = docs

@@ -67,7 +67,12 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
 
 /// [`insert_one`] for a document that arrived as bytes. Drivers put `_id` first, and then the
 /// bytes are stored and logged as they are, never decoded; otherwise it takes the general path.
-fn insert_one_raw(ctx: &mut Ctx, db: &str, coll: &str, raw: &RawDocumentBuf) -> ServerResult<()> {
+fn insert_one_raw(
+    ctx: &mut Ctx,
+    db: &str,
+    coll: &str,
+    raw: &Arc<RawDocumentBuf>,
+) -> ServerResult<()> {
     let id = match raw.iter().next() {
         Some(Ok(("_id", value)))
             if !matches!(value, RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_)) =>
@@ -77,11 +82,11 @@ fn insert_one_raw(ctx: &mut Ctx, db: &str, coll: &str, raw: &RawDocumentBuf) -> 
         _ => None,
     };
     let Some(id) = id else {
-        let doc = Document::try_from(raw.as_ref())
+        let doc = Document::try_from(raw.as_ref().as_ref())
             .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))?;
         return insert_one(ctx, db, coll, &doc);
     };
-    let raw = Arc::new(raw.clone());
+    let raw = raw.clone();
     let version = ctx.next_version();
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
     let ui = c.uuid;
@@ -143,7 +148,7 @@ fn run_statements<S>(
 pub fn insert(
     ctx: &mut Ctx,
     body: &Document,
-    raw_documents: Option<&[RawDocumentBuf]>,
+    raw_documents: Option<&[Arc<RawDocumentBuf>]>,
 ) -> ServerResult<Document> {
     let coll = coll_name(body, "insert")?;
     let ordered = bool_arg(body, "ordered", true);
