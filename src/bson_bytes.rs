@@ -7,6 +7,7 @@ use bson::{RawDocument, RawDocumentBuf};
 const STRING: u8 = 0x02;
 const DOCUMENT: u8 = 0x03;
 const ARRAY: u8 = 0x04;
+const BINARY: u8 = 0x05;
 const BOOLEAN: u8 = 0x08;
 const INT64: u8 = 0x12;
 
@@ -26,11 +27,21 @@ impl DocArray {
     }
 
     pub fn push(&mut self, doc: &RawDocument) {
+        self.element_key();
+        self.elements.extend_from_slice(doc.as_bytes());
+    }
+
+    /// Appends a document written in place by `write` (no intermediate buffer).
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Fields)) {
+        self.element_key();
+        write_document(&mut self.elements, write);
+    }
+
+    fn element_key(&mut self) {
         self.elements.push(DOCUMENT);
         self.elements
             .extend_from_slice(self.len.to_string().as_bytes());
         self.elements.push(0);
-        self.elements.extend_from_slice(doc.as_bytes());
         self.len += 1;
     }
 
@@ -61,26 +72,19 @@ impl DocArray {
     }
 }
 
-/// A document written field by field into one buffer sized up front.
-pub struct DocWriter {
-    buf: Vec<u8>,
+/// Writes the fields of a document that is being built in place.
+pub struct Fields<'a> {
+    buf: &'a mut Vec<u8>,
 }
 
-impl DocWriter {
-    /// `capacity`: the bytes of the large values to come (a little is added for the rest).
-    pub fn with_capacity(capacity: usize) -> DocWriter {
-        let mut buf = Vec::with_capacity(capacity + 64);
-        buf.extend_from_slice(&[0; 4]); // the length, set by `finish`
-        DocWriter { buf }
-    }
-
+impl Fields<'_> {
     fn key(&mut self, kind: u8, key: &str) {
         self.buf.push(kind);
         self.buf.extend_from_slice(key.as_bytes());
         self.buf.push(0);
     }
 
-    pub fn string(mut self, key: &str, value: &str) -> Self {
+    pub fn string(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(STRING, key);
         self.buf
             .extend_from_slice(&(value.len() as i32 + 1).to_le_bytes());
@@ -89,7 +93,22 @@ impl DocWriter {
         self
     }
 
-    pub fn array(mut self, key: &str, array: &DocArray) -> Self {
+    pub fn document(&mut self, key: &str, doc: &RawDocument) -> &mut Self {
+        self.key(DOCUMENT, key);
+        self.buf.extend_from_slice(doc.as_bytes());
+        self
+    }
+
+    pub fn binary(&mut self, key: &str, subtype: u8, bytes: &[u8]) -> &mut Self {
+        self.key(BINARY, key);
+        self.buf
+            .extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+        self.buf.push(subtype);
+        self.buf.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn array(&mut self, key: &str, array: &DocArray) -> &mut Self {
         self.key(ARRAY, key);
         self.buf
             .extend_from_slice(&(array.elements.len() as i32 + 5).to_le_bytes());
@@ -98,24 +117,35 @@ impl DocWriter {
         self
     }
 
-    pub fn boolean(mut self, key: &str, value: bool) -> Self {
+    pub fn boolean(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(BOOLEAN, key);
         self.buf.push(value as u8);
         self
     }
 
-    pub fn int64(mut self, key: &str, value: i64) -> Self {
+    pub fn int64(&mut self, key: &str, value: i64) -> &mut Self {
         self.key(INT64, key);
         self.buf.extend_from_slice(&value.to_le_bytes());
         self
     }
+}
 
-    pub fn finish(mut self) -> RawDocumentBuf {
-        self.buf.push(0);
-        let len = self.buf.len() as i32;
-        self.buf[..4].copy_from_slice(&len.to_le_bytes());
-        RawDocumentBuf::from_bytes(self.buf).expect("a document written element by element")
-    }
+/// Writes a whole document at the end of `buf`: its length, the fields `write` adds, the end.
+fn write_document(buf: &mut Vec<u8>, write: impl FnOnce(&mut Fields)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    write(&mut Fields { buf: &mut *buf });
+    buf.push(0);
+    let len = (buf.len() - start) as i32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A document written field by field into one buffer sized up front. `capacity`: the bytes of
+/// the large values to come (a little is added for the rest).
+pub fn document(capacity: usize, write: impl FnOnce(&mut Fields)) -> RawDocumentBuf {
+    let mut buf = Vec::with_capacity(capacity + 64);
+    write_document(&mut buf, write);
+    RawDocumentBuf::from_bytes(buf).expect("a document written element by element")
 }
 
 /// An empty document with room for `capacity` bytes of fields, to append to without regrowing.
@@ -137,29 +167,36 @@ mod tests {
         let mut array = DocArray::with_capacity(0);
         array.push(&a);
         array.push(&b);
-        let written = DocWriter::with_capacity(array.bytes())
-            .string("insert", "coll")
-            .array("documents", &array)
-            .boolean("ordered", true)
-            .int64("count", 7)
-            .finish();
+        array.push_with(|f| {
+            f.string("op", "i").binary("ui", 4, &[7; 16]).document("o", &a);
+        });
+        let written = document(array.bytes(), |f| {
+            f.string("insert", "coll")
+                .array("documents", &array)
+                .boolean("ordered", true)
+                .int64("count", 7);
+        });
+        let ui = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: vec![7; 16],
+        };
         let expected = doc! {
             "insert": "coll",
-            "documents": [{"_id": 1, "s": "x"}, {"_id": 2, "n": {"m": [1, 2]}}],
+            "documents": [{"_id": 1, "s": "x"}, {"_id": 2, "n": {"m": [1, 2]}}, {"op": "i", "ui": ui, "o": {"_id": 1, "s": "x"}}],
             "ordered": true,
             "count": 7i64,
         };
         assert_eq!(written.as_bytes(), RawDocumentBuf::from_document(&expected).unwrap().as_bytes());
         let back: Vec<_> = array.iter().map(|d| d.to_raw_document_buf()).collect();
-        assert_eq!(back, vec![a, b]);
-        assert_eq!(array.len(), 2);
+        assert_eq!(back[..2], [a, b]);
+        assert_eq!(array.len(), 3);
     }
 
     #[test]
     fn an_empty_array_and_a_presized_empty_document_are_valid() {
-        let empty = DocWriter::with_capacity(0)
-            .array("a", &DocArray::default())
-            .finish();
+        let empty = document(0, |f| {
+            f.array("a", &DocArray::default());
+        });
         assert_eq!(empty.to_document().unwrap(), doc! {"a": []});
         let mut d = empty_with_capacity(100);
         d.append("x", 1);

@@ -3,7 +3,7 @@
 //! however many ops it holds. Every statement is idempotent (inserts and replacements are
 //! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
 
-use crate::bson_bytes::{DocArray, DocWriter};
+use crate::bson_bytes::{document, DocArray};
 use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
 use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 
@@ -77,11 +77,11 @@ impl Command {
             Kind::Update => ("update", "updates"),
             Kind::Delete => ("delete", "deletes"),
         };
-        DocWriter::with_capacity(self.statements.bytes() + self.coll.len())
-            .string(name, &self.coll)
-            .array(field, &self.statements)
-            .boolean("ordered", true)
-            .finish()
+        document(self.statements.bytes() + self.coll.len(), |f| {
+            f.string(name, &self.coll)
+                .array(field, &self.statements)
+                .boolean("ordered", true);
+        })
     }
 
     pub fn statement_count(&self) -> usize {

@@ -1,6 +1,9 @@
 //! Builds `local.oplog.rs` entries exactly as a MongoDB 7.0 primary writes them (field order
 //! included: `[lsid, txnNumber,] op, ns, [ui,] o, [o2,] ts, t, v, wall[, stmtId][, prevOpTime]`).
 
+use crate::bson_bytes::Fields;
+use crate::server::collection::bson_size;
+use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -103,11 +106,24 @@ impl OpRecord {
         }
     }
 
-    /// The form used inside `applyOps`, as bytes.
-    pub fn inner_raw(&self) -> RawDocumentBuf {
-        let mut d = crate::bson_bytes::empty_with_capacity(self.o.size() + self.ns.len() + 64);
-        self.append_raw(&mut d);
-        d
+    /// About the bytes of the form used inside `applyOps`.
+    pub fn inner_size(&self) -> usize {
+        self.o.size() + self.ns.len() + self.o2.as_ref().map_or(0, bson_size) + 48
+    }
+
+    /// Writes the form used inside `applyOps` in place (the same fields as `append_raw`).
+    pub fn write_inner(&self, f: &mut Fields) {
+        f.string("op", self.op).string("ns", &self.ns);
+        if let Some(ui) = self.ui {
+            f.binary("ui", u8::from(BinarySubtype::Uuid), &ui.bytes());
+        }
+        match &self.o {
+            Body::Raw(r) => f.document("o", r),
+            Body::Doc(doc) => f.document("o", &raw(doc)),
+        };
+        if let Some(o2) = &self.o2 {
+            f.document("o2", &raw(o2));
+        }
     }
 
     /// The form used inside `applyOps`: no ts/t/v/wall.

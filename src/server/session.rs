@@ -10,8 +10,8 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::query::KeyValue;
 use crate::server::state::{split_ns, Database, State};
-use crate::bson_bytes::{DocArray, DocWriter};
-use bson::{Bson, Document, RawDocumentBuf, Timestamp};
+use crate::bson_bytes::{document, DocArray};
+use bson::{Bson, Document, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 
 /// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
@@ -218,17 +218,16 @@ pub fn commit(
 /// Logs committed operations as one `applyOps` entry, or a partialTxn chain when too large.
 fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -> Timestamp {
     let total = ops.len();
-    let mut chunks: Vec<Vec<RawDocumentBuf>> = vec![Vec::new()];
+    let mut chunks: Vec<DocArray> = vec![DocArray::default()];
     let mut bytes = 0usize;
     for op in &ops {
-        let inner = op.inner_raw();
-        let size = inner.as_bytes().len();
+        let size = op.inner_size();
         if bytes + size > MAX_APPLY_OPS_BYTES && !chunks.last().unwrap().is_empty() {
-            chunks.push(Vec::new());
+            chunks.push(DocArray::default());
             bytes = 0;
         }
         bytes += size;
-        chunks.last_mut().unwrap().push(inner);
+        chunks.last_mut().unwrap().push_with(|f| op.write_inner(f));
     }
     let n = chunks.len();
     let mut prev = null_optime();
@@ -236,19 +235,15 @@ fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -
         time: 0,
         increment: 0,
     };
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let size = chunk.iter().map(|d| d.as_bytes().len() + 8).sum();
-        let mut array = DocArray::with_capacity(size);
-        for inner in &chunk {
-            array.push(inner);
-        }
-        let mut o = DocWriter::with_capacity(size).array("applyOps", &array);
-        if i + 1 < n {
-            o = o.boolean("partialTxn", true);
-        } else if n > 1 {
-            o = o.int64("count", total as i64);
-        }
-        let o = o.finish();
+    for (i, array) in chunks.into_iter().enumerate() {
+        let o = document(array.bytes(), |f| {
+            f.array("applyOps", &array);
+            if i + 1 < n {
+                f.boolean("partialTxn", true);
+            } else if n > 1 {
+                f.int64("count", total as i64);
+            }
+        });
         let op = OpRecord::new("c", "admin.$cmd", None, std::sync::Arc::new(o), None);
         let extras = EntryExtras {
             session: Some(session),
