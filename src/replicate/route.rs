@@ -3,16 +3,21 @@
 use super::provenance::is_internal_ns;
 use super::topology::LinkSpec;
 use crate::oplog::{Entry, OpKind, OplogError, Unit};
-use bson::RawDocumentBuf;
+use bson::{RawDocument, RawDocumentBuf};
 
-/// One op to apply: the destination namespace and the source entry (or inner op).
+/// One op to apply: the destination namespace and the source entry (or inner op), borrowed
+/// from the unit (documents are copied once, into the destination's command).
 #[derive(Debug, Clone)]
-pub struct Routed {
+pub struct Routed<'a> {
     pub dst_ns: String,
-    pub op: RawDocumentBuf,
+    pub op: &'a RawDocument,
 }
 
-fn route_op(link: &LinkSpec, op: &RawDocumentBuf, out: &mut Vec<Routed>) -> Result<(), OplogError> {
+fn route_op<'a>(
+    link: &LinkSpec,
+    op: &'a RawDocumentBuf,
+    out: &mut Vec<Routed<'a>>,
+) -> Result<(), OplogError> {
     let entry = Entry::new(op);
     let kind = entry.op()?;
     // Commands are DDL, handled one at a time outside batches (link.rs); no-ops carry nothing.
@@ -24,16 +29,13 @@ fn route_op(link: &LinkSpec, op: &RawDocumentBuf, out: &mut Vec<Routed>) -> Resu
         return Ok(());
     }
     if let Some(dst_ns) = link.src_ns.rename(ns, &link.dst_ns) {
-        out.push(Routed {
-            dst_ns,
-            op: op.clone(),
-        });
+        out.push(Routed { dst_ns, op });
     }
     Ok(())
 }
 
 /// The ops of `unit` this link replicates, in order.
-pub fn route(link: &LinkSpec, unit: &Unit) -> Result<Vec<Routed>, OplogError> {
+pub fn route<'a>(link: &LinkSpec, unit: &'a Unit) -> Result<Vec<Routed<'a>>, OplogError> {
     let mut out = Vec::new();
     match unit {
         Unit::Single(op) => route_op(link, op, &mut out)?,
