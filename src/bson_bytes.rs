@@ -2,13 +2,16 @@
 //! batch; building them with `RawDocumentBuf`/`RawArrayBuf` copies each document once per level
 //! of nesting and again on every growth of the buffer, while these helpers copy it once.
 
-use bson::{RawDocument, RawDocumentBuf};
+use bson::{DateTime, RawDocument, RawDocumentBuf, Timestamp};
 
 const STRING: u8 = 0x02;
 const DOCUMENT: u8 = 0x03;
 const ARRAY: u8 = 0x04;
 const BINARY: u8 = 0x05;
 const BOOLEAN: u8 = 0x08;
+const DATETIME: u8 = 0x09;
+const INT32: u8 = 0x10;
+const TIMESTAMP: u8 = 0x11;
 const INT64: u8 = 0x12;
 
 /// The elements of a BSON array of documents, appended one by one.
@@ -38,10 +41,7 @@ impl DocArray {
     }
 
     fn element_key(&mut self) {
-        self.elements.push(DOCUMENT);
-        self.elements
-            .extend_from_slice(self.len.to_string().as_bytes());
-        self.elements.push(0);
+        element_key(&mut self.elements, self.len);
         self.len += 1;
     }
 
@@ -117,9 +117,51 @@ impl Fields<'_> {
         self
     }
 
+    /// A document value written in place by `write`.
+    pub fn nested(&mut self, key: &str, write: impl FnOnce(&mut Fields)) -> &mut Self {
+        self.key(DOCUMENT, key);
+        write_document(self.buf, write);
+        self
+    }
+
+    /// An array of documents written in place by `write`.
+    pub fn array_with(&mut self, key: &str, write: impl FnOnce(&mut ArrayWriter)) -> &mut Self {
+        self.key(ARRAY, key);
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        write(&mut ArrayWriter {
+            buf: &mut *self.buf,
+            len: 0,
+        });
+        self.buf.push(0);
+        let len = (self.buf.len() - start) as i32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self
+    }
+
+    pub fn timestamp(&mut self, key: &str, ts: Timestamp) -> &mut Self {
+        self.key(TIMESTAMP, key);
+        self.buf.extend_from_slice(&ts.increment.to_le_bytes());
+        self.buf.extend_from_slice(&ts.time.to_le_bytes());
+        self
+    }
+
+    pub fn datetime(&mut self, key: &str, value: DateTime) -> &mut Self {
+        self.key(DATETIME, key);
+        self.buf
+            .extend_from_slice(&value.timestamp_millis().to_le_bytes());
+        self
+    }
+
     pub fn boolean(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(BOOLEAN, key);
         self.buf.push(value as u8);
+        self
+    }
+
+    pub fn int32(&mut self, key: &str, value: i32) -> &mut Self {
+        self.key(INT32, key);
+        self.buf.extend_from_slice(&value.to_le_bytes());
         self
     }
 
@@ -128,6 +170,26 @@ impl Fields<'_> {
         self.buf.extend_from_slice(&value.to_le_bytes());
         self
     }
+}
+
+/// Writes the documents of an array in place.
+pub struct ArrayWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl ArrayWriter<'_> {
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Fields)) {
+        element_key(self.buf, self.len);
+        self.len += 1;
+        write_document(self.buf, write);
+    }
+}
+
+fn element_key(buf: &mut Vec<u8>, index: usize) {
+    buf.push(DOCUMENT);
+    buf.extend_from_slice(index.to_string().as_bytes());
+    buf.push(0);
 }
 
 /// Writes a whole document at the end of `buf`: its length, the fields `write` adds, the end.

@@ -204,6 +204,60 @@ pub fn build_entry(
     d
 }
 
+/// What closes an `applyOps` entry's `o`: nothing (a whole transaction), `partialTxn: true`
+/// (an entry of a chain that continues), or `count` (the last entry of a chain).
+#[derive(Debug, Clone, Copy)]
+pub enum ApplyOpsEnd {
+    Whole,
+    Partial,
+    Count(i64),
+}
+
+/// A transaction's `applyOps` entry written in one pass, its operations in place: the same
+/// bytes as [`build_entry`] of an `applyOps` command holding them, without first building the
+/// command (which for a large transaction means megabytes of fresh memory, copied twice).
+pub fn build_apply_ops_entry(
+    ops: &[OpRecord],
+    end: ApplyOpsEnd,
+    ts: Timestamp,
+    wall: DateTime,
+    extras: &EntryExtras,
+) -> RawDocumentBuf {
+    let size: usize = ops.iter().map(|op| op.inner_size() + 16).sum();
+    crate::bson_bytes::document(size + 256, |f| {
+        if let Some(s) = extras.session {
+            f.document("lsid", &raw(&s.lsid))
+                .int64("txnNumber", s.txn_number);
+        }
+        f.string("op", "c").string("ns", "admin.$cmd").nested("o", |o| {
+            o.array_with("applyOps", |array| {
+                for op in ops {
+                    array.push_with(|inner| op.write_inner(inner));
+                }
+            });
+            match end {
+                ApplyOpsEnd::Whole => {}
+                ApplyOpsEnd::Partial => {
+                    o.boolean("partialTxn", true);
+                }
+                ApplyOpsEnd::Count(n) => {
+                    o.int64("count", n);
+                }
+            }
+        });
+        f.timestamp("ts", ts)
+            .int64("t", TERM)
+            .int64("v", 2)
+            .datetime("wall", wall);
+        if let Some(stmt) = extras.stmt_id {
+            f.int32("stmtId", stmt);
+        }
+        if let Some(prev) = &extras.prev_op_time {
+            f.document("prevOpTime", &raw(prev));
+        }
+    })
+}
+
 pub fn noop(msg: &str) -> OpRecord {
     OpRecord::new("n", "", None, doc! {"msg": msg}, None)
 }
@@ -234,6 +288,50 @@ mod tests {
         assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
         assert_eq!(e.get("t"), Some(&Bson::Int64(1)));
         assert_eq!(e.get("v"), Some(&Bson::Int64(2)));
+    }
+
+    #[test]
+    fn apply_ops_entries_written_in_place_equal_the_built_ones() {
+        let ui = bson::Uuid::new();
+        let doc = Arc::new(RawDocumentBuf::from_document(&doc! {"_id": 1, "a": "x"}).unwrap());
+        let ops = vec![
+            OpRecord::new("i", "db.c", Some(ui), doc.clone(), Some(doc! {"_id": 1})),
+            OpRecord::new("u", "db.c", Some(ui), doc! {"$v": 2, "diff": {"u": {"a": "y"}}}, Some(doc! {"_id": 1})),
+            OpRecord::new("d", "db.c", Some(ui), doc! {"_id": 1}, None),
+        ];
+        let session = SessionInfo {
+            lsid: doc! {"id": bson::Uuid::new(), "uid": Binary { subtype: BinarySubtype::Generic, bytes: vec![1; 32] }},
+            txn_number: 3,
+        };
+        let ts = Timestamp { time: 1700000000, increment: 9 };
+        let wall = DateTime::from_millis(1_700_000_000_456);
+        for (end, extra) in [
+            (ApplyOpsEnd::Whole, None),
+            (ApplyOpsEnd::Partial, None),
+            (ApplyOpsEnd::Count(3), Some(("count", Bson::Int64(3)))),
+        ] {
+            let mut array = crate::bson_bytes::DocArray::default();
+            for op in &ops {
+                array.push_with(|f| op.write_inner(f));
+            }
+            let o = crate::bson_bytes::document(0, |f| {
+                f.array("applyOps", &array);
+                if matches!(end, ApplyOpsEnd::Partial) {
+                    f.boolean("partialTxn", true);
+                }
+                if let Some((k, Bson::Int64(n))) = &extra {
+                    f.int64(k, *n);
+                }
+            });
+            let extras = EntryExtras {
+                session: Some(&session),
+                stmt_id: None,
+                prev_op_time: Some(doc! {"ts": ts, "t": -1i64}),
+            };
+            let built = build_entry(OpRecord::new("c", "admin.$cmd", None, Arc::new(o), None), ts, wall, &extras);
+            let written = build_apply_ops_entry(&ops, end, ts, wall, &extras);
+            assert_eq!(written.as_bytes(), built.as_bytes());
+        }
     }
 
     #[test]

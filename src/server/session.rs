@@ -7,10 +7,12 @@
 
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
-use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
+use crate::server::oplog_writer::{
+    build_apply_ops_entry, null_optime, optime, ApplyOpsEnd, EntryExtras, OpRecord, SessionInfo,
+    TERM,
+};
 use crate::server::query::KeyValue;
 use crate::server::state::{split_ns, Database, State};
-use crate::bson_bytes::{document, DocArray};
 use bson::{Bson, Document, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 
@@ -218,39 +220,40 @@ pub fn commit(
 /// Logs committed operations as one `applyOps` entry, or a partialTxn chain when too large.
 fn log_apply_ops(state: &mut State, ops: Vec<OpRecord>, session: &SessionInfo) -> Timestamp {
     let total = ops.len();
-    let mut chunks: Vec<DocArray> = vec![DocArray::default()];
-    let mut bytes = 0usize;
-    for op in &ops {
+    // Entries up to MAX_APPLY_OPS_BYTES each: (first op, bytes) of each.
+    let mut bounds: Vec<(usize, usize)> = vec![(0, 0)];
+    for (i, op) in ops.iter().enumerate() {
         let size = op.inner_size();
-        if bytes + size > MAX_APPLY_OPS_BYTES && !chunks.last().unwrap().is_empty() {
-            chunks.push(DocArray::default());
-            bytes = 0;
+        let last = bounds.last_mut().unwrap();
+        if last.1 + size > MAX_APPLY_OPS_BYTES && last.0 < i {
+            bounds.push((i, size));
+        } else {
+            last.1 += size;
         }
-        bytes += size;
-        chunks.last_mut().unwrap().push_with(|f| op.write_inner(f));
     }
-    let n = chunks.len();
+    let n = bounds.len();
     let mut prev = null_optime();
     let mut ts = Timestamp {
         time: 0,
         increment: 0,
     };
-    for (i, array) in chunks.into_iter().enumerate() {
-        let o = document(array.bytes(), |f| {
-            f.array("applyOps", &array);
-            if i + 1 < n {
-                f.boolean("partialTxn", true);
-            } else if n > 1 {
-                f.int64("count", total as i64);
-            }
-        });
-        let op = OpRecord::new("c", "admin.$cmd", None, std::sync::Arc::new(o), None);
+    for (k, &(first, _)) in bounds.iter().enumerate() {
+        let last = bounds.get(k + 1).map_or(ops.len(), |b| b.0);
+        let end = if k + 1 < n {
+            ApplyOpsEnd::Partial
+        } else if n > 1 {
+            ApplyOpsEnd::Count(total as i64)
+        } else {
+            ApplyOpsEnd::Whole
+        };
         let extras = EntryExtras {
             session: Some(session),
             stmt_id: None,
             prev_op_time: Some(prev),
         };
-        ts = state.append_oplog(op, &extras);
+        ts = state.append_oplog_entry(|ts, wall| {
+            build_apply_ops_entry(&ops[first..last], end, ts, wall, &extras)
+        });
         prev = optime(ts, TERM);
     }
     ts

@@ -116,9 +116,17 @@ impl State {
 
     /// Writes one oplog entry with the next timestamp and returns that timestamp.
     pub fn append_oplog(&mut self, op: OpRecord, extras: &EntryExtras) -> Timestamp {
+        self.append_oplog_entry(|ts, wall| build_entry(op, ts, wall, extras))
+    }
+
+    /// Appends the entry `build` writes for the next ts and wall time.
+    pub fn append_oplog_entry(
+        &mut self,
+        build: impl FnOnce(Timestamp, DateTime) -> bson::RawDocumentBuf,
+    ) -> Timestamp {
         let ts = self.clock.tick();
         let wall = DateTime::now();
-        let entry = build_entry(op, ts, wall, extras);
+        let entry = build(ts, wall);
         let version = self.next_version();
         let oplog = self
             .coll_mut(OPLOG_DB, OPLOG_COLL)
