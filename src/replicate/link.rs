@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// A batch closes at this many ops or bytes (or when the tailer has nothing more).
 pub const MAX_BATCH_OPS: usize = 5000;
-pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How often a link with nothing to apply still moves its checkpoint (so it never falls behind
 /// the source's oplog window while only echoes or no-ops pass by).
 const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
