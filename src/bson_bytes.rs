@@ -230,7 +230,9 @@ mod tests {
         array.push(&a);
         array.push(&b);
         array.push_with(|f| {
-            f.string("op", "i").binary("ui", 4, &[7; 16]).document("o", &a);
+            f.string("op", "i")
+                .binary("ui", 4, &[7; 16])
+                .document("o", &a);
         });
         let written = document(array.bytes(), |f| {
             f.string("insert", "coll")
@@ -248,7 +250,10 @@ mod tests {
             "ordered": true,
             "count": 7i64,
         };
-        assert_eq!(written.as_bytes(), RawDocumentBuf::from_document(&expected).unwrap().as_bytes());
+        assert_eq!(
+            written.as_bytes(),
+            RawDocumentBuf::from_document(&expected).unwrap().as_bytes()
+        );
         let back: Vec<_> = array.iter().map(|d| d.to_raw_document_buf()).collect();
         assert_eq!(back[..2], [a, b]);
         assert_eq!(array.len(), 3);

@@ -110,8 +110,8 @@ impl Tag {
     fn on_raw(&self, doc: &RawDocument) -> Result<RawDocumentBuf, PlanError> {
         let mut out = RawDocumentBuf::new();
         for element in doc.iter() {
-            let (key, value) = element
-                .map_err(|e| PlanError(format!("malformed document in the oplog: {e}")))?;
+            let (key, value) =
+                element.map_err(|e| PlanError(format!("malformed document in the oplog: {e}")))?;
             if key != TAG_FIELD {
                 out.append(key, value.to_raw_bson());
             }
@@ -133,7 +133,10 @@ impl Tag {
     /// source changed (a tagged document forwarded along a chain) give way to it.
     fn on_operators(&self, updates: Vec<Document>) -> Vec<Document> {
         let under_tag = |path: &str| {
-            path == TAG_FIELD || path.strip_prefix(TAG_FIELD).is_some_and(|r| r.starts_with('.'))
+            path == TAG_FIELD
+                || path
+                    .strip_prefix(TAG_FIELD)
+                    .is_some_and(|r| r.starts_with('.'))
         };
         let mut out: Vec<Document> = updates
             .into_iter()

@@ -141,7 +141,10 @@ impl ConflictTracker {
     /// Drops every pin of `link` (its batches are keyed `link#n`): a new session starts over.
     pub fn unpin_link(&self, link: &str) {
         let prefix = format!("{link}#");
-        self.inner.lock().pins.retain(|k, _| !k.starts_with(&prefix));
+        self.inner
+            .lock()
+            .pins
+            .retain(|k, _| !k.starts_with(&prefix));
     }
 
     /// B has applied A's writes through `applied` (from the reverse link's checkpoint on B).

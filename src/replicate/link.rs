@@ -11,8 +11,8 @@ use super::provenance::{
 use super::route::route;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
-use crate::apply::ddl::{self, DdlCommand};
 use super::writer::{self, AbortOnDrop, Work};
+use crate::apply::ddl::{self, DdlCommand};
 use crate::apply::{Applier, ApplyError, Checkpoint, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
 use crate::tail::{self, StartAt, TailError, TailOptions};
@@ -430,13 +430,22 @@ async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
             resume_safe = c;
         }
         if !pending.plan.is_empty() {
-            flush(rt, &mut writer, &mut pending, resume_safe, last_unit_in_batch).await?;
+            flush(
+                rt,
+                &mut writer,
+                &mut pending,
+                resume_safe,
+                last_unit_in_batch,
+            )
+            .await?;
             last_checkpoint_write = Instant::now();
             idle_progress = false;
         } else if idle_progress && last_checkpoint_write.elapsed() >= IDLE_CHECKPOINT_EVERY {
             if let Some(last) = last_unit_in_batch {
                 let (resume, applied) = (resume_safe.min(last), last);
-                writer.hand_over(Work::Checkpoint { resume, applied }).await?;
+                writer
+                    .hand_over(Work::Checkpoint { resume, applied })
+                    .await?;
                 last_checkpoint_write = Instant::now();
                 idle_progress = false;
             }

@@ -32,7 +32,10 @@ pub enum Work {
         ddl_ts: Timestamp,
     },
     /// Only the checkpoint moves (nothing to apply passed by for a while).
-    Checkpoint { resume: Timestamp, applied: Timestamp },
+    Checkpoint {
+        resume: Timestamp,
+        applied: Timestamp,
+    },
 }
 
 /// Applies work until the reading half hangs up; the first failure is sent on `failed`.
@@ -106,9 +109,9 @@ async fn apply_batch(
             .zip(known_at)
             .map(|((ns, id), known)| (ns, id, known))
             .collect();
-        for conflict in
-            rt.conflicts
-                .after_apply(pin, &rt.dst.id, &rt.src.id, commit_ts, touched)
+        for conflict in rt
+            .conflicts
+            .after_apply(pin, &rt.dst.id, &rt.src.id, commit_ts, touched)
         {
             report_conflict(rt, conflict);
         }
@@ -120,7 +123,7 @@ async fn apply_batch(
 /// DDL cannot run in a transaction, so: a checkpoint transaction announcing it (so a crash
 /// midway redoes it, and tailers of the destination know the DDL entries that follow are
 /// replicated), the command itself (idempotent), then a checkpoint transaction past it.
-pub async fn apply_ddl(
+async fn apply_ddl(
     rt: &LinkRuntime,
     applier: &Applier,
     origin: &str,

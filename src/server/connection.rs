@@ -160,7 +160,11 @@ fn awaitable_hello_wait(cmd: &str, body: &Document, shared: &Shared) -> Option<D
 }
 
 /// Runs a request; an awaitData getMore waits (without the lock) for new capped inserts.
-async fn run_request(shared: &Shared, body: &crate::server::wire::Command, connection_id: i64) -> bson::RawDocumentBuf {
+async fn run_request(
+    shared: &Shared,
+    body: &crate::server::wire::Command,
+    connection_id: i64,
+) -> bson::RawDocumentBuf {
     let max_await = body
         .get("maxTimeMS")
         .and_then(|v| match v {

@@ -229,22 +229,24 @@ pub fn build_apply_ops_entry(
             f.document("lsid", &raw(&s.lsid))
                 .int64("txnNumber", s.txn_number);
         }
-        f.string("op", "c").string("ns", "admin.$cmd").nested("o", |o| {
-            o.array_with("applyOps", |array| {
-                for op in ops {
-                    array.push_with(|inner| op.write_inner(inner));
+        f.string("op", "c")
+            .string("ns", "admin.$cmd")
+            .nested("o", |o| {
+                o.array_with("applyOps", |array| {
+                    for op in ops {
+                        array.push_with(|inner| op.write_inner(inner));
+                    }
+                });
+                match end {
+                    ApplyOpsEnd::Whole => {}
+                    ApplyOpsEnd::Partial => {
+                        o.boolean("partialTxn", true);
+                    }
+                    ApplyOpsEnd::Count(n) => {
+                        o.int64("count", n);
+                    }
                 }
             });
-            match end {
-                ApplyOpsEnd::Whole => {}
-                ApplyOpsEnd::Partial => {
-                    o.boolean("partialTxn", true);
-                }
-                ApplyOpsEnd::Count(n) => {
-                    o.int64("count", n);
-                }
-            }
-        });
         f.timestamp("ts", ts)
             .int64("t", TERM)
             .int64("v", 2)
@@ -296,14 +298,23 @@ mod tests {
         let doc = Arc::new(RawDocumentBuf::from_document(&doc! {"_id": 1, "a": "x"}).unwrap());
         let ops = vec![
             OpRecord::new("i", "db.c", Some(ui), doc.clone(), Some(doc! {"_id": 1})),
-            OpRecord::new("u", "db.c", Some(ui), doc! {"$v": 2, "diff": {"u": {"a": "y"}}}, Some(doc! {"_id": 1})),
+            OpRecord::new(
+                "u",
+                "db.c",
+                Some(ui),
+                doc! {"$v": 2, "diff": {"u": {"a": "y"}}},
+                Some(doc! {"_id": 1}),
+            ),
             OpRecord::new("d", "db.c", Some(ui), doc! {"_id": 1}, None),
         ];
         let session = SessionInfo {
             lsid: doc! {"id": bson::Uuid::new(), "uid": Binary { subtype: BinarySubtype::Generic, bytes: vec![1; 32] }},
             txn_number: 3,
         };
-        let ts = Timestamp { time: 1700000000, increment: 9 };
+        let ts = Timestamp {
+            time: 1700000000,
+            increment: 9,
+        };
         let wall = DateTime::from_millis(1_700_000_000_456);
         for (end, extra) in [
             (ApplyOpsEnd::Whole, None),
@@ -328,7 +339,12 @@ mod tests {
                 stmt_id: None,
                 prev_op_time: Some(doc! {"ts": ts, "t": -1i64}),
             };
-            let built = build_entry(OpRecord::new("c", "admin.$cmd", None, Arc::new(o), None), ts, wall, &extras);
+            let built = build_entry(
+                OpRecord::new("c", "admin.$cmd", None, Arc::new(o), None),
+                ts,
+                wall,
+                &extras,
+            );
             let written = build_apply_ops_entry(&ops, end, ts, wall, &extras);
             assert_eq!(written.as_bytes(), built.as_bytes());
         }

@@ -149,7 +149,8 @@ fn decode_body(bytes: &[u8]) -> Result<(Document, Option<Vec<RawDocumentBuf>>), 
                 continue;
             }
         }
-        let value = Bson::try_from(value.to_raw_bson()).map_err(|e| format!("invalid BSON: {e}"))?;
+        let value =
+            Bson::try_from(value.to_raw_bson()).map_err(|e| format!("invalid BSON: {e}"))?;
         body.insert(key, value);
     }
     Ok((body, documents))
@@ -157,7 +158,9 @@ fn decode_body(bytes: &[u8]) -> Result<(Document, Option<Vec<RawDocumentBuf>>), 
 
 /// The elements of an array of documents, validated; `None` when it is not one (the command
 /// then reports the wrong type).
-fn raw_documents_of(value: RawBsonRef<'_>) -> Result<Option<Vec<RawDocumentBuf>>, bson::raw::Error> {
+fn raw_documents_of(
+    value: RawBsonRef<'_>,
+) -> Result<Option<Vec<RawDocumentBuf>>, bson::raw::Error> {
     let RawBsonRef::Array(items) = value else {
         return Ok(None);
     };
@@ -400,9 +403,7 @@ mod tests {
     #[test]
     fn invalid_bson_in_an_insert_sequence_is_refused() {
         // {"s": <string whose byte is not UTF-8>} nested one level down.
-        let inner: Vec<u8> = vec![
-            14, 0, 0, 0, 2, b's', 0, 2, 0, 0, 0, 0xff, 0, 0,
-        ];
+        let inner: Vec<u8> = vec![14, 0, 0, 0, 2, b's', 0, 2, 0, 0, 0, 0xff, 0, 0];
         let mut outer = vec![0u8; 4];
         outer.extend_from_slice(&[3, b'd', 0]);
         outer.extend_from_slice(&inner);

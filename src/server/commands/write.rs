@@ -75,7 +75,10 @@ fn insert_one_raw(
 ) -> ServerResult<()> {
     let id = match raw.iter().next() {
         Some(Ok(("_id", value)))
-            if !matches!(value, RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_)) =>
+            if !matches!(
+                value,
+                RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_)
+            ) =>
         {
             Bson::try_from(value.to_raw_bson()).ok()
         }
