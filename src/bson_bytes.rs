@@ -22,13 +22,6 @@ pub struct DocArray {
 }
 
 impl DocArray {
-    pub fn with_capacity(bytes: usize) -> DocArray {
-        DocArray {
-            elements: Vec::with_capacity(bytes),
-            len: 0,
-        }
-    }
-
     pub fn push(&mut self, doc: &RawDocument) {
         self.element_key();
         self.elements.extend_from_slice(doc.as_bytes());
@@ -226,7 +219,7 @@ mod tests {
     fn written_documents_equal_the_encoder_s() {
         let a = RawDocumentBuf::from_document(&doc! {"_id": 1, "s": "x"}).unwrap();
         let b = RawDocumentBuf::from_document(&doc! {"_id": 2, "n": {"m": [1, 2]}}).unwrap();
-        let mut array = DocArray::with_capacity(0);
+        let mut array = DocArray::default();
         array.push(&a);
         array.push(&b);
         array.push_with(|f| {
