@@ -21,7 +21,24 @@ log = logging.getLogger("mmm.embedded")
 __all__ = ["MongoServer"]
 
 
-class MongoServer:
+class ReplicaSetMember:
+    """Connection strings of the one member of replica set ``replset`` at ``address``."""
+
+    address: str
+    replset: str
+
+    @property
+    def uri(self) -> str:
+        """A connection string for drivers (replica-set discovery with this one member)."""
+        return f"mongodb://{self.address}/?replicaSet={self.replset}"
+
+    @property
+    def direct_uri(self) -> str:
+        """A connection string with ``directConnection=true``."""
+        return f"mongodb://{self.address}/?directConnection=true"
+
+
+class MongoServer(ReplicaSetMember):
     """An embedded server listening on ``host:port`` (``port=0`` lets the OS choose).
 
     It runs on background threads of this process until :meth:`stop` (or the end of a ``with``
@@ -54,16 +71,6 @@ class MongoServer:
     @property
     def replset(self) -> str:
         return self._server.replset
-
-    @property
-    def uri(self) -> str:
-        """A connection string for drivers (replica-set discovery with this one member)."""
-        return f"mongodb://{self.address}/?replicaSet={self.replset}"
-
-    @property
-    def direct_uri(self) -> str:
-        """A connection string with ``directConnection=true``."""
-        return f"mongodb://{self.address}/?directConnection=true"
 
     @property
     def stopped(self) -> bool:

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import pytest
 
-from .embedded import MongoServer
+from .embedded import MongoServer, ReplicaSetMember
 
 MONGOD_ENV = "MMM_TEST_MONGOD"
 
@@ -38,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class MongodProcess:
+class MongodProcess(ReplicaSetMember):
     """A real ``mongod`` started as a one-member replica set, with MongoServer's interface."""
 
     def __init__(self, binary: str, replset: str = "rs0", oplog_size_mb: float = 256) -> None:
@@ -82,14 +82,6 @@ class MongodProcess:
                 time.sleep(0.2)
         finally:
             client.close()
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://{self.address}/?replicaSet={self.replset}"
-
-    @property
-    def direct_uri(self) -> str:
-        return f"mongodb://{self.address}/?directConnection=true"
 
     @property
     def stopped(self) -> bool:
