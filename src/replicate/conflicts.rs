@@ -169,21 +169,25 @@ impl ConflictTracker {
         provenance: &Provenance,
     ) -> Vec<Conflict> {
         match provenance {
-            Provenance::Local if self.inner.lock().written.contains_key(server) => {
+            Provenance::Local => {
                 let mut inner = self.inner.lock();
-                let writes = inner.local.entry(server.to_string()).or_default();
-                let mut record = |op: &bson::RawDocumentBuf| {
-                    let entry = Entry::new(op);
-                    if let (Ok(ns), Some(id)) = (entry.ns(), doc_id(&entry)) {
-                        let v = writes.entry((ns.to_string(), id_bytes(&id))).or_default();
-                        if v.last() != Some(&ts) {
-                            v.push(ts);
+                let inner = &mut *inner;
+                // Only writes on a server some link applies to can meet an incoming one.
+                if inner.written.contains_key(server) {
+                    let writes = inner.local.entry(server.to_string()).or_default();
+                    let mut record = |op: &bson::RawDocumentBuf| {
+                        let entry = Entry::new(op);
+                        if let (Ok(ns), Some(id)) = (entry.ns(), doc_id(&entry)) {
+                            let v = writes.entry((ns.to_string(), id_bytes(&id))).or_default();
+                            if v.last() != Some(&ts) {
+                                v.push(ts);
+                            }
                         }
+                    };
+                    match unit {
+                        Unit::Single(op) => record(op),
+                        Unit::Transaction(txn) => txn.ops.iter().for_each(&mut record),
                     }
-                };
-                match unit {
-                    Unit::Single(op) => record(op),
-                    Unit::Transaction(txn) => txn.ops.iter().for_each(&mut record),
                 }
             }
             Provenance::Replicated { .. } => {
@@ -204,7 +208,7 @@ impl ConflictTracker {
                     }
                 }
             }
-            Provenance::Local | Provenance::Internal => {}
+            Provenance::Internal => {}
         }
         let mut inner = self.inner.lock();
         let pos = inner
