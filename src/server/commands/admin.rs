@@ -155,6 +155,12 @@ pub fn get_parameter(state: &State, body: &Document) -> ServerResult<Reply> {
             state.txn_lifetime_limit_secs as i32,
         );
     }
+    if all || body.contains_key("minSnapshotHistoryWindowInSeconds") {
+        d.insert(
+            "minSnapshotHistoryWindowInSeconds",
+            state.history.window_secs as i32,
+        );
+    }
     if d.is_empty() {
         return Err(ServerError::invalid_options("no option found to get"));
     }
@@ -187,6 +193,25 @@ pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> 
                 }
                 was = Some(state.txn_lifetime_limit_secs as i32);
                 state.txn_lifetime_limit_secs = secs;
+            }
+            "minSnapshotHistoryWindowInSeconds" => {
+                let secs = match value {
+                    bson::Bson::Int32(i) => *i as i64,
+                    bson::Bson::Int64(i) => *i,
+                    bson::Bson::Double(f) => *f as i64,
+                    _ => {
+                        return Err(ServerError::bad_value(
+                            "minSnapshotHistoryWindowInSeconds must be a number",
+                        ))
+                    }
+                };
+                if !(0..=i32::MAX as i64).contains(&secs) {
+                    return Err(ServerError::bad_value(format!(
+                        "Invalid value for parameter minSnapshotHistoryWindowInSeconds: {secs} is not greater than or equal to 0"
+                    )));
+                }
+                was = Some(state.history.window_secs as i32);
+                state.history.window_secs = secs;
             }
             other => {
                 return Err(ServerError::invalid_options(format!(

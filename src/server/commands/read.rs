@@ -93,7 +93,31 @@ pub fn cursor_reply(
     if keep {
         state.cursors.insert(id, cursor);
     }
-    batch_reply("firstBatch", batch.docs, id, &ns)
+    let reply = batch_reply("firstBatch", batch.docs, id, &ns)?;
+    match (state.read_at, reply) {
+        // A snapshot read names the time it read at (the session's later reads use it).
+        (Some(at), Reply::Raw(raw)) => Ok(Reply::Raw(with_at_cluster_time(raw, at))),
+        (_, reply) => Ok(reply),
+    }
+}
+
+/// `{cursor: {...}}` with `atClusterTime` added to the cursor document.
+fn with_at_cluster_time(reply: RawDocumentBuf, at: bson::Timestamp) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in reply.iter().flatten() {
+        match element {
+            ("cursor", bson::RawBsonRef::Document(cursor)) => {
+                let mut c = RawDocumentBuf::new();
+                for (k, v) in cursor.iter().flatten() {
+                    c.append_ref(k, v);
+                }
+                c.append("atClusterTime", at);
+                out.append("cursor", c);
+            }
+            (k, v) => out.append_ref(k, v),
+        }
+    }
+    out
 }
 
 pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> ServerResult<Reply> {
@@ -322,7 +346,11 @@ pub fn distinct(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         }
     }
     values.sort_by(compare_values);
-    Ok(Reply::Doc(doc! {"values": values}))
+    let mut reply = doc! {"values": values};
+    if let Some(at) = ctx.state.read_at {
+        reply.insert("atClusterTime", at);
+    }
+    Ok(Reply::Doc(reply))
 }
 
 /// Values at a dotted path, descending into arrays, with array values unwound.
