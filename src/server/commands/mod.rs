@@ -3,8 +3,10 @@
 mod admin;
 mod catalog;
 mod ctx;
+mod out;
 mod read;
 mod util;
+mod vars;
 mod write;
 
 pub use admin::{MAX_WIRE_VERSION, VERSION};

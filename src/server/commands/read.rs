@@ -132,6 +132,8 @@ pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> S
 
 pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "find")?;
+    // Checked and evaluated; a filter refers to them only inside `$expr`.
+    super::vars::command_let(body)?;
     let db = ctx.db.clone();
     let ns = format!("{db}.{coll}");
     let filter = doc_arg(body, "filter")?.cloned().unwrap_or_default();
@@ -412,6 +414,11 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         .get("batchSize")
         .and_then(as_i64)
         .map(|b| b as usize);
+    // `let` constants are put in place before the pipeline is parsed.
+    let pipeline = match super::vars::command_let(body)? {
+        Some(vars) => super::vars::substitute_pipeline(&pipeline, &vars),
+        None => pipeline,
+    };
     let db = ctx.db.clone();
     let (ns, input) = match body.get("aggregate") {
         Some(Bson::String(coll)) => {
@@ -447,7 +454,12 @@ fn finish_aggregate(
     pipeline: &[Document],
     batch_size: Option<usize>,
 ) -> ServerResult<Reply> {
+    let (pipeline, write_stage) = super::out::split_write_stage(pipeline)?;
     let out = run_pipeline(input, pipeline)?;
+    if let Some(stage) = write_stage {
+        super::out::run_write_stage(ctx, stage, out)?;
+        return super::out::empty_cursor(&ns);
+    }
     let source = Source::Buffered(out.into_iter().map(Arc::new).collect());
     let cursor = Cursor {
         ns,
