@@ -4,6 +4,7 @@ use super::commands::{allowed_over_op_query, execute, to_raw, Execution};
 use super::error::ServerError;
 use super::wire::{self, Header, HEADER_LEN};
 use super::Shared;
+use crate::server::error_codes::ErrorCode;
 use bson::Document;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,7 +106,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         }
         let reply = if request.legacy && !allowed_over_op_query(&cmd) {
-            let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
+            let e = ServerError::new(ErrorCode::UnsupportedOpQueryCommand, format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
         } else {
             tokio::select! {

@@ -6,6 +6,7 @@ pub mod collection;
 pub mod commands;
 pub mod cursor;
 pub mod error;
+pub mod error_codes;
 pub mod oplog_writer;
 pub mod query;
 pub mod session;

@@ -5,6 +5,7 @@ use crate::server::clock::{ts_to_u64, Clock};
 use crate::server::collection::Collection;
 use crate::server::cursor::Cursor;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
 use bson::{doc, DateTime, Document, Timestamp};
@@ -39,8 +40,7 @@ pub fn split_ns(ns: &str) -> (&str, &str) {
 pub fn validate_db_name(db: &str) -> ServerResult<()> {
     if db.is_empty() || db.len() >= 64 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid database name: '{db}'"),
         ));
     }
@@ -50,8 +50,7 @@ pub fn validate_db_name(db: &str) -> ServerResult<()> {
 pub fn validate_coll_name(db: &str, coll: &str) -> ServerResult<()> {
     if coll.is_empty() || coll.contains('$') || coll.contains('\0') || coll.starts_with('.') {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid collection name: {db}.{coll}"),
         ));
     }

@@ -3,6 +3,7 @@
 
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::session::{version_of, write_conflict, Txn, TxnPhase};
 use crate::server::state::{
@@ -63,8 +64,7 @@ impl<'a> Ctx<'a> {
         let ns = format!("{db}.{coll}");
         if ns == OPLOG_NS {
             return Err(ServerError::new(
-                13,
-                "Unauthorized",
+                ErrorCode::Unauthorized,
                 "not authorized to write to local.oplog.rs",
             ));
         }

@@ -7,6 +7,7 @@ use crate::server::clock::ts_to_u64;
 use crate::server::collection::Collection;
 use crate::server::cursor::{new_cursor_id, Cursor, Source, DEFAULT_FIRST_BATCH};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{
     compare_values, run_pipeline, values_equal, Matcher, Projection, SortSpec,
 };
@@ -213,7 +214,10 @@ pub fn get_more(
     let coll = coll_name(body, "collection")?;
     let ns = format!("{db}.{coll}");
     let mut cursor = state.cursors.remove(&id).ok_or_else(|| {
-        ServerError::new(43, "CursorNotFound", format!("cursor id {id} not found"))
+        ServerError::new(
+            ErrorCode::CursorNotFound,
+            format!("cursor id {id} not found"),
+        )
     })?;
     if cursor.ns != ns {
         let msg = format!(
@@ -221,7 +225,7 @@ pub fn get_more(
             cursor.ns
         );
         state.cursors.insert(id, cursor);
-        return Err(ServerError::new(13, "Unauthorized", msg));
+        return Err(ServerError::new(ErrorCode::Unauthorized, msg));
     }
     if body.contains_key("maxTimeMS") && !cursor.is_await_data() {
         state.cursors.insert(id, cursor);
@@ -273,8 +277,7 @@ pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
 pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             "Cannot run 'count' in a multi-document transaction.",
         ));
     }
@@ -390,7 +393,7 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             let ns = format!("{db}.{coll}");
             let input = match pipeline.first().and_then(|s| s.keys().next()).map(|k| k.as_str()) {
                 Some("$changeStream") => {
-                    return Err(ServerError::new(40573, "Location40573", "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
+                    return Err(ServerError::location(40573, "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
                 }
                 Some("$collStats") => {
                     let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);

@@ -4,6 +4,7 @@ use super::ctx::Ctx;
 use super::util::{bool_arg, coll_name, doc_arg, docs_ref, write_error};
 use crate::server::collection::RecordId;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
@@ -16,13 +17,15 @@ pub fn with_id_first(doc: Document) -> ServerResult<Document> {
         match id {
             Bson::Array(_) => {
                 return Err(ServerError::new(
-                    2,
-                    "BadValue",
+                    ErrorCode::BadValue,
                     "can't use an array for _id",
                 ))
             }
             Bson::RegularExpression(_) => {
-                return Err(ServerError::new(2, "BadValue", "can't use a regex for _id"))
+                return Err(ServerError::new(
+                    ErrorCode::BadValue,
+                    "can't use a regex for _id",
+                ))
             }
             _ => {}
         }
@@ -85,8 +88,9 @@ fn insert_one_raw(
         _ => None,
     };
     let Some(id) = id else {
-        let doc = Document::try_from(raw.as_ref().as_ref())
-            .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))?;
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
         return insert_one(ctx, db, coll, &doc);
     };
     let raw = raw.clone();

@@ -3,10 +3,11 @@
 
 use super::fmt;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document};
 
 fn not_single_value(msg: String) -> ServerError {
-    ServerError::new(54, "NotSingleValueField", msg)
+    ServerError::new(ErrorCode::NotSingleValueField, msg)
 }
 
 /// Collect `(path, value)` equalities of a query, as the canonical query exposes them:
@@ -126,8 +127,7 @@ pub fn upsert_seed_for_replacement(query: &Document) -> ServerResult<Document> {
             doc.insert("_id", value);
         } else if is_path_prefix("_id", &path) {
             return Err(ServerError::new(
-                111,
-                "NotExactValueField",
+                ErrorCode::NotExactValueField,
                 format!(
                     "field at '_id' must be exactly specified, field at sub-path '{}'found",
                     path
