@@ -351,7 +351,7 @@ impl Collection {
     }
 
     /// Replaces the record at `rid` with encoded bytes (`doc` gives the index keys).
-    fn replace_encoded(
+    pub fn replace_encoded(
         &mut self,
         rid: RecordId,
         doc: &Document,

@@ -41,6 +41,7 @@ pub struct Cursor {
     pub projection: Option<Projection>,
     pub limit_remaining: Option<u64>,
     pub batch_size: Option<usize>,
+    pub life: crate::server::cursor_table::CursorLife,
 }
 
 pub struct Batch {

@@ -215,6 +215,7 @@ fn list_reply(ctx: &mut Ctx, ns: String, docs: Vec<Document>) -> ServerResult<Re
         projection: None,
         limit_remaining: None,
         batch_size: None,
+        life: Default::default(),
     };
     cursor_reply(ctx.state, cursor, usize::MAX, false)
 }

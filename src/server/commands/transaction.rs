@@ -15,6 +15,12 @@ use bson::{Bson, Document, Timestamp};
 
 const TRANSIENT_CODES: &[i32] = &[112, 24, 251, 267, 239, 246];
 
+/// An error that ends a transaction's statement as a failed command with the
+/// `TransientTransactionError` label, rather than as a write error in the reply.
+pub(super) fn is_transient(e: &ServerError) -> bool {
+    TRANSIENT_CODES.contains(&e.code) || e.labels.contains(&"TransientTransactionError")
+}
+
 pub(super) fn lsid_key(body: &Document) -> Option<(Vec<u8>, Bson)> {
     let id = body.get_document("lsid").ok()?.get("id")?;
     let key = match id {
@@ -181,8 +187,14 @@ pub(super) fn in_transaction(
                 ctx.txn = Some(txn);
                 let r = run(&mut ctx, info, cmd, body, conn);
                 let txn: Box<Txn> = ctx.txn.take().unwrap();
+                let failed = ctx.txn_failed;
                 let session: &mut Session = state.sessions.get_mut(&key).unwrap();
                 match r {
+                    Ok(reply) if failed => {
+                        // A write error (reported in the reply) ends the transaction.
+                        session.state = TxnPhase::Aborted;
+                        Ok((reply, None))
+                    }
                     Ok(reply) => {
                         session.state = TxnPhase::InProgress(txn);
                         Ok((reply, None))

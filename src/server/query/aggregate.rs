@@ -317,10 +317,13 @@ fn flatten_add_fields(
             Bson::Document(d) if !d.is_empty() && !d.keys().next().unwrap().starts_with('$') => {
                 flatten_add_fields(&path, d, out)?;
             }
-            other => out.push((
-                path.split('.').map(str::to_string).collect(),
-                Expr::parse(other)?,
-            )),
+            other => {
+                crate::server::limits::check_path(&path)?;
+                out.push((
+                    path.split('.').map(str::to_string).collect(),
+                    Expr::parse(other)?,
+                ))
+            }
         }
     }
     Ok(())

@@ -57,6 +57,7 @@ fn parse_path_string(s: &str) -> ServerResult<Expr> {
             "'$' by itself is not a valid FieldPath",
         ));
     }
+    crate::server::limits::check_path(path)?;
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(String::is_empty) {
         return Err(ServerError::location(

@@ -168,6 +168,7 @@ impl Projection {
                     "positional projection is not supported",
                 ));
             }
+            crate::server::limits::check_path(field)?;
             if field.split('.').any(|p| p.is_empty()) {
                 return Err(ServerError::location(
                     40352,

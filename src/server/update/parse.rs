@@ -375,6 +375,7 @@ fn check_updatable(path: &str) -> ServerResult<Vec<String>> {
             "An empty update path is not valid.",
         ));
     }
+    crate::server::limits::check_path(path)?;
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(ServerError::new(

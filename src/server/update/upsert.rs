@@ -58,6 +58,7 @@ fn is_path_prefix(prefix: &str, path: &str) -> bool {
 }
 
 fn set_at_path(doc: &mut Document, path: &str, value: Bson) -> ServerResult<()> {
+    crate::server::limits::check_path(path)?;
     let parts: Vec<&str> = path.split('.').collect();
     let mut cur = doc;
     for (i, part) in parts.iter().enumerate() {
