@@ -3,9 +3,10 @@
 //! so writes made during the copy are neither lost nor doubled. Copy batches are transactions
 //! marked like replicated batches, so the reverse link never sends them back.
 
-use super::link::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use crate::apply::{Applier, Checkpoint, Plan, Tag};
+use super::runtime::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::NsPattern;
+use crate::store::Checkpoint;
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::Client;
@@ -81,6 +82,7 @@ pub async fn initial_sync(
         applied: zero,
         ops_applied: 0,
         conflicts: 0,
+        rejected: 0,
         pending_ddl: None,
     };
     let apply = |plan: Plan| {

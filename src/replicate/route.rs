@@ -1,8 +1,8 @@
 //! Which ops of a unit a link carries, renamed into the destination's namespaces. Pure logic.
 
-use super::provenance::is_internal_ns;
 use super::topology::LinkSpec;
 use crate::oplog::{Entry, OpKind, OplogError, Unit};
+use crate::store::is_internal_ns;
 use bson::{RawDocument, RawDocumentBuf};
 
 /// One op to apply: the destination namespace and the source entry (or inner op), borrowed

@@ -94,7 +94,7 @@ impl LinkSpec {
 
     /// The link's identity, also the `_id` of its checkpoint on the destination.
     pub fn id(&self) -> String {
-        format!("{}/{}->{}/{}", self.src, self.src_ns, self.dst, self.dst_ns)
+        crate::store::link_id(&self.src, &self.src_ns, &self.dst, &self.dst_ns)
     }
 }
 
