@@ -11,7 +11,7 @@ use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::Client;
 
-const SKIP_DBS: &[&str] = &["admin", "local", "config", "__mmm"];
+use crate::store::namespaces::{is_system_collection, SERVER_DATABASES as SKIP_DBS};
 
 async fn source_namespaces(
     src: &Client,
@@ -34,7 +34,7 @@ async fn source_namespaces(
         out.extend(
             names
                 .into_iter()
-                .filter(|c| !c.starts_with("system."))
+                .filter(|c| !is_system_collection(c))
                 .map(|c| format!("{db}.{c}")),
         );
     }

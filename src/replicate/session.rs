@@ -19,7 +19,7 @@ use super::writer::{self, AbortOnDrop, Work};
 use crate::apply::ddl::{self, DdlCommand};
 use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
-use crate::store::{checkpoints, Checkpoint};
+use crate::store::{checkpoints, is_replicable_ns, Checkpoint};
 use crate::tail::{self, StartAt, TailError, TailOptions, UnitBatch};
 use bson::{doc, Document, Timestamp};
 use mongodb::Client;
@@ -468,6 +468,10 @@ fn link_ddl(rt: &LinkRuntime, unit: &Unit) -> Result<Option<DdlCommand>, LinkFai
     if !rt.spec.ops.contains(OpKind::Command) || ddl_database(unit).is_none() {
         return Ok(None);
     }
-    ddl::translate(op, |ns| rt.spec.src_ns.rename(ns, &rt.spec.dst_ns))
-        .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))
+    ddl::translate(op, |ns| {
+        is_replicable_ns(ns)
+            .then(|| rt.spec.src_ns.rename(ns, &rt.spec.dst_ns))
+            .flatten()
+    })
+    .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))
 }
