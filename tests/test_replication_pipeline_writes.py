@@ -57,6 +57,7 @@ def test_pipeline_update_merge_and_out_arrive_identical(pair):
         cb.app.report.insert_one({"_id": "stale"})
         cb.app.report.create_index("x")
         wait_identical([ca, cb])
+        wait_for(lambda: "x_1" in ca.app.report.index_information())
         list(ca.app.docs.aggregate([{"$project": {"x": 1, "m": 1}}, {"$out": "report"}]))
         data = wait_identical([ca, cb])
     assert data["docs"][0] == {"_id": 1, "pad": PAD, "a": [1, 2, 3, 4], "y": "bar", "x": "foo",

@@ -14,7 +14,7 @@
 //! A multi-document write command is one version: a time inside it reads the state before it.
 
 use crate::server::clock::ts_to_u64;
-use crate::server::error::{ServerError, ServerResult};
+use crate::server::error::{ErrorCode, ServerError, ServerResult};
 use crate::server::state::Catalog;
 use bson::Timestamp;
 use std::collections::VecDeque;
@@ -127,9 +127,7 @@ impl History {
     /// The catalog as it was at `at`. `now` is the server's current cluster time.
     pub fn at(&mut self, at: Timestamp, now: Timestamp) -> ServerResult<Arc<Catalog>> {
         if ts_to_u64(at) > ts_to_u64(now) {
-            return Err(ServerError::new(
-                72,
-                "InvalidOptions",
+            return Err(ServerError::new(ErrorCode::InvalidOptions,
                 format!(
                     "readConcern atClusterTime value must not be greater than the current clusterTime. Requested clusterTime: {}; current clusterTime: {}",
                     render_ts(at),
@@ -143,8 +141,7 @@ impl History {
         match idx.checked_sub(1).and_then(|i| self.versions.get(i)) {
             Some(v) => Ok(v.catalog.clone()),
             None => Err(ServerError::new(
-                239,
-                "SnapshotTooOld",
+                ErrorCode::SnapshotTooOld,
                 format!(
                     "Read timestamp {} is older than the oldest available timestamp.",
                     render_ts(at)

@@ -16,7 +16,7 @@ use super::catalog;
 use super::ctx::Ctx;
 use super::write::{insert_one, matching, update_docs};
 use super::Reply;
-use crate::server::error::{ServerError, ServerResult};
+use crate::server::error::{ErrorCode, ServerError, ServerResult};
 use crate::server::query::Matcher;
 use crate::server::state::{validate_coll_name, validate_db_name};
 use crate::server::update::UpdateSpec;
@@ -35,9 +35,8 @@ pub fn split_write_stage(pipeline: &[Document]) -> ServerResult<(&[Document], Op
     for (i, stage) in pipeline.iter().enumerate() {
         if is_write_stage(stage) && i + 1 != pipeline.len() {
             let name = stage.keys().next().unwrap();
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 40601,
-                "Location40601",
                 format!("{name} can only be the final stage in the pipeline"),
             ));
         }
@@ -53,8 +52,7 @@ pub fn run_write_stage(ctx: &mut Ctx, stage: &Document, docs: Vec<Document>) -> 
     let (name, spec) = stage.iter().next().expect("a stage has one field");
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             format!("{name} cannot be used in a transaction"),
         ));
     }
@@ -89,9 +87,8 @@ fn target(ctx: &Ctx, spec: &Bson, stage: &str, coll_key: &str) -> ServerResult<(
             (db, coll)
         }
         _ => {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 16990,
-                "Location16990",
                 format!("{stage} only supports a string or object argument"),
             ))
         }
@@ -100,8 +97,7 @@ fn target(ctx: &Ctx, spec: &Bson, stage: &str, coll_key: &str) -> ServerResult<(
     validate_coll_name(&db, &coll)?;
     if db == "local" || db == "admin" || db == "config" || coll.starts_with("system.") {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid {stage} target namespace, {db}.{coll}"),
         ));
     }
@@ -112,9 +108,8 @@ fn out(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
     let (db, coll) = target(ctx, spec, "$out", "coll")?;
     let existing = ctx.state.coll(&db, &coll).cloned();
     if existing.as_ref().is_some_and(|c| c.capped.is_some()) {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             17152,
-            "Location17152",
             format!("namespace '{db}.{coll}' is capped so it can't be used for $out"),
         ));
     }
@@ -180,9 +175,8 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
             }
         },
         _ => {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 51182,
-                "Location51182",
                 "$merge only supports a string or object argument",
             ))
         }
@@ -193,9 +187,8 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
             key.as_str(),
             "into" | "on" | "let" | "whenMatched" | "whenNotMatched"
         ) {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 40415,
-                "Location40415",
                 format!("BSON field '$merge.{key}' is an unknown field."),
             ));
         }
@@ -207,17 +200,15 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
             .iter()
             .map(|f| match f {
                 Bson::String(s) => Ok(s.clone()),
-                _ => Err(ServerError::new(
+                _ => Err(ServerError::location(
                     51134,
-                    "Location51134",
                     "$merge 'on' array elements must be strings",
                 )),
             })
             .collect::<ServerResult<_>>()?,
         Some(_) => {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 51186,
-                "Location51186",
                 "$merge 'on' field must be either a string or an array of strings",
             ))
         }
@@ -236,9 +227,8 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
             })
         });
         if !has_index {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 51183,
-                "Location51183",
                 "Cannot find index to verify that join fields will be unique",
             ));
         }
@@ -326,9 +316,8 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
                 Some(v) if !matches!(v, Bson::Null | Bson::Undefined | Bson::Array(_)) => {
                     query.insert(field.clone(), v.clone());
                 }
-                _ => return Err(ServerError::new(
+                _ => return Err(ServerError::location(
                     51132,
-                    "Location51132",
                     "$merge write error: 'on' field cannot be missing, null, undefined or an array",
                 )),
             }
@@ -337,9 +326,7 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
         let rids = matching(ctx, &db, &coll, &matcher, true);
         if rids.is_empty() {
             if fail_unmatched {
-                return Err(ServerError::new(
-                    13113,
-                    "MergeStageNoMatchingDocument",
+                return Err(ServerError::new(ErrorCode::MergeStageNoMatchingDocument,
                     "$merge could not find a matching document in the target collection for at least one document in the source collection",
                 ));
             }

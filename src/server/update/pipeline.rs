@@ -5,7 +5,7 @@
 //! not be smaller than the new document, the new document itself (a replacement entry).
 
 use super::cmp::identical;
-use crate::server::error::{ServerError, ServerResult};
+use crate::server::error::{ErrorCode, ServerError, ServerResult};
 use crate::server::query::run_pipeline;
 use bson::{doc, Bson, Document};
 
@@ -50,8 +50,7 @@ pub fn apply(original: &Document, pipeline: &[Document]) -> ServerResult<Documen
         out.pop().unwrap()
     } else {
         return Err(ServerError::new(
-            1,
-            "InternalError",
+            ErrorCode::InternalError,
             "an update pipeline must produce exactly one document",
         ));
     };
