@@ -64,6 +64,11 @@ fn now_secs() -> i64 {
 }
 
 impl History {
+    /// Whether anything was written since the newest version (`version`: the write counter).
+    pub fn needs_record(&self, version: u64) -> bool {
+        version != self.recorded_version
+    }
+
     /// Records the catalog as of `ts` unless nothing was written since the last version.
     /// `superseded_total` is the server's running count of replaced bytes.
     pub fn record(&mut self, version: u64, ts: Timestamp, catalog: &Catalog, superseded: u64) {
@@ -77,7 +82,7 @@ impl History {
             .back()
             .is_some_and(|v| ts_to_u64(v.ts) >= ts_to_u64(ts))
         {
-            // Writes that logged nothing (none today): the newest version is replaced.
+            // Writes that logged nothing (to `local`): the newest version is replaced.
             self.versions.pop_back();
         }
         self.versions.push_back(Version {

@@ -116,6 +116,9 @@ impl State {
     /// Keeps the catalog as of the latest timestamp in the snapshot history (after every
     /// command: nothing happens when the command wrote nothing).
     pub fn record_history(&mut self) {
+        if !self.history.needs_record(self.version) {
+            return;
+        }
         let superseded = self.dropped_bytes
             + self
                 .dbs
