@@ -179,3 +179,62 @@ def test_merge_with_a_pipeline_and_on_fields(plain_client):
     ]))
     assert db.dst.find_one({"k": "a"}, {"_id": 0}) == {"k": "a", "n": 1101}
     assert db.dst.find_one({"k": "b"}, {"_id": 0}) == {"k": "b", "n": 2}
+
+
+@pytest.mark.parametrize("stage, code", [
+    ({"$out": "local"}, None),  # a collection named "local" in the command's database is fine
+    ({"$out": {"db": "local", "coll": "x"}}, 73),
+    ({"$out": {"db": "admin", "coll": "x"}}, 73),
+    ({"$out": "system.views"}, 73),
+    ({"$out": "a$b"}, 73),
+    ({"$out": ""}, 73),
+    ({"$out": 5}, 16990),
+    ({"$out": {"db": 5, "coll": "x"}}, 14),
+    ({"$out": {"db": "test"}}, 9),
+    ({"$merge": {"into": "x", "bogus": 1}}, 40415),
+    ({"$merge": {"into": "x", "whenMatched": "explode"}}, 2),
+    ({"$merge": {"into": "x", "whenNotMatched": 3}}, 14),
+    ({"$merge": {"into": "x", "on": []}}, 51186),
+    ({"$merge": {"into": "x", "on": [1]}}, 51134),
+    ({"$merge": {"into": "x", "let": "no"}}, 14),
+    ({"$merge": {"into": {"db": "config", "coll": "x"}}}, 73),
+    ({"$merge": None}, 51182),
+])
+def test_writing_stages_refuse_bad_targets_and_options(plain_client, stage, code):
+    db = plain_client.test
+    db.src.insert_one({"_id": 1})
+    before = sorted(plain_client.list_database_names())
+    if code is None:
+        list(db.src.aggregate([stage]))
+        return
+    with pytest.raises(OperationFailure) as e:
+        list(db.src.aggregate([stage]))
+    assert e.value.code == code
+    assert sorted(plain_client.list_database_names()) == before
+
+
+def test_writing_stages_and_let_refuse_transactions_and_bad_values(client):
+    db = client.test
+    db.src.insert_one({"_id": 1, "a": 1})
+    with client.start_session() as s:
+        s.start_transaction()
+        with pytest.raises(OperationFailure) as e:
+            list(db.src.aggregate([{"$out": "t"}], session=s))
+        assert e.value.code == 263
+        s.abort_transaction()
+    assert "t" not in db.list_collection_names()
+    for bad in ({"": 1}, {"A": 1}, {"a.b": 1}, {"$x": 1}):
+        with pytest.raises(OperationFailure):
+            list(db.src.aggregate([{"$project": {"a": 1}}], let=bad))
+    with pytest.raises(OperationFailure) as e:
+        db.command({"update": "src", "updates": [{"q": {}, "u": [{"$set": {"a": "$$c1"}}], "c": 5}]})
+    assert e.value.code == 14
+    r = db.command({"update": "src", "updates": [{"q": {}, "u": [{"$set": {"a": "$$c1"}}], "c": {"c1": "v"}}]})
+    assert r["nModified"] == 1 and db.src.find_one()["a"] == "v"
+    # Deeply nested values are refused before anything walks them.
+    deep = "x"
+    for _ in range(250):
+        deep = {"d": deep}
+    with pytest.raises(OperationFailure):
+        db.command({"aggregate": "src", "pipeline": [{"$set": {"a": "$$v"}}], "cursor": {}, "let": {"v": {"$literal": deep}}})
+    assert client.admin.command("ping")["ok"] == 1

@@ -367,6 +367,17 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "update")?;
     let statements = docs_ref(body, "updates")?;
     let lets = super::vars::command_let(body)?;
+    // Parsed with the command (IDL), so a bad `c` fails the whole command, not one statement.
+    for stmt in &statements {
+        if !matches!(
+            stmt.get("c"),
+            None | Some(Bson::Null) | Some(Bson::Document(_))
+        ) {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'update.updates.c' is the wrong type, expected type 'object'",
+            ));
+        }
+    }
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let (mut n, mut n_modified) = (0i32, 0i32);
