@@ -80,6 +80,41 @@ def test_read_at_an_operation_time_sees_exactly_the_writes_up_to_it(client, coll
         assert got == [{"_id": 1, "x": i}]
 
 
+def test_read_at_each_oplog_entry_of_one_command_sees_the_writes_up_to_it(plain_client):
+    """A bulk write is one command but many oplog entries: each entry's time reads exactly."""
+    from conftest import entries_after, last_ts
+
+    db = plain_client.test
+    db.bulk.insert_one({"_id": 0, "v": 0})
+    start = last_ts(plain_client)
+    db.bulk.insert_many([{"_id": i, "v": i} for i in range(1, 6)])
+    db.command({"update": "bulk", "updates": [
+        {"q": {"_id": 1}, "u": {"$set": {"v": 10}}},
+        {"q": {"_id": 1}, "u": {"$set": {"v": 11}}},
+        {"q": {"_id": 9}, "u": {"$set": {"v": 9}}, "upsert": True},
+    ]})
+    db.command({"delete": "bulk", "deletes": [{"q": {"_id": 2}, "limit": 1}, {"q": {"_id": 3}, "limit": 1}]})
+    db.new_coll.insert_many([{"_id": "a"}, {"_id": "b"}])  # implicit create, then inserts
+    expected = {0: 0}
+    new_coll = []
+    for e in entries_after(plain_client, start):
+        if e["ns"] == "test.bulk":
+            if e["op"] == "i":
+                expected[e["o"]["_id"]] = e["o"]["v"]
+            elif e["op"] == "u":
+                expected[e["o2"]["_id"]] = e["o"]["diff"]["u"]["v"] if "diff" in e["o"] else e["o"]["v"]
+            elif e["op"] == "d":
+                del expected[e["o"]["_id"]]
+        elif e["ns"] == "test.new_coll" and e["op"] == "i":
+            new_coll.append(e["o"]["_id"])
+        rc = {"level": "snapshot", "atClusterTime": e["ts"]}
+        got = db.command({"find": "bulk", "readConcern": rc, "batchSize": 100})["cursor"]["firstBatch"]
+        assert {d["_id"]: d["v"] for d in got} == expected, e
+        got = db.command({"find": "new_coll", "readConcern": rc})["cursor"]["firstBatch"]
+        assert [d["_id"] for d in got] == new_coll, e
+    assert expected == {0: 0, 1: 11, 4: 4, 5: 5, 9: 9} and new_coll == ["a", "b"]
+
+
 def test_get_more_reads_the_same_snapshot(client):
     c = client.test.many
     c.insert_many([{"_id": i} for i in range(50)])

@@ -195,6 +195,18 @@ impl Collection {
         self.records.len()
     }
 
+    /// The same collection (uuid, options, indexes) with no documents.
+    pub fn emptied(&self) -> Collection {
+        let mut c = self.clone();
+        c.records = OrdMap::new();
+        c.id_index = OrdMap::new();
+        for index in c.indexes.iter_mut() {
+            index.entries = OrdMap::new();
+        }
+        c.data_size = 0;
+        c
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }

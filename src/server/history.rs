@@ -11,7 +11,11 @@
 //! snapshots under cache pressure. A read older than the oldest version kept fails with
 //! SnapshotTooOld (239), one later than the newest write with InvalidOptions (72), as on mongod.
 //!
-//! A multi-document write command is one version: a time inside it reads the state before it.
+//! A version is kept per write command, not per oplog entry (a 1,000-document insert is one
+//! version), with what each of the command's entries left behind (the stored document of each
+//! `_id` written, shared with the collection): a time inside a multi-document command is read by
+//! replaying its first writes onto the version before it, so every oplog timestamp reads exactly.
+//! (A command whose entries include DDL other than `create`, only `$out`, reads as before it.)
 
 use crate::server::clock::ts_to_u64;
 use crate::server::error::{ErrorCode, ServerError, ServerResult};
@@ -28,11 +32,47 @@ pub const MAX_HISTORY_BYTES: u64 = 256 * 1024 * 1024;
 /// command copies (records, `_id` index, oplog), a few kilobytes each.
 pub const VERSION_OVERHEAD_BYTES: u64 = 16 * 1024;
 
+/// One CRUD entry's outcome: the document `_id` in `ns` as it was stored right after it.
+#[derive(Debug, Clone)]
+pub struct LoggedWrite {
+    pub ts: Timestamp,
+    /// Empty for entries that change no document (`create`, no-ops).
+    pub ns: String,
+    pub id: bson::Bson,
+    /// `None`: deleted.
+    pub record: Option<Arc<bson::RawDocumentBuf>>,
+}
+
+/// The entries of the command a version ends with.
+#[derive(Debug, Clone)]
+pub struct ChangeLog {
+    /// The command's first timestamp.
+    pub first: Timestamp,
+    pub writes: Vec<LoggedWrite>,
+    /// False when an entry cannot be replayed (DDL other than `create`).
+    pub replayable: bool,
+}
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        ChangeLog {
+            first: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            writes: Vec::new(),
+            replayable: true,
+        }
+    }
+}
+
 struct Version {
     ts: Timestamp,
     catalog: Arc<Catalog>,
     /// `superseded` when this version was recorded.
     superseded_mark: u64,
+    /// What led here from the previous version.
+    changes: ChangeLog,
 }
 
 pub struct History {
@@ -71,7 +111,14 @@ impl History {
 
     /// Records the catalog as of `ts` unless nothing was written since the last version.
     /// `superseded_total` is the server's running count of replaced bytes.
-    pub fn record(&mut self, version: u64, ts: Timestamp, catalog: &Catalog, superseded: u64) {
+    pub fn record(
+        &mut self,
+        version: u64,
+        ts: Timestamp,
+        catalog: &Catalog,
+        superseded: u64,
+        mut changes: ChangeLog,
+    ) {
         if version == self.recorded_version {
             return;
         }
@@ -83,12 +130,21 @@ impl History {
             .is_some_and(|v| ts_to_u64(v.ts) >= ts_to_u64(ts))
         {
             // Writes that logged nothing (to `local`): the newest version is replaced.
-            self.versions.pop_back();
+            if let Some(old) = self.versions.pop_back() {
+                let mut writes = old.changes.writes;
+                writes.append(&mut changes.writes);
+                changes = ChangeLog {
+                    first: old.changes.first,
+                    writes,
+                    replayable: old.changes.replayable && changes.replayable,
+                };
+            }
         }
         self.versions.push_back(Version {
             ts,
             catalog: Arc::new(catalog.clone()),
             superseded_mark: superseded,
+            changes,
         });
         self.trim();
     }
@@ -144,7 +200,17 @@ impl History {
         let key = ts_to_u64(at);
         let idx = self.versions.partition_point(|v| ts_to_u64(v.ts) <= key);
         match idx.checked_sub(1).and_then(|i| self.versions.get(i)) {
-            Some(v) => Ok(v.catalog.clone()),
+            Some(v) => match self.versions.get(idx) {
+                // `at` falls inside the next version's command: replay its writes up to `at`.
+                Some(next)
+                    if next.changes.replayable
+                        && key >= ts_to_u64(next.changes.first)
+                        && next.changes.writes.iter().any(|w| ts_to_u64(w.ts) <= key) =>
+                {
+                    Ok(Arc::new(replay(&v.catalog, next, key)))
+                }
+                _ => Ok(v.catalog.clone()),
+            },
             None => Err(ServerError::new(
                 ErrorCode::SnapshotTooOld,
                 format!(
@@ -154,6 +220,40 @@ impl History {
             )),
         }
     }
+}
+
+/// `base` with the writes of `next` up to `key` applied, each document as that entry left it.
+/// Collections the command created come from `next`'s catalog, emptied.
+fn replay(base: &Catalog, next: &Version, key: u64) -> Catalog {
+    let mut out = base.clone();
+    for w in next
+        .changes
+        .writes
+        .iter()
+        .filter(|w| ts_to_u64(w.ts) <= key && !w.ns.is_empty())
+    {
+        let (db, coll) = crate::server::state::split_ns(&w.ns);
+        let database = out.entry(db.to_string()).or_default();
+        if !database.contains_key(coll) {
+            let Some(template) = next.catalog.get(db).and_then(|d| d.get(coll)) else {
+                continue;
+            };
+            database.insert(coll.to_string(), Arc::new(template.emptied()));
+        }
+        let c = Arc::make_mut(database.get_mut(coll).expect("just ensured"));
+        let existing = c.find_id(&w.id);
+        // The states replayed were valid states of the collection: nothing here can fail.
+        let _ = match (existing, &w.record) {
+            (Some(rid), Some(raw)) => c.replace_record(rid, raw.clone(), 0),
+            (None, Some(raw)) => c.insert_record(raw.clone(), 0).map(|_| ()),
+            (Some(rid), None) => {
+                c.remove(rid);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        };
+    }
+    out
 }
 
 fn render_ts(ts: Timestamp) -> String {
@@ -179,9 +279,9 @@ mod tests {
     fn reads_the_version_at_or_before_the_time() {
         let t = now_secs() as u32;
         let mut h = History::default();
-        h.record(1, ts(t, 1), &catalog("a"), 0);
-        h.record(2, ts(t, 5), &catalog("b"), 0);
-        h.record(2, ts(t, 6), &catalog("ignored"), 0);
+        h.record(1, ts(t, 1), &catalog("a"), 0, ChangeLog::default());
+        h.record(2, ts(t, 5), &catalog("b"), 0, ChangeLog::default());
+        h.record(2, ts(t, 6), &catalog("ignored"), 0, ChangeLog::default());
         let now = ts(t, 9);
         assert!(h.at(ts(t, 1), now).unwrap().contains_key("a"));
         assert!(h.at(ts(t, 4), now).unwrap().contains_key("a"));
@@ -198,16 +298,28 @@ mod tests {
             window_secs: 10,
             ..History::default()
         };
-        h.record(1, ts(t - 100, 1), &catalog("old"), 0);
-        h.record(2, ts(t - 50, 1), &catalog("mid"), 0);
-        h.record(3, ts(t, 1), &catalog("new"), 0);
+        h.record(1, ts(t - 100, 1), &catalog("old"), 0, ChangeLog::default());
+        h.record(2, ts(t - 50, 1), &catalog("mid"), 0, ChangeLog::default());
+        h.record(3, ts(t, 1), &catalog("new"), 0, ChangeLog::default());
         // t-100 is no longer needed by any time in the window; t-50 still describes t-10..t.
         assert_eq!(h.len(), 2);
         assert_eq!(h.at(ts(t - 100, 1), ts(t, 1)).unwrap_err().code, 239);
         let mut h = History::default();
-        h.record(1, ts(t, 1), &catalog("a"), 0);
-        h.record(2, ts(t, 2), &catalog("b"), MAX_HISTORY_BYTES);
-        h.record(3, ts(t, 3), &catalog("c"), MAX_HISTORY_BYTES + 1);
+        h.record(1, ts(t, 1), &catalog("a"), 0, ChangeLog::default());
+        h.record(
+            2,
+            ts(t, 2),
+            &catalog("b"),
+            MAX_HISTORY_BYTES,
+            ChangeLog::default(),
+        );
+        h.record(
+            3,
+            ts(t, 3),
+            &catalog("c"),
+            MAX_HISTORY_BYTES + 1,
+            ChangeLog::default(),
+        );
         assert!(h.held_bytes() <= MAX_HISTORY_BYTES);
         assert_eq!(h.at(ts(t, 1), ts(t, 3)).unwrap_err().code, 239);
         assert!(h.at(ts(t, 3), ts(t, 3)).unwrap().contains_key("c"));

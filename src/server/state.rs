@@ -6,10 +6,10 @@ use crate::server::collection::Collection;
 use crate::server::cursor_table::CursorTable;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
-use crate::server::history::History;
+use crate::server::history::{ChangeLog, History, LoggedWrite};
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
-use bson::{doc, DateTime, Document, Timestamp};
+use bson::{doc, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -44,6 +44,11 @@ pub struct State {
     pub dropped_bytes: u64,
     /// Set on a detached read view ([`State::read_view`]) of a snapshot read: the time it reads at.
     pub read_at: Option<Timestamp>,
+    /// Since the newest history version: the first timestamp written, the documents each entry
+    /// left, and whether an entry (DDL other than `create`) cannot be replayed from them.
+    pub command_first_ts: Option<Timestamp>,
+    pub command_writes: Vec<LoggedWrite>,
+    pub command_has_ddl: bool,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -102,6 +107,9 @@ impl State {
             history: History::default(),
             dropped_bytes: 0,
             read_at: None,
+            command_first_ts: None,
+            command_writes: Vec::new(),
+            command_has_ddl: false,
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -126,8 +134,19 @@ impl State {
                 .flat_map(|d| d.values())
                 .map(|c| c.superseded_bytes)
                 .sum::<u64>();
-        self.history
-            .record(self.version, self.clock.last(), &self.dbs, superseded);
+        let first = self.command_first_ts.take().unwrap_or(self.clock.last());
+        let writes = ChangeLog {
+            first,
+            writes: std::mem::take(&mut self.command_writes),
+            replayable: !std::mem::take(&mut self.command_has_ddl),
+        };
+        self.history.record(
+            self.version,
+            self.clock.last(),
+            &self.dbs,
+            superseded,
+            writes,
+        );
     }
 
     /// A detached copy for running a read without the lock: `catalog` (the current one, or a
@@ -147,6 +166,9 @@ impl State {
             history: History::default(),
             dropped_bytes: 0,
             read_at,
+            command_first_ts: None,
+            command_writes: Vec::new(),
+            command_has_ddl: false,
         }
     }
 
@@ -181,7 +203,37 @@ impl State {
         if is_local_ns(&op.ns) {
             return self.clock.last();
         }
-        self.append_oplog_entry(|ts, wall| build_entry(op, ts, wall, extras))
+        let logged = self.logged_write(&op);
+        let ts = self.append_oplog_entry(|ts, wall| build_entry(op, ts, wall, extras));
+        match logged {
+            Some((ns, id, record)) => self.command_writes.push(LoggedWrite { ts, ns, id, record }),
+            None => self.command_has_ddl = true,
+        }
+        ts
+    }
+
+    /// What a CRUD entry changed, for the snapshot history: the namespace, the `_id` and the
+    /// stored document now (`None`: deleted). `None` for commands other than `create`, which the
+    /// history cannot replay (a `create` is replayed from the collection it made).
+    fn logged_write(&self, op: &OpRecord) -> Option<(String, Bson, Option<Arc<RawDocumentBuf>>)> {
+        let id = match op.op {
+            "i" | "d" => match &op.o {
+                crate::server::oplog_writer::Body::Raw(r) => crate::server::collection::raw_id(r),
+                crate::server::oplog_writer::Body::Doc(d) => d.get("_id").cloned(),
+            },
+            "u" => op.o2.as_ref().and_then(|o2| o2.get("_id").cloned()),
+            "n" => return Some((String::new(), Bson::Null, None)),
+            "c" if op.o.to_document().contains_key("create") => {
+                return Some((String::new(), Bson::Null, None));
+            }
+            _ => None,
+        }?;
+        let (db, coll) = split_ns(&op.ns);
+        let record = self.coll(db, coll).and_then(|c| {
+            let rid = c.find_id(&id)?;
+            c.records.get(&rid).map(|r| r.raw.clone())
+        });
+        Some((op.ns.clone(), id, record))
     }
 
     /// Appends the entry `build` writes for the next ts and wall time.
@@ -190,6 +242,7 @@ impl State {
         build: impl FnOnce(Timestamp, DateTime) -> bson::RawDocumentBuf,
     ) -> Timestamp {
         let ts = self.clock.tick();
+        self.command_first_ts.get_or_insert(ts);
         let wall = DateTime::now();
         let entry = build(ts, wall);
         let version = self.next_version();
