@@ -1,14 +1,14 @@
 //! Snapshot history: the catalog as it was after each write command, by the timestamp of the
 //! command's last oplog entry, kept for `minSnapshotHistoryWindowInSeconds` (300 s by default,
 //! as in mongod) so that reads with `readConcern: {level: "snapshot", atClusterTime}` see the
-//! data exactly as it was at that time, every collection (`local.oplog.rs` included) at once.
+//! data exactly as it was at that time, every collection at once.
 //!
 //! Keeping a version is cheap: collections are shared (`Arc`) and built on persistent maps, so a
 //! version holds only what later writes replaced. That is also what bounds its memory: the
-//! history counts the bytes of documents replaced, deleted or dropped since each version (plus a
-//! fixed allowance per version for the map nodes a write copies) and forgets its oldest versions
-//! when the total passes [`MAX_HISTORY_BYTES`], as mongod's storage engine gives up old
-//! snapshots under cache pressure. A read older than the oldest version kept fails with
+//! history counts the bytes of documents replaced, deleted or dropped since each version, plus a
+//! fixed allowance per version for the map nodes a write copies and its record of the command's
+//! writes, and forgets its oldest versions when the total passes [`MAX_HISTORY_BYTES`], as
+//! mongod's storage engine gives up old snapshots under cache pressure. A read older than the oldest version kept fails with
 //! SnapshotTooOld (239), one later than the newest write with InvalidOptions (72), as on mongod.
 //!
 //! A version is kept per write command, not per oplog entry (a 1,000-document insert is one
@@ -73,6 +73,13 @@ struct Version {
     superseded_mark: u64,
     /// What led here from the previous version.
     changes: ChangeLog,
+    /// Estimated bytes of `changes` (the documents themselves are shared, not counted here).
+    changes_bytes: u64,
+}
+
+/// What a change log costs besides the documents it shares with the collections.
+fn changes_bytes(changes: &ChangeLog) -> u64 {
+    changes.writes.iter().map(|w| 96 + w.ns.len() as u64).sum()
 }
 
 pub struct History {
@@ -81,6 +88,8 @@ pub struct History {
     pub window_secs: i64,
     /// Bytes of documents replaced, deleted or dropped since the server started.
     superseded: u64,
+    /// Sum of the versions' `changes_bytes`.
+    log_bytes: u64,
     /// The server's write counter when the newest version was recorded.
     recorded_version: u64,
 }
@@ -91,6 +100,7 @@ impl Default for History {
             versions: VecDeque::new(),
             window_secs: DEFAULT_WINDOW_SECS,
             superseded: 0,
+            log_bytes: 0,
             recorded_version: u64::MAX,
         }
     }
@@ -130,7 +140,7 @@ impl History {
             .is_some_and(|v| ts_to_u64(v.ts) >= ts_to_u64(ts))
         {
             // Writes that logged nothing (to `local`): the newest version is replaced.
-            if let Some(old) = self.versions.pop_back() {
+            if let Some(old) = self.pop(false) {
                 let mut writes = old.changes.writes;
                 writes.append(&mut changes.writes);
                 changes = ChangeLog {
@@ -140,11 +150,14 @@ impl History {
                 };
             }
         }
+        let bytes = changes_bytes(&changes);
+        self.log_bytes += bytes;
         self.versions.push_back(Version {
             ts,
             catalog: Arc::new(catalog.clone()),
             superseded_mark: superseded,
             changes,
+            changes_bytes: bytes,
         });
         self.trim();
     }
@@ -154,11 +167,21 @@ impl History {
     fn trim(&mut self) {
         let oldest_needed = now_secs() - self.window_secs;
         while self.versions.len() > 1 && (self.versions[1].ts.time as i64) <= oldest_needed {
-            self.versions.pop_front();
+            self.pop(true);
         }
         while self.versions.len() > 1 && self.held_bytes() > MAX_HISTORY_BYTES {
-            self.versions.pop_front();
+            self.pop(true);
         }
+    }
+
+    fn pop(&mut self, oldest: bool) -> Option<Version> {
+        let v = if oldest {
+            self.versions.pop_front()
+        } else {
+            self.versions.pop_back()
+        }?;
+        self.log_bytes -= v.changes_bytes;
+        Some(v)
     }
 
     /// Estimated bytes the versions older than the newest keep alive.
@@ -167,6 +190,7 @@ impl History {
             Some(oldest) => {
                 self.superseded.saturating_sub(oldest.superseded_mark)
                     + (self.versions.len() as u64 - 1) * VERSION_OVERHEAD_BYTES
+                    + self.log_bytes
             }
             None => 0,
         }
@@ -264,6 +288,7 @@ fn render_ts(ts: Timestamp) -> String {
 mod tests {
     use super::*;
     use crate::server::state::Database;
+    use bson::Bson;
 
     fn ts(time: u32, increment: u32) -> Timestamp {
         Timestamp { time, increment }
@@ -323,5 +348,62 @@ mod tests {
         assert!(h.held_bytes() <= MAX_HISTORY_BYTES);
         assert_eq!(h.at(ts(t, 1), ts(t, 3)).unwrap_err().code, 239);
         assert!(h.at(ts(t, 3), ts(t, 3)).unwrap().contains_key("c"));
+    }
+
+    #[test]
+    fn a_time_inside_a_command_replays_its_first_writes() {
+        use crate::server::collection::{encode, Collection};
+        use bson::doc;
+        let t = now_secs() as u32;
+        let mut c = Collection::new("d.c", doc! {}).unwrap();
+        c.insert(doc! {"_id": 1}, 1, None).unwrap();
+        let mut base = Catalog::new();
+        base.entry("d".into())
+            .or_default()
+            .insert("c".into(), Arc::new(c.clone()));
+        let mut h = History::default();
+        h.record(1, ts(t, 1), &base, 0, ChangeLog::default());
+        let mut writes = Vec::new();
+        for (i, id) in [(2u32, 2), (3, 3)] {
+            let raw = encode(&doc! {"_id": id}).unwrap();
+            c.insert_record(raw.clone(), 2).unwrap();
+            writes.push(LoggedWrite {
+                ts: ts(t, i),
+                ns: "d.c".into(),
+                id: Bson::Int32(id),
+                record: Some(raw),
+            });
+        }
+        writes.push(LoggedWrite {
+            ts: ts(t, 4),
+            ns: "d.c".into(),
+            id: Bson::Int32(1),
+            record: None,
+        });
+        c.remove(c.find_id(&Bson::Int32(1)).unwrap());
+        let mut after = Catalog::new();
+        after
+            .entry("d".into())
+            .or_default()
+            .insert("c".into(), Arc::new(c));
+        let changes = ChangeLog {
+            first: ts(t, 2),
+            writes,
+            replayable: true,
+        };
+        h.record(2, ts(t, 4), &after, 0, changes);
+        assert!(h.held_bytes() >= 3 * 96);
+        let ids = |at: u32, h: &mut History| -> Vec<Bson> {
+            let cat = h.at(ts(t, at), ts(t, 4)).unwrap();
+            let coll = cat["d"]["c"].clone();
+            coll.records.values().filter_map(|r| r.id()).collect()
+        };
+        assert_eq!(ids(1, &mut h), vec![Bson::Int32(1)]);
+        assert_eq!(ids(2, &mut h), vec![Bson::Int32(1), Bson::Int32(2)]);
+        assert_eq!(
+            ids(3, &mut h),
+            vec![Bson::Int32(1), Bson::Int32(2), Bson::Int32(3)]
+        );
+        assert_eq!(ids(4, &mut h), vec![Bson::Int32(2), Bson::Int32(3)]);
     }
 }
