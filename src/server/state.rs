@@ -10,7 +10,7 @@ use crate::server::history::{ChangeLog, History, LoggedWrite};
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
 use bson::{doc, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub const OPLOG_DB: &str = "local";
@@ -20,13 +20,13 @@ pub const OPLOG_NS: &str = "local.oplog.rs";
 /// A database's collections. Each is shared (`Arc`) so that a copy of the whole catalog, which
 /// snapshot reads and the history keep, costs one reference per collection; a write copies the
 /// collection it changes when a snapshot still shares it (its maps are persistent: O(1)).
-pub type Database = BTreeMap<String, Arc<Collection>>;
+pub type Database = imbl::OrdMap<String, Arc<Collection>>;
 
 /// Every database, as one value: what the history keeps per timestamp.
-pub type Catalog = BTreeMap<String, Database>;
+pub type Catalog = imbl::OrdMap<String, Database>;
 
 pub struct State {
-    pub dbs: BTreeMap<String, Database>,
+    pub dbs: Catalog,
     pub clock: Clock,
     /// Server-wide write counter; every record change takes the next value.
     pub version: u64,
@@ -49,6 +49,8 @@ pub struct State {
     pub command_first_ts: Option<Timestamp>,
     pub command_writes: Vec<LoggedWrite>,
     pub command_has_ddl: bool,
+    /// The last count of superseded bytes, and the versions recorded since.
+    pub superseded_count: (u64, u32),
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -86,7 +88,7 @@ impl State {
         oplog.has_id_index = false;
         let mut local = Database::new();
         local.insert(OPLOG_COLL.to_string(), Arc::new(oplog));
-        let mut dbs = BTreeMap::new();
+        let mut dbs = Catalog::new();
         dbs.insert(OPLOG_DB.to_string(), local);
         let mut state = State {
             dbs,
@@ -110,6 +112,7 @@ impl State {
             command_first_ts: None,
             command_writes: Vec::new(),
             command_has_ddl: false,
+            superseded_count: (0, 15),
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -127,13 +130,22 @@ impl State {
         if !self.history.needs_record(self.version) {
             return;
         }
-        let superseded = self.dropped_bytes
-            + self
-                .dbs
-                .values()
-                .flat_map(|d| d.values())
-                .map(|c| c.superseded_bytes)
-                .sum::<u64>();
+        // Recounted over every collection once per 16 versions: cheap with many collections,
+        // and the memory bound it feeds only lags by a few commands.
+        self.superseded_count.1 += 1;
+        if self.superseded_count.1 >= 16 {
+            self.superseded_count = (
+                self.dropped_bytes
+                    + self
+                        .dbs
+                        .values()
+                        .flat_map(|d| d.values())
+                        .map(|c| c.superseded_bytes)
+                        .sum::<u64>(),
+                0,
+            );
+        }
+        let superseded = self.superseded_count.0;
         let first = self.command_first_ts.take().unwrap_or(self.clock.last());
         let writes = ChangeLog {
             first,
@@ -169,6 +181,7 @@ impl State {
             command_first_ts: None,
             command_writes: Vec::new(),
             command_has_ddl: false,
+            superseded_count: (0, 0),
         }
     }
 
