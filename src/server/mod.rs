@@ -15,6 +15,7 @@ pub mod session;
 pub mod shell;
 pub mod state;
 pub mod update;
+pub mod validation;
 pub mod wire;
 
 mod connection;
