@@ -232,7 +232,7 @@ fn run(
         "delete" => write::delete(ctx, body).map(Reply::Doc),
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),
         "find" => read::find(ctx, body),
-        "killCursors" => read::kill_cursors(ctx.state, body),
+        "killCursors" => read::kill_cursors(ctx.state, &ctx.db, body),
         "count" => read::count(ctx, body),
         "distinct" => read::distinct(ctx, body),
         "aggregate" => read::aggregate(ctx, body),
