@@ -233,12 +233,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .embedded import MongoServer
+    from .embedded import MongoServer, is_loopback
 
     try:
-        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
-    except OSError as e:
+        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb,
+                             host=args.host, advertise=args.advertise)
+    except (OSError, ValueError) as e:
         raise CliError(str(e)) from None
+    if not is_loopback(args.host):
+        print(
+            f"mmm: WARNING: listening on {args.host}: anyone who can reach this machine on port "
+            f"{server.port} can read and write every database WITHOUT A PASSWORD (the embedded "
+            "server has no authentication). Use --host 127.0.0.1 unless that is what you want.",
+            file=sys.stderr, flush=True,
+        )
     done: List[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: done.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: done.append(signum))
@@ -292,7 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")
     s.add_argument("--port", type=int, default=27017)
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                   "0.0.0.0 or :: listen on every interface, without authentication)")
+    s.add_argument("--advertise", metavar="HOST[:PORT]",
+                   help="address hello and the printed URI name (default: the bound address; for "
+                        "0.0.0.0/:: this machine's hostname)")
     s.add_argument("--replset", default="rs0")
     s.add_argument("--oplog-size-mb", type=float, default=256)
     s.set_defaults(func=cmd_serve)
