@@ -75,7 +75,7 @@ def test_journal_mode_records_the_refused_op_and_goes_on(pair):
         ca.app.users.insert_one({"_id": "later", "email": "later@example.com"})
         wait_for(lambda: cb.app.users.count_documents({}) == 11)
         status = r.status()[0]
-    assert status["state"] == "running" and status["rejected"] == 1
+    assert status["state"] == "running" and status["rejected"] == 1 and status["ops_applied"] == 10
     rejected = list(cb["__mmm"]["rejected"].find())
     assert len(rejected) == 1
     (entry,) = rejected

@@ -282,8 +282,12 @@ impl Applier {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            // Journaled ops count as rejected, not applied.
             let mut written = checkpoint.clone();
             written.rejected += mode.journal.len() as u64;
+            written.ops_applied = written
+                .ops_applied
+                .saturating_sub(mode.journal.len() as u64);
             // A fresh session per attempt: whatever state a failed attempt left its
             // transaction in (a connection lost mid-commit) cannot spill into the next.
             let mut session = self

@@ -97,7 +97,7 @@ async fn apply_batch(
     let commit_ts = applied.commit_ts;
     {
         let mut s = rt.status.lock();
-        s.ops_applied += plan.ops as u64;
+        s.ops_applied += plan.ops as u64 - applied.rejected;
         s.rejected += applied.rejected;
         s.batches_applied += 1;
         s.checkpoint = Some(checkpoint.ts);
