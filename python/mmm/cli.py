@@ -97,13 +97,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if "/" in args.dst:
         # Only the destination: the link is stored there, and the source may be down for now.
         dst = args.dst.split("/", 1)[0]
-        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
+        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker, args.on_reject)
         findings = preflight.check({dst: config.servers[dst]}, [link])
         if findings:
             raise CliError("; ".join(f.message for f in findings))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
-                           initial_sync=args.initial_sync, marker=args.marker)
+                           initial_sync=args.initial_sync, marker=args.marker, on_reject=args.on_reject)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -129,7 +129,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -137,7 +137,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             s["id"], s["state"],
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
-            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
             (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
                    help="field: also write __mmm: {origin, ts} into every document the link writes")
+    s.add_argument("--on-reject", choices=("fail", "journal"), default="fail",
+                   help="a write the destination refuses stops the link (fail) or goes to __mmm.rejected (journal)")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")

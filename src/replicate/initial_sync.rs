@@ -92,7 +92,7 @@ pub async fn initial_sync(
             applier
                 .apply(&plan, checkpoint)
                 .await
-                .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+                .map_err(mongodb::error::Error::custom)?;
             rt.status.lock().initial_sync_copied += plan.ops as u64;
             Ok::<(), mongodb::error::Error>(())
         }
