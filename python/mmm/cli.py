@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import __version__, preflight
+from . import __version__, _mmm, preflight
 from .config import Config, ConfigError, Link, load_config
 
 log = logging.getLogger("mmm.cli")
@@ -78,7 +78,7 @@ def cmd_clear_config(args: argparse.Namespace) -> int:
     for n in names:
         client = _client(config.servers[n].uri)
         try:
-            client.drop_database("__mmm")
+            client.drop_database(_mmm.MMM_DB)
         finally:
             client.close()
         print(f"cleared mmm configuration on {n}")
@@ -97,13 +97,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if "/" in args.dst:
         # Only the destination: the link is stored there, and the source may be down for now.
         dst = args.dst.split("/", 1)[0]
-        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
+        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker, args.on_reject)
         findings = preflight.check({dst: config.servers[dst]}, [link])
         if findings:
             raise CliError("; ".join(f.message for f in findings))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
-                           initial_sync=args.initial_sync, marker=args.marker)
+                           initial_sync=args.initial_sync, marker=args.marker, on_reject=args.on_reject)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -129,7 +129,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -137,7 +137,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             s["id"], s["state"],
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
-            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
             (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
@@ -146,28 +146,32 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
 
 def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict[str, Any]]:
     """Status of links as their checkpoints on the destinations show it (from any process)."""
+    import bson
+
     rows = []
     for link, link_id in zip(links, _ids(config, links)):
         row: Dict[str, Any] = {"id": link_id, "src": link.src_server, "dst": link.dst_server}
         try:
-            dst = _client(config.servers[link.dst_server].uri)
-            src = _client(config.servers[link.src_server].uri)
-            doc = dst["__mmm"]["checkpoints"].find_one({"_id": link_id})
-            if doc is None:
+            checkpoint = _mmm.read_checkpoint(config.servers[link.dst_server].uri, link_id)
+            if checkpoint is None:
                 row.update(state="never run", checkpoint=None)
             else:
-                newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
-                behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": doc["ts"]}, "op": {"$in": ["i", "u", "d", "c"]}})
+                ts = bson.Timestamp(*checkpoint["ts"])
+                src = _client(config.servers[link.src_server].uri)
+                try:
+                    newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
+                    behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}})
+                finally:
+                    src.close()
                 row.update(
                     state="caught up" if behind == 0 else "behind",
-                    checkpoint=doc["ts"],
-                    lag_seconds=float(max(0, newest.time - doc["ts"].time)),
+                    checkpoint=ts,
+                    lag_seconds=float(max(0, newest.time - ts.time)),
                     lag_ops=behind,
-                    ops_applied=doc.get("ops_applied", 0),
-                    conflicts=doc.get("conflicts", 0),
+                    ops_applied=checkpoint["ops_applied"],
+                    conflicts=checkpoint["conflicts"],
+                    rejected=checkpoint["rejected"],
                 )
-            dst.close()
-            src.close()
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=str(e).splitlines()[0])
         rows.append(row)
@@ -175,13 +179,7 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
 
 
 def _ids(config: Config, links: Sequence[Link]) -> List[str]:
-    from . import _mmm
-
-    core = _mmm.ReplicatorCore(
-        [(s.name, s.id, s.uri) for s in config.servers.values()],
-        [l.core_tuple() for l in links],
-    )
-    return core.link_ids()
+    return [_mmm.link_id(l.src, l.dst) for l in links]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -290,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
                    help="field: also write __mmm: {origin, ts} into every document the link writes")
+    s.add_argument("--on-reject", choices=("fail", "journal"), default="fail",
+                   help="a write the destination refuses stops the link (fail) or goes to __mmm.rejected (journal)")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")

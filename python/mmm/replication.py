@@ -37,7 +37,7 @@ log = logging.getLogger("mmm.replication")
 
 __all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
 
-LINKS_COLLECTION = "links"
+LINKS_COLLECTION = _mmm.LINKS_COLLECTION
 
 
 class ReplicationError(_mmm.MmmError):
@@ -142,16 +142,17 @@ class Replicator:
         return pymongo.MongoClient(uri, serverSelectionTimeoutMS=_preflight.TIMEOUT_MS)
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
-                  initial_sync: bool = False, marker: str = "transaction") -> Link:
+                  initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:
         """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did)."""
-        link = Link(src, dst, ops, forward, initial_sync, marker)
+        link = Link(src, dst, ops, forward, initial_sync, marker, on_reject)
         candidate = self.links + [link]
         _mmm.ReplicatorCore([(s.name, s.id, s.uri) for s in self.servers.values()],
                             [l.core_tuple() for l in candidate])
         client = self._client(link.dst_server)
         try:
-            client["__mmm"][LINKS_COLLECTION].replace_one(
-                {"_id": f"{src}->{dst}"}, {"_id": f"{src}->{dst}", **link.as_dict()}, upsert=True
+            link_id = _mmm.link_id(src, dst)
+            client[_mmm.MMM_DB][LINKS_COLLECTION].replace_one(
+                {"_id": link_id}, {"_id": link_id, **link.as_dict()}, upsert=True
             )
         finally:
             client.close()
@@ -169,17 +170,17 @@ class Replicator:
         for name in self.servers:
             client = self._client(name)
             try:
-                for doc in client["__mmm"][LINKS_COLLECTION].find():
+                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
                                       doc.get("forward", False), doc.get("initial_sync", False),
-                                      doc.get("marker", "transaction")))
+                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
             except pymongo.errors.ConnectionFailure as e:
                 log.warning("links stored on server %s not loaded: it is unreachable (%s)",
                             name, str(e).splitlines()[0])
             except pymongo.errors.OperationFailure as e:
                 raise ReplicationError(
-                    f"server {name}: cannot read the links stored in __mmm.{LINKS_COLLECTION}: "
-                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on __mmm)"
+                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on {_mmm.MMM_DB})"
                 ) from None
             finally:
                 client.close()
@@ -188,7 +189,8 @@ class Replicator:
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, last error."""
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
+        rejected (journaled in ``__mmm.rejected``), last error."""
         out = []
         for s in self._core.status():
             if s.get("checkpoint") is not None:
