@@ -27,6 +27,8 @@ REFUSED = [
     ("a/__mmm.checkpoints", "b/app.checkpoints"),
     ("a/app.orders", "b/__mmm.orders"),
     ("a/app.system.views", "b/app.system.views"),
+    ("a/Admin.*", "b/Admin.*"),  # database names differ from an existing one in more than case
+    ("a/app.$cmd", "b/app.$cmd"),
 ]
 
 
