@@ -234,3 +234,18 @@ def test_a_refused_copy_during_initial_sync_fails_the_link(pair):
     error = r.status()[0]["last_error"]
     readable(error)
     assert r.status()[0]["state"] == "failed" and "a2" in error, error
+
+
+def test_journal_mode_covers_the_initial_sync(pair):
+    a, b, ca, cb = pair
+    unique_email(cb)
+    ca.app.users.insert_many([{"_id": f"a{i}", "email": "taken@example.com" if i == 2 else f"{i}@example.com"}
+                              for i in range(5)])
+    with one_way(a, b, initial_sync=True, on_reject="journal") as r:
+        wait_for(lambda: r.status()[0]["state"] == "running")
+        ca.app.users.insert_one({"_id": "later", "email": "later@example.com"})
+        wait_for(lambda: cb.app.users.count_documents({}) == 6)
+        status = r.status()[0]
+    assert status["rejected"] == 1 and status["last_error"] is None
+    (entry,) = cb["__mmm"]["rejected"].find()
+    assert (entry["ns"], entry["doc_id"], entry["code"]) == ("app.users", "a2", 11000)

@@ -59,10 +59,12 @@ pub fn refuse_link_namespace(pattern: &NsPattern) -> Result<(), String> {
                 "{pattern}: the {MMM_DB} database holds mmm's own state and cannot be replicated"
             ))
         }
-        Some(server_db) => return Err(format!(
+        Some(server_db) => {
+            return Err(format!(
             "{pattern}: the {server_db} database belongs to the server and cannot be replicated \
                  (replicate application databases; '*' skips admin, config and local)"
-        )),
+        ))
+        }
         None => {}
     }
     match coll {
