@@ -1,6 +1,7 @@
 //! `mmm._mmm.ReplicatorCore`: the replication engine driven from Python. `mmm.Replicator` builds
 //! the topology (from YAML or arguments) and turns events into callbacks and logs.
 
+use super::specs::{topology, LinkArg, ServerArg};
 use super::tailer::parse_client_options;
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -23,31 +24,16 @@ fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
 
 #[pymethods]
 impl PyReplicatorCore {
-    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync,
-    /// tag_documents)]` with endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
+    /// `servers`: objects with `name`, `id`, `uri` (`mmm.Server`); `links`: objects with `src`,
+    /// `dst`, `ops`, `forward`, `initial_sync`, `marker` (`mmm.Link`), endpoints written
+    /// `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
-    fn new(
-        servers: Vec<(String, String, String)>,
-        links: Vec<(String, String, String, bool, bool, bool)>,
-    ) -> PyResult<Self> {
-        let servers: Vec<ServerSpec> = servers
-            .into_iter()
-            .map(|(name, id, uri)| ServerSpec { name, id, uri })
-            .collect();
-        let mut specs = Vec::new();
-        for (src, dst, ops, forward, initial_sync, tag_documents) in links {
-            let mut spec = LinkSpec::parse(&src, &dst, &ops)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            spec.forward = forward;
-            spec.initial_sync = initial_sync;
-            spec.tag_documents = tag_documents;
-            specs.push(spec);
-        }
-        crate::replicate::topology::validate(&servers, &specs)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    fn new(py: Python<'_>, servers: Vec<ServerArg>, links: Vec<LinkArg>) -> PyResult<Self> {
+        let (servers, specs) = topology(servers, links)?;
         for s in &servers {
-            parse_client_options(&s.uri)
-                .map_err(|e| PyValueError::new_err(format!("server {:?}: {e}", s.name)))?;
+            parse_client_options(&s.uri).map_err(|e| {
+                PyValueError::new_err(format!("server {:?}: {}", s.name, e.value(py)))
+            })?;
         }
         Ok(PyReplicatorCore {
             servers,
@@ -73,7 +59,7 @@ impl PyReplicatorCore {
             options.insert(s.name.clone(), o);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let _guard = rt.enter();
         let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -102,8 +88,9 @@ impl PyReplicatorCore {
         timeout: f64,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let events = self.events.clone();
+        let rt = crate::runtime::get()?;
         let event = super::wait_detached(py, timeout, |slice| {
-            crate::runtime::get().block_on(async {
+            rt.block_on(async {
                 let mut guard = events.lock().await;
                 match guard.as_mut() {
                     Some(rx) => tokio::time::timeout(slice, rx.recv()).await.ok(),

@@ -37,7 +37,7 @@ impl PyMongoServer {
             replset,
             oplog_size_bytes: (oplog_size_mb * 1024.0 * 1024.0) as u64,
         };
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let inner = py
             .detach(|| rt.block_on(MongoServer::start(options.clone())))
             .map_err(|e| {
