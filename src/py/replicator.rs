@@ -32,7 +32,10 @@ impl PyReplicatorCore {
         let (servers, specs) = topology(servers, links)?;
         for s in &servers {
             parse_client_options(&s.uri).map_err(|e| {
-                PyValueError::new_err(format!("server {:?}: {}", s.name, e.value(py)))
+                match e.is_instance_of::<PyValueError>(py) {
+                    true => PyValueError::new_err(format!("server {:?}: {}", s.name, e.value(py))),
+                    false => e, // the runtime's RuntimeError after a fork stays what it is
+                }
             })?;
         }
         Ok(PyReplicatorCore {
