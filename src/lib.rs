@@ -8,6 +8,7 @@ pub mod redact;
 pub mod replicate;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod tail;
 
 mod py;

@@ -36,7 +36,7 @@ def test_every_public_name_of_the_module_is_in_the_stubs():
     stub = (Path(mmm.__file__).parent / "_mmm.pyi").read_text()
     for name in dir(_mmm):
         if not name.startswith("_"):
-            assert f"class {name}" in stub or f"def {name}(" in stub, name
+            assert f"class {name}" in stub or f"def {name}(" in stub or f"\n{name}: " in stub, name
 
 
 def test_errors_form_one_hierarchy():
@@ -57,6 +57,7 @@ def test_core_reads_servers_and_links_by_name_not_position():
 
     @dataclass
     class L:
+        on_reject: str
         marker: str
         initial_sync: bool
         forward: bool
@@ -65,14 +66,16 @@ def test_core_reads_servers_and_links_by_name_not_position():
         src: str
 
     servers = [S("mongodb://h1", "A", "a"), S("mongodb://h2", "B", "b")]
-    core = _mmm.ReplicatorCore(servers, [L("transaction", False, False, "iud", "b/d.c", "a/d.c")])
+    core = _mmm.ReplicatorCore(servers, [L("fail", "transaction", False, False, "iud", "b/d.c", "a/d.c")])
     assert core.link_ids() == ["a/d.c->b/d.c"]
     assert core.status()[0]["state"] == "not started"
-    assert _mmm.link_ids(servers, [mmm.Link("a/d.*", "b/d.*")]) == ["a/d.*->b/d.*"]
+    assert [l["state"] for l in _mmm.ReplicatorCore(servers, [mmm.Link("a/d.*", "b/d.*")]).status()] == ["not started"]
     with pytest.raises(AttributeError):
         _mmm.ReplicatorCore([("a", "A", "mongodb://h1")], [])
     with pytest.raises(ValueError, match="marker"):
-        _mmm.ReplicatorCore(servers, [L("tag", False, False, "iud", "b/d.c", "a/d.c")])
+        _mmm.ReplicatorCore(servers, [L("fail", "tag", False, False, "iud", "b/d.c", "a/d.c")])
+    with pytest.raises(ValueError, match="on_reject"):
+        _mmm.ReplicatorCore(servers, [L("retry", "transaction", False, False, "iud", "b/d.c", "a/d.c")])
 
 
 def test_tailer_core_yields_typed_batches(mongo_server):

@@ -38,11 +38,20 @@ class OplogFormatError(MmmError):
 class MongoServer:
     """The embedded MongoDB-compatible server, listening on ``host:port`` (0 picks a free port)
     as the single member of replica set ``replset``, with an oplog capped at ``oplog_size_mb``.
-    ValueError on a bad argument, OSError when the address cannot be bound, RuntimeError when
-    mmm was started in this process's parent before a fork."""
+    ``advertise``: ``HOST`` or ``HOST:PORT`` that ``hello`` names (hosts, me, primary); default
+    the bound address, 127.0.0.1 for a wildcard bind. ValueError on a bad argument, OSError when
+    the address cannot be bound, RuntimeError when mmm was started in this process's parent
+    before a fork."""
 
     # replset defaults to "rs0" and host to "127.0.0.1" (computed defaults, shown as ...)
-    def __new__(cls, port: int = 0, replset: str = ..., oplog_size_mb: float = 256.0, host: str = ...) -> "MongoServer": ...
+    def __new__(
+        cls,
+        port: int = 0,
+        replset: str = ...,
+        oplog_size_mb: float = 256.0,
+        host: str = ...,
+        advertise: Optional[str] = None,
+    ) -> "MongoServer": ...
     @property
     def port(self) -> int: ...
     @property
@@ -146,6 +155,9 @@ class LinkLike(Protocol):
     @property
     def marker(self) -> str:
         """"transaction" or "field"."""
+    @property
+    def on_reject(self) -> str:
+        """"fail" or "journal"."""
 
 class _LinkStatusRequired(TypedDict):
     id: str
@@ -169,6 +181,8 @@ class LinkStatus(_LinkStatusRequired, total=False):
     echoes_skipped: int
     """Ops not sent back to the server they were replicated from."""
     conflicts: int
+    rejected: int
+    """Ops the destination refused, journaled in ``__mmm.rejected`` (``on_reject="journal"``)."""
     initial_sync: Tuple[int, int]
     """(documents copied, documents to copy)."""
     last_error: Optional[str]
@@ -234,9 +248,6 @@ class Reach(TypedDict):
     warnings: List[str]
     """A server whose writes reach some servers of the namespace but not others."""
 
-def link_ids(servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> List[str]:
-    """The ids of ``links`` in order, after the checks :class:`ReplicatorCore` makes."""
-
 def reach(servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> List[Reach]:
     """Per namespace a link reads, whose writes reach whom (ValueError as
     :class:`ReplicatorCore`)."""
@@ -259,3 +270,38 @@ def uri_userinfo_problem(uri: str) -> Optional[str]:
 
 def diff_to_update(o: bytes) -> bytes:
     """Translates an update op's ``o`` (BSON) into update documents (concatenated BSON)."""
+
+# -- the __mmm database ------------------------------------------------------------------------
+
+MMM_DB: str
+"""The database that holds mmm's state on every server (``"__mmm"``)."""
+CHECKPOINTS_COLLECTION: str
+"""One document per link on its destination: where the link resumes."""
+LINKS_COLLECTION: str
+"""Links stored by ``mmm replicate`` on their destination."""
+REJECTED_COLLECTION: str
+"""Ops a destination refused, journaled by links with ``on_reject="journal"``."""
+TAILER_CHECKPOINTS_COLLECTION: str
+"""Named positions of tailers that keep their checkpoint in MongoDB."""
+
+def link_id(src: str, dst: str) -> str:
+    """The id of the link ``src -> dst`` (the ``_id`` of its checkpoint and stored document).
+    Raises ValueError for a malformed endpoint or one no link may use (``local``, ``admin``,
+    ``config``, ``__mmm``, ``system.*``)."""
+
+class Checkpoint(TypedDict):
+    link: str
+    origin: str
+    """Server id where the ops of the last applied batch were first written."""
+    src: str
+    ts: Tuple[int, int]
+    """The link resumes reading its source after this (time, inc)."""
+    applied: Tuple[int, int]
+    ops_applied: int
+    conflicts: int
+    rejected: int
+    pending_ddl: bool
+
+def read_checkpoint(uri: str, link: str, timeout: float = 5.0) -> Optional[Checkpoint]:
+    """The checkpoint of ``link`` on the server at ``uri``; None if the link never ran there.
+    Raises MmmError when the server cannot be read within ``timeout`` seconds."""

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import __version__, preflight, redact
+from . import __version__, _mmm, preflight, redact
 from ._mmm import MmmError
 from .config import Config, ConfigError, Link, load_config
 
@@ -84,7 +84,7 @@ def cmd_clear_config(args: argparse.Namespace) -> int:
     for n in names:
         client = _client(config.servers[n].uri)
         try:
-            client.drop_database("__mmm")
+            client.drop_database(_mmm.MMM_DB)
         finally:
             client.close()
         print(f"cleared mmm configuration on {n}")
@@ -99,7 +99,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         server = end.split("/", 1)[0]
         if "/" in end and server not in config.servers:
             raise CliError(f"unknown server {server!r} in {end!r} (known: {', '.join(config.servers)})")
-    link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
+    link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker, args.on_reject)
     for declared in config.links:
         if (declared.src, declared.dst) == (link.src, link.dst) and declared != link:
             raise CliError(f"{args.config} already declares {link.src} -> {link.dst} with other options; change it there")
@@ -122,7 +122,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             raise CliError("; ".join(problems))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
-                           initial_sync=args.initial_sync, marker=args.marker)
+                           initial_sync=args.initial_sync, marker=args.marker, on_reject=args.on_reject)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -153,8 +153,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _reach_report(config: Config, links: Sequence[Link]) -> List[str]:
     """Per namespace: whose writes reach whom, then a warning for each server whose writes
     reach some servers of the namespace but not others (a star whose hub does not forward)."""
-    from . import _mmm
-
     out: List[str] = []
     warnings: List[str] = []
     for r in _mmm.reach(list(config.servers.values()), list(links)):
@@ -183,7 +181,7 @@ def _reach_report(config: Config, links: Sequence[Link]) -> List[str]:
 
 
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -191,7 +189,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             s["id"], s["state"],
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
-            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
             (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
@@ -200,28 +198,32 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
 
 def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict[str, Any]]:
     """Status of links as their checkpoints on the destinations show it (from any process)."""
+    import bson
+
     rows = []
     for link, link_id in zip(links, _ids(config, links)):
         row: Dict[str, Any] = {"id": link_id, "src": link.src_server, "dst": link.dst_server}
         try:
-            dst = _client(config.servers[link.dst_server].uri)
-            src = _client(config.servers[link.src_server].uri)
-            doc = dst["__mmm"]["checkpoints"].find_one({"_id": link_id})
-            if doc is None:
+            checkpoint = _mmm.read_checkpoint(config.servers[link.dst_server].uri, link_id)
+            if checkpoint is None:
                 row.update(state="never run", checkpoint=None)
             else:
-                newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
-                behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": doc["ts"]}, "op": {"$in": ["i", "u", "d", "c"]}})
+                ts = bson.Timestamp(*checkpoint["ts"])
+                src = _client(config.servers[link.src_server].uri)
+                try:
+                    newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
+                    behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}})
+                finally:
+                    src.close()
                 row.update(
                     state="caught up" if behind == 0 else "behind",
-                    checkpoint=doc["ts"],
-                    lag_seconds=float(max(0, newest.time - doc["ts"].time)),
+                    checkpoint=ts,
+                    lag_seconds=float(max(0, newest.time - ts.time)),
                     lag_ops=behind,
-                    ops_applied=doc.get("ops_applied", 0),
-                    conflicts=doc.get("conflicts", 0),
+                    ops_applied=checkpoint["ops_applied"],
+                    conflicts=checkpoint["conflicts"],
+                    rejected=checkpoint["rejected"],
                 )
-            dst.close()
-            src.close()
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)
@@ -229,9 +231,7 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
 
 
 def _ids(config: Config, links: Sequence[Link]) -> List[str]:
-    from . import _mmm
-
-    return _mmm.link_ids(list(config.servers.values()), list(links))
+    return [_mmm.link_id(l.src, l.dst) for l in links]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -285,12 +285,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .embedded import MongoServer
+    from .embedded import MongoServer, is_loopback
 
     try:
-        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
-    except OSError as e:
+        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb,
+                             host=args.host, advertise=args.advertise)
+    except (OSError, ValueError) as e:
         raise CliError(str(e)) from None
+    if not is_loopback(args.host):
+        print(
+            f"mmm: WARNING: listening on {args.host}: anyone who can reach this machine on port "
+            f"{server.port} can read and write every database WITHOUT A PASSWORD (the embedded "
+            "server has no authentication). Use --host 127.0.0.1 unless that is what you want.",
+            file=sys.stderr, flush=True,
+        )
     done: List[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: done.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: done.append(signum))
@@ -359,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
                    help="field: also write __mmm: {origin, ts} into every document the link writes")
+    s.add_argument("--on-reject", choices=("fail", "journal"), default="fail",
+                   help="a write the destination refuses stops the link (fail) or goes to __mmm.rejected (journal)")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")
@@ -371,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")
     s.add_argument("--port", type=_port, default=27017)
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                   "0.0.0.0 or :: listen on every interface, without authentication)")
+    s.add_argument("--advertise", metavar="HOST[:PORT]",
+                   help="address hello and the printed URI name (default: the bound address; for "
+                        "0.0.0.0/:: this machine's hostname)")
     s.add_argument("--replset", default="rs0")
     s.add_argument("--oplog-size-mb", type=_positive(float), default=256)
     s.set_defaults(func=cmd_serve)

@@ -38,7 +38,7 @@ log.addFilter(redact.LogFilter())
 
 __all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
 
-LINKS_COLLECTION = "links"
+LINKS_COLLECTION = _mmm.LINKS_COLLECTION
 
 
 class ReplicationError(_mmm.MmmError):
@@ -158,15 +158,16 @@ class Replicator:
         _core(self.servers.values(), self._with_link(link))
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
-                  initial_sync: bool = False, marker: str = "transaction") -> Link:
+                  initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:
         """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did),
         after the topology checks :meth:`start` runs (ValueError, nothing stored)."""
-        link = Link(src, dst, ops, forward, initial_sync, marker)
+        link = Link(src, dst, ops, forward, initial_sync, marker, on_reject)
         self.check_new_link(link)
         client = self._client(link.dst_server)
         try:
-            client["__mmm"][LINKS_COLLECTION].replace_one(
-                {"_id": f"{src}->{dst}"}, {"_id": f"{src}->{dst}", **link.as_dict()}, upsert=True
+            link_id = _mmm.link_id(src, dst)
+            client[_mmm.MMM_DB][LINKS_COLLECTION].replace_one(
+                {"_id": link_id}, {"_id": link_id, **link.as_dict()}, upsert=True
             )
         finally:
             client.close()
@@ -183,17 +184,17 @@ class Replicator:
         for name in self.servers:
             client = self._client(name)
             try:
-                for doc in client["__mmm"][LINKS_COLLECTION].find():
+                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
                                       doc.get("forward", False), doc.get("initial_sync", False),
-                                      doc.get("marker", "transaction")))
+                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
             except pymongo.errors.ConnectionFailure as e:
                 log.warning("links stored on server %s not loaded: it is unreachable (%s)",
                             name, redact.error(e))
             except pymongo.errors.OperationFailure as e:
                 raise ReplicationError(
-                    f"server {name}: cannot read the links stored in __mmm.{LINKS_COLLECTION}: "
-                    f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on __mmm)"
+                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                    f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
                 ) from None
             finally:
                 client.close()
@@ -202,7 +203,8 @@ class Replicator:
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, last error."""
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
+        rejected (journaled in ``__mmm.rejected``), last error."""
         out = []
         for s in self._core.status():
             if s.get("last_error"):

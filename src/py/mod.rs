@@ -6,6 +6,7 @@ mod redact;
 mod replicator;
 mod server;
 mod specs;
+mod store;
 mod tailer;
 mod topology;
 
@@ -43,11 +44,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<replicator::PyReplicatorCore>()?;
     m.add_function(wrap_pyfunction!(functions::diff_to_update, m)?)?;
     m.add_class::<tailer::PyBatch>()?;
-    m.add_function(wrap_pyfunction!(topology::link_ids, m)?)?;
     m.add_function(wrap_pyfunction!(topology::reach, m)?)?;
     m.add_function(wrap_pyfunction!(redact::redact_uri, m)?)?;
     m.add_function(wrap_pyfunction!(redact::uri_secrets, m)?)?;
     m.add_function(wrap_pyfunction!(redact::redact_text, m)?)?;
     m.add_function(wrap_pyfunction!(redact::uri_userinfo_problem, m)?)?;
+    store::register(m)?;
     Ok(())
 }

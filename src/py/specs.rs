@@ -1,7 +1,8 @@
 //! The servers and links Python hands to the core: any objects with the attributes of
 //! `mmm.Server` (`name`, `id`, `uri`) and `mmm.Link` (`src`, `dst`, `ops`, `forward`,
-//! `initial_sync`, `marker`), read by name rather than by position.
+//! `initial_sync`, `marker`, `on_reject`), read by name rather than by position.
 
+use crate::apply::OnReject;
 use crate::replicate::{topology, LinkSpec, ServerSpec};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ pub struct LinkArg {
     forward: bool,
     initial_sync: bool,
     marker: String,
+    on_reject: String,
 }
 
 /// Parses the links and checks the topology (names, ids, the single-path rule).
@@ -48,6 +50,16 @@ pub fn topology(
             other => {
                 return Err(PyValueError::new_err(format!(
                     "link {}: marker is \"transaction\" or \"field\", got {other:?}",
+                    spec.id()
+                )))
+            }
+        };
+        spec.on_reject = match l.on_reject.as_str() {
+            "fail" => OnReject::Fail,
+            "journal" => OnReject::Journal,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "link {}: on_reject is \"fail\" or \"journal\", got {other:?}",
                     spec.id()
                 )))
             }

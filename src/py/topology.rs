@@ -1,17 +1,9 @@
-//! `mmm._mmm.link_ids` and `mmm._mmm.reach`: the topology's pure answers, without a core.
+//! `mmm._mmm.reach`: whose writes reach whom, a pure answer of the topology, without a core.
 
 use super::specs::{topology, LinkArg, ServerArg};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-
-/// The ids of `links` (checkpoint `_id`s on their destinations), in order, after checking the
-/// topology (ValueError on a mistake).
-#[pyfunction]
-pub fn link_ids(servers: Vec<ServerArg>, links: Vec<LinkArg>) -> PyResult<Vec<String>> {
-    let (_, links) = topology(servers, links)?;
-    Ok(links.iter().map(|l| l.id()).collect())
-}
 
 /// Per namespace a link reads: `{"namespace", "servers", "reach": {origin: [(server,
 /// namespace there, whole)]}, "warnings": [...]}` (see `_mmm.pyi`).

@@ -3,14 +3,15 @@
 //! so writes made during the copy are neither lost nor doubled. Copy batches are transactions
 //! marked like replicated batches, so the reverse link never sends them back.
 
-use super::link::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use crate::apply::{Applier, Checkpoint, Plan, Tag};
+use super::runtime::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::NsPattern;
+use crate::store::Checkpoint;
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::Client;
 
-const SKIP_DBS: &[&str] = &["admin", "local", "config", "__mmm"];
+use crate::store::namespaces::{is_system_collection, SERVER_DATABASES as SKIP_DBS};
 
 async fn source_namespaces(
     src: &Client,
@@ -33,7 +34,7 @@ async fn source_namespaces(
         out.extend(
             names
                 .into_iter()
-                .filter(|c| !c.starts_with("system."))
+                .filter(|c| !is_system_collection(c))
                 .map(|c| format!("{db}.{c}")),
         );
     }
@@ -81,6 +82,7 @@ pub async fn initial_sync(
         applied: zero,
         ops_applied: 0,
         conflicts: 0,
+        rejected: 0,
         pending_ddl: None,
     };
     let apply = |plan: Plan| {
@@ -90,7 +92,7 @@ pub async fn initial_sync(
             applier
                 .apply(&plan, checkpoint)
                 .await
-                .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+                .map_err(mongodb::error::Error::custom)?;
             rt.status.lock().initial_sync_copied += plan.ops as u64;
             Ok::<(), mongodb::error::Error>(())
         }
