@@ -108,6 +108,11 @@ HOSTILE_FILES = [
     (b"a:\n  id: A\n  uri: 'mongodb://u:p@ss@h'\n", "line 3, key 'a.uri'", "percent-encoded"),
     (b"- a\n- b\n", "line 1", "mapping of server names"),
     (b"a: {id: A, uri: 'mongodb://h'}\n" * 2 + b"x" * 100, "", ""),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "", "nested too deeply"),
+    # a "billion laughs": 10**9 references to one list, which must be looked at once
+    (b"x0: &x0 [a, a, a, a, a, a, a, a, a, a]\n"
+     + b"".join(b"x%d: &x%d [" % (i, i) + b", ".join([b"*x%d" % (i - 1)] * 10) + b"]\n" for i in range(1, 10)),
+     "line 1, key 'x0'", "a server entry is a mapping"),
 ]
 
 
@@ -121,6 +126,14 @@ def test_hostile_configuration_files(tmp_path, content, where, what):
         assert len(lines(out.stderr)) == 1, out.stderr
         assert str(cfg) in out.stderr and where in out.stderr and what in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_endless_configuration_file_is_refused():
+    out = mmm("-l", "/dev/zero", "-c", "/dev/null", "dump-config", timeout=60)
+    assert out.returncode == 1 and "/dev/zero: not a logging configuration file" in out.stderr, out.stderr
+    out = mmm("-c", "/dev/zero", "dump-config", timeout=60)
+    assert out.returncode == 1 and "/dev/zero: larger than 16 MiB" in out.stderr, out.stderr
+    assert len(lines(out.stderr)) == 1
 
 
 def test_hostile_configuration_file_is_not_executed(tmp_path):

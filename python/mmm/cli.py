@@ -400,6 +400,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.logging:
         if not os.path.exists(args.logging):
             raise CliError(f"{args.logging}: no such logging configuration file")
+        if not os.path.isfile(args.logging) or os.path.getsize(args.logging) > (1 << 20):
+            raise CliError(f"{args.logging}: not a logging configuration file (a regular file of at most 1 MiB)")
         try:
             logging.config.fileConfig(args.logging, disable_existing_loggers=False)
         except Exception as e:  # noqa: BLE001 - configparser, KeyError, ImportError, ... all mean a bad file

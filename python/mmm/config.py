@@ -34,6 +34,7 @@ __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_conf
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject"}
 MARKERS = ("transaction", "field")
+MAX_CONFIG_CHARS = 16 << 20  # reading stops here: `-c /dev/zero` must not exhaust memory
 ON_REJECT = ("fail", "journal")
 
 
@@ -137,25 +138,33 @@ def _scalar(node: yaml.Node, path: str, key: str) -> Any:
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float", "map", "seq")}
 
 
-def _check_nodes(node: yaml.Node, path: str, key: str = "") -> None:
+def _check_nodes(root: yaml.Node, path: str) -> None:
     """Refuses what YAML allows but a configuration must not hold: explicit tags, keys that
-    are not plain strings, and a key given twice in one mapping (YAML keeps the last silently)."""
-    here = key or "(top level)"
-    if node.tag not in _PLAIN_TAGS:
-        raise ConfigError(f"{_where(path, node, here)}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed; write a plain value")
-    if isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _check_nodes(item, path, f"{key}[{i}]")
-    elif isinstance(node, yaml.MappingNode):
-        seen: Dict[str, yaml.Node] = {}
-        for k_node, v_node in node.value:
-            if not isinstance(k_node, yaml.ScalarNode) or k_node.tag not in _PLAIN_TAGS:
-                raise ConfigError(f"{_where(path, k_node, here)}: a key must be a plain name, not a {k_node.id}")
-            name = str(k_node.value)
-            if name in seen:
-                raise ConfigError(f"{_where(path, k_node, (key + '.' if key else '') + name)}: key given twice in one mapping (first on line {seen[name].start_mark.line + 1}); keep one")
-            seen[name] = k_node
-            _check_nodes(v_node, path, (key + "." if key else "") + name)
+    are not plain strings, and a key given twice in one mapping (YAML keeps the last silently).
+    Each node is visited once, so aliases repeated many times (a "billion laughs" file) cost no
+    more than the text that declares them."""
+    seen_nodes = set()
+    todo: List[Tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, key = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        here = key or "(top level)"
+        if node.tag not in _PLAIN_TAGS:
+            raise ConfigError(f"{_where(path, node, here)}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed; write a plain value")
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{key}[{i}]") for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            names: Dict[str, yaml.Node] = {}
+            for k_node, v_node in node.value:
+                if not isinstance(k_node, yaml.ScalarNode) or k_node.tag not in _PLAIN_TAGS:
+                    raise ConfigError(f"{_where(path, k_node, here)}: a key must be a plain name, not a {k_node.id}")
+                name = str(k_node.value)
+                if name in names:
+                    raise ConfigError(f"{_where(path, k_node, (key + '.' if key else '') + name)}: key given twice in one mapping (first on line {names[name].start_mark.line + 1}); keep one")
+                names[name] = k_node
+                todo.append((v_node, (key + "." if key else "") + name))
 
 
 def _server_id(node: yaml.Node, path: str, key: str) -> str:
@@ -201,6 +210,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     """Parses configuration text; raises ConfigError naming the line and key of a mistake."""
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else path
@@ -256,11 +267,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 def load_config(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_CONFIG_CHARS + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_CHARS // (1 << 20)} MiB; a configuration file is a short list of servers and links")
     return parse_config(text, path)
