@@ -181,6 +181,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             positioned: false,
             matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
+            skip: skip as u64,
         }
     } else if (sort.is_none() || natural.is_some()) && skip == 0 {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
@@ -282,15 +283,42 @@ pub fn get_more(
     batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
 }
 
-pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
-    let ids = body.get_array("cursors").map_err(|_| {
-        ServerError::failed_to_parse(
-            "BSON field 'killCursors.cursors' is missing but a required field",
-        )
-    })?;
+/// `killCursors` as jstests/core/killcursors.js checks it: a cursor of another namespace (or of
+/// a collection that does not exist) is "not found" and stays open.
+pub fn kill_cursors(state: &mut State, db: &str, body: &Document) -> ServerResult<Reply> {
+    let Some(Bson::String(coll)) = body.get("killCursors") else {
+        return Err(ServerError::failed_to_parse(
+            "BSON field 'killCursors' is the wrong type, expected type 'string'",
+        ));
+    };
+    let ns = format!("{db}.{coll}");
+    let ids = match body.get("cursors") {
+        Some(Bson::Array(ids)) => ids,
+        Some(_) => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is the wrong type, expected type 'array'",
+            ))
+        }
+        None => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is missing but a required field",
+            ))
+        }
+    };
+    if ids.is_empty() {
+        return Err(ServerError::bad_value(
+            "Must specify at least one cursor id in: [",
+        ));
+    }
     let (mut killed, mut not_found) = (Vec::new(), Vec::new());
-    for id in ids.iter().filter_map(as_i64) {
-        if state.cursors.kill(id) {
+    for value in ids {
+        let Some(id) = as_i64(value) else {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'killCursors.cursors' must be an array of cursor ids (long)",
+            ));
+        };
+        let ours = state.cursors.get(id).is_some_and(|c| c.ns == ns);
+        if ours && state.cursors.kill(id) {
             killed.push(id);
         } else {
             not_found.push(id);

@@ -1548,7 +1548,8 @@ mod tests {
     #[test]
     fn positional_match_records_the_array_offset() {
         let pos = |f: Document, d: Document| m(f).positional_match(&d);
-        // ref §3.7: query {a: 1} on {a: [0, 1, 2]} → matched index 1.
+        // The positional `$` takes the first array index the query matched (MongoDB manual,
+        // "$ (update)"): query {a: 1} on {a: [0, 1, 2]} → matched index 1.
         assert_eq!(
             pos(doc! {"_id": 1, "a": 1}, doc! {"_id": 1, "a": [0, 1, 2]}),
             Some(1)
