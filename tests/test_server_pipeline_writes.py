@@ -90,9 +90,22 @@ def test_let_in_aggregate_and_pipeline_updates(coll):
     assert coll.find_one({"_id": 2})["a"] == "new"
     coll.find_one_and_update({"_id": 2}, [{"$set": {"b": "$$v.x"}}], let={"v": {"x": 7}})
     assert coll.find_one({"_id": 2})["b"] == 7
-    # Outside $expr, "$$k" in a filter is a plain string.
+    # Outside $expr, "$$k" in a filter is a plain string; inside it is the variable.
     assert coll.find_one({"a": "$$k"}, let={"k": 1}) is None
-    coll.delete_one({"_id": 2}, let={"k": 1})
+    assert coll.find_one({"$expr": {"$eq": ["$a", "$$k"]}}, {"_id": 1}, let={"k": 1}) == {"_id": 1}
+    assert [d["_id"] for d in coll.find({"$or": [{"$expr": {"$gt": ["$_id", "$$k"]}}]}, let={"k": 1})] == [2]
+    r = coll.update_many({"$expr": {"$eq": ["$_id", "$$target"]}}, {"$set": {"hit": True}}, let={"target": 1})
+    assert r.modified_count == 1 and coll.find_one({"_id": 1})["hit"] is True
+    got = coll.find_one_and_update({"$expr": {"$eq": ["$_id", "$$t"]}}, [{"$set": {"via": "$$t"}}],
+                                   let={"t": 1}, return_document=True)
+    assert got["via"] == 1
+    with pytest.raises(OperationFailure) as e:
+        coll.find_one({"$expr": {"$eq": ["$a", "$$undefined"]}})
+    assert e.value.code == 17276
+    with pytest.raises(OperationFailure) as e:
+        coll.find_one({"b": {"$elemMatch": {"$expr": {"$eq": ["$x", 1]}}}})
+    assert e.value.code == 2
+    assert coll.delete_many({"$expr": {"$eq": ["$_id", "$$k"]}}, let={"k": 2}).deleted_count == 1
     with pytest.raises(OperationFailure) as e:
         coll.find_one({}, let={"Bad": 1})
     assert e.value.code == 16867
@@ -238,3 +251,25 @@ def test_writing_stages_and_let_refuse_transactions_and_bad_values(client):
     with pytest.raises(OperationFailure):
         db.command({"aggregate": "src", "pipeline": [{"$set": {"a": "$$v"}}], "cursor": {}, "let": {"v": {"$literal": deep}}})
     assert client.admin.command("ping")["ok"] == 1
+
+
+def test_database_aggregate_with_documents_feeds_merge_and_out(plain_client):
+    db = plain_client.test
+    db.command({"aggregate": 1, "pipeline": [{"$documents": [{"_id": 1, "x": 1}, {"_id": 2}]},
+                                             {"$out": "made"}], "cursor": {}})
+    assert list(db.made.find()) == [{"_id": 1, "x": 1}, {"_id": 2}]
+    with pytest.raises(OperationFailure) as e:
+        db.command({"aggregate": 1, "pipeline": [{"$documents": [{"_id": 1}]},
+                                                 {"$merge": {"into": "made", "whenMatched": "fail"}}],
+                    "cursor": {}})
+    assert e.value.code == 11000 and e.value.details["keyPattern"] == {"_id": 1}
+    got = db.command({"aggregate": 1, "pipeline": [{"$documents": {"$literal": [{"a": 1}]}}], "cursor": {}})
+    assert got["cursor"]["firstBatch"] == [{"a": 1}]
+    with pytest.raises(OperationFailure):
+        db.command({"aggregate": 1, "pipeline": [{"$documents": 5}], "cursor": {}})
+    with pytest.raises(OperationFailure) as e:
+        db.command({"aggregate": "made", "pipeline": [{"$out": "x"}], "cursor": {},
+                    "readConcern": {"level": "linearizable"}})
+    assert e.value.code == 72
+    r = db.command({"aggregate": "made", "pipeline": [{"$project": {"r": {"$rand": {}}}}], "cursor": {}})
+    assert all(0 <= d["r"] < 1 for d in r["cursor"]["firstBatch"])

@@ -131,11 +131,12 @@ pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> S
 
 pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "find")?;
-    // Checked and evaluated; a filter refers to them only inside `$expr`.
-    super::vars::command_let(body)?;
+    // A filter refers to `let` variables only inside `$expr`.
+    let lets = super::vars::command_let(body)?.unwrap_or_default();
     let db = ctx.db.clone();
     let ns = format!("{db}.{coll}");
     let filter = doc_arg(body, "filter")?.cloned().unwrap_or_default();
+    let filter = super::vars::substitute_filter(&filter, &lets);
     let matcher = Matcher::new(&filter)?;
     let sort = doc_arg(body, "sort")?
         .filter(|s| !s.is_empty())
@@ -469,7 +470,13 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             (ns, input)
         }
         Some(Bson::Int32(1)) | Some(Bson::Int64(1)) | Some(Bson::Double(_)) => {
-            (format!("{db}.$cmd.aggregate"), Vec::new())
+            let ns = format!("{db}.$cmd.aggregate");
+            // `$documents` (first stage of a database-level aggregate): its array is the input.
+            if let Some(spec) = pipeline.first().and_then(|s| s.get("$documents")) {
+                let docs = documents_stage(spec)?;
+                return finish_aggregate_checked(ctx, body, ns, docs, &pipeline[1..], batch_size);
+            }
+            (ns, Vec::new())
         }
         _ => {
             return Err(ServerError::type_mismatch(
@@ -477,7 +484,57 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             ))
         }
     };
-    finish_aggregate(ctx, ns, input, &pipeline, batch_size)
+    finish_aggregate_checked(ctx, body, ns, input, &pipeline, batch_size)
+}
+
+/// `$documents`: an expression (evaluated once) giving an array of documents.
+fn documents_stage(spec: &Bson) -> ServerResult<Vec<Document>> {
+    let value = crate::server::query::expr::Expr::parse(spec)?.eval(&Document::new())?;
+    let items = match value {
+        Some(Bson::Array(items)) => items,
+        _ => {
+            return Err(ServerError::location(
+                5858203,
+                "an array is expected for $documents",
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .map(|i| match i {
+            Bson::Document(d) => Ok(d),
+            _ => Err(ServerError::location(
+                5858203,
+                "$documents expects an array of objects",
+            )),
+        })
+        .collect()
+}
+
+/// [`finish_aggregate`] after the checks a writing stage needs: mongod refuses `$out` and
+/// `$merge` under a linearizable read concern (InvalidOptions).
+fn finish_aggregate_checked(
+    ctx: &mut Ctx,
+    body: &Document,
+    ns: String,
+    input: Vec<Document>,
+    pipeline: &[Document],
+    batch_size: Option<usize>,
+) -> ServerResult<Reply> {
+    if let Some(stage) = pipeline.last().filter(|s| super::out::is_write_stage(s)) {
+        let linearizable = body
+            .get_document("readConcern")
+            .ok()
+            .and_then(|rc| rc.get_str("level").ok())
+            == Some("linearizable");
+        if linearizable {
+            let name = stage.keys().next().cloned().unwrap_or_default();
+            return Err(ServerError::invalid_options(format!(
+                "{name} cannot be used with a 'linearizable' read concern level"
+            )));
+        }
+    }
+    finish_aggregate(ctx, ns, input, pipeline, batch_size)
 }
 
 fn finish_aggregate(

@@ -61,20 +61,51 @@ pub fn command_let(body: &Document) -> ServerResult<Option<Document>> {
     }
 }
 
-/// A pipeline with references to `vars` replaced by their values. `$match` filters are left
-/// alone: outside `$expr` a `"$$name"` there is a plain string.
+/// A pipeline with references to `vars` replaced by their values (in `$match`, only inside
+/// `$expr`).
 pub fn substitute_pipeline(stages: &[Document], vars: &Document) -> Vec<Document> {
     if vars.is_empty() {
         return stages.to_vec();
     }
     stages
         .iter()
-        .map(|stage| match stage.keys().next().map(String::as_str) {
-            Some("$match") => stage.clone(),
-            _ => match substitute(&Bson::Document(stage.clone()), vars) {
-                Bson::Document(d) => d,
-                _ => stage.clone(),
+        .map(
+            |stage| match (stage.keys().next().map(String::as_str), stage.get("$match")) {
+                (Some("$match"), Some(Bson::Document(filter))) => {
+                    doc! {"$match": substitute_filter(filter, vars)}
+                }
+                _ => match substitute(&Bson::Document(stage.clone()), vars) {
+                    Bson::Document(d) => d,
+                    _ => stage.clone(),
+                },
             },
+        )
+        .collect()
+}
+
+/// A query filter with references to `vars` replaced inside `$expr` (elsewhere in a filter a
+/// `"$$name"` is a plain string), through `$and`/`$or`/`$nor`.
+pub fn substitute_filter(filter: &Document, vars: &Document) -> Document {
+    if vars.is_empty() {
+        return filter.clone();
+    }
+    filter
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("$expr", v) => substitute(v, vars),
+                ("$and" | "$or" | "$nor", Bson::Array(items)) => Bson::Array(
+                    items
+                        .iter()
+                        .map(|i| match i {
+                            Bson::Document(d) => Bson::Document(substitute_filter(d, vars)),
+                            other => other.clone(),
+                        })
+                        .collect(),
+                ),
+                (_, v) => v.clone(),
+            };
+            (k.clone(), v)
         })
         .collect()
 }
@@ -131,6 +162,14 @@ mod tests {
             &vars,
         );
         assert_eq!(p[0], doc! {"$match": {"x": "$$a"}});
+        let f = substitute_filter(
+            &doc! {"x": "$$a", "$or": [{"$expr": {"$eq": ["$y", "$$a"]}}]},
+            &vars,
+        );
+        assert_eq!(
+            f,
+            doc! {"x": "$$a", "$or": [{"$expr": {"$eq": ["$y", {"$literal": 3}]}}]}
+        );
         assert_eq!(
             p[1],
             doc! {"$set": {"y": {"$literal": 3}, "z": {"$add": [{"$literal": 3}, 1]}, "w": "$$REMOVE"}}

@@ -405,6 +405,10 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
         ordered,
         |ctx, (i, stmt)| {
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
+            let q = match &lets {
+                Some(vars) => super::vars::substitute_filter(&q, vars),
+                None => q,
+            };
             let u = match stmt.get("u") {
                 Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
                 _ => {
@@ -482,12 +486,13 @@ pub fn remove_docs(
 pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "delete")?;
     let statements = docs_ref(body, "deletes")?;
-    super::vars::command_let(body)?;
+    let lets = super::vars::command_let(body)?.unwrap_or_default();
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
     let errors = run_statements(ctx, statements, ordered, |ctx, stmt| {
         let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
+        let q = super::vars::substitute_filter(&q, &lets);
         let just_one = match stmt.get("limit") {
             Some(b) => super::util::as_i64(b).unwrap_or(0) == 1,
             None => {
@@ -520,6 +525,10 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
     let db = ctx.db.clone();
     let lets = super::vars::command_let(body)?;
     let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
+    let query = match &lets {
+        Some(vars) => super::vars::substitute_filter(&query, vars),
+        None => query,
+    };
     let remove = bool_arg(body, "remove", false);
     let return_new = bool_arg(body, "new", false);
     let upsert = bool_arg(body, "upsert", false);

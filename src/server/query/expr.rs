@@ -75,6 +75,7 @@ fn parse_path_string(s: &str) -> ServerResult<Expr> {
 }
 
 const OPERATORS: &[&str] = &[
+    "$rand",
     "$add",
     "$subtract",
     "$multiply",
@@ -150,6 +151,16 @@ impl Expr {
         }
         if op == "$cond" {
             return parse_cond(arg);
+        }
+        if op == "$rand" {
+            // `{$rand: {}}`: no arguments (ExpressionRandom).
+            if !matches!(arg, Bson::Document(a) if a.is_empty()) {
+                return Err(ServerError::location(
+                    3040500,
+                    "$rand does not currently accept arguments",
+                ));
+            }
+            return Ok(Expr::Op(op.clone(), Vec::new()));
         }
         let args: Vec<Expr> = match arg {
             Bson::Array(items) => items.iter().map(Expr::parse).collect::<ServerResult<_>>()?,
@@ -422,6 +433,7 @@ fn eval_args(args: &[Expr], doc: &Document) -> ServerResult<Vec<Option<Bson>>> {
 fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>> {
     let vals = eval_args(args, doc)?;
     let v = match op {
+        "$rand" => Bson::Double(rand::random::<f64>()),
         "$add" => {
             let mut acc = Num::Int(0);
             let mut date: Option<i64> = None;
@@ -761,6 +773,11 @@ mod tests {
         assert_eq!(ev(bson!("$nope"), &d), None);
         assert_eq!(ev(bson!("plain"), &d), Some(bson!("plain")));
         assert_eq!(ev(bson!({"$literal": "$a"}), &d), Some(bson!("$a")));
+        let Some(Bson::Double(r)) = ev(bson!({"$rand": {}}), &d) else {
+            panic!("$rand is a double")
+        };
+        assert!((0.0..1.0).contains(&r));
+        assert_eq!(ev_err(bson!({"$rand": {"x": 1}}), &d).code, 3040500);
         // through arrays: values of documents that have the field
         assert_eq!(ev(bson!("$arr.v"), &d), Some(bson!([1, 3])));
         assert_eq!(ev(bson!("$$ROOT.s"), &d), Some(bson!("x")));

@@ -111,8 +111,13 @@ pub(crate) enum Node {
     Or(Vec<Node>),
     Nor(Vec<Node>),
     Not(Box<Node>),
-    Path { path: Vec<String>, pred: Pred },
+    Path {
+        path: Vec<String>,
+        pred: Pred,
+    },
     Const(bool),
+    /// `$expr`: an aggregation expression over the whole document, true when its value is.
+    Expr(Box<super::expr::Expr>),
 }
 
 fn compare_match(op: CmpOp, v: Option<&Bson>, rhs: &Bson) -> bool {
@@ -256,6 +261,7 @@ impl Node {
             Node::Nor(c) => !c.iter().any(|n| n.matches_doc(doc)),
             Node::Not(n) => !n.matches_doc(doc),
             Node::Const(b) => *b,
+            Node::Expr(e) => e.eval(doc).ok().flatten().is_some_and(|v| true_value(&v)),
             Node::Path { path, pred } => {
                 let mut vals = Vec::new();
                 matcher_values(doc, path, pred.leaf_arrays(), &mut vals);
@@ -323,7 +329,17 @@ impl Node {
                     }
                 }
             }
-            Node::Const(_) => {}
+            Node::Const(_) | Node::Expr(_) => {}
+        }
+    }
+
+    /// Whether the node reads the whole document (`$expr`).
+    fn reads_whole_document(&self) -> bool {
+        match self {
+            Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(Node::reads_whole_document),
+            Node::Not(n) => n.reads_whole_document(),
+            Node::Expr(_) => true,
+            Node::Path { .. } | Node::Const(_) => false,
         }
     }
 
@@ -335,6 +351,7 @@ impl Node {
             Node::Nor(c) => !c.iter().any(|n| n.matches_value(v)),
             Node::Not(n) => !n.matches_value(v),
             Node::Const(b) => *b,
+            Node::Expr(_) => false, // only at the top level (refused when parsed elsewhere)
             Node::Path { pred, .. } => pred.matches_single(v),
         }
     }
@@ -348,6 +365,8 @@ pub struct Matcher {
     /// is matched condition by condition, decoding each field only when a condition first needs
     /// it (an oplog scan by `ts` and `op` never decodes the entries' `o` unless those pass).
     fields: Vec<Vec<String>>,
+    /// `$expr` somewhere: stored documents are decoded whole.
+    whole_document: bool,
 }
 
 impl Matcher {
@@ -363,7 +382,12 @@ impl Matcher {
                 out
             })
             .collect();
-        Ok(Matcher { root, fields })
+        let whole_document = root.reads_whole_document();
+        Ok(Matcher {
+            root,
+            fields,
+            whole_document,
+        })
     }
 
     pub fn matches(&self, doc: &Document) -> bool {
@@ -375,6 +399,9 @@ impl Matcher {
     /// conjunction does not depend on the order of its terms, so the answer is the same as on
     /// the whole document.
     pub fn matches_raw(&self, raw: &RawDocument) -> bool {
+        if self.whole_document {
+            return self.matches(&Document::try_from(raw).unwrap_or_default());
+        }
         let mut partial = Document::new();
         let mut decoded: Vec<&str> = Vec::new();
         for (condition, fields) in self.root.conditions().iter().zip(&self.fields) {
@@ -442,7 +469,7 @@ impl Matcher {
                     Ok(found)
                 }
                 Node::Not(n) => walk(n),
-                Node::Const(_) => Ok(None),
+                Node::Const(_) | Node::Expr(_) => Ok(None),
             }
         }
         walk(&self.root)
@@ -630,7 +657,14 @@ fn parse_pathless(
             Ok(Some(Node::Const(op == "alwaysTrue")))
         }
         "id" | "ref" | "db" => Ok(Some(leaf(key, equality(value)?))),
-        "expr" => Err(ServerError::not_implemented("$expr is not supported")),
+        "expr" => {
+            if !top_level {
+                return Err(ServerError::bad_value(
+                    "$expr can only be applied to the top-level document",
+                ));
+            }
+            Ok(Some(Node::Expr(Box::new(super::expr::Expr::parse(value)?))))
+        }
         "where" => Err(ServerError::bad_value(
             "$where is not allowed in this context",
         )),
@@ -1504,7 +1538,20 @@ mod tests {
             (e.code, e.message.as_str()),
             (2, "unknown top level operator: $foo")
         );
-        assert_eq!(err(doc! {"$expr": {"$eq": ["$a", 1]}}).code, 238);
+        // $expr: an aggregation expression over the document, only at the top level.
+        assert!(hit(doc! {"$expr": {"$eq": ["$a", 1]}}, doc! {"a": 1}));
+        assert!(!hit(
+            doc! {"$expr": {"$gt": ["$a", "$b"]}},
+            doc! {"a": 1, "b": 2}
+        ));
+        assert!(hit(
+            doc! {"x": 1, "$expr": {"$lt": ["$a", "$b"]}},
+            doc! {"x": 1, "a": 1, "b": 2}
+        ));
+        assert_eq!(
+            err(doc! {"a": {"$elemMatch": {"$expr": {"$eq": ["$b", 1]}}}}).code,
+            2
+        );
         assert_eq!(err(doc! {"$where": "true"}).code, 2);
         assert_eq!(err(doc! {"a": {"$near": [0, 0]}}).code, 238);
         // an operator document mixing in a plain field
