@@ -35,6 +35,9 @@ impl Default for CursorLife {
 
 pub struct CursorTable {
     open: HashMap<i64, Cursor>,
+    /// Cursors out with a getMore that runs outside the server lock: their namespace, and
+    /// whether a `killCursors` came meanwhile (they are then dropped when they come back).
+    pinned: HashMap<i64, (String, bool)>,
     /// Idle time after which a cursor is killed (`cursorTimeoutMillis`).
     pub timeout: Duration,
     /// The connection whose request is running (set by the dispatcher under the state lock).
@@ -48,6 +51,7 @@ impl Default for CursorTable {
     fn default() -> Self {
         CursorTable {
             open: HashMap::new(),
+            pinned: HashMap::new(),
             timeout: DEFAULT_CURSOR_TIMEOUT,
             current_connection: 0,
             timed_out: 0,
@@ -94,7 +98,24 @@ impl CursorTable {
     }
 
     pub fn kill(&mut self, id: i64) -> bool {
+        if let Some((_, killed)) = self.pinned.get_mut(&id) {
+            *killed = true;
+            return true;
+        }
         self.open.remove(&id).is_some()
+    }
+
+    /// Takes a cursor out for a getMore that runs without the lock; until
+    /// [`CursorTable::adopt`] brings it back it is in use (and can still be killed).
+    pub fn pin(&mut self, id: i64) -> Option<Cursor> {
+        let cursor = self.open.remove(&id)?;
+        self.pinned.insert(id, (cursor.ns.clone(), false));
+        Some(cursor)
+    }
+
+    /// The namespace of a cursor that is out with a getMore.
+    pub fn pinned_ns(&self, id: i64) -> Option<&str> {
+        self.pinned.get(&id).map(|(ns, _)| ns.as_str())
     }
 
     pub fn get(&self, id: i64) -> Option<&Cursor> {
@@ -131,9 +152,15 @@ impl CursorTable {
 
     /// Takes over the cursors a detached read opened or used in `other` (their ids are kept: a
     /// read view's table starts empty, and ids are random 63-bit numbers).
-    pub fn adopt(&mut self, other: CursorTable) {
+    pub fn adopt(&mut self, other: CursorTable, pinned: Option<i64>) {
         self.total_opened += other.total_opened;
+        let killed = pinned
+            .and_then(|id| self.pinned.remove(&id))
+            .is_some_and(|(_, killed)| killed);
         for (id, cursor) in other.open {
+            if killed && Some(id) == pinned {
+                continue;
+            }
             self.open.insert(id, cursor);
         }
     }
@@ -143,5 +170,42 @@ impl CursorTable {
         let before = self.open.len();
         self.open.retain(|_, c| c.life.connection != connection);
         before - self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod pinned_tests {
+    use super::*;
+    use crate::server::cursor::Source;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            ns: "db.c".into(),
+            source: Source::Buffered(Default::default()),
+            projection: None,
+            limit_remaining: None,
+            batch_size: None,
+            life: CursorLife::default(),
+        }
+    }
+
+    #[test]
+    fn a_cursor_out_with_a_get_more_can_be_killed_and_is_dropped_when_it_returns() {
+        let mut table = CursorTable::default();
+        let id = table.open(cursor()).unwrap();
+        let c = table.pin(id).unwrap();
+        assert_eq!(table.pinned_ns(id), Some("db.c"));
+        assert!(table.kill(id));
+        let mut view = CursorTable::default();
+        view.put_back(id, c);
+        table.adopt(view, Some(id));
+        assert!(table.get(id).is_none() && table.pinned_ns(id).is_none());
+        // Not killed: it comes back.
+        let id = table.open(cursor()).unwrap();
+        let c = table.pin(id).unwrap();
+        let mut view = CursorTable::default();
+        view.put_back(id, c);
+        table.adopt(view, Some(id));
+        assert!(table.get(id).is_some() && table.pinned_ns(id).is_none());
     }
 }

@@ -89,6 +89,7 @@ error_codes! {
     TooManyFilesOpen = 264,
     PreparedTransactionInProgress = 267,
     ChecksumMismatch = 288,
+    CursorInUse = 292,
     UnsupportedOpQueryCommand = 352,
     NotWritablePrimary = 10107,
     BSONObjectTooLarge = 10334,

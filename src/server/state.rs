@@ -51,6 +51,8 @@ pub struct State {
     pub command_has_ddl: bool,
     /// The last count of superseded bytes, and the versions recorded since.
     pub superseded_count: (u64, u32),
+    /// On a read view running a getMore: the cursor it took out of the server's table.
+    pub pinned_cursor: Option<i64>,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -113,6 +115,7 @@ impl State {
             command_writes: Vec::new(),
             command_has_ddl: false,
             superseded_count: (0, 15),
+            pinned_cursor: None,
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -182,6 +185,7 @@ impl State {
             command_writes: Vec::new(),
             command_has_ddl: false,
             superseded_count: (0, 0),
+            pinned_cursor: None,
         }
     }
 

@@ -132,10 +132,11 @@ pub fn detach_read(state: &mut State, body: &Command) -> Detach {
         let Some(id) = body.get("getMore").and_then(as_i64) else {
             return Detach::Locked;
         };
-        let Some(cursor) = state.cursors.take(id) else {
+        let Some(cursor) = state.cursors.pin(id) else {
             return Detach::Locked;
         };
         let mut view = state.read_view(state.dbs.clone(), None);
+        view.pinned_cursor = Some(id);
         view.cursors.put_back(id, cursor);
         return Detach::View(Box::new(view));
     }
@@ -193,7 +194,7 @@ fn aggregate_writes(body: &Document) -> bool {
 
 /// Moves the cursors a detached read left open into the server's state.
 pub fn reattach(state: &mut State, view: State) {
-    state.cursors.adopt(view.cursors);
+    state.cursors.adopt(view.cursors, view.pinned_cursor);
 }
 
 /// Runs one request under the state lock.

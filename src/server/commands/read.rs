@@ -243,6 +243,13 @@ pub fn get_more(
     })?;
     let coll = coll_name(body, "collection")?;
     let ns = format!("{db}.{coll}");
+    if let Some(in_use) = state.cursors.pinned_ns(id) {
+        // Another getMore on this cursor is running (without the server lock).
+        return Err(ServerError::new(
+            ErrorCode::CursorInUse,
+            format!("Cursor already in use (namespace: '{in_use}', id: {id})."),
+        ));
+    }
     let mut cursor = state.cursors.take(id).ok_or_else(|| {
         ServerError::new(
             ErrorCode::CursorNotFound,
@@ -318,7 +325,8 @@ pub fn kill_cursors(state: &mut State, db: &str, body: &Document) -> ServerResul
                 "BSON field 'killCursors.cursors' must be an array of cursor ids (long)",
             ));
         };
-        let ours = state.cursors.get(id).is_some_and(|c| c.ns == ns);
+        let ours = state.cursors.get(id).is_some_and(|c| c.ns == ns)
+            || state.cursors.pinned_ns(id) == Some(ns.as_str());
         if ours && state.cursors.kill(id) {
             killed.push(id);
         } else {
