@@ -101,6 +101,11 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
         let Ok(Some(header)) = message else {
             return;
         };
+        // `select!` picks among ready branches at random: a message that arrived together with
+        // a drop must not be served (the drop closes every connection as of its call).
+        if drops.has_changed().unwrap_or(true) {
+            return;
+        }
         // While paused, hold the request unanswered until the pause ends (or the link drops).
         while let Some(until) = shared.paused() {
             tokio::select! {

@@ -113,6 +113,11 @@ impl CursorTable {
         Some(cursor)
     }
 
+    /// Holds a pinned cursor in a read view's table as it is (its owner and idle time kept).
+    pub fn hold(&mut self, id: i64, cursor: Cursor) {
+        self.open.insert(id, cursor);
+    }
+
     /// The namespace of a cursor that is out with a getMore.
     pub fn pinned_ns(&self, id: i64) -> Option<&str> {
         self.pinned.get(&id).map(|(ns, _)| ns.as_str())

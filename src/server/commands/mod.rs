@@ -137,7 +137,7 @@ pub fn detach_read(state: &mut State, body: &Command) -> Detach {
         };
         let mut view = state.read_view(state.dbs.clone(), None);
         view.pinned_cursor = Some(id);
-        view.cursors.put_back(id, cursor);
+        view.cursors.hold(id, cursor);
         return Detach::View(Box::new(view));
     }
     if read_concern_level(body) != Some("snapshot") {
