@@ -105,8 +105,10 @@ pub fn execute(
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
         _ => {
-            let e =
-                ServerError::location(40414, "BSON field '$db' is missing but a required field");
+            let e = ServerError::new(
+                ErrorCode::IDLFailedToParse,
+                "BSON field '$db' is missing but a required field",
+            );
             return Execution::Done(finish(state, Err(e), None));
         }
     };
