@@ -139,3 +139,14 @@ def test_validators_apply_inside_transactions(client, people):
         reply = client.test.command({"insert": "people", "documents": [{"_id": 1}]}, session=s)
         assert reply["writeErrors"][0]["code"] == DOCUMENT_VALIDATION_FAILURE
         s.abort_transaction()
+
+
+def test_out_and_merge_validate_unless_bypassed(client, people):
+    client.test.src.insert_many([{"_id": 1, "name": "ada", "age": 36}, {"_id": 2, "name": "x"}])
+    for stage in ({"$out": "people"}, {"$merge": {"into": "people"}}):
+        with pytest.raises(OperationFailure) as e:
+            client.test.src.aggregate([stage])
+        assert e.value.code == DOCUMENT_VALIDATION_FAILURE
+        client.test.src.aggregate([stage], bypassDocumentValidation=True)
+        assert people.count_documents({}) == 2
+        people.delete_many({})
