@@ -128,13 +128,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_cell(s: Dict[str, Any]) -> str:
+    """The state, with the copy's progress while an initial sync runs."""
+    if s["state"] == "initial-sync" and s.get("initial_sync"):
+        copied, total = s["initial_sync"]
+        return f"initial-sync {copied}/{total}"
+    return s["state"]
+
+
 def _format_status(rows: List[Dict[str, Any]]) -> str:
     headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
         table.append([
-            s["id"], s["state"],
+            s["id"], _state_cell(s),
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
             str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
@@ -166,6 +174,9 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                     ops_applied=doc.get("ops_applied", 0),
                     conflicts=doc.get("conflicts", 0),
                 )
+                progress = doc.get("initial_sync")
+                if progress is not None:  # a copy in progress, resumed by the next run
+                    row.update(state="initial-sync", initial_sync=[progress.get("copied", 0), progress.get("total", 0)])
             dst.close()
             src.close()
         except Exception as e:  # noqa: BLE001 - reported per link

@@ -3,6 +3,7 @@
 //! applied. In the destination's oplog the batch is one `applyOps` that starts with the
 //! checkpoint write, which is how tailers recognise replicated writes and their origin.
 
+use super::copy_progress::CopyProgress;
 use super::ddl::DdlCommand;
 use super::plan::Plan;
 use crate::replicate::provenance::{CHECKPOINTS_COLL, MMM_DB};
@@ -29,6 +30,8 @@ pub struct Checkpoint {
     /// A DDL command about to run outside any transaction (the source entry's ts with it):
     /// after a crash it is run again, idempotently, before anything else.
     pub pending_ddl: Option<(DdlCommand, Timestamp)>,
+    /// An initial sync in progress (see `replicate::initial_sync`).
+    pub initial_sync: Option<CopyProgress>,
 }
 
 impl Checkpoint {
@@ -41,6 +44,9 @@ impl Checkpoint {
         if let Some((ddl, ts)) = &self.pending_ddl {
             d.insert("pending_ddl", ddl.to_document());
             d.insert("pending_ts", *ts);
+        }
+        if let Some(progress) = &self.initial_sync {
+            d.insert("initial_sync", progress.to_document());
         }
         d
     }
@@ -61,6 +67,10 @@ impl Checkpoint {
                 .ok()
                 .and_then(DdlCommand::from_document)
                 .zip(d.get_timestamp("pending_ts").ok()),
+            initial_sync: d
+                .get_document("initial_sync")
+                .ok()
+                .map(CopyProgress::from_document),
         })
     }
 }
@@ -124,6 +134,10 @@ fn check_reply(reply: &Document, what: &str) -> Result<bool, ApplyError> {
     Ok(true)
 }
 
+fn is_duplicate_key(e: &Error) -> bool {
+    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == DUPLICATE_KEY)
+}
+
 /// What one attempt at a batch came to.
 enum Attempt {
     Committed,
@@ -180,12 +194,21 @@ impl Applier {
                 command.db,
                 command.coll
             );
-            let reply = self
+            let reply = match self
                 .client
                 .database(&command.db)
                 .run_raw_command(body)
                 .session(&mut *session)
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                // A server may also fail the whole command on a duplicate in a transaction.
+                Err(e) if is_duplicate_key(&e) && what.starts_with("inserting") => {
+                    let _ = session.abort_transaction().await;
+                    return Ok(Attempt::Duplicate);
+                }
+                Err(e) => return Err(e),
+            };
             match check_reply(&reply, &what) {
                 Ok(true) => {}
                 Ok(false) => {

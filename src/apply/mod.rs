@@ -2,8 +2,10 @@
 //! and running them in one transaction together with the link's checkpoint (`applier`).
 
 mod applier;
+mod copy_progress;
 pub mod ddl;
 mod plan;
 
 pub use applier::{Applier, ApplyError, Checkpoint};
+pub use copy_progress::CopyProgress;
 pub use plan::{Plan, PlanError, Tag};

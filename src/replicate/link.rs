@@ -4,7 +4,7 @@
 //! from the checkpoint, so nothing is lost or applied twice.
 
 use super::conflicts::ConflictTracker;
-use super::initial_sync::initial_sync;
+use super::initial_sync;
 use super::provenance::{
     classify, ddl_database, Provenance, CHECKPOINTS_COLL, CHECKPOINTS_NS, MMM_DB,
 };
@@ -87,6 +87,7 @@ impl LinkRuntime {
             ops_applied: s.ops_applied + ops as u64,
             conflicts: s.conflicts,
             pending_ddl: None,
+            initial_sync: None,
         }
     }
 
@@ -253,15 +254,23 @@ async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
         None => {
+            // The position comes first, stored before any copy (see initial_sync).
             let start = latest_ts(&src).await?;
+            let mut c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             if rt.spec.initial_sync {
-                rt.set_state(LinkState::InitialSync, None);
-                initial_sync(rt, &src, &dst, start).await?;
+                c = initial_sync::fresh(c, start);
             }
-            let c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             applier.apply(&Plan::default(), &c).await?;
             c
         }
+    };
+    // A copy in progress (first run or restart) is finished before the oplog.
+    let checkpoint = match checkpoint.initial_sync {
+        Some(_) => {
+            rt.set_state(LinkState::InitialSync, None);
+            initial_sync::initial_sync(rt, &src, &applier, checkpoint).await?
+        }
+        None => checkpoint,
     };
     let checkpoint = match checkpoint.pending_ddl.clone() {
         // A crash between announcing a DDL command and recording it: run it again.

@@ -3,6 +3,7 @@
 //! detection and per-link status.
 
 pub mod conflicts;
+mod id_order;
 mod initial_sync;
 mod link;
 pub mod provenance;
