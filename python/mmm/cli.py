@@ -110,6 +110,20 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resync(args: argparse.Namespace) -> int:
+    from .replication import ReplicationError, Replicator
+
+    r = Replicator.from_config(_config(args))
+    link_id = r._link_id(args.link)
+    try:
+        start = r.resync(link_id)
+    except ReplicationError as e:
+        raise CliError(str(e)) from None
+    print(f"link {link_id} starts over with an initial sync at its next run "
+          f"(copy, then the oplog from Timestamp({start.time}, {start.inc}))")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .replication import Replicator
 
@@ -298,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=float, default=0, help="log a status table every N seconds")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
+    s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")
+    s.set_defaults(func=cmd_resync)
     s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)

@@ -185,6 +185,50 @@ class Replicator:
                 client.close()
         return found
 
+    def resync(self, link: Union[str, LinkLike]) -> Timestamp:
+        """Starts one link over: its checkpoint on the destination is replaced by a fresh
+        "initial sync in progress" state at the source's newest oplog position, so its next run
+        copies the source's documents again, then follows the oplog from that position. The
+        remedy for a link stopped by an oplog rollover. Other links, and their checkpoints on
+        the same server, are untouched.
+
+        ``link`` is the link's id as :meth:`status` and ``mmm status`` show it
+        (``src/ns->dst/ns``; spaces around ``->`` are allowed), or a :class:`Link` or
+        ``(src, dst)`` of this replicator. Returns the source position the link will follow on
+        from. Raises ValueError for an unknown link (naming the known ones), RuntimeError while
+        this replicator runs, ReplicationError when a server cannot be reached or written.
+        """
+        link_id = self._link_id(link)
+        if self.running:
+            raise RuntimeError("stop the replicator before resyncing a link")
+        try:
+            time_, inc = self._core.resync(link_id)
+        except RuntimeError as e:
+            raise ReplicationError(str(e)) from None
+        log.info("link %s starts over with an initial sync at its next run", link_id)
+        return Timestamp(time_, inc)
+
+    def _link_id(self, link: Union[str, LinkLike]) -> str:
+        """The id of one of this replicator's links, given as an id or as a link."""
+        ids = self._core.link_ids()
+        known = f"(known: {', '.join(ids) or 'none'})"
+        if isinstance(link, str):
+            wanted = "->".join(part.strip() for part in link.split("->"))
+            by_endpoints = [i for l, i in zip(self.links, ids) if f"{l.src}->{l.dst}" == wanted]
+            if wanted in ids:
+                return wanted
+            if by_endpoints:
+                return by_endpoints[0]
+            shown = link if len(link) <= 200 else link[:200] + "..."
+            raise ValueError(f"unknown link {shown!r} {known}")
+        if not isinstance(link, (Link, tuple, Mapping)):
+            raise TypeError(f"a link is given by its id (a str) or as a Link, got {type(link).__name__}")
+        wanted_link = _as_link(link)
+        for l, i in zip(self.links, ids):
+            if (l.src, l.dst) == (wanted_link.src, wanted_link.dst):
+                return i
+        raise ValueError(f"unknown link {wanted_link.src}->{wanted_link.dst} {known}")
+
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:

@@ -142,7 +142,10 @@ pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn require_replica_set(client: &Client, server: &ServerSpec) -> Result<(), LinkFailure> {
+pub(super) async fn require_replica_set(
+    client: &Client,
+    server: &ServerSpec,
+) -> Result<(), LinkFailure> {
     let hello = client
         .database("admin")
         .run_command(doc! {"hello": 1})
@@ -173,7 +176,7 @@ pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Err
         }))
 }
 
-async fn ensure_checkpoint_collection(client: &Client) -> Result<(), LinkFailure> {
+pub(super) async fn ensure_checkpoint_collection(client: &Client) -> Result<(), LinkFailure> {
     match client
         .database(MMM_DB)
         .create_collection(CHECKPOINTS_COLL)
@@ -264,7 +267,7 @@ async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
             c
         }
     };
-    // A copy in progress (first run or restart) is finished before the oplog.
+    // A copy in progress (first run, restart, or `resync`) is finished before the oplog.
     let checkpoint = match checkpoint.initial_sync {
         Some(_) => {
             rt.set_state(LinkState::InitialSync, None);
@@ -324,7 +327,11 @@ async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
         };
         let batch = match event {
             Ok(b) => b,
-            Err(e @ TailError::Rollover { .. }) => return Err(LinkFailure::Fatal(e.to_string())),
+            Err(e @ TailError::Rollover { .. }) => {
+                return Err(LinkFailure::Fatal(super::resync::rollover_message(
+                    &link_id, &e,
+                )))
+            }
             Err(e) => return Err(LinkFailure::Fatal(e.to_string())),
         };
         let read_at = Instant::now();

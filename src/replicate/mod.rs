@@ -7,6 +7,7 @@ mod id_order;
 mod initial_sync;
 mod link;
 pub mod provenance;
+pub mod resync;
 mod route;
 pub mod status;
 pub mod topology;

@@ -1,0 +1,81 @@
+//! Starting one link over after its position was lost (the source's oplog rolled over past its
+//! checkpoint): the link's checkpoint on its destination is replaced by a fresh "initial sync in
+//! progress" state at the source's newest oplog position. The next run of the link copies the
+//! source's documents again and follows the oplog from that position (see `initial_sync`).
+//! Nothing else is touched: other links keep their checkpoints, even on the same server.
+
+use super::initial_sync;
+use super::link::{ensure_checkpoint_collection, latest_ts, require_replica_set, LinkFailure};
+use super::topology::{LinkSpec, ServerSpec};
+use crate::apply::{Applier, Checkpoint, Plan};
+use crate::tail::TailError;
+use bson::Timestamp;
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+/// Replaces `spec`'s checkpoint with a fresh initial sync; returns the source position the
+/// link will follow on from. The link must not be running meanwhile.
+pub async fn resync(
+    spec: &LinkSpec,
+    src: &ServerSpec,
+    dst: &ServerSpec,
+    src_options: ClientOptions,
+    dst_options: ClientOptions,
+) -> Result<Timestamp, String> {
+    let failed = |e: LinkFailure| match e {
+        LinkFailure::Fatal(m) | LinkFailure::Retry(m) => m,
+    };
+    let src_client = Client::with_options(src_options).map_err(|e| e.to_string())?;
+    let dst_client = Client::with_options(dst_options).map_err(|e| e.to_string())?;
+    require_replica_set(&src_client, src)
+        .await
+        .map_err(failed)?;
+    require_replica_set(&dst_client, dst)
+        .await
+        .map_err(failed)?;
+    ensure_checkpoint_collection(&dst_client)
+        .await
+        .map_err(failed)?;
+    let applier = Applier::new(dst_client, &spec.id());
+    let old = applier.read_checkpoint().await.map_err(|e| e.to_string())?;
+    let start = latest_ts(&src_client).await.map_err(|e| e.to_string())?;
+    let base = Checkpoint {
+        link: spec.id(),
+        origin: src.id.clone(),
+        src: src.id.clone(),
+        ts: start,
+        applied: start,
+        // The running totals describe the link's whole life: kept.
+        ops_applied: old.as_ref().map_or(0, |c| c.ops_applied),
+        conflicts: old.as_ref().map_or(0, |c| c.conflicts),
+        pending_ddl: None,
+        initial_sync: None,
+    };
+    applier
+        .apply(&Plan::default(), &initial_sync::fresh(base, start))
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!(target: "mmm",
+        "link {}: starts over with an initial sync from Timestamp({}, {}) at its next run",
+        spec.id(), start.time, start.increment
+    );
+    Ok(start)
+}
+
+/// What a link whose checkpoint fell off its source's oplog says, naming the remedy.
+pub fn rollover_message(link: &str, error: &TailError) -> String {
+    match error {
+        TailError::Rollover {
+            checkpoint,
+            oldest,
+            server,
+        } => format!(
+            "its checkpoint Timestamp({}, {}) is no longer in the oplog of {server} (the oldest entry is \
+             Timestamp({}, {})): the writes between them cannot be replicated. Start this link over with \
+             `mmm resync '{link}'` (Replicator.resync): it copies the source's documents again, then follows \
+             the oplog from there",
+            checkpoint.time, checkpoint.increment, oldest.time, oldest.increment
+        ),
+        other => other.to_string(),
+    }
+}
