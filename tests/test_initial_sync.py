@@ -53,6 +53,7 @@ def test_restarted_initial_sync_replays_deletes_made_during_the_outage(pair):
     assert cb.app.big.count_documents({}) == N - len(copied_ids) + 49 + 50
     # Progress counts across the restart: the first run's copies plus the second run's.
     assert copied >= N - 100
+    assert total == copied, "the total counts what was left of the resumed collection exactly"
     assert "initial_sync" not in cb["__mmm"].checkpoints.find_one({"_id": "a/app.*->b/app.*"})
 
 

@@ -104,13 +104,14 @@ pub async fn initial_sync(
     let mut estimate = 0u64;
     for ns in namespaces.iter().filter(|ns| **ns >= resume_ns) {
         let (db, coll) = ns.split_once('.').unwrap();
-        estimate += src
-            .database(db)
-            .collection::<Document>(coll)
-            .estimated_document_count()
-            .await?;
+        let coll = src.database(db).collection::<Document>(coll);
+        estimate += match resume_after.as_ref().filter(|_| *ns == resume_ns) {
+            // What is left of the namespace being resumed (an `_id` index range).
+            Some(after) => coll.count_documents(after_filter(after)).await?,
+            None => coll.estimated_document_count().await?,
+        };
     }
-    // Copied so far plus what is left (the namespace being resumed is counted whole).
+    // Copied so far plus what is left.
     progress.total = progress.copied + estimate;
     {
         let mut s = rt.status.lock();
