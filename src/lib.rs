@@ -7,6 +7,7 @@ pub mod oplog;
 pub mod replicate;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod tail;
 
 mod py;

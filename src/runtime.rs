@@ -11,6 +11,10 @@ pub fn get() -> &'static Runtime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mmm-worker")
+            // Parsing a query, update or pipeline recurses once per nesting level; nesting is
+            // capped at 200 levels (MongoDB's limit), which needs more than the 2 MiB default
+            // stack in a debug build. Untouched stack pages cost no memory.
+            .thread_stack_size(16 * 1024 * 1024)
             .enable_all()
             .build()
             .expect("failed to start the tokio runtime");

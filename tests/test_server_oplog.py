@@ -393,3 +393,20 @@ def test_the_oplog_cannot_be_written_by_clients(client):
     import pymongo.errors
     with pytest.raises(pymongo.errors.OperationFailure):
         client.local["oplog.rs"].insert_one({"op": "n"})
+
+
+def test_writes_to_the_local_database_are_never_logged(plain_client):
+    # mongod never replicates `local` (each member's own database).
+    before = last_ts(plain_client)
+    local = plain_client.local
+    local.scratch.insert_one({"_id": 1})
+    local.scratch.update_one({"_id": 1}, {"$set": {"a": 1}})
+    local.scratch.create_index("a")
+    local.scratch.delete_one({"_id": 1})
+    local.create_collection("other")
+    local.other.drop()
+    local.scratch.drop()
+    plain_client.test.after_local.insert_one({"_id": 1})  # a write that is logged, as a marker
+    entries = entries_after(plain_client, before, db=None)
+    assert all(not e["ns"].startswith("local.") for e in entries), entries
+    assert [e["ns"] for e in entries if e["op"] == "i"] == ["test.after_local"]

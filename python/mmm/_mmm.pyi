@@ -1,6 +1,6 @@
 """Type stubs for mmm's Rust extension module (use the friendly API in ``mmm`` instead)."""
 
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Dict, List, Optional, Sequence, Tuple, TypedDict, Union
 
 __version__: str
 
@@ -58,3 +58,40 @@ class ReplicatorCore:
     def status(self) -> List[Dict[str, Any]]: ...
 
 def diff_to_update(o: bytes) -> bytes: ...
+
+# -- the __mmm database ------------------------------------------------------------------------
+
+MMM_DB: str
+"""The database that holds mmm's state on every server (``"__mmm"``)."""
+CHECKPOINTS_COLLECTION: str
+"""One document per link on its destination: where the link resumes."""
+LINKS_COLLECTION: str
+"""Links stored by ``mmm replicate`` on their destination."""
+REJECTED_COLLECTION: str
+"""Ops a destination refused, journaled by links with ``on_reject="journal"``."""
+TAILER_CHECKPOINTS_COLLECTION: str
+"""Named positions of tailers that keep their checkpoint in MongoDB."""
+
+def link_id(src: str, dst: str) -> str:
+    """The id of the link ``src -> dst`` (the ``_id`` of its checkpoint and stored document).
+    Raises ValueError for a malformed endpoint or one no link may use (``local``, ``admin``,
+    ``config``, ``__mmm``, ``system.*``)."""
+
+class Checkpoint(TypedDict):
+    link: str
+    origin: str
+    """Server id where the ops of the last applied batch were first written."""
+    src: str
+    ts: Tuple[int, int]
+    """The link resumes reading its source after this (time, inc)."""
+    applied: Tuple[int, int]
+    ops_applied: int
+    conflicts: int
+    rejected: int
+    pending_ddl: bool
+    initial_sync: Optional[Tuple[int, int]]
+    """(copied, total) while an initial sync is in progress (resumed by the link's next run)."""
+
+def read_checkpoint(uri: str, link: str, timeout: float = 5.0) -> Optional[Checkpoint]:
+    """The checkpoint of ``link`` on the server at ``uri``; None if the link never ran there.
+    Raises MmmError when the server cannot be read within ``timeout`` seconds."""

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import __version__, preflight
+from . import __version__, _mmm, preflight
 from .config import Config, ConfigError, Link, load_config
 
 log = logging.getLogger("mmm.cli")
@@ -78,7 +78,7 @@ def cmd_clear_config(args: argparse.Namespace) -> int:
     for n in names:
         client = _client(config.servers[n].uri)
         try:
-            client.drop_database("__mmm")
+            client.drop_database(_mmm.MMM_DB)
         finally:
             client.close()
         print(f"cleared mmm configuration on {n}")
@@ -168,31 +168,34 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
 
 def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict[str, Any]]:
     """Status of links as their checkpoints on the destinations show it (from any process)."""
+    import bson
+
     rows = []
     for link, link_id in zip(links, _ids(config, links)):
         row: Dict[str, Any] = {"id": link_id, "src": link.src_server, "dst": link.dst_server}
         try:
-            dst = _client(config.servers[link.dst_server].uri)
-            src = _client(config.servers[link.src_server].uri)
-            doc = dst["__mmm"]["checkpoints"].find_one({"_id": link_id})
-            if doc is None:
+            checkpoint = _mmm.read_checkpoint(config.servers[link.dst_server].uri, link_id)
+            if checkpoint is None:
                 row.update(state="never run", checkpoint=None)
             else:
-                newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
-                behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": doc["ts"]}, "op": {"$in": ["i", "u", "d", "c"]}})
+                ts = bson.Timestamp(*checkpoint["ts"])
+                src = _client(config.servers[link.src_server].uri)
+                try:
+                    newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
+                    behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}})
+                finally:
+                    src.close()
                 row.update(
                     state="caught up" if behind == 0 else "behind",
-                    checkpoint=doc["ts"],
-                    lag_seconds=float(max(0, newest.time - doc["ts"].time)),
+                    checkpoint=ts,
+                    lag_seconds=float(max(0, newest.time - ts.time)),
                     lag_ops=behind,
-                    ops_applied=doc.get("ops_applied", 0),
-                    conflicts=doc.get("conflicts", 0),
+                    ops_applied=checkpoint["ops_applied"],
+                    conflicts=checkpoint["conflicts"],
+                    rejected=checkpoint["rejected"],
                 )
-                progress = doc.get("initial_sync")
-                if progress is not None:  # a copy in progress, resumed by the next run
-                    row.update(state="initial-sync", initial_sync=[progress.get("copied", 0), progress.get("total", 0)])
-            dst.close()
-            src.close()
+                if checkpoint["initial_sync"] is not None:  # a copy in progress, resumed by the next run
+                    row.update(state="initial-sync", initial_sync=list(checkpoint["initial_sync"]))
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=str(e).splitlines()[0])
         rows.append(row)
@@ -200,13 +203,7 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
 
 
 def _ids(config: Config, links: Sequence[Link]) -> List[str]:
-    from . import _mmm
-
-    core = _mmm.ReplicatorCore(
-        [(s.name, s.id, s.uri) for s in config.servers.values()],
-        [l.core_tuple() for l in links],
-    )
-    return core.link_ids()
+    return [_mmm.link_id(l.src, l.dst) for l in links]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -58,6 +58,14 @@ class Link:
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:
             raise ValueError(f"marker is one of {', '.join(map(repr, MARKERS))}, got {self.marker!r}")
+        self.id  # checks both endpoints: well formed, and nothing a link may not carry
+
+    @property
+    def id(self) -> str:
+        """The link's id (``src->dst``), also the ``_id`` of its checkpoint on the destination."""
+        from . import _mmm
+
+        return _mmm.link_id(self.src, self.dst)
 
     def core_tuple(self) -> Tuple[str, str, str, bool, bool, bool]:
         """The link as the replication core takes it."""
@@ -125,8 +133,11 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
     marker = values.get("marker", "transaction")
     if marker not in MARKERS:
         raise ConfigError(f"{_where(path, node, key + '.marker')}: marker is one of {', '.join(MARKERS)}")
-    return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
-                bool(values.get("initial_sync", False)), marker)
+    try:
+        return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
+                    bool(values.get("initial_sync", False)), marker)
+    except ValueError as e:
+        raise ConfigError(f"{_where(path, node, key)}: {e}") from None
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:

@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
+from . import _mmm
 from .config import Link, Server
 
 __all__ = ["Finding", "Need", "Target", "check", "privilege_problems", "requirements", "server_info"]
 
 TIMEOUT_MS = 3000
-MMM_DB = "__mmm"
+MMM_DB = _mmm.MMM_DB
 WRITE = ("insert", "update", "remove")
 DDL = ("createCollection", "dropCollection", "createIndex", "dropIndex", "renameCollectionSameDB")
 

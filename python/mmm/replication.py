@@ -37,7 +37,7 @@ log = logging.getLogger("mmm.replication")
 
 __all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
 
-LINKS_COLLECTION = "links"
+LINKS_COLLECTION = _mmm.LINKS_COLLECTION
 
 
 class ReplicationError(_mmm.MmmError):
@@ -150,8 +150,9 @@ class Replicator:
                             [l.core_tuple() for l in candidate])
         client = self._client(link.dst_server)
         try:
-            client["__mmm"][LINKS_COLLECTION].replace_one(
-                {"_id": f"{src}->{dst}"}, {"_id": f"{src}->{dst}", **link.as_dict()}, upsert=True
+            link_id = _mmm.link_id(src, dst)
+            client[_mmm.MMM_DB][LINKS_COLLECTION].replace_one(
+                {"_id": link_id}, {"_id": link_id, **link.as_dict()}, upsert=True
             )
         finally:
             client.close()
@@ -169,7 +170,7 @@ class Replicator:
         for name in self.servers:
             client = self._client(name)
             try:
-                for doc in client["__mmm"][LINKS_COLLECTION].find():
+                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
                                       doc.get("forward", False), doc.get("initial_sync", False),
                                       doc.get("marker", "transaction")))
@@ -178,8 +179,8 @@ class Replicator:
                             name, str(e).splitlines()[0])
             except pymongo.errors.OperationFailure as e:
                 raise ReplicationError(
-                    f"server {name}: cannot read the links stored in __mmm.{LINKS_COLLECTION}: "
-                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on __mmm)"
+                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on {_mmm.MMM_DB})"
                 ) from None
             finally:
                 client.close()

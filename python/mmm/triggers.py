@@ -72,8 +72,8 @@ class _CheckpointStore:
         self._client = None
         if isinstance(store, str):
             self._client = MongoClient(store)
-            db = self._client.get_default_database(default="__mmm")
-            self.collection: Collection = db["tailer_checkpoints"]
+            db = self._client.get_default_database(default=_mmm.MMM_DB)
+            self.collection: Collection = db[_mmm.TAILER_CHECKPOINTS_COLLECTION]
         elif isinstance(store, Collection):
             self.collection = store
         else:

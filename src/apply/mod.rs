@@ -2,10 +2,10 @@
 //! and running them in one transaction together with the link's checkpoint (`applier`).
 
 mod applier;
-mod copy_progress;
 pub mod ddl;
+mod error;
 mod plan;
 
-pub use applier::{Applier, ApplyError, Checkpoint};
-pub use copy_progress::CopyProgress;
+pub use applier::Applier;
+pub use error::{ApplyError, Refusal};
 pub use plan::{Plan, PlanError, Tag};

@@ -4,6 +4,7 @@ mod errors;
 mod functions;
 mod replicator;
 mod server;
+mod store;
 mod tailer;
 
 use pyo3::prelude::*;
@@ -39,5 +40,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tailer::PyTailerCore>()?;
     m.add_class::<replicator::PyReplicatorCore>()?;
     m.add_function(wrap_pyfunction!(functions::diff_to_update, m)?)?;
+    store::register(m)?;
     Ok(())
 }

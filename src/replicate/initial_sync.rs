@@ -34,14 +34,14 @@
 //! If it rolled over meanwhile, the link stops with the rollover error rather than diverge.
 
 use super::id_order::after_filter;
-use super::link::{LinkFailure, LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use crate::apply::{Applier, Checkpoint, CopyProgress, Plan, Tag};
+use super::runtime::{LinkFailure, LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::NsPattern;
+use crate::store::namespaces::{is_system_collection, SERVER_DATABASES as SKIP_DBS};
+use crate::store::{Checkpoint, CopyProgress};
 use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::Client;
-
-const SKIP_DBS: &[&str] = &["admin", "local", "config", "__mmm"];
 
 /// The source namespaces a link copies, sorted (the copy's order, which progress relies on).
 async fn source_namespaces(
@@ -64,7 +64,7 @@ async fn source_namespaces(
         out.extend(
             names
                 .into_iter()
-                .filter(|c| !c.starts_with("system."))
+                .filter(|c| !is_system_collection(c))
                 .map(|c| format!("{db}.{c}")),
         );
     }
@@ -161,14 +161,16 @@ pub async fn initial_sync(
                     .map_err(unreadable)?
                     .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
                     .ok_or_else(|| {
-                        LinkFailure::Fatal(format!("initial sync: a document of {ns} has no _id"))
+                        LinkFailure::Unreplicable(format!(
+                            "initial sync: a document of {ns} has no _id"
+                        ))
                     })?;
                 let mut op = RawDocumentBuf::new();
                 op.append("op", "i");
                 op.append("ns", ns.as_str());
                 op.append("o", raw.to_raw_document_buf());
                 plan.add_tagged(&dst_ns, &op, tag.as_ref())
-                    .map_err(|e| LinkFailure::Fatal(format!("initial sync of {ns}: {e}")))?;
+                    .map_err(|e| LinkFailure::Unreplicable(format!("initial sync of {ns}: {e}")))?;
                 last_id = Some(id);
                 if plan.ops >= MAX_BATCH_OPS || plan.bytes >= MAX_BATCH_BYTES {
                     let batch = std::mem::take(&mut plan);
@@ -197,7 +199,7 @@ pub async fn initial_sync(
 
 /// A source reply that is not well-formed BSON: read again after a backoff.
 fn unreadable(e: bson::raw::Error) -> LinkFailure {
-    LinkFailure::Retry(format!(
+    LinkFailure::Transient(format!(
         "initial sync: unreadable reply from the source: {e}"
     ))
 }

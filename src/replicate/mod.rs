@@ -9,11 +9,13 @@ mod link;
 pub mod provenance;
 pub mod resync;
 mod route;
+mod runtime;
+mod session;
 pub mod status;
 pub mod topology;
 mod writer;
 
-pub use link::{LinkEvent, LinkRuntime};
+pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};
 
 use conflicts::ConflictTracker;

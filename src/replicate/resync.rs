@@ -5,9 +5,11 @@
 //! Nothing else is touched: other links keep their checkpoints, even on the same server.
 
 use super::initial_sync;
-use super::link::{ensure_checkpoint_collection, latest_ts, require_replica_set, LinkFailure};
+use super::runtime::latest_ts;
+use super::session::require_replica_set;
 use super::topology::{LinkSpec, ServerSpec};
-use crate::apply::{Applier, Checkpoint, Plan};
+use crate::apply::{Applier, Plan};
+use crate::store::{checkpoints, Checkpoint};
 use crate::tail::TailError;
 use bson::Timestamp;
 use mongodb::options::ClientOptions;
@@ -22,20 +24,17 @@ pub async fn resync(
     src_options: ClientOptions,
     dst_options: ClientOptions,
 ) -> Result<Timestamp, String> {
-    let failed = |e: LinkFailure| match e {
-        LinkFailure::Fatal(m) | LinkFailure::Retry(m) => m,
-    };
     let src_client = Client::with_options(src_options).map_err(|e| e.to_string())?;
     let dst_client = Client::with_options(dst_options).map_err(|e| e.to_string())?;
     require_replica_set(&src_client, src)
         .await
-        .map_err(failed)?;
+        .map_err(|e| e.to_string())?;
     require_replica_set(&dst_client, dst)
         .await
-        .map_err(failed)?;
-    ensure_checkpoint_collection(&dst_client)
+        .map_err(|e| e.to_string())?;
+    checkpoints::ensure_collection(&dst_client)
         .await
-        .map_err(failed)?;
+        .map_err(|e| e.to_string())?;
     let applier = Applier::new(dst_client, &spec.id());
     let old = applier.read_checkpoint().await.map_err(|e| e.to_string())?;
     let start = latest_ts(&src_client).await.map_err(|e| e.to_string())?;
@@ -48,6 +47,7 @@ pub async fn resync(
         // The running totals describe the link's whole life: kept.
         ops_applied: old.as_ref().map_or(0, |c| c.ops_applied),
         conflicts: old.as_ref().map_or(0, |c| c.conflicts),
+        rejected: old.as_ref().map_or(0, |c| c.rejected),
         pending_ddl: None,
         initial_sync: None,
     };

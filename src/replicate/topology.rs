@@ -2,6 +2,7 @@
 //! at most one path. Pure logic.
 
 use crate::oplog::{NsPattern, OpKind, OpSet};
+use crate::store::refuse_link_namespace;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -75,10 +76,8 @@ impl LinkSpec {
                 "{src}/{src_ns} -> {dst}/{dst_ns}: source and destination must have the same shape (db.coll -> db.coll, db.* -> db.*, or * -> *)"
             )));
         }
-        if src_ns.to_string().starts_with("__mmm.") || dst_ns.to_string().starts_with("__mmm.") {
-            return Err(TopologyError(
-                "the __mmm database holds mmm's own state and cannot be replicated".into(),
-            ));
+        for pattern in [&src_ns, &dst_ns] {
+            refuse_link_namespace(pattern).map_err(TopologyError)?;
         }
         Ok(LinkSpec {
             src,
@@ -94,7 +93,7 @@ impl LinkSpec {
 
     /// The link's identity, also the `_id` of its checkpoint on the destination.
     pub fn id(&self) -> String {
-        format!("{}/{}->{}/{}", self.src, self.src_ns, self.dst, self.dst_ns)
+        crate::store::link_id(&self.src, &self.src_ns, &self.dst, &self.dst_ns)
     }
 }
 
@@ -277,6 +276,21 @@ mod tests {
             .contains("cannot be replicated"));
         assert!(LinkSpec::parse("a/db.c", "b/db.c", "iudc").is_ok());
         assert!(LinkSpec::parse("a/db.c", "b/db.c", "iuq").is_err());
+    }
+
+    #[test]
+    fn links_on_server_namespaces_are_refused() {
+        for (src, dst) in [
+            ("a/local.oplog.rs", "b/app.oplog"),
+            ("a/admin.*", "b/admin.*"),
+            ("a/app.c", "b/config.c"),
+            ("a/__mmm.checkpoints", "b/app.c"),
+            ("a/app.system.views", "b/app.v"),
+        ] {
+            let err = LinkSpec::parse(src, dst, "iud").unwrap_err().0;
+            assert!(err.contains("cannot be replicated"), "{err}");
+        }
+        assert!(LinkSpec::parse("a/*", "b/*", "iud").is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! It runs as its own task, so the destination applies one batch while the next is being read
 //! and planned; the channel between the halves holds one batch, which bounds memory.
 
-use super::link::{report_conflict, LinkFailure, LinkRuntime};
+use super::runtime::{report_conflict, LinkFailure, LinkRuntime};
 use crate::apply::ddl::DdlCommand;
 use crate::apply::{Applier, Plan};
 use bson::Timestamp;

@@ -3,6 +3,7 @@
 //! collection in O(1) and commit by swapping it back.
 
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{get_path, KeyValue};
 use crate::server::shell;
 use bson::{doc, Bson, Document, RawDocumentBuf};
@@ -45,7 +46,7 @@ pub fn raw_id(raw: &RawDocumentBuf) -> Option<Bson> {
 pub fn encode(doc: &Document) -> ServerResult<Arc<RawDocumentBuf>> {
     RawDocumentBuf::from_document(doc)
         .map(|raw| Arc::new(compact(raw)))
-        .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))
+        .map_err(|e| ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}")))
 }
 
 /// Drops the spare capacity an encoder leaves (up to half of the buffer): stored documents
@@ -72,13 +73,15 @@ impl Index {
         let key = spec
             .get_document("key")
             .map_err(|_| {
-                ServerError::new(67, "CannotCreateIndex", "index spec needs a 'key' document")
+                ServerError::new(
+                    ErrorCode::CannotCreateIndex,
+                    "index spec needs a 'key' document",
+                )
             })?
             .clone();
         if key.is_empty() {
             return Err(ServerError::new(
-                67,
-                "CannotCreateIndex",
+                ErrorCode::CannotCreateIndex,
                 "Index keys cannot be an empty field",
             ));
         }
@@ -122,8 +125,7 @@ pub fn duplicate_key_error(
     key_value: Document,
 ) -> ServerError {
     ServerError::new(
-        11000,
-        "DuplicateKey",
+        ErrorCode::DuplicateKey,
         format!(
             "E11000 duplicate key error collection: {ns} index: {index} dup key: {}",
             shell::render_document(&key_value)
@@ -349,7 +351,7 @@ impl Collection {
     }
 
     /// Replaces the record at `rid` with encoded bytes (`doc` gives the index keys).
-    fn replace_encoded(
+    pub fn replace_encoded(
         &mut self,
         rid: RecordId,
         doc: &Document,
@@ -361,7 +363,7 @@ impl Collection {
             .records
             .get(&rid)
             .cloned()
-            .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
+            .ok_or_else(|| ServerError::new(ErrorCode::InternalError, "record vanished"))?;
         self.index_remove(&old);
         self.index_add(rid, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;

@@ -2,8 +2,9 @@
 
 use super::commands::{allowed_over_op_query, execute, to_raw, Execution};
 use super::error::ServerError;
-use super::wire::{self, Header, HEADER_LEN};
+use super::wire::{self, Header, WireError, HEADER_LEN};
 use super::Shared;
+use crate::server::error_codes::ErrorCode;
 use bson::Document;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,28 +37,46 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             shared.info.connections.fetch_add(1, Ordering::Relaxed);
             serve(stream, &shared, id).await;
+            // A closed connection's cursors can never be read again by it.
+            shared.state.lock().cursors.close_connection(id);
             shared.info.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-/// Reads one message into `payload` (reused across messages: a 48 MB limit means large
-/// buffers, and allocating them afresh for every message costs page faults).
+/// Buffers up to this size are kept for the connection's next message (allocating afresh for
+/// every message costs page faults); a larger one is released once its message is handled.
+const KEPT_BUFFER: usize = 1024 * 1024;
+/// Bytes read into the buffer per step: a message's buffer grows with the bytes that actually
+/// arrive, never to the size an unverified header announces.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads one message into `payload` (reused across messages). `Ok(None)`: the client closed
+/// the connection between messages.
 async fn read_message(
     stream: &mut TcpStream,
+    head: &mut [u8; HEADER_LEN],
     payload: &mut Vec<u8>,
 ) -> std::io::Result<Option<Header>> {
-    let mut head = [0u8; HEADER_LEN];
-    match stream.read_exact(&mut head).await {
+    match stream.read_exact(head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let header = Header::parse(&head)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let header =
+        Header::parse(head).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let want = header.length - HEADER_LEN;
     payload.clear();
-    payload.resize(header.length - HEADER_LEN, 0);
-    stream.read_exact(payload).await?;
+    while payload.len() < want {
+        let step = (want - payload.len()).min(READ_STEP.max(payload.len()));
+        let start = payload.len();
+        payload.resize(start + step, 0);
+        let n = stream.read(&mut payload[start..]).await?;
+        payload.truncate(start + n);
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Some(header))
 }
 
@@ -67,9 +86,13 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut reply_id: i32 = 0;
     let mut payload = Vec::new();
+    let mut head = [0u8; HEADER_LEN];
     loop {
+        if payload.capacity() > KEPT_BUFFER {
+            payload = Vec::new();
+        }
         let message = tokio::select! {
-            m = read_message(&mut stream, &mut payload) => m,
+            m = read_message(&mut stream, &mut head, &mut payload) => m,
             _ = drops.changed() => return,
             _ = shutdown.wait_for(|s| *s) => return,
         };
@@ -83,6 +106,12 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
                 _ = drops.changed() => return,
             }
         }
+        if header.op_code == wire::OP_MSG {
+            if let Err(msg) = wire::verify_checksum(&head, &payload) {
+                log::debug!(target: "mmm", "closing connection {connection_id}: {msg}");
+                return;
+            }
+        }
         let request = match header.op_code {
             wire::OP_MSG => wire::parse_op_msg(&payload),
             wire::OP_QUERY => wire::parse_op_query(&payload),
@@ -91,7 +120,29 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
         };
         let request = match request {
             Ok(r) => r,
-            Err(msg) => {
+            Err(WireError::Reply(e)) => {
+                // A refused document in a well-framed message: answer, as mongod does.
+                let more_to_come = header.op_code == wire::OP_MSG
+                    && payload.len() >= 4
+                    && u32::from_le_bytes(payload[0..4].try_into().unwrap())
+                        & wire::FLAG_MORE_TO_COME
+                        != 0;
+                if more_to_come {
+                    continue;
+                }
+                reply_id = reply_id.wrapping_add(1);
+                let reply = to_raw(&e.to_document());
+                let bytes = if header.op_code == wire::OP_QUERY {
+                    wire::encode_op_reply(reply_id, header.request_id, &reply)
+                } else {
+                    wire::encode_op_msg(reply_id, header.request_id, &reply)
+                };
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(WireError::Close(msg)) => {
                 log::debug!(target: "mmm", "closing connection {connection_id}: {msg}");
                 return;
             }
@@ -105,7 +156,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         }
         let reply = if request.legacy && !allowed_over_op_query(&cmd) {
-            let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
+            let e = ServerError::new(ErrorCode::UnsupportedOpQueryCommand, format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
         } else {
             tokio::select! {

@@ -3,6 +3,7 @@
 
 use crate::server::collection::{Record, RecordId};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{Matcher, Projection};
 use crate::server::state::{split_ns, State};
 use bson::{Document, RawArrayBuf, RawDocumentBuf};
@@ -40,6 +41,7 @@ pub struct Cursor {
     pub projection: Option<Projection>,
     pub limit_remaining: Option<u64>,
     pub batch_size: Option<usize>,
+    pub life: crate::server::cursor_table::CursorLife,
 }
 
 pub struct Batch {
@@ -119,8 +121,7 @@ impl Cursor {
                 let (db, coll) = split_ns(&self.ns);
                 let Some(c) = state.coll(db, coll) else {
                     return Err(ServerError::new(
-                        237,
-                        "CursorKilled",
+                        ErrorCode::CursorKilled,
                         format!("collection dropped while tailing: {}", self.ns),
                     ));
                 };
@@ -129,8 +130,7 @@ impl Cursor {
                         && c.first_record_id().is_some_and(|first| first > pos)
                     {
                         return Err(ServerError::new(
-                            136,
-                            "CappedPositionLost",
+                            ErrorCode::CappedPositionLost,
                             format!(
                                 "CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({pos})"
                             ),
@@ -172,7 +172,7 @@ fn push_document(
         Some(p) => RawDocumentBuf::from_document(&p.try_apply(doc)?),
         None => RawDocumentBuf::from_document(doc),
     }
-    .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;
+    .map_err(|e| ServerError::new(ErrorCode::InternalError, e.to_string()))?;
     let len = raw.as_bytes().len();
     docs.push(raw);
     Ok(len)

@@ -5,7 +5,10 @@ pub mod clock;
 pub mod collection;
 pub mod commands;
 pub mod cursor;
+pub mod cursor_table;
 pub mod error;
+pub mod error_codes;
+pub mod limits;
 pub mod oplog_writer;
 pub mod query;
 pub mod session;
@@ -73,6 +76,18 @@ impl Shared {
     }
 }
 
+/// Kills idle cursors (`cursorTimeoutMillis`) twice a second until the server stops.
+async fn reap_idle_cursors(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        shared.state.lock().cursors.kill_idle(Instant::now());
+    }
+}
+
 /// A running server; dropping it does not stop it, `stop()` does.
 pub struct MongoServer {
     shared: Arc<Shared>,
@@ -105,6 +120,7 @@ impl MongoServer {
             paused_until: Mutex::new(None),
         });
         tokio::spawn(connection::accept_loop(listener, shared.clone()));
+        tokio::spawn(reap_idle_cursors(shared.clone()));
         Ok(MongoServer { shared, port })
     }
 

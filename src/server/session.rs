@@ -7,6 +7,7 @@
 
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{
     build_apply_ops_entry, null_optime, optime, ApplyOpsEnd, EntryExtras, OpRecord, SessionInfo,
     TERM,
@@ -130,8 +131,7 @@ pub fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
 
 pub fn write_conflict() -> ServerError {
     ServerError::new(
-        112,
-        "WriteConflict",
+        ErrorCode::WriteConflict,
         "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction.",
     )
     .with_label("TransientTransactionError")

@@ -3,8 +3,9 @@
 
 use crate::server::clock::{ts_to_u64, Clock};
 use crate::server::collection::Collection;
-use crate::server::cursor::Cursor;
+use crate::server::cursor_table::CursorTable;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
 use bson::{doc, DateTime, Document, Timestamp};
@@ -21,7 +22,7 @@ pub struct State {
     pub clock: Clock,
     /// Server-wide write counter; every record change takes the next value.
     pub version: u64,
-    pub cursors: HashMap<i64, Cursor>,
+    pub cursors: CursorTable,
     pub sessions: HashMap<Vec<u8>, Session>,
     pub last_write: (Timestamp, DateTime),
     /// Bumped on every insert into a capped collection; awaitData getMores wait for it.
@@ -39,8 +40,7 @@ pub fn split_ns(ns: &str) -> (&str, &str) {
 pub fn validate_db_name(db: &str) -> ServerResult<()> {
     if db.is_empty() || db.len() >= 64 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid database name: '{db}'"),
         ));
     }
@@ -50,8 +50,7 @@ pub fn validate_db_name(db: &str) -> ServerResult<()> {
 pub fn validate_coll_name(db: &str, coll: &str) -> ServerResult<()> {
     if coll.is_empty() || coll.contains('$') || coll.contains('\0') || coll.starts_with('.') {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid collection name: {db}.{coll}"),
         ));
     }
@@ -74,7 +73,7 @@ impl State {
             dbs,
             clock: Clock::new(),
             version: 0,
-            cursors: HashMap::new(),
+            cursors: CursorTable::default(),
             sessions: HashMap::new(),
             last_write: (
                 Timestamp {
@@ -115,7 +114,12 @@ impl State {
     }
 
     /// Writes one oplog entry with the next timestamp and returns that timestamp.
+    /// Changes to the `local` database are never logged (it is each member's own, as on mongod):
+    /// nothing is written and the last timestamp is returned.
     pub fn append_oplog(&mut self, op: OpRecord, extras: &EntryExtras) -> Timestamp {
+        if is_local_ns(&op.ns) {
+            return self.clock.last();
+        }
         self.append_oplog_entry(|ts, wall| build_entry(op, ts, wall, extras))
     }
 
@@ -156,6 +160,11 @@ impl State {
         self.append_oplog(op, &EntryExtras::NONE);
         Ok(self.coll_mut(db, coll).unwrap())
     }
+}
+
+/// True for a namespace of the `local` database (`local.x`, or `local.$cmd` for its commands).
+pub fn is_local_ns(ns: &str) -> bool {
+    split_ns(ns).0 == OPLOG_DB
 }
 
 /// The `create` command entry: collection options (without the UUID) followed by `idIndex`.

@@ -7,6 +7,7 @@ use super::Reply;
 use crate::server::collection::{Collection, Index};
 use crate::server::cursor::{Cursor, Source};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{EntryExtras, OpRecord};
 use crate::server::query::Matcher;
 use crate::server::state::{split_ns, validate_coll_name, validate_db_name, OPLOG_NS};
@@ -16,8 +17,7 @@ use std::sync::Arc;
 fn no_ddl_in_txn(ctx: &Ctx, cmd: &str) -> ServerResult<()> {
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             format!("Cannot run '{cmd}' in a multi-document transaction."),
         ));
     }
@@ -53,8 +53,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         .collect();
     if options.contains_key("viewOn") || options.contains_key("timeseries") {
         return Err(ServerError::new(
-            115,
-            "CommandNotSupported",
+            ErrorCode::CommandNotSupported,
             "views and time-series collections are not supported by the embedded server",
         ));
     }
@@ -70,8 +69,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     if ctx.in_txn() {
         if options.contains_key("capped") {
             return Err(ServerError::new(
-                263,
-                "OperationNotSupportedInTransaction",
+                ErrorCode::OperationNotSupportedInTransaction,
                 "Cannot create a capped collection in a multi-document transaction.",
             ));
         }
@@ -155,8 +153,7 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     no_ddl_in_txn(ctx, "renameCollection")?;
     if ctx.db != "admin" {
         return Err(ServerError::new(
-            13,
-            "Unauthorized",
+            ErrorCode::Unauthorized,
             "renameCollection may only be run against the admin database.",
         ));
     }
@@ -178,8 +175,7 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     }
     if fdb != tdb {
         return Err(ServerError::new(
-            115,
-            "CommandNotSupported",
+            ErrorCode::CommandNotSupported,
             "renaming across databases is not supported by the embedded server",
         ));
     }
@@ -219,6 +215,7 @@ fn list_reply(ctx: &mut Ctx, ns: String, docs: Vec<Document>) -> ServerResult<Re
         projection: None,
         limit_remaining: None,
         batch_size: None,
+        life: Default::default(),
     };
     cursor_reply(ctx.state, cursor, usize::MAX, false)
 }
@@ -353,12 +350,12 @@ pub fn create_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                 continue;
             }
             if existing.key != key {
-                return Err(ServerError::new(86, "IndexKeySpecsConflict", format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {stored}, existing index: {}", existing.spec)));
+                return Err(ServerError::new(ErrorCode::IndexKeySpecsConflict, format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {stored}, existing index: {}", existing.spec)));
             }
-            return Err(ServerError::new(85, "IndexOptionsConflict", format!("An equivalent index already exists with the same name but different options. Requested index: {stored}, existing index: {}", existing.spec)));
+            return Err(ServerError::new(ErrorCode::IndexOptionsConflict, format!("An equivalent index already exists with the same name but different options. Requested index: {stored}, existing index: {}", existing.spec)));
         }
         if let Some(existing) = c.indexes.iter().find(|i| i.key == key) {
-            return Err(ServerError::new(85, "IndexOptionsConflict", format!("An equivalent index already exists with a different name and options. Requested index: {stored}, existing index: {}", existing.spec)));
+            return Err(ServerError::new(ErrorCode::IndexOptionsConflict, format!("An equivalent index already exists with a different name and options. Requested index: {stored}, existing index: {}", existing.spec)));
         }
         c.add_index(Index::new(stored.clone())?)?;
         new_specs.push(stored);
@@ -426,8 +423,7 @@ pub fn drop_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             Some(i) => vec![i.name.clone()],
             None => {
                 return Err(ServerError::new(
-                    27,
-                    "IndexNotFound",
+                    ErrorCode::IndexNotFound,
                     format!("can't find index with key: {key}"),
                 ))
             }
@@ -444,8 +440,7 @@ pub fn drop_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         }
         if !c.indexes.iter().any(|i| &i.name == name) {
             return Err(ServerError::new(
-                27,
-                "IndexNotFound",
+                ErrorCode::IndexNotFound,
                 format!("index not found with name [{name}]"),
             ));
         }

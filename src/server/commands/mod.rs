@@ -4,20 +4,20 @@ mod admin;
 mod catalog;
 mod ctx;
 mod read;
+mod transaction;
 mod util;
 mod write;
 
 pub use admin::{MAX_WIRE_VERSION, VERSION};
 
 use crate::server::error::{ServerError, ServerResult};
-use crate::server::oplog_writer::{oplog_lsid, SessionInfo};
-use crate::server::session::{commit, Session, Txn, TxnPhase};
+use crate::server::error_codes::ErrorCode;
 use crate::server::state::State;
 use crate::server::wire::Command;
 use crate::server::ServerInfo;
 use bson::{doc, Binary, Bson, Document, RawDocumentBuf, Timestamp};
-use ctx::{Ctx, Retryable};
-use util::{as_i64, bool_arg};
+use ctx::Ctx;
+use util::as_i64;
 
 pub enum Reply {
     Doc(Document),
@@ -47,8 +47,6 @@ pub fn allowed_over_op_query(cmd: &str) -> bool {
             | "authenticate"
     )
 }
-
-const TRANSIENT_CODES: &[i32] = &[112, 24, 251, 267, 239, 246];
 
 fn cluster_time(ts: Timestamp) -> Document {
     doc! {
@@ -82,33 +80,10 @@ fn finish(state: &State, reply: ServerResult<Reply>, op_time: Option<Timestamp>)
 pub fn to_raw(d: &Document) -> RawDocumentBuf {
     RawDocumentBuf::from_document(d).unwrap_or_else(|e| {
         RawDocumentBuf::from_document(
-            &ServerError::new(1, "InternalError", e.to_string()).to_document(),
+            &ServerError::new(ErrorCode::InternalError, e.to_string()).to_document(),
         )
         .unwrap()
     })
-}
-
-fn lsid_key(body: &Document) -> Option<(Vec<u8>, Bson)> {
-    let id = body.get_document("lsid").ok()?.get("id")?;
-    let key = match id {
-        Bson::Binary(b) => b.bytes.clone(),
-        other => other.to_string().into_bytes(),
-    };
-    Some((key, id.clone()))
-}
-
-fn is_retryable_write(cmd: &str, body: &Document) -> bool {
-    let all = |field: &str, ok: &dyn Fn(&Document) -> bool| {
-        body.get_array(field)
-            .map(|a| a.iter().all(|s| s.as_document().is_some_and(ok)))
-            .unwrap_or(true)
-    };
-    match cmd {
-        "insert" | "findAndModify" | "findandmodify" => true,
-        "update" => all("updates", &|s| !bool_arg(s, "multi", false)),
-        "delete" => all("deletes", &|s| s.get("limit").and_then(as_i64) == Some(1)),
-        _ => false,
-    }
 }
 
 /// Runs one request under the state lock.
@@ -124,15 +99,14 @@ pub fn execute(
         let limit = std::time::Duration::from_secs(state.txn_lifetime_limit_secs as u64);
         crate::server::session::expire_transactions(state, limit);
     }
+    // Cursors opened or used by this request belong to this connection.
+    state.cursors.current_connection = connection_id;
     let cmd = body.keys().next().cloned().unwrap_or_default();
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
         _ => {
-            let e = ServerError::new(
-                40414,
-                "Location40414",
-                "BSON field '$db' is missing but a required field",
-            );
+            let e =
+                ServerError::location(40414, "BSON field '$db' is missing but a required field");
             return Execution::Done(finish(state, Err(e), None));
         }
     };
@@ -149,13 +123,13 @@ pub fn execute(
     let autocommit = body
         .get("autocommit")
         .map(|a| matches!(a, Bson::Boolean(true)));
-    let session = lsid_key(body);
+    let session = transaction::lsid_key(body);
     let (reply, op_time) = match (txn_number, autocommit, session) {
         (Some(n), Some(false), Some((key, id))) => {
-            in_transaction(state, info, &db, &cmd, body, connection_id, n, key, id)
+            transaction::in_transaction(state, info, &db, &cmd, body, connection_id, n, key, id)
         }
         (Some(n), None, Some((key, id))) => {
-            retryable(state, info, &db, &cmd, body, connection_id, n, key, id)
+            transaction::retryable(state, info, &db, &cmd, body, connection_id, n, key, id)
         }
         (Some(_), _, None) => (
             Err(ServerError::invalid_options(
@@ -182,186 +156,10 @@ pub fn execute(
     Execution::Done(finish(state, reply, op_time))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn retryable(
-    state: &mut State,
-    info: &ServerInfo,
-    db: &str,
-    cmd: &str,
-    body: &Command,
-    conn: i64,
-    n: i64,
-    key: Vec<u8>,
-    id: Bson,
-) -> (ServerResult<Reply>, Option<Timestamp>) {
-    if !is_retryable_write(cmd, body) {
-        if matches!(cmd, "update" | "delete") {
-            // Multi-document statements are simply not retryable: run them plainly.
-            let mut ctx = Ctx::new(state, db);
-            let r = run(&mut ctx, info, cmd, body, conn);
-            let t = ctx.last_op;
-            return (r, t);
-        }
-        return (Err(ServerError::new(50768, "NotARetryableWriteCommand", format!("txnNumber may only be provided for multi-document transactions and retryable write commands. autocommit:false was not provided, and {cmd} is not a retryable write command."))), None);
-    }
-    let session = state.sessions.entry(key.clone()).or_default();
-    if let Some(active) = session.active_txn {
-        if n < active {
-            return (Err(ServerError::new(225, "TransactionTooOld", format!("Cannot start transaction {n} on session because a newer transaction {active} has already started."))), None);
-        }
-        if n == active {
-            if let Some((num, reply)) = &session.retry_reply {
-                if *num == n {
-                    return (Ok(Reply::Doc(reply.clone())), None);
-                }
-            }
-            if !matches!(session.state, TxnPhase::RetryableWrite) {
-                return (Err(ServerError::new(217, "IncompleteTransactionHistory", "Incomplete history detected for transaction number; the transaction number was used by a transaction")), None);
-            }
-        }
-    }
-    session.active_txn = Some(n);
-    session.state = TxnPhase::RetryableWrite;
-    let mut ctx = Ctx::new(state, db);
-    ctx.retryable = Some(Retryable {
-        session: SessionInfo {
-            lsid: oplog_lsid(&id),
-            txn_number: n,
-        },
-        prev: None,
-    });
-    let r = run(&mut ctx, info, cmd, body, conn);
-    let t = ctx.last_op;
-    if let Ok(Reply::Doc(d)) = &r {
-        if let Some(s) = state.sessions.get_mut(&key) {
-            s.retry_reply = Some((n, d.clone()));
-        }
-    }
-    (r, t)
-}
-
-fn no_such_txn(n: i64, active: Option<i64>) -> ServerError {
-    let msg = match active {
-        Some(a) => format!("Given transaction number {n} does not match any in-progress transactions. The active transaction number is {a}"),
-        None => format!("Given transaction number {n} does not match any in-progress transactions. The active transaction number is -1"),
-    };
-    ServerError::new(251, "NoSuchTransaction", msg)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn in_transaction(
-    state: &mut State,
-    info: &ServerInfo,
-    db: &str,
-    cmd: &str,
-    body: &Command,
-    conn: i64,
-    n: i64,
-    key: Vec<u8>,
-    id: Bson,
-) -> (ServerResult<Reply>, Option<Timestamp>) {
-    let start = bool_arg(body, "startTransaction", false);
-    let result = (|| -> ServerResult<(Reply, Option<Timestamp>)> {
-        // The snapshot the transaction reads from is taken when it starts.
-        let fresh_txn = start.then(|| Box::new(Txn::starting_at(state)));
-        let session = state.sessions.entry(key.clone()).or_default();
-        let active = session.active_txn;
-        if active.is_some_and(|a| n < a) {
-            return Err(ServerError::new(225, "TransactionTooOld", format!("Cannot start transaction {n} on session because a newer transaction {} has already started.", active.unwrap())));
-        }
-        if start {
-            if active == Some(n) {
-                return Err(ServerError::new(117, "ConflictingOperationInProgress", "Only servers in a sharded cluster can start a new transaction at the active transaction number"));
-            }
-            session.active_txn = Some(n);
-            session.state = TxnPhase::InProgress(fresh_txn.unwrap_or_default());
-        } else if active != Some(n) {
-            return Err(no_such_txn(n, active));
-        }
-        match (&session.state, cmd) {
-            (TxnPhase::Committed, "commitTransaction") => {
-                return Ok((Reply::Doc(Document::new()), None))
-            }
-            (TxnPhase::Committed, _) => {
-                return Err(ServerError::new(
-                    256,
-                    "TransactionCommitted",
-                    format!("Transaction {n} has been committed."),
-                ))
-            }
-            (TxnPhase::Aborted, _) => {
-                return Err(ServerError::new(
-                    251,
-                    "NoSuchTransaction",
-                    format!("Transaction with {{ txnNumber: {n} }} has been aborted."),
-                ))
-            }
-            (TxnPhase::InProgress(_), _) => {}
-            _ => return Err(no_such_txn(n, active)),
-        }
-        let TxnPhase::InProgress(txn) = std::mem::take(&mut session.state) else {
-            unreachable!()
-        };
-        match cmd {
-            "commitTransaction" => {
-                let info = SessionInfo {
-                    lsid: oplog_lsid(&id),
-                    txn_number: n,
-                };
-                let committed = commit(state, *txn, &info);
-                let session = state.sessions.get_mut(&key).unwrap();
-                session.state = if committed.is_ok() {
-                    TxnPhase::Committed
-                } else {
-                    TxnPhase::Aborted
-                };
-                let ts = committed?;
-                Ok((Reply::Doc(Document::new()), ts))
-            }
-            "abortTransaction" => {
-                session.state = TxnPhase::Aborted;
-                Ok((Reply::Doc(Document::new()), None))
-            }
-            _ => {
-                let mut ctx = Ctx::new(state, db);
-                ctx.txn = Some(txn);
-                let r = run(&mut ctx, info, cmd, body, conn);
-                let txn: Box<Txn> = ctx.txn.take().unwrap();
-                let session: &mut Session = state.sessions.get_mut(&key).unwrap();
-                match r {
-                    Ok(reply) => {
-                        session.state = TxnPhase::InProgress(txn);
-                        Ok((reply, None))
-                    }
-                    Err(e) => {
-                        // A failed statement aborts the whole transaction, as on mongod.
-                        session.state = TxnPhase::Aborted;
-                        Err(e)
-                    }
-                }
-            }
-        }
-    })();
-    match result {
-        Ok((reply, ts)) => (Ok(reply), ts),
-        Err(mut e) => {
-            let is_end = cmd == "commitTransaction" || cmd == "abortTransaction";
-            if TRANSIENT_CODES.contains(&e.code)
-                && !e.labels.contains(&"TransientTransactionError")
-                && (!is_end || e.code == 251)
-            {
-                e = e.with_label("TransientTransactionError");
-            }
-            (Err(e), None)
-        }
-    }
-}
-
 fn admin_only(ctx: &Ctx, cmd: &str) -> ServerResult<()> {
     if ctx.db != "admin" {
         return Err(ServerError::new(
-            13,
-            "Unauthorized",
+            ErrorCode::Unauthorized,
             format!("{cmd} may only be run against the admin database."),
         ));
     }
@@ -385,8 +183,7 @@ fn run(
             Ok(admin::repl_set_get_status(ctx.state, info))
         }
         "replSetInitiate" => Err(ServerError::new(
-            23,
-            "AlreadyInitialized",
+            ErrorCode::AlreadyInitialized,
             "already initialized",
         )),
         "getParameter" => {

@@ -5,8 +5,10 @@ use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative};
 use super::Reply;
 use crate::server::clock::ts_to_u64;
 use crate::server::collection::Collection;
-use crate::server::cursor::{new_cursor_id, Cursor, Source, DEFAULT_FIRST_BATCH};
+use crate::server::cursor::{Cursor, Source, DEFAULT_FIRST_BATCH};
+use crate::server::cursor_table::CursorLife;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{
     compare_values, run_pipeline, values_equal, Matcher, Projection, SortSpec,
 };
@@ -88,11 +90,8 @@ pub fn cursor_reply(
 ) -> ServerResult<Reply> {
     let batch = cursor.next_batch(state, first_batch)?;
     let keep = !single_batch && (!batch.exhausted || cursor.is_tailable());
-    let id = if keep { new_cursor_id() } else { 0 };
     let ns = cursor.ns.clone();
-    if keep {
-        state.cursors.insert(id, cursor);
-    }
+    let id = if keep { state.cursors.open(cursor)? } else { 0 };
     batch_reply("firstBatch", batch.docs, id, &ns)
 }
 
@@ -195,6 +194,10 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         projection,
         limit_remaining: limit,
         batch_size,
+        life: CursorLife {
+            no_timeout: bool_arg(body, "noCursorTimeout", false),
+            ..CursorLife::default()
+        },
     };
     let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     cursor_reply(ctx.state, cursor, first, single_batch)
@@ -212,19 +215,22 @@ pub fn get_more(
     })?;
     let coll = coll_name(body, "collection")?;
     let ns = format!("{db}.{coll}");
-    let mut cursor = state.cursors.remove(&id).ok_or_else(|| {
-        ServerError::new(43, "CursorNotFound", format!("cursor id {id} not found"))
+    let mut cursor = state.cursors.take(id).ok_or_else(|| {
+        ServerError::new(
+            ErrorCode::CursorNotFound,
+            format!("cursor id {id} not found"),
+        )
     })?;
     if cursor.ns != ns {
         let msg = format!(
             "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}",
             cursor.ns
         );
-        state.cursors.insert(id, cursor);
-        return Err(ServerError::new(13, "Unauthorized", msg));
+        state.cursors.put_back(id, cursor);
+        return Err(ServerError::new(ErrorCode::Unauthorized, msg));
     }
     if body.contains_key("maxTimeMS") && !cursor.is_await_data() {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
         return Err(ServerError::bad_value(
             "cannot set maxTimeMS on getMore command for a non-awaitData cursor",
         ));
@@ -236,7 +242,7 @@ pub fn get_more(
     // Any error during a getMore destroys the cursor, so it is not put back on `?`.
     let batch = cursor.next_batch(state, max)?;
     if batch.docs.is_empty() && cursor.is_await_data() && !final_attempt {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
         return Ok(None);
     }
     let id_out = if batch.exhausted && !cursor.is_tailable() {
@@ -245,7 +251,7 @@ pub fn get_more(
         id
     };
     if id_out != 0 {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
     }
     batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
 }
@@ -258,7 +264,7 @@ pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
     })?;
     let (mut killed, mut not_found) = (Vec::new(), Vec::new());
     for id in ids.iter().filter_map(as_i64) {
-        if state.cursors.remove(&id).is_some() {
+        if state.cursors.kill(id) {
             killed.push(id);
         } else {
             not_found.push(id);
@@ -273,8 +279,7 @@ pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
 pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             "Cannot run 'count' in a multi-document transaction.",
         ));
     }
@@ -390,7 +395,7 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             let ns = format!("{db}.{coll}");
             let input = match pipeline.first().and_then(|s| s.keys().next()).map(|k| k.as_str()) {
                 Some("$changeStream") => {
-                    return Err(ServerError::new(40573, "Location40573", "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
+                    return Err(ServerError::location(40573, "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
                 }
                 Some("$collStats") => {
                     let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);
@@ -427,6 +432,7 @@ fn finish_aggregate(
         projection: None,
         limit_remaining: None,
         batch_size,
+        life: CursorLife::default(),
     };
     cursor_reply(
         ctx.state,

@@ -2,8 +2,10 @@
 
 use super::ctx::Ctx;
 use super::util::{bool_arg, coll_name, doc_arg, docs_ref, write_error};
-use crate::server::collection::RecordId;
+use crate::server::collection::{encode, RecordId};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
+use crate::server::limits;
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
@@ -16,13 +18,15 @@ pub fn with_id_first(doc: Document) -> ServerResult<Document> {
         match id {
             Bson::Array(_) => {
                 return Err(ServerError::new(
-                    2,
-                    "BadValue",
+                    ErrorCode::BadValue,
                     "can't use an array for _id",
                 ))
             }
             Bson::RegularExpression(_) => {
-                return Err(ServerError::new(2, "BadValue", "can't use a regex for _id"))
+                return Err(ServerError::new(
+                    ErrorCode::BadValue,
+                    "can't use a regex for _id",
+                ))
             }
             _ => {}
         }
@@ -58,6 +62,7 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
     };
     let id = doc.get("_id").cloned().unwrap();
     let raw = crate::server::collection::encode(doc)?;
+    limits::check_insert(doc, raw.as_bytes().len())?;
     let version = ctx.next_version();
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
     let ui = c.uuid;
@@ -85,10 +90,12 @@ fn insert_one_raw(
         _ => None,
     };
     let Some(id) = id else {
-        let doc = Document::try_from(raw.as_ref().as_ref())
-            .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))?;
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
         return insert_one(ctx, db, coll, &doc);
     };
+    limits::check_insert_raw(raw)?;
     let raw = raw.clone();
     let version = ctx.next_version();
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
@@ -123,8 +130,10 @@ fn with_id_first_is_valid(doc: &Document) -> bool {
 }
 
 /// Runs the statements of a write command in order, as mongod does: a failing statement
-/// becomes a `writeErrors` entry (and stops an ordered command); inside a transaction it fails
-/// the command. Returns the write errors.
+/// becomes a `writeErrors` entry (and stops an ordered command). Inside a transaction the first
+/// failure stops the command and aborts the transaction; it is still reported in `writeErrors`,
+/// except a transient error (a write conflict), which fails the whole command with its label
+/// (jstests/core/txns/transactions_write_errors.js). Returns the write errors.
 fn run_statements<S>(
     ctx: &mut Ctx,
     statements: impl IntoIterator<Item = S>,
@@ -136,7 +145,12 @@ fn run_statements<S>(
         ctx.stmt_id = i as i32;
         if let Err(e) = run(ctx, statement) {
             if ctx.in_txn() {
-                return Err(e);
+                if super::transaction::is_transient(&e) {
+                    return Err(e);
+                }
+                ctx.txn_failed = true;
+                errors.push(write_error(i, &e));
+                break;
             }
             errors.push(write_error(i, &e));
             if ordered {
@@ -295,7 +309,9 @@ pub fn update_docs(
                     "Performing an update on the path '_id' would modify the immutable field '_id'",
                 ));
             }
-            c.replace(rid, doc.clone(), version)?;
+            let raw = encode(&doc)?;
+            limits::check_updated(&doc, raw.as_bytes().len())?;
+            c.replace_encoded(rid, &doc, raw, version)?;
             ctx.note_write(&ns, &id)?;
             ctx.log(
                 OpRecord::new(
@@ -324,10 +340,12 @@ pub fn update_docs(
         spec.apply(&mut doc, &ictx)?;
         let doc = with_id_first(doc)?;
         let id = doc.get("_id").cloned().unwrap();
+        let raw = encode(&doc)?;
+        limits::check_updated(&doc, raw.as_bytes().len())?;
         let version = ctx.next_version();
         let c = ctx.coll_for_write(db, coll, true)?.unwrap();
         let ui = c.uuid;
-        c.insert(doc.clone(), version, None)?;
+        c.insert_encoded(&doc, raw, version, None)?;
         ctx.note_write(&ns, &id)?;
         ctx.log(
             OpRecord::new(

@@ -11,6 +11,7 @@ use super::compare::{
 };
 use super::path::{matcher_values, matcher_values_with_offsets, split_path, LeafArrays};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document, RawDocument};
 use std::cmp::Ordering;
 
@@ -49,20 +50,15 @@ impl RegexPred {
                 // PCRE's UTF-8 mode; Rust regexes are always Unicode-aware.
                 'u' => &mut builder,
                 other => {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         51108,
-                        "Location51108",
                         format!("invalid flag in regex options: {other}"),
                     ))
                 }
             };
         }
         let re = builder.build().map_err(|e| {
-            ServerError::new(
-                51091,
-                "Location51091",
-                format!("Regular expression is invalid: {e}"),
-            )
+            ServerError::location(51091, format!("Regular expression is invalid: {e}"))
         })?;
         Ok(RegexPred {
             pattern: pattern.to_string(),
@@ -638,8 +634,7 @@ fn parse_pathless(
             "$where is not allowed in this context",
         )),
         "text" => Err(ServerError::new(
-            27,
-            "IndexNotFound",
+            ErrorCode::IndexNotFound,
             "text index required for $text query",
         )),
         "jsonSchema" => Err(ServerError::not_implemented("$jsonSchema is not supported")),
@@ -842,9 +837,8 @@ fn parse_regex_document(name: &str, context: &Document) -> ServerResult<Node> {
                     pattern = r.pattern.clone();
                     if !r.options.is_empty() {
                         if !options.is_empty() {
-                            return Err(ServerError::new(
+                            return Err(ServerError::location(
                                 51074,
-                                "Location51074",
                                 "options set in both $regex and $options",
                             ));
                         }
@@ -858,9 +852,8 @@ fn parse_regex_document(name: &str, context: &Document) -> ServerResult<Node> {
                     return Err(ServerError::bad_value("$options has to be a string"));
                 };
                 if !options.is_empty() {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         51075,
-                        "Location51075",
                         "options set in both $regex and $options",
                     ));
                 }
@@ -1406,7 +1399,7 @@ mod tests {
     #[test]
     fn regex_errors() {
         let e = err(doc! {"a": {"$regex": "("}});
-        assert_eq!((e.code, e.code_name), (51091, "Location51091"));
+        assert_eq!((e.code, e.code_name().as_ref()), (51091, "Location51091"));
         assert!(e.message.starts_with("Regular expression is invalid"));
         assert_eq!(
             err(doc! {"a": {"$options": "i"}}).message,

@@ -23,6 +23,7 @@ mod tests;
 #[cfg(test)]
 mod tests_positional;
 
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{compare_values, Matcher};
 
 pub use self::upsert::{upsert_seed, upsert_seed_for_replacement};
@@ -51,9 +52,8 @@ impl ArrayFilter {
 /// identifier (the "placeholder"), unique among the filters.
 fn parse_array_filters(raw: Option<&[Document]>) -> ServerResult<Vec<ArrayFilter>> {
     let context = |e: ServerError| {
-        ServerError::new(
+        ServerError::location(
             e.code,
-            e.code_name,
             format!("Error parsing array filter :: caused by :: {}", e.message),
         )
     };
@@ -159,8 +159,7 @@ impl UpdateSpec {
             for (k, v) in update {
                 if k.starts_with('$') {
                     return Err(ServerError::new(
-                        52,
-                        "DollarPrefixedFieldName",
+                        ErrorCode::DollarPrefixedFieldName,
                         format!(
                             "The dollar ($) prefixed field '{}' in '{}' is not valid for storage.",
                             k, k
@@ -169,8 +168,7 @@ impl UpdateSpec {
                 }
                 if k == "_id" && matches!(v, Bson::Array(_)) {
                     return Err(ServerError::new(
-                        53,
-                        "InvalidIdField",
+                        ErrorCode::InvalidIdField,
                         "The '_id' value cannot be of type array",
                     ));
                 }

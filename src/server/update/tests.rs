@@ -573,7 +573,7 @@ fn rename_nested_moves_to_end_of_target() {
 #[test]
 fn error_messages_and_codes() {
     let e = err(doc! {"_id": 1, "a": "x"}, doc! {"$inc": {"a": 1}});
-    assert_eq!((e.code, e.code_name), (14, "TypeMismatch"));
+    assert_eq!((e.code, e.code_name().as_ref()), (14, "TypeMismatch"));
     assert_eq!(
         e.message,
         "Cannot apply $inc to a value of non-numeric type. {_id: 1} has the field 'a' of \
@@ -608,7 +608,7 @@ fn error_messages_and_codes() {
         "Cannot create field 'b' in element {a: [ 1, 2 ]}"
     );
     let e = err(doc! {"_id": 1}, doc! {"$set": {"_id": 2}});
-    assert_eq!((e.code, e.code_name), (66, "ImmutableField"));
+    assert_eq!((e.code, e.code_name().as_ref()), (66, "ImmutableField"));
     assert_eq!(
         e.message,
         "Performing an update on the path '_id' would modify the immutable field '_id'"
