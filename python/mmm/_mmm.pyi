@@ -10,7 +10,16 @@ class NotReplicaSetError(MmmError): ...
 class OplogFormatError(MmmError): ...
 
 class MongoServer:
-    def __init__(self, port: int = 0, replset: str = "rs0", oplog_size_mb: float = 256.0, host: str = "127.0.0.1") -> None: ...
+    def __init__(
+        self,
+        port: int = 0,
+        replset: str = "rs0",
+        oplog_size_mb: float = 256.0,
+        host: str = "127.0.0.1",
+        advertise: Optional[str] = None,
+    ) -> None:
+        """``advertise``: ``HOST`` or ``HOST:PORT`` that ``hello`` names (hosts, me, primary);
+        default the bound address, 127.0.0.1 for a wildcard bind. ValueError when malformed."""
     @property
     def port(self) -> int: ...
     @property
@@ -44,7 +53,7 @@ class ReplicatorCore:
     def __init__(
         self,
         servers: Sequence[Tuple[str, str, str]],
-        links: Sequence[Tuple[str, str, str, bool, bool, bool]],
+        links: Sequence[Tuple[str, str, str, bool, bool, bool, str]],
     ) -> None: ...
     def link_ids(self) -> List[str]: ...
     def resync(self, link: str) -> Tuple[int, int]:

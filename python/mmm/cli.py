@@ -97,13 +97,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if "/" in args.dst:
         # Only the destination: the link is stored there, and the source may be down for now.
         dst = args.dst.split("/", 1)[0]
-        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
+        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker, args.on_reject)
         findings = preflight.check({dst: config.servers[dst]}, [link])
         if findings:
             raise CliError("; ".join(f.message for f in findings))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
-                           initial_sync=args.initial_sync, marker=args.marker)
+                           initial_sync=args.initial_sync, marker=args.marker, on_reject=args.on_reject)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -151,7 +151,7 @@ def _state_cell(s: Dict[str, Any]) -> str:
 
 
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -159,7 +159,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             s["id"], _state_cell(s),
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
-            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
             (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
@@ -257,12 +257,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .embedded import MongoServer
+    from .embedded import MongoServer, is_loopback
 
     try:
-        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
-    except OSError as e:
+        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb,
+                             host=args.host, advertise=args.advertise)
+    except (OSError, ValueError) as e:
         raise CliError(str(e)) from None
+    if not is_loopback(args.host):
+        print(
+            f"mmm: WARNING: listening on {args.host}: anyone who can reach this machine on port "
+            f"{server.port} can read and write every database WITHOUT A PASSWORD (the embedded "
+            "server has no authentication). Use --host 127.0.0.1 unless that is what you want.",
+            file=sys.stderr, flush=True,
+        )
     done: List[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: done.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: done.append(signum))
@@ -304,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
                    help="field: also write __mmm: {origin, ts} into every document the link writes")
+    s.add_argument("--on-reject", choices=("fail", "journal"), default="fail",
+                   help="a write the destination refuses stops the link (fail) or goes to __mmm.rejected (journal)")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")
@@ -319,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")
     s.add_argument("--port", type=int, default=27017)
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                   "0.0.0.0 or :: listen on every interface, without authentication)")
+    s.add_argument("--advertise", metavar="HOST[:PORT]",
+                   help="address hello and the printed URI name (default: the bound address; for "
+                        "0.0.0.0/:: this machine's hostname)")
     s.add_argument("--replset", default="rs0")
     s.add_argument("--oplog-size-mb", type=float, default=256)
     s.set_defaults(func=cmd_serve)

@@ -29,8 +29,9 @@ import yaml
 __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_config"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker"}
+LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject"}
 MARKERS = ("transaction", "field")
+ON_REJECT = ("fail", "journal")
 
 
 class ConfigError(ValueError):
@@ -54,10 +55,18 @@ class Link:
     marker: str = "transaction"
     """How replicated writes are marked: "transaction" (no field added to documents) or
     "field" (also write ``__mmm: {origin, ts}`` into every document the link writes)."""
+    on_reject: str = "fail"
+    """What a write the destination refuses (a unique index, a validator, a document too large)
+    does: "fail" stops the link (state ``failed``, the error names the namespace, ``_id`` and
+    MongoDB's code and message); "journal" records the op in ``__mmm.rejected`` on the
+    destination, in the transaction that moves the checkpoint past it, and goes on. Missing
+    privileges (``Unauthorized``) always stop the link."""
 
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:
             raise ValueError(f"marker is one of {', '.join(map(repr, MARKERS))}, got {self.marker!r}")
+        if self.on_reject not in ON_REJECT:
+            raise ValueError(f"on_reject is one of {', '.join(map(repr, ON_REJECT))}, got {self.on_reject!r}")
         self.id  # checks both endpoints: well formed, and nothing a link may not carry
 
     @property
@@ -67,9 +76,9 @@ class Link:
 
         return _mmm.link_id(self.src, self.dst)
 
-    def core_tuple(self) -> Tuple[str, str, str, bool, bool, bool]:
+    def core_tuple(self) -> Tuple[str, str, str, bool, bool, bool, str]:
         """The link as the replication core takes it."""
-        return (self.src, self.dst, self.ops, self.forward, self.initial_sync, self.marker == "field")
+        return (self.src, self.dst, self.ops, self.forward, self.initial_sync, self.marker == "field", self.on_reject)
 
     @property
     def src_server(self) -> str:
@@ -81,7 +90,7 @@ class Link:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "ops": self.ops, "forward": self.forward,
-                "initial_sync": self.initial_sync, "marker": self.marker}
+                "initial_sync": self.initial_sync, "marker": self.marker, "on_reject": self.on_reject}
 
 
 @dataclass
@@ -114,7 +123,7 @@ def _scalar(node: yaml.Node, path: str, key: str) -> Any:
 def _link(node: yaml.Node, path: str, index: int) -> Link:
     key = f"links[{index}]"
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync, marker")
+        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync, marker, on_reject")
     values: Dict[str, Any] = {}
     for k_node, v_node in node.value:
         k = k_node.value
@@ -133,9 +142,12 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
     marker = values.get("marker", "transaction")
     if marker not in MARKERS:
         raise ConfigError(f"{_where(path, node, key + '.marker')}: marker is one of {', '.join(MARKERS)}")
+    on_reject = values.get("on_reject", "fail")
+    if on_reject not in ON_REJECT:
+        raise ConfigError(f"{_where(path, node, key + '.on_reject')}: on_reject is one of {', '.join(ON_REJECT)}")
     try:
         return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
-                    bool(values.get("initial_sync", False)), marker)
+                    bool(values.get("initial_sync", False)), marker, on_reject)
     except ValueError as e:
         raise ConfigError(f"{_where(path, node, key)}: {e}") from None
 

@@ -142,9 +142,9 @@ class Replicator:
         return pymongo.MongoClient(uri, serverSelectionTimeoutMS=_preflight.TIMEOUT_MS)
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
-                  initial_sync: bool = False, marker: str = "transaction") -> Link:
+                  initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:
         """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did)."""
-        link = Link(src, dst, ops, forward, initial_sync, marker)
+        link = Link(src, dst, ops, forward, initial_sync, marker, on_reject)
         candidate = self.links + [link]
         _mmm.ReplicatorCore([(s.name, s.id, s.uri) for s in self.servers.values()],
                             [l.core_tuple() for l in candidate])
@@ -173,7 +173,7 @@ class Replicator:
                 for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
                     found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
                                       doc.get("forward", False), doc.get("initial_sync", False),
-                                      doc.get("marker", "transaction")))
+                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
             except pymongo.errors.ConnectionFailure as e:
                 log.warning("links stored on server %s not loaded: it is unreachable (%s)",
                             name, str(e).splitlines()[0])
@@ -233,7 +233,8 @@ class Replicator:
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, last error."""
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
+        rejected (journaled in ``__mmm.rejected``), last error."""
         out = []
         for s in self._core.status():
             if s.get("checkpoint") is not None:

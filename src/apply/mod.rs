@@ -6,6 +6,6 @@ pub mod ddl;
 mod error;
 mod plan;
 
-pub use applier::Applier;
-pub use error::{ApplyError, Refusal};
+pub use applier::{Applied, Applier, OnReject};
+pub use error::{describe, is_transient, ApplyError, Refusal};
 pub use plan::{Plan, PlanError, Tag};

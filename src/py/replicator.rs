@@ -2,6 +2,7 @@
 //! the topology (from YAML or arguments) and turns events into callbacks and logs.
 
 use super::tailer::parse_client_options;
+use crate::apply::OnReject;
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,23 +25,33 @@ fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
 #[pymethods]
 impl PyReplicatorCore {
     /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync,
-    /// tag_documents)]` with endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
+    /// tag_documents, on_reject)]` with endpoints written `server/db.coll` (or `server/db.*`,
+    /// `server/*`) and `on_reject` "fail" or "journal".
     #[new]
     fn new(
         servers: Vec<(String, String, String)>,
-        links: Vec<(String, String, String, bool, bool, bool)>,
+        links: Vec<(String, String, String, bool, bool, bool, String)>,
     ) -> PyResult<Self> {
         let servers: Vec<ServerSpec> = servers
             .into_iter()
             .map(|(name, id, uri)| ServerSpec { name, id, uri })
             .collect();
         let mut specs = Vec::new();
-        for (src, dst, ops, forward, initial_sync, tag_documents) in links {
+        for (src, dst, ops, forward, initial_sync, tag_documents, on_reject) in links {
             let mut spec = LinkSpec::parse(&src, &dst, &ops)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             spec.forward = forward;
             spec.initial_sync = initial_sync;
             spec.tag_documents = tag_documents;
+            spec.on_reject = match on_reject.as_str() {
+                "fail" => OnReject::Fail,
+                "journal" => OnReject::Journal,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "on_reject is 'fail' or 'journal', got {other:?}"
+                    )))
+                }
+            };
             specs.push(spec);
         }
         crate::replicate::topology::validate(&servers, &specs)
@@ -180,7 +191,8 @@ impl PyReplicatorCore {
     }
 
     /// One dict per link: id, src, dst, state, checkpoint, lag_seconds, lag_ops, ops_applied,
-    /// batches_applied, echoes_skipped, conflicts, initial_sync (copied, total), last_error.
+    /// batches_applied, echoes_skipped, conflicts, rejected, initial_sync (copied, total),
+    /// last_error.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let mut out = Vec::new();
         let running = self.running.lock();
@@ -209,6 +221,7 @@ impl PyReplicatorCore {
             d.set_item("batches_applied", s.batches_applied)?;
             d.set_item("echoes_skipped", s.ops_skipped_echo)?;
             d.set_item("conflicts", s.conflicts)?;
+            d.set_item("rejected", s.rejected)?;
             d.set_item(
                 "initial_sync",
                 (s.initial_sync_copied, s.initial_sync_total),

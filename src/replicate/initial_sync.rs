@@ -91,7 +91,7 @@ pub async fn initial_sync(
     rt: &LinkRuntime,
     src: &Client,
     applier: &Applier,
-    checkpoint: Checkpoint,
+    mut checkpoint: Checkpoint,
 ) -> Result<Checkpoint, LinkFailure> {
     let start = checkpoint.ts;
     let mut progress = checkpoint.initial_sync.clone().unwrap_or_default();
@@ -174,13 +174,30 @@ pub async fn initial_sync(
                 last_id = Some(id);
                 if plan.ops >= MAX_BATCH_OPS || plan.bytes >= MAX_BATCH_BYTES {
                     let batch = std::mem::take(&mut plan);
-                    copy_batch(rt, applier, &checkpoint, &mut progress, ns, &last_id, batch)
-                        .await?;
+                    copy_batch(
+                        rt,
+                        applier,
+                        &mut checkpoint,
+                        &mut progress,
+                        ns,
+                        &last_id,
+                        batch,
+                    )
+                    .await?;
                 }
             }
         }
         if !plan.is_empty() {
-            copy_batch(rt, applier, &checkpoint, &mut progress, ns, &last_id, plan).await?;
+            copy_batch(
+                rt,
+                applier,
+                &mut checkpoint,
+                &mut progress,
+                ns,
+                &last_id,
+                plan,
+            )
+            .await?;
         }
     }
     log::info!(target: "mmm",
@@ -208,7 +225,7 @@ fn unreadable(e: bson::raw::Error) -> LinkFailure {
 async fn copy_batch(
     rt: &LinkRuntime,
     applier: &Applier,
-    checkpoint: &Checkpoint,
+    checkpoint: &mut Checkpoint,
     progress: &mut CopyProgress,
     ns: &str,
     last_id: &Option<Bson>,
@@ -224,9 +241,13 @@ async fn copy_batch(
         initial_sync: Some(next.clone()),
         ..checkpoint.clone()
     };
-    applier.apply(&plan, &with_progress).await?;
+    let applied = applier.apply(&plan, &with_progress).await?;
+    // Copies are not counted as applied ops; documents the destination refused and a
+    // `journal` link set aside are counted as rejected.
+    checkpoint.rejected += applied.rejected;
     *progress = next;
     let mut s = rt.status.lock();
+    s.rejected += applied.rejected;
     s.initial_sync_copied = progress.copied;
     s.initial_sync_total = progress.total;
     Ok(())

@@ -4,7 +4,7 @@
 use super::conflicts::{Conflict, ConflictTracker};
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
-use crate::apply::{ApplyError, Refusal};
+use crate::apply::{describe, ApplyError, Refusal};
 use crate::store::{Checkpoint, StoreError};
 use crate::tail::TailError;
 use bson::{doc, Document, Timestamp};
@@ -67,13 +67,18 @@ impl fmt::Display for LinkFailure {
 
 impl From<mongodb::error::Error> for LinkFailure {
     fn from(e: mongodb::error::Error) -> Self {
-        LinkFailure::Transient(e.to_string())
+        // A step that speaks the driver's error type (the initial sync) carries an apply
+        // error inside it: a refused write stays a refusal.
+        if let Some(applying) = e.get_custom::<ApplyError>() {
+            return applying.clone().into();
+        }
+        LinkFailure::Transient(describe(&e))
     }
 }
 
 impl From<StoreError> for LinkFailure {
     fn from(e: StoreError) -> Self {
-        LinkFailure::Transient(e.to_string())
+        LinkFailure::Transient(format!("{}: {}", e.what, describe(&e.source)))
     }
 }
 

@@ -17,9 +17,9 @@ use super::status::LinkState;
 use super::topology::ServerSpec;
 use super::writer::{self, AbortOnDrop, Work};
 use crate::apply::ddl::{self, DdlCommand};
-use crate::apply::{Applier, Plan, Tag};
+use crate::apply::{Applier, OnReject, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
-use crate::store::{checkpoints, is_replicable_ns, Checkpoint};
+use crate::store::{self, checkpoints, is_replicable_ns, Checkpoint};
 use crate::tail::{self, StartAt, TailError, TailOptions, UnitBatch};
 use bson::{doc, Document, Timestamp};
 use mongodb::Client;
@@ -36,7 +36,7 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     let (src, dst) = connect(rt).await?;
     rt.conflicts.unpin_link(&rt.spec.id());
     rt.status.lock().reset_pending();
-    let applier = Applier::new(dst.clone(), &rt.spec.id());
+    let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
     let checkpoint = starting_checkpoint(rt, &src, &applier).await?;
     // Knowledge of the reverse direction serves only checks on the destination (a one-way
     // link skips the oplog scan it costs).
@@ -86,7 +86,10 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     let src = Client::with_options(rt.src_options.clone())?;
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
-    checkpoints::ensure_collection(&dst).await?;
+    checkpoints::ensure_collection(&dst, store::CHECKPOINTS).await?;
+    if rt.spec.on_reject == OnReject::Journal {
+        checkpoints::ensure_collection(&dst, store::REJECTED).await?;
+    }
     Ok((src, dst))
 }
 

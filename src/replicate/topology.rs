@@ -1,6 +1,7 @@
 //! Servers, links and the rule that keeps replication loop-free: an op may reach a server by
 //! at most one path. Pure logic.
 
+use crate::apply::OnReject;
 use crate::oplog::{NsPattern, OpKind, OpSet};
 use crate::store::refuse_link_namespace;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,9 @@ pub struct LinkSpec {
     pub initial_sync: bool,
     /// Field mode: write `__mmm: {origin, ts}` into every document the link writes.
     pub tag_documents: bool,
+    /// What to do with a write the destination refuses: stop the link, or journal it in
+    /// `__mmm.rejected` and go on.
+    pub on_reject: OnReject,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +92,7 @@ impl LinkSpec {
             forward: false,
             initial_sync: false,
             tag_documents: false,
+            on_reject: OnReject::Fail,
         })
     }
 

@@ -6,6 +6,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
 use crate::server::query::{get_path, KeyValue};
 use crate::server::shell;
+use crate::server::validation::Validator;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use imbl::OrdMap;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ pub struct Collection {
     /// Options given at creation, as listCollections and the `create` oplog entry show them.
     pub options: Document,
     pub capped: Option<CappedLimits>,
+    /// The parsed `validator` of `options` (with its level and action).
+    pub validator: Option<Arc<Validator>>,
     pub has_id_index: bool,
     pub records: OrdMap<RecordId, Record>,
     pub id_index: OrdMap<KeyValue, RecordId>,
@@ -173,11 +176,13 @@ impl Collection {
         } else {
             None
         };
+        let validator = Validator::from_options(&options)?.map(Arc::new);
         Ok(Collection {
             ns: ns.to_string(),
             uuid: bson::Uuid::new(),
             options,
             capped,
+            validator,
             has_id_index: true,
             records: OrdMap::new(),
             id_index: OrdMap::new(),

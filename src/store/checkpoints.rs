@@ -131,16 +131,16 @@ fn collection(client: &Client) -> Collection<Document> {
     client.database(MMM_DB).collection(CHECKPOINTS)
 }
 
-/// Creates `__mmm.checkpoints` if missing: a collection cannot be created inside the
-/// transactions that write to it on every MongoDB version.
-pub async fn ensure_collection(client: &Client) -> Result<(), StoreError> {
-    match client.database(MMM_DB).create_collection(CHECKPOINTS).await {
+/// Creates `__mmm.<name>` if missing: a collection cannot be created inside the transactions
+/// that write to it on every MongoDB version.
+pub async fn ensure_collection(client: &Client, name: &str) -> Result<(), StoreError> {
+    match client.database(MMM_DB).create_collection(name).await {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS) => {
             Ok(())
         }
         Err(source) => Err(StoreError {
-            what: "creating __mmm.checkpoints",
+            what: "creating mmm's collections",
             source,
         }),
     }

@@ -221,6 +221,7 @@ fn run(
         "listCollections" => catalog::list_collections(ctx, body),
         "listIndexes" => catalog::list_indexes(ctx, body),
         "create" => catalog::create(ctx, body),
+        "collMod" => catalog::coll_mod(ctx, body),
         "drop" => catalog::drop(ctx, body),
         "dropDatabase" => catalog::drop_database(ctx, body),
         "renameCollection" => catalog::rename_collection(ctx, body),

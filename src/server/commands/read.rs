@@ -155,6 +155,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             positioned: false,
             matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
+            skip: skip as u64,
         }
     } else if (sort.is_none() || natural.is_some()) && skip == 0 {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();

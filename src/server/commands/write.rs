@@ -9,6 +9,7 @@ use crate::server::limits;
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
+use crate::server::validation;
 use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
 use std::sync::Arc;
 
@@ -64,7 +65,9 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
     let raw = crate::server::collection::encode(doc)?;
     limits::check_insert(doc, raw.as_bytes().len())?;
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    validation::check_write(c.validator.as_deref(), &c.ns, doc, None, bypass)?;
     let ui = c.uuid;
     c.insert_encoded(doc, raw.clone(), version, None)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -98,7 +101,14 @@ fn insert_one_raw(
     limits::check_insert_raw(raw)?;
     let raw = raw.clone();
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    if let Some(validator) = c.validator.clone() {
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
+        validation::check_write(Some(&validator), &c.ns, &doc, None, bypass)?;
+    }
     let ui = c.uuid;
     c.insert_record(raw.clone(), version)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -167,6 +177,7 @@ pub fn insert(
     body: &Document,
     raw_documents: Option<&[Arc<RawDocumentBuf>]>,
 ) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "insert")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
@@ -266,6 +277,7 @@ pub fn update_docs(
     retryable: bool,
 ) -> ServerResult<UpdateResult> {
     let ns = format!("{db}.{coll}");
+    let bypass = ctx.bypass_validation;
     let mut result = UpdateResult {
         matched: 0,
         modified: 0,
@@ -311,6 +323,9 @@ pub fn update_docs(
             }
             let raw = encode(&doc)?;
             limits::check_updated(&doc, raw.as_bytes().len())?;
+            let validator = c.validator.clone();
+            let before = result.before.as_ref();
+            validation::check_write(validator.as_deref(), &ns, &doc, before, bypass)?;
             c.replace_encoded(rid, &doc, raw, version)?;
             ctx.note_write(&ns, &id)?;
             ctx.log(
@@ -344,6 +359,7 @@ pub fn update_docs(
         limits::check_updated(&doc, raw.as_bytes().len())?;
         let version = ctx.next_version();
         let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+        validation::check_write(c.validator.as_deref(), &ns, &doc, None, bypass)?;
         let ui = c.uuid;
         c.insert_encoded(&doc, raw, version, None)?;
         ctx.note_write(&ns, &id)?;
@@ -364,6 +380,7 @@ pub fn update_docs(
 }
 
 pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "update")?;
     let statements = docs_ref(body, "updates")?;
     let ordered = bool_arg(body, "ordered", true);
@@ -483,6 +500,7 @@ pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
 }
 
 pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(
         body,
         body.keys()
