@@ -138,3 +138,23 @@ def test_sigkill_of_mmm_run_mid_copy_resumes_and_converges(mongo_server_factory,
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert cb.app.big.count_documents({}) == N - copied + 1
+
+
+def test_documents_refused_during_the_copy_are_journaled_and_counted_as_rejected(pair):
+    a, b, ca, cb = pair
+    cb.app.users.create_index("email", unique=True)
+    cb.app.users.insert_one({"_id": "b0", "email": "taken@example.com"})
+    ca.app.users.insert_many([{"_id": f"a{i:02d}", "email": "taken@example.com" if i == 7 else f"{i}@example.com"}
+                              for i in range(20)])
+    link = mmm.Link("a/app.users", "b/app.users", initial_sync=True, on_reject="journal")
+    with mmm.Replicator(servers_of(a, b), [link]) as r:
+        wait_for(lambda: r.status()[0]["state"] == "running", timeout=30)
+        ca.app.users.insert_one({"_id": "later", "email": "later@example.com"})
+        wait_for(lambda: cb.app.users.find_one({"_id": "later"}) is not None)
+        status = r.status()[0]
+    assert cb.app.users.count_documents({}) == 1 + 19 + 1
+    assert status["rejected"] == 1 and status["ops_applied"] == 1
+    (entry,) = cb["__mmm"]["rejected"].find()
+    assert (entry["ns"], entry["doc_id"], entry["code"]) == ("app.users", "a07", 11000)
+    checkpoint = cb["__mmm"].checkpoints.find_one({"_id": "a/app.users->b/app.users"})
+    assert (checkpoint["rejected"], checkpoint["ops_applied"]) == (1, 1)
