@@ -54,4 +54,16 @@ mod tests {
         };
         assert_eq!(CopyProgress::from_document(&midway.to_document()), midway);
     }
+
+    #[test]
+    fn mistyped_fields_mean_start_of_the_copy_not_a_panic() {
+        let odd = doc! {"ns": 5, "copied": -3_i64, "total": "many", "after": {"k": [1, 2]}};
+        let p = CopyProgress::from_document(&odd);
+        assert_eq!((p.ns.as_str(), p.copied, p.total), ("", 0, 0));
+        assert_eq!(p.after, Some(Bson::Document(doc! {"k": [1, 2]})));
+        assert_eq!(
+            CopyProgress::from_document(&doc! {}),
+            CopyProgress::default()
+        );
+    }
 }
