@@ -102,9 +102,10 @@ def test_mmm_resync_command(three, tmp_path):
     assert bad.stderr.count("\n") == 1 and "known: a/app.*->b/app.*, c/other.*->b/other.*" in bad.stderr
     roll_over(ca)
     other_before = cb["__mmm"].checkpoints.find_one({"_id": OTHER})
-    ok = subprocess.run(cli + ["resync", ROLLED], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(cli + ["resync", "--mirror", ROLLED], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert ROLLED in ok.stdout and "initial sync" in ok.stdout
+    assert cb["__mmm"].checkpoints.find_one({"_id": ROLLED})["initial_sync"]["mirror"] is True
     status = subprocess.run(cli + ["status"], capture_output=True, text=True, timeout=60)
     assert "initial-sync 0/0" in status.stdout
     assert cb["__mmm"].checkpoints.find_one({"_id": OTHER}) == other_before
@@ -114,3 +115,25 @@ def test_mmm_resync_command(three, tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_mirror_resync_also_removes_what_the_source_deleted_while_the_position_was_lost(three):
+    servers, links, ca, cb, cc = three
+    cb.app.x.insert_many([{"_id": i} for i in range(1000, 1010)] + [{"_id": "z"}])
+    roll_over(ca)
+    ca.app.x.delete_many({"_id": {"$in": [0, 5, 300]}})  # lost with the rolled-over window
+    other_before = cb["__mmm"].checkpoints.find_one({"_id": OTHER})
+    plain = mmm.Replicator(servers, links)
+    plain.resync(ROLLED)
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: r.status()[0]["state"] == "running", timeout=60)
+    # A plain resync only adds: what the source lost stays.
+    assert cb.app.x.find_one({"_id": 0}) is not None and cb.app.x.find_one({"_id": "z"}) is not None
+    plain.resync(ROLLED, mirror=True)
+    assert cb["__mmm"].checkpoints.find_one({"_id": ROLLED})["initial_sync"]["mirror"] is True
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: by_id(ca.app.x) == by_id(cb.app.x), timeout=60)
+        ca.app.x.delete_one({"_id": 7})
+        wait_for(lambda: by_id(ca.app.x) == by_id(cb.app.x), timeout=60)
+    assert cb["__mmm"].checkpoints.find_one({"_id": OTHER})["ts"] >= other_before["ts"]
+    assert cb.other.y.count_documents({}) == 1

@@ -116,7 +116,7 @@ def cmd_resync(args: argparse.Namespace) -> int:
     r = Replicator.from_config(_config(args))
     link_id = r._link_id(args.link)
     try:
-        start = r.resync(link_id)
+        start = r.resync(link_id, mirror=args.mirror)
     except ReplicationError as e:
         raise CliError(str(e)) from None
     print(f"link {link_id} starts over with an initial sync at its next run "
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
     s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")
+    s.add_argument("--mirror", action="store_true",
+                   help="also delete destination documents the source does not have (a destination that only mirrors the source)")
     s.set_defaults(func=cmd_resync)
     s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
     s.add_argument("--json", action="store_true")

@@ -186,7 +186,7 @@ class Replicator:
                 client.close()
         return found
 
-    def resync(self, link: Union[str, LinkLike]) -> Timestamp:
+    def resync(self, link: Union[str, LinkLike], *, mirror: bool = False) -> Timestamp:
         """Starts one link over: its checkpoint on the destination is replaced by a fresh
         "initial sync in progress" state at the source's newest oplog position, so its next run
         copies the source's documents again, then follows the oplog from that position. The
@@ -196,14 +196,23 @@ class Replicator:
         ``link`` is the link's id as :meth:`status` and ``mmm status`` show it
         (``src/ns->dst/ns``; spaces around ``->`` are allowed), or a :class:`Link` or
         ``(src, dst)`` of this replicator. Returns the source position the link will follow on
-        from. Raises ValueError for an unknown link (naming the known ones), RuntimeError while
-        this replicator runs, ReplicationError when a server cannot be reached or written.
+        from.
+
+        The copy adds and replaces documents; a document deleted at the source while the link's
+        position was lost stays on the destination. ``mirror=True`` also deletes, in the copied
+        collections, every destination document the source does not have (marked as replicated
+        from the source, so a reverse link does not send the deletes back). Use it when the
+        destination only mirrors the source: writes made on the destination and not yet
+        replicated elsewhere are deleted too.
+
+        Raises ValueError for an unknown link (naming the known ones), RuntimeError while this
+        replicator runs, ReplicationError when a server cannot be reached or written.
         """
         link_id = self._link_id(link)
         if self.running:
             raise RuntimeError("stop the replicator before resyncing a link")
         try:
-            time_, inc = self._core.resync(link_id)
+            time_, inc = self._core.resync(link_id, mirror)
         except RuntimeError as e:
             raise ReplicationError(str(e)) from None
         log.info("link %s starts over with an initial sync at its next run", link_id)

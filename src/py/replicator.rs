@@ -74,8 +74,10 @@ impl PyReplicatorCore {
     }
 
     /// Starts the link `link` (its id, as `link_ids` gives it) over with an initial sync at its
-    /// next run; returns the source position `(time, inc)` it will follow on from.
-    fn resync(&self, py: Python<'_>, link: &str) -> PyResult<(u32, u32)> {
+    /// next run; returns the source position `(time, inc)` it will follow on from. `mirror`:
+    /// the copy also deletes destination documents the source does not have.
+    #[pyo3(signature = (link, mirror = false))]
+    fn resync(&self, py: Python<'_>, link: &str, mirror: bool) -> PyResult<(u32, u32)> {
         if self.running.lock().as_ref().is_some_and(|r| !r.finished()) {
             return Err(PyRuntimeError::new_err(
                 "stop the replicator before resyncing a link",
@@ -110,6 +112,7 @@ impl PyReplicatorCore {
                     dst,
                     src_options,
                     dst_options,
+                    mirror,
                 ))
             })
             .map_err(|e| PyRuntimeError::new_err(format!("resync of link {link}: {e}")))?;

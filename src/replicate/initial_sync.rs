@@ -30,6 +30,12 @@
 //! - A namespace that appears after `start`, even one sorting before the namespace being
 //!   copied at a restart, got every document by a write after `start`, so the replay brings it.
 //!
+//! A mirroring copy (`resync --mirror`) also deletes, with each batch, the destination's
+//! documents in the batch's `_id` range that the source did not return, and after a
+//! namespace's last batch those past it. That is safe for the same reason: a document absent
+//! from the source when its range was read and present later was written after `start`, so the
+//! replay brings it back.
+//!
 //! The one requirement is the oplog's: the source must still hold `start` when the copy ends.
 //! If it rolled over meanwhile, the link stops with the rollover error rather than diverge.
 
@@ -90,6 +96,7 @@ pub fn fresh(mut checkpoint: Checkpoint, start: Timestamp) -> Checkpoint {
 pub async fn initial_sync(
     rt: &LinkRuntime,
     src: &Client,
+    dst: &Client,
     applier: &Applier,
     mut checkpoint: Checkpoint,
 ) -> Result<Checkpoint, LinkFailure> {
@@ -148,8 +155,15 @@ pub async fn initial_sync(
             .batch_size(1000)
             .batch()
             .await?;
-        let mut plan = Plan::default();
-        let mut last_id: Option<Bson> = None;
+        let mut copy = CopyBatch {
+            ns,
+            dst_ns: &dst_ns,
+            tag: tag.as_ref(),
+            mirror: progress.mirror.then_some(dst),
+            docs: Vec::new(),
+            bytes: 0,
+            from: after,
+        };
         while let Some(batch) = cursor.next().await {
             let batch = batch?;
             for doc in batch.doc_slices()? {
@@ -165,40 +179,16 @@ pub async fn initial_sync(
                             "initial sync: a document of {ns} has no _id"
                         ))
                     })?;
-                let mut op = RawDocumentBuf::new();
-                op.append("op", "i");
-                op.append("ns", ns.as_str());
-                op.append("o", raw.to_raw_document_buf());
-                plan.add_tagged(&dst_ns, &op, tag.as_ref())
-                    .map_err(|e| LinkFailure::Unreplicable(format!("initial sync of {ns}: {e}")))?;
-                last_id = Some(id);
-                if plan.ops >= MAX_BATCH_OPS || plan.bytes >= MAX_BATCH_BYTES {
-                    let batch = std::mem::take(&mut plan);
-                    copy_batch(
-                        rt,
-                        applier,
-                        &mut checkpoint,
-                        &mut progress,
-                        ns,
-                        &last_id,
-                        batch,
-                    )
-                    .await?;
+                copy.bytes += raw.as_bytes().len();
+                copy.docs.push((id, raw.to_raw_document_buf()));
+                if copy.docs.len() >= MAX_BATCH_OPS || copy.bytes >= MAX_BATCH_BYTES {
+                    copy.flush(rt, applier, &mut checkpoint, &mut progress, false)
+                        .await?;
                 }
             }
         }
-        if !plan.is_empty() {
-            copy_batch(
-                rt,
-                applier,
-                &mut checkpoint,
-                &mut progress,
-                ns,
-                &last_id,
-                plan,
-            )
+        copy.flush(rt, applier, &mut checkpoint, &mut progress, true)
             .await?;
-        }
     }
     log::info!(target: "mmm",
         "link {}: initial sync copied {} documents",
@@ -221,7 +211,126 @@ fn unreadable(e: bson::raw::Error) -> LinkFailure {
     ))
 }
 
-/// Applies one copy batch together with the progress it makes.
+/// The documents of one namespace read and not yet applied, in `_id` order.
+struct CopyBatch<'a> {
+    ns: &'a str,
+    dst_ns: &'a str,
+    tag: Option<&'a Tag>,
+    /// Mirroring (a resync that asked for it): the destination, whose documents the source
+    /// does not have are deleted range by range.
+    mirror: Option<&'a Client>,
+    docs: Vec<(Bson, RawDocumentBuf)>,
+    bytes: usize,
+    /// The last `_id` applied before these (None: the start of the namespace).
+    from: Option<Bson>,
+}
+
+impl CopyBatch<'_> {
+    /// Applies the documents read so far together with the progress they make. `last`: the
+    /// namespace is done (a mirror then also covers the range after its last document).
+    async fn flush(
+        &mut self,
+        rt: &LinkRuntime,
+        applier: &Applier,
+        checkpoint: &mut Checkpoint,
+        progress: &mut CopyProgress,
+        last: bool,
+    ) -> Result<(), LinkFailure> {
+        if self.docs.is_empty() && !(last && self.mirror.is_some()) {
+            return Ok(());
+        }
+        let docs = std::mem::take(&mut self.docs);
+        self.bytes = 0;
+        let until = if last {
+            None
+        } else {
+            docs.last().map(|(id, _)| id.clone())
+        };
+        let mut plan = Plan::default();
+        if let Some(dst) = self.mirror {
+            // Deletes first: a destination `_id` equal but not identical to a copied one
+            // (1.0 and 1) is removed before the copy is inserted.
+            for id in self.extras(dst, &docs, until.as_ref()).await? {
+                let mut op = RawDocumentBuf::new();
+                op.append("op", "d");
+                op.append("ns", self.ns);
+                let mut o = RawDocumentBuf::new();
+                o.append(
+                    "_id",
+                    bson::RawBson::try_from(id).map_err(|e| {
+                        LinkFailure::Unreplicable(format!("initial sync of {}: {e}", self.ns))
+                    })?,
+                );
+                op.append("o", o);
+                self.add(&mut plan, &op)?;
+            }
+        }
+        let copied = docs.len();
+        for (_, raw) in &docs {
+            let mut op = RawDocumentBuf::new();
+            op.append("op", "i");
+            op.append("ns", self.ns);
+            op.append("o", raw.clone());
+            self.add(&mut plan, &op)?;
+        }
+        let last_id = docs.last().map(|(id, _)| id.clone()).or(self.from.clone());
+        if plan.is_empty() && last_id == progress.after && self.ns == progress.ns {
+            return Ok(());
+        }
+        copy_batch(
+            rt, applier, checkpoint, progress, self.ns, &last_id, copied, plan,
+        )
+        .await?;
+        self.from = last_id;
+        Ok(())
+    }
+
+    fn add(&self, plan: &mut Plan, op: &RawDocumentBuf) -> Result<(), LinkFailure> {
+        plan.add_tagged(self.dst_ns, op, self.tag)
+            .map_err(|e| LinkFailure::Unreplicable(format!("initial sync of {}: {e}", self.ns)))
+    }
+
+    /// Destination `_id`s after `self.from` and up to `until` (to the end when None) that are
+    /// not among `docs`.
+    async fn extras(
+        &self,
+        dst: &Client,
+        docs: &[(Bson, RawDocumentBuf)],
+        until: Option<&Bson>,
+    ) -> Result<Vec<Bson>, LinkFailure> {
+        let (db, coll) = self.dst_ns.split_once('.').unwrap_or((self.dst_ns, ""));
+        let mut range = vec![self.from.as_ref().map(after_filter).unwrap_or_default()];
+        if let Some(until) = until {
+            range.push(doc! {"$nor": [after_filter(until)]});
+        }
+        let copied: std::collections::HashSet<Vec<u8>> =
+            docs.iter().map(|(id, _)| id_bytes(id)).collect();
+        let mut cursor = dst
+            .database(db)
+            .collection::<Document>(coll)
+            .find(doc! {"$and": range})
+            .projection(doc! {"_id": 1})
+            .await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.next().await {
+            if let Some(id) = d?.get("_id") {
+                if !copied.contains(&id_bytes(id)) {
+                    out.push(id.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn id_bytes(id: &Bson) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = doc! {"": id.clone()}.to_writer(&mut out);
+    out
+}
+
+/// Applies one copy batch (`copied` documents) together with the progress it makes.
+#[allow(clippy::too_many_arguments)]
 async fn copy_batch(
     rt: &LinkRuntime,
     applier: &Applier,
@@ -229,13 +338,15 @@ async fn copy_batch(
     progress: &mut CopyProgress,
     ns: &str,
     last_id: &Option<Bson>,
+    copied: usize,
     plan: Plan,
 ) -> Result<(), LinkFailure> {
     let next = CopyProgress {
         ns: ns.to_string(),
         after: last_id.clone(),
-        copied: progress.copied + plan.ops as u64,
-        total: progress.total.max(progress.copied + plan.ops as u64),
+        copied: progress.copied + copied as u64,
+        total: progress.total.max(progress.copied + copied as u64),
+        mirror: progress.mirror,
     };
     let with_progress = Checkpoint {
         initial_sync: Some(next.clone()),

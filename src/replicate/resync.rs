@@ -16,13 +16,15 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 /// Replaces `spec`'s checkpoint with a fresh initial sync; returns the source position the
-/// link will follow on from. The link must not be running meanwhile.
+/// link will follow on from. The link must not be running meanwhile. `mirror`: the copy also
+/// deletes the destination's documents the source does not have (in the copied namespaces).
 pub async fn resync(
     spec: &LinkSpec,
     src: &ServerSpec,
     dst: &ServerSpec,
     src_options: ClientOptions,
     dst_options: ClientOptions,
+    mirror: bool,
 ) -> Result<Timestamp, String> {
     let src_client = Client::with_options(src_options).map_err(|e| e.to_string())?;
     let dst_client = Client::with_options(dst_options).map_err(|e| e.to_string())?;
@@ -51,8 +53,12 @@ pub async fn resync(
         pending_ddl: None,
         initial_sync: None,
     };
+    let mut fresh = initial_sync::fresh(base, start);
+    if let Some(progress) = fresh.initial_sync.as_mut() {
+        progress.mirror = mirror;
+    }
     applier
-        .apply(&Plan::default(), &initial_sync::fresh(base, start))
+        .apply(&Plan::default(), &fresh)
         .await
         .map_err(|e| e.to_string())?;
     log::info!(target: "mmm",

@@ -37,7 +37,7 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     rt.conflicts.unpin_link(&rt.spec.id());
     rt.status.lock().reset_pending();
     let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
-    let checkpoint = starting_checkpoint(rt, &src, &applier).await?;
+    let checkpoint = starting_checkpoint(rt, &src, &dst, &applier).await?;
     // Knowledge of the reverse direction serves only checks on the destination (a one-way
     // link skips the oplog scan it costs).
     if rt.conflicts.checks(&rt.dst.id) {
@@ -115,6 +115,7 @@ pub(super) async fn require_replica_set(
 async fn starting_checkpoint(
     rt: &LinkRuntime,
     src: &Client,
+    dst: &Client,
     applier: &Applier,
 ) -> Result<Checkpoint, LinkFailure> {
     let checkpoint = match applier.read_checkpoint().await? {
@@ -134,7 +135,7 @@ async fn starting_checkpoint(
     let checkpoint = match checkpoint.initial_sync {
         Some(_) => {
             rt.set_state(LinkState::InitialSync, None);
-            initial_sync::initial_sync(rt, src, applier, checkpoint).await?
+            initial_sync::initial_sync(rt, src, dst, applier, checkpoint).await?
         }
         None => checkpoint,
     };

@@ -264,6 +264,7 @@ mod tests {
                 after: Some(bson::Bson::Int32(7)),
                 copied: 8,
                 total: 20,
+                mirror: false,
             }),
             ..c
         };

@@ -15,6 +15,9 @@ pub struct CopyProgress {
     pub copied: u64,
     /// About how many documents the copy moves in all (an estimate, for status).
     pub total: u64,
+    /// Also delete the destination's documents the source does not have, range by range
+    /// (asked for by a resync; a plain initial sync only adds).
+    pub mirror: bool,
 }
 
 impl CopyProgress {
@@ -25,6 +28,9 @@ impl CopyProgress {
         if let Some(after) = &self.after {
             d.insert("after", after.clone());
         }
+        if self.mirror {
+            d.insert("mirror", true);
+        }
         d
     }
 
@@ -34,6 +40,7 @@ impl CopyProgress {
             after: d.get("after").cloned(),
             copied: d.get_i64("copied").unwrap_or(0).max(0) as u64,
             total: d.get_i64("total").unwrap_or(0).max(0) as u64,
+            mirror: d.get_bool("mirror").unwrap_or(false),
         }
     }
 }
@@ -51,6 +58,7 @@ mod tests {
             after: Some(Bson::Null),
             copied: 7,
             total: 20,
+            mirror: true,
         };
         assert_eq!(CopyProgress::from_document(&midway.to_document()), midway);
     }
