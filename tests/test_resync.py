@@ -137,3 +137,15 @@ def test_mirror_resync_also_removes_what_the_source_deleted_while_the_position_w
         wait_for(lambda: by_id(ca.app.x) == by_id(cb.app.x), timeout=60)
     assert cb["__mmm"].checkpoints.find_one({"_id": OTHER})["ts"] >= other_before["ts"]
     assert cb.other.y.count_documents({}) == 1
+
+
+def test_a_resync_that_cannot_reach_a_server_says_so_without_its_password(mongo_server_factory):
+    a = mongo_server_factory()
+    down = "mongodb://mmm:s3cr%40t-pw@127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=300"
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": down}}
+    r = mmm.Replicator(servers, [("a/app.*", "b/app.*")], preflight=False)
+    with pytest.raises(mmm.ReplicationError) as err:
+        r.resync("a/app.*->b/app.*")
+    message = str(err.value)
+    assert "resync of link a/app.*->b/app.*" in message
+    assert "s3cr" not in message and "t-pw" not in message

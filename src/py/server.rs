@@ -42,7 +42,7 @@ impl PyMongoServer {
             oplog_size_bytes: (oplog_size_mb * 1024.0 * 1024.0) as u64,
             advertise,
         };
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let inner = py
             .detach(|| rt.block_on(MongoServer::start(options.clone())))
             .map_err(|e| {
