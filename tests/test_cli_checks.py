@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pymongo
 import pytest
@@ -46,6 +48,22 @@ def test_links_on_different_collections_between_two_servers_are_one_path_each(th
     assert status.returncode == 0, status.stderr
     assert sorted(r["id"] for r in json.loads(status.stdout)) == ["a/d.c->b/d.c", "a/d.e->b/d.e"]
     assert mmm("-c", str(cfg), "validate").returncode == 0
+    # and run accepts it: both links replicate
+    proc = subprocess.Popen(MMM + ["-c", str(cfg), "run"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "replicating 2 link(s)" in proc.stderr.readline()
+        deadline = time.monotonic() + 30  # each link has its starting position once it checkpoints
+        while time.monotonic() < deadline and clients["b"]["__mmm"].checkpoints.count_documents({}) < 2:
+            time.sleep(0.1)
+        clients["a"].d.c.insert_one({"_id": 1})
+        clients["a"].d.e.insert_one({"_id": 2})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (clients["b"].d.c.find_one({"_id": 1}) and clients["b"].d.e.find_one({"_id": 2})):
+            time.sleep(0.1)
+        assert clients["b"].d.c.find_one({"_id": 1}) and clients["b"].d.e.find_one({"_id": 2})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 def test_a_second_path_across_stored_links_is_refused_before_storing(three):
