@@ -208,7 +208,7 @@ class Replicator:
         out = []
         for s in self._core.status():
             if s.get("last_error"):
-                s["last_error"] = redact.text(s["last_error"])
+                s["last_error"] = redact.error(Exception(s["last_error"]))
             if s.get("checkpoint") is not None:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
             out.append(s)
