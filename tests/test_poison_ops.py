@@ -155,6 +155,24 @@ def test_dropped_connections_while_applying_are_retried_and_reported_as_such(pai
         readable(error)
 
 
+def test_a_destination_that_goes_away_shows_the_network_error_while_retrying(pair):
+    a, b, ca, cb = pair
+    quick = b.uri + ("&" if "?" in b.uri else "?") + "serverSelectionTimeoutMS=500"
+    r = mmm.Replicator({"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": quick}},
+                       [mmm.Link("a/app.*", "b/app.*")])
+    # Its own client for b: closing a client whose server is gone waits its selection timeout.
+    with r, pymongo.MongoClient(quick) as to_b:
+        wait_for(lambda: r.status()[0]["state"] == "running")
+        ca.app.items.insert_one({"_id": 0})
+        wait_for(lambda: to_b.app.items.count_documents({}) == 1)
+        b.stop()
+        ca.app.items.insert_one({"_id": 1})
+        wait_for(lambda: r.status()[0]["state"] == "retrying" and r.status()[0]["last_error"], timeout=15)
+        error = r.status()[0]["last_error"]
+    readable(error)
+    assert "already in progress" not in error and ("network" in error or "no server" in error), error
+
+
 def test_on_reject_in_yaml_and_cli(tmp_path, pair):
     a, b, ca, cb = pair
     cfg = tmp_path / "mmm.yml"
@@ -216,3 +234,18 @@ def test_a_refused_copy_during_initial_sync_fails_the_link(pair):
     error = r.status()[0]["last_error"]
     readable(error)
     assert r.status()[0]["state"] == "failed" and "a2" in error, error
+
+
+def test_journal_mode_covers_the_initial_sync(pair):
+    a, b, ca, cb = pair
+    unique_email(cb)
+    ca.app.users.insert_many([{"_id": f"a{i}", "email": "taken@example.com" if i == 2 else f"{i}@example.com"}
+                              for i in range(5)])
+    with one_way(a, b, initial_sync=True, on_reject="journal") as r:
+        wait_for(lambda: r.status()[0]["state"] == "running")
+        ca.app.users.insert_one({"_id": "later", "email": "later@example.com"})
+        wait_for(lambda: cb.app.users.count_documents({}) == 6)
+        status = r.status()[0]
+    assert status["rejected"] == 1 and status["last_error"] is None
+    (entry,) = cb["__mmm"]["rejected"].find()
+    assert (entry["ns"], entry["doc_id"], entry["code"]) == ("app.users", "a2", 11000)

@@ -27,6 +27,8 @@ REFUSED = [
     ("a/__mmm.checkpoints", "b/app.checkpoints"),
     ("a/app.orders", "b/__mmm.orders"),
     ("a/app.system.views", "b/app.system.views"),
+    ("a/Admin.*", "b/Admin.*"),  # database names differ from an existing one in more than case
+    ("a/app.$cmd", "b/app.$cmd"),
 ]
 
 
@@ -91,3 +93,17 @@ def test_database_wildcard_skips_its_system_collections(pair):
         time.sleep(1.0)
         assert r.status()[0]["state"] == "running"
     assert "system.js" not in cb.app.list_collection_names()
+
+
+def test_a_stored_link_no_longer_allowed_is_skipped_with_a_warning(pair, caplog):
+    a, b, ca, cb = pair
+    links = cb["__mmm"]["links"]
+    links.insert_one({"_id": "a/admin.*->b/admin.*", "src": "a/admin.*", "dst": "b/admin.*"})
+    links.insert_one({"_id": "a/app.x->b/app.x", "src": "a/app.x", "dst": "b/app.x", "on_reject": "shrug"})
+    links.insert_one({"_id": "a/app.y->b/app.y", "src": "a/app.y", "dst": "b/app.y"})
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    with caplog.at_level("WARNING", logger="mmm.replication"):
+        r = mmm.Replicator(servers, load_stored_links=True)
+    assert [(l.src, l.dst) for l in r.links] == [("a/app.y", "b/app.y")]
+    warnings = [m for m in caplog.messages if "ignored" in m]
+    assert len(warnings) == 2 and "cannot be replicated" in warnings[0] and "on_reject" in warnings[1], warnings

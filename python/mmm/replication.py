@@ -185,9 +185,14 @@ class Replicator:
             client = self._client(name)
             try:
                 for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
-                    found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
-                                      doc.get("forward", False), doc.get("initial_sync", False),
-                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
+                    try:
+                        found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
+                                          doc.get("forward", False), doc.get("initial_sync", False),
+                                          doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
+                    except (KeyError, TypeError, ValueError) as e:
+                        # One bad stored link (written by hand, or by a version that allowed
+                        # it) must not keep every other link from running.
+                        log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
             except pymongo.errors.ConnectionFailure as e:
                 log.warning("links stored on server %s not loaded: it is unreachable (%s)",
                             name, redact.error(e))

@@ -25,8 +25,17 @@ use std::time::Duration;
 /// DuplicateKey: an insert found its document already there (initial-sync overlap, or the same
 /// `_id` written on both sides): the batch is sent again with inserts as upserts.
 const DUPLICATE_KEY: i32 = 11000;
-/// Attempts at a batch that meets transient transaction errors before the link takes over.
-const TRANSIENT_ATTEMPTS: u64 = 50;
+/// Attempts at a batch that meets transient transaction errors before the link takes over (and
+/// shows the error in its status while it backs off): many for write conflicts with local
+/// writers, a few for a dropped connection, none when no server could be selected (that wait
+/// has already been long).
+fn local_attempts(e: &Error) -> u64 {
+    match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. } => 1,
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => 4,
+        _ => 50,
+    }
+}
 /// Commits retried while their result is unknown.
 const COMMIT_ATTEMPTS: usize = 3;
 /// A refused statement larger than this is journaled as its `_id` and size only.
@@ -336,7 +345,7 @@ impl Applier {
                 }
                 Err(Failed::Driver(e))
                     if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                        && attempts < TRANSIENT_ATTEMPTS =>
+                        && attempts < local_attempts(&e) =>
                 {
                     tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
                 }

@@ -128,6 +128,19 @@ fn first_line(s: &str) -> &str {
         .trim_end_matches([',', ' '])
 }
 
+/// The driver's server selection message without its topology dump: the reason, and the first
+/// server's error when it names one.
+fn server_selection(message: &str) -> String {
+    let reason = message.split(". Topology:").next().unwrap_or(message);
+    let cause = message
+        .split_once("Error: Kind: ")
+        .and_then(|(_, rest)| rest.split(", labels:").next());
+    match cause {
+        Some(cause) => format!("no server available: {} ({cause})", first_line(reason)),
+        None => format!("no server available: {}", first_line(reason)),
+    }
+}
+
 /// A driver error as one readable line (never the reply's bytes nor the error's debug form).
 pub fn describe(e: &mongodb::error::Error) -> String {
     use mongodb::error::{ErrorKind, WriteFailure};
@@ -144,9 +157,7 @@ pub fn describe(e: &mongodb::error::Error) -> String {
             w.message
         ),
         ErrorKind::Io(io) => format!("network error: {io}"),
-        ErrorKind::ServerSelection { message, .. } => {
-            format!("no server available: {}", first_line(message))
-        }
+        ErrorKind::ServerSelection { message, .. } => server_selection(message),
         ErrorKind::Custom(_) => match e.get_custom::<String>() {
             Some(message) => message.clone(),
             None => first_line(&e.kind.to_string()).to_string(),

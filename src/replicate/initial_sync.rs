@@ -53,7 +53,7 @@ pub async fn initial_sync(
         ts: start,
     });
     let marker = format!("{}#initial-sync", rt.spec.id());
-    let applier = Applier::new(dst.clone(), &marker);
+    let applier = Applier::new(dst.clone(), &marker).on_reject(rt.spec.on_reject);
     let namespaces = source_namespaces(src, &rt.spec.src_ns).await?;
     let mut total = 0u64;
     for ns in &namespaces {
@@ -89,11 +89,13 @@ pub async fn initial_sync(
         let applier = &applier;
         let checkpoint = &checkpoint;
         async move {
-            applier
+            let applied = applier
                 .apply(&plan, checkpoint)
                 .await
                 .map_err(mongodb::error::Error::custom)?;
-            rt.status.lock().initial_sync_copied += plan.ops as u64;
+            let mut s = rt.status.lock();
+            s.initial_sync_copied += plan.ops as u64;
+            s.rejected += applied.rejected;
             Ok::<(), mongodb::error::Error>(())
         }
     };

@@ -156,6 +156,9 @@ pub struct Collection {
     pub indexes: Vec<Index>,
     pub next_record: RecordId,
     pub data_size: u64,
+    /// Bytes of documents replaced or removed since creation: what snapshots of older versions
+    /// of this collection may keep alive (the snapshot history bounds its memory by it).
+    pub superseded_bytes: u64,
 }
 
 impl Collection {
@@ -189,6 +192,7 @@ impl Collection {
             indexes: Vec::new(),
             next_record: 1,
             data_size: 0,
+            superseded_bytes: 0,
         })
     }
 
@@ -372,6 +376,7 @@ impl Collection {
         self.index_remove(&old);
         self.index_add(rid, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
+        self.superseded_bytes += old.size() as u64;
         self.records.insert(rid, Record { raw, version });
         Ok(())
     }
@@ -381,6 +386,7 @@ impl Collection {
         let rec = self.records.remove(&rid)?;
         self.index_remove(&rec);
         self.data_size -= rec.size() as u64;
+        self.superseded_bytes += rec.size() as u64;
         Some(rec)
     }
 

@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod cursor_table;
 pub mod error;
 pub mod error_codes;
+pub mod history;
 pub mod limits;
 pub mod oplog_writer;
 pub mod query;

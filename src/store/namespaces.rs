@@ -29,11 +29,20 @@ pub fn is_system_collection(coll: &str) -> bool {
     coll.starts_with("system.")
 }
 
+/// One of [`SERVER_DATABASES`], in any case: MongoDB refuses a database whose name differs from
+/// an existing one only in case, so `Admin` can only ever mean `admin`.
+fn server_database(db: &str) -> Option<&'static str> {
+    SERVER_DATABASES
+        .iter()
+        .find(|d| d.eq_ignore_ascii_case(db))
+        .copied()
+}
+
 /// Whether a link may carry writes on `ns` (`db.coll`): not in a server database, not a
 /// `system.*` collection.
 pub fn is_replicable_ns(ns: &str) -> bool {
     let (db, coll) = split(ns);
-    !SERVER_DATABASES.contains(&db) && !coll.is_some_and(is_system_collection)
+    server_database(db).is_none() && !coll.is_some_and(is_system_collection)
 }
 
 /// Refuses an endpoint pattern that names what no link may carry (a link to or from `local`,
@@ -44,23 +53,30 @@ pub fn refuse_link_namespace(pattern: &NsPattern) -> Result<(), String> {
         NsPattern::Database(db) => (db.as_str(), None),
         NsPattern::Exact { db, coll } => (db.as_str(), Some(coll.as_str())),
     };
-    if db == MMM_DB {
-        return Err(format!(
-            "{pattern}: the {MMM_DB} database holds mmm's own state and cannot be replicated"
-        ));
+    match server_database(db) {
+        Some(MMM_DB) => {
+            return Err(format!(
+                "{pattern}: the {MMM_DB} database holds mmm's own state and cannot be replicated"
+            ))
+        }
+        Some(server_db) => {
+            return Err(format!(
+            "{pattern}: the {server_db} database belongs to the server and cannot be replicated \
+                 (replicate application databases; '*' skips admin, config and local)"
+        ))
+        }
+        None => {}
     }
-    if SERVER_DATABASES.contains(&db) {
-        return Err(format!(
-            "{pattern}: the {db} database belongs to the server and cannot be replicated \
-             (replicate application databases; '*' skips admin, config and local)"
-        ));
-    }
-    if let Some(coll) = coll.filter(|c| is_system_collection(c)) {
-        return Err(format!(
+    match coll {
+        Some(coll) if is_system_collection(coll) => Err(format!(
             "{pattern}: {coll} is a system collection and cannot be replicated"
-        ));
+        )),
+        Some("$cmd") => Err(format!(
+            "{pattern}: $cmd holds the database's commands and cannot be replicated as a \
+             collection (DDL is replicated by a db.* link with ops 'c')"
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -80,6 +96,7 @@ mod tests {
             "app.system.views",
             "app.system.js",
             "app.system.buckets.weather",
+            "Config.x",
         ] {
             assert!(!is_replicable_ns(ns), "{ns}");
         }
@@ -108,6 +125,10 @@ mod tests {
             "__mmm.*",
             "__mmm.checkpoints",
             "app.system.views",
+            "Admin.*",
+            "LOCAL.oplog.rs",
+            "__MMM.x",
+            "app.$cmd",
         ] {
             let err = refuse_link_namespace(&NsPattern::parse(p).unwrap()).unwrap_err();
             assert!(err.starts_with(p), "{err}");

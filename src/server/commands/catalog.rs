@@ -147,6 +147,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
 /// Drops one collection, logging `drop` with `o2.numRecords` as mongod does.
 fn drop_collection(ctx: &mut Ctx, db: &str, coll: &str) -> Option<usize> {
     let c = ctx.state.dbs.get_mut(db)?.remove(coll)?;
+    ctx.state.dropped_bytes += c.data_size + c.superseded_bytes;
     let n = c.len();
     let indexes = c.index_specs().len();
     let op = OpRecord::new(
@@ -259,12 +260,16 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     }
     let mut c = ctx.state.dbs.get_mut(fdb).unwrap().remove(fcoll).unwrap();
     let uuid = c.uuid;
-    c.ns = to.clone();
-    ctx.state
+    std::sync::Arc::make_mut(&mut c).ns = to.clone();
+    let replaced = ctx
+        .state
         .dbs
         .entry(tdb.to_string())
         .or_default()
         .insert(tcoll.to_string(), c);
+    if let Some(old) = replaced {
+        ctx.state.dropped_bytes += old.data_size + old.superseded_bytes;
+    }
     ctx.state.cursors.retain(|_, cur| cur.ns != from);
     let op = OpRecord::new("c", format!("{fdb}.$cmd"), Some(uuid), o, o2);
     ctx.state.append_oplog(op, &EntryExtras::NONE);

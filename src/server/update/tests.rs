@@ -653,13 +653,26 @@ fn error_messages_and_codes() {
 }
 
 #[test]
-fn pipeline_updates_not_implemented() {
-    let e = UpdateSpec::parse_bson(
+fn pipeline_updates_replace_and_log_a_delta_or_the_document() {
+    let spec = UpdateSpec::parse_bson(
         &Bson::Array(vec![Bson::Document(doc! {"$set": {"a": 1}})]),
         None,
     )
+    .unwrap();
+    let pad = "p".repeat(500);
+    let mut d = doc! {"_id": 1, "pad": pad.clone(), "a": 0};
+    let out = spec.apply(&mut d, &ctx()).unwrap();
+    assert_eq!(d, doc! {"_id": 1, "pad": pad, "a": 1});
+    assert_eq!(out.oplog_o, doc! {"$v": 2, "diff": {"u": {"a": 1}}});
+    // Unchanged: no entry.
+    let out = spec.apply(&mut d, &ctx()).unwrap();
+    assert!(!out.modified && out.oplog_o.is_empty());
+    let e = UpdateSpec::parse_bson(
+        &Bson::Array(vec![Bson::Document(doc! {"$set": {"a": 1}})]),
+        Some(&[doc! {"x.a": 1}]),
+    )
     .unwrap_err();
-    assert_eq!(e.code, 238);
+    assert_eq!(e.code, 9);
 }
 
 // ---------------------------------------------------------------- replacement
