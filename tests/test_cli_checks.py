@@ -237,3 +237,11 @@ def test_validate_shows_a_star_that_is_not_one(three):
     out = mmm("-c", str(cfg), "validate")
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stdout and "no" not in out.stdout.split("whose writes", 1)[1].split()
+
+
+@pytest.mark.parametrize("bad", [None, "", "  ", True, 1.5, ["x"]])
+def test_replicator_refuses_a_missing_or_empty_server_id(bad):
+    import mmm
+
+    with pytest.raises(ValueError, match="the id must be a non-empty string"):
+        mmm.Replicator({"a": {"id": bad, "uri": "mongodb://h"}, "b": {"id": "B", "uri": "mongodb://h2"}})
