@@ -105,7 +105,10 @@ class Replicator:
             for name, spec in servers.items():
                 if not isinstance(spec, Mapping) or "uri" not in spec:
                     raise ValueError(f"server {name!r} needs a uri (and an id)")
-                parsed[name] = Server(name, str(spec.get("id", name)), spec["uri"])
+                server_id = spec.get("id", name)
+                if isinstance(server_id, bool) or not isinstance(server_id, (str, int)) or not str(server_id).strip():
+                    raise ValueError(f"server {name!r}: the id must be a non-empty string, got {server_id!r}")
+                parsed[name] = Server(name, str(server_id), spec["uri"])
             self.servers: Dict[str, Server] = parsed
         else:
             self.servers = {s.name: s for s in servers}
@@ -177,32 +180,41 @@ class Replicator:
 
     def stored_links(self) -> List[Link]:
         """Links stored on the servers by :meth:`replicate`. A server that cannot be reached
-        is skipped with a warning (its stored links are loaded by the next start)."""
+        is skipped with a warning (its stored links are loaded by the next start). The servers
+        are read in parallel, so unreachable ones cost one timeout, not one each."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.servers:
+            return []
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            per_server = list(pool.map(self._stored_links_on, list(self.servers)))
+        return [link for links in per_server for link in links]
+
+    def _stored_links_on(self, name: str) -> List[Link]:
         import pymongo
 
         found = []
-        for name in self.servers:
-            client = self._client(name)
-            try:
-                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
-                    try:
-                        found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
-                                          doc.get("forward", False), doc.get("initial_sync", False),
-                                          doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
-                    except (KeyError, TypeError, ValueError) as e:
-                        # One bad stored link (written by hand, or by a version that allowed
-                        # it) must not keep every other link from running.
-                        log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
-            except pymongo.errors.ConnectionFailure as e:
-                log.warning("links stored on server %s not loaded: it is unreachable (%s)",
-                            name, redact.error(e))
-            except pymongo.errors.OperationFailure as e:
-                raise ReplicationError(
-                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
-                    f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
-                ) from None
-            finally:
-                client.close()
+        client = self._client(name)
+        try:
+            for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
+                try:
+                    found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
+                                      doc.get("forward", False), doc.get("initial_sync", False),
+                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
+                except (KeyError, TypeError, ValueError) as e:
+                    # One bad stored link (written by hand, or by a version that allowed
+                    # it) must not keep every other link from running.
+                    log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
+        except pymongo.errors.ConnectionFailure as e:
+            log.warning("links stored on server %s not loaded: it is unreachable (%s)",
+                        name, redact.error(e))
+        except pymongo.errors.OperationFailure as e:
+            raise ReplicationError(
+                f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
+            ) from None
+        finally:
+            client.close()
         return found
 
     def resync(self, link: Union[str, LinkLike], *, mirror: bool = False) -> Timestamp:
@@ -266,7 +278,7 @@ class Replicator:
         out = []
         for s in self._core.status():
             if s.get("last_error"):
-                s["last_error"] = redact.text(s["last_error"])
+                s["last_error"] = redact.error(Exception(s["last_error"]))
             if s.get("checkpoint") is not None:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
             out.append(s)
