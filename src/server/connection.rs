@@ -39,8 +39,6 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             shared.info.connections.fetch_add(1, Ordering::Relaxed);
             serve(stream, &shared, id).await;
-            // A closed connection's cursors can never be read again by it.
-            shared.state.lock().cursors.close_connection(id);
             shared.info.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
