@@ -86,9 +86,9 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     let src = Client::with_options(rt.src_options.clone())?;
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
-    checkpoints::ensure_collection(&dst, store::CHECKPOINTS).await?;
+    store::ensure_collection(&dst, store::CHECKPOINTS).await?;
     if rt.spec.on_reject == OnReject::Journal {
-        checkpoints::ensure_collection(&dst, store::REJECTED).await?;
+        store::ensure_collection(&dst, store::REJECTED).await?;
     }
     Ok((src, dst))
 }
