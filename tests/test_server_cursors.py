@@ -57,6 +57,27 @@ def test_kill_cursors_reports_each_id(mongo_server, client, ten_docs):
         assert again["ok"] == 0.0 and again["code"] == CURSOR_NOT_FOUND
 
 
+def test_kill_cursors_arguments_and_namespaces(mongo_server, ten_docs):
+    # jstests/core/killcursors.js
+    with RawConnection(mongo_server.address) as conn:
+        ids = [bson.Int64(123), bson.Int64(456)]
+        bad = conn.command({"killCursors": {"foo": 1}, "cursors": ids, "$db": "test"})
+        assert bad["code"] == 9  # FailedToParse
+        bad = conn.command({"killCursors": "cur", "cursors": {"a": ids[0]}, "$db": "test"})
+        assert bad["code"] == 9
+        bad = conn.command({"killCursors": "cur", "cursors": [], "$db": "test"})
+        assert bad["code"] == 2  # BadValue
+        live = raw_find(conn)
+        # Another namespace's killCursors does not touch it.
+        other = conn.command({"killCursors": "elsewhere", "cursors": [bson.Int64(live)], "$db": "test"})
+        assert other["cursorsKilled"] == [] and other["cursorsNotFound"] == [live]
+        more = conn.command({"getMore": bson.Int64(live), "collection": "cur", "$db": "test"})
+        assert more["ok"] == 1.0
+        timeless = raw_find(conn, noCursorTimeout=True)
+        done = conn.command({"killCursors": "cur", "cursors": [bson.Int64(timeless)], "$db": "test"})
+        assert done["cursorsKilled"] == [timeless]
+
+
 def test_cursors_of_a_closed_connection_are_freed(mongo_server, client, ten_docs):
     baseline = open_total(client)
     conn = RawConnection(mongo_server.address)

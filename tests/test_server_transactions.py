@@ -1,9 +1,11 @@
 """Sessions, multi-document transactions and retryable writes.
 
-References: wire-protocol.md §5.2 (txnNumber state machine: NoSuchTransaction 251,
-TransactionCommitted 256, TransactionTooOld 225 [src: transaction_participant.cpp]), §5.3
-(isolation; WriteConflict 112 for the second writer), §5.4 (TransientTransactionError label
-[src: error_labels.cpp]), §5.5 (a retried retryable write is not executed twice); mongodb/mongo
+References: mongodb/mongo src/mongo/db/transaction/transaction_participant.cpp (the txnNumber
+state machine: NoSuchTransaction 251, TransactionCommitted 256, TransactionTooOld 225), the
+transactions specification (mongodb/specifications source/transactions/transactions.md:
+isolation, WriteConflict 112 for the second writer), src/mongo/db/error_labels.cpp
+(TransientTransactionError label), the retryable writes specification
+(source/retryable-writes/retryable-writes.md: a retried write is not executed twice); mongodb/mongo
 jstests/core/txns/transactions_write_conflicts.js ("if transaction T2 tries to write to a document
 already written to by T1 this will cause T2's write to fail with a WriteConflict error").
 """

@@ -1,8 +1,8 @@
 //! `mmm._mmm.ReplicatorCore`: the replication engine driven from Python. `mmm.Replicator` builds
 //! the topology (from YAML or arguments) and turns events into callbacks and logs.
 
+use super::specs::{topology, LinkArg, ServerArg};
 use super::tailer::parse_client_options;
-use crate::apply::OnReject;
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,41 +24,19 @@ fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
 
 #[pymethods]
 impl PyReplicatorCore {
-    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync,
-    /// tag_documents, on_reject)]` with endpoints written `server/db.coll` (or `server/db.*`,
-    /// `server/*`) and `on_reject` "fail" or "journal".
+    /// `servers`: objects with `name`, `id`, `uri` (`mmm.Server`); `links`: objects with `src`,
+    /// `dst`, `ops`, `forward`, `initial_sync`, `marker` (`mmm.Link`), endpoints written
+    /// `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
-    fn new(
-        servers: Vec<(String, String, String)>,
-        links: Vec<(String, String, String, bool, bool, bool, String)>,
-    ) -> PyResult<Self> {
-        let servers: Vec<ServerSpec> = servers
-            .into_iter()
-            .map(|(name, id, uri)| ServerSpec { name, id, uri })
-            .collect();
-        let mut specs = Vec::new();
-        for (src, dst, ops, forward, initial_sync, tag_documents, on_reject) in links {
-            let mut spec = LinkSpec::parse(&src, &dst, &ops)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            spec.forward = forward;
-            spec.initial_sync = initial_sync;
-            spec.tag_documents = tag_documents;
-            spec.on_reject = match on_reject.as_str() {
-                "fail" => OnReject::Fail,
-                "journal" => OnReject::Journal,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "on_reject is 'fail' or 'journal', got {other:?}"
-                    )))
-                }
-            };
-            specs.push(spec);
-        }
-        crate::replicate::topology::validate(&servers, &specs)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    fn new(py: Python<'_>, servers: Vec<ServerArg>, links: Vec<LinkArg>) -> PyResult<Self> {
+        let (servers, specs) = topology(servers, links)?;
         for s in &servers {
-            parse_client_options(&s.uri)
-                .map_err(|e| PyValueError::new_err(format!("server {:?}: {e}", s.name)))?;
+            parse_client_options(&s.uri).map_err(|e| {
+                match e.is_instance_of::<PyValueError>(py) {
+                    true => PyValueError::new_err(format!("server {:?}: {}", s.name, e.value(py))),
+                    false => e, // the runtime's RuntimeError after a fork stays what it is
+                }
+            })?;
         }
         Ok(PyReplicatorCore {
             servers,
@@ -84,7 +62,7 @@ impl PyReplicatorCore {
             options.insert(s.name.clone(), o);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let _guard = rt.enter();
         let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -113,8 +91,9 @@ impl PyReplicatorCore {
         timeout: f64,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let events = self.events.clone();
+        let rt = crate::runtime::get()?;
         let event = super::wait_detached(py, timeout, |slice| {
-            crate::runtime::get().block_on(async {
+            rt.block_on(async {
                 let mut guard = events.lock().await;
                 match guard.as_mut() {
                     Some(rx) => tokio::time::timeout(slice, rx.recv()).await.ok(),

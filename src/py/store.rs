@@ -37,8 +37,9 @@ pub fn read_checkpoint<'py>(
     let limit = Duration::from_secs_f64(timeout.max(0.0));
     options.server_selection_timeout = Some(limit);
     options.connect_timeout = Some(limit);
+    let rt = crate::runtime::get()?;
     let found = py.detach(|| {
-        crate::runtime::get().block_on(async {
+        rt.block_on(async {
             let client = mongodb::Client::with_options(options)?;
             let found = checkpoints::read(&client, link).await;
             client.shutdown().await;

@@ -6,6 +6,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
 use crate::server::query::{get_path, KeyValue};
 use crate::server::shell;
+use crate::server::validation::Validator;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use imbl::OrdMap;
 use std::sync::Arc;
@@ -147,12 +148,17 @@ pub struct Collection {
     /// Options given at creation, as listCollections and the `create` oplog entry show them.
     pub options: Document,
     pub capped: Option<CappedLimits>,
+    /// The parsed `validator` of `options` (with its level and action).
+    pub validator: Option<Arc<Validator>>,
     pub has_id_index: bool,
     pub records: OrdMap<RecordId, Record>,
     pub id_index: OrdMap<KeyValue, RecordId>,
     pub indexes: Vec<Index>,
     pub next_record: RecordId,
     pub data_size: u64,
+    /// Bytes of documents replaced or removed since creation: what snapshots of older versions
+    /// of this collection may keep alive (the snapshot history bounds its memory by it).
+    pub superseded_bytes: u64,
 }
 
 impl Collection {
@@ -173,17 +179,20 @@ impl Collection {
         } else {
             None
         };
+        let validator = Validator::from_options(&options)?.map(Arc::new);
         Ok(Collection {
             ns: ns.to_string(),
             uuid: bson::Uuid::new(),
             options,
             capped,
+            validator,
             has_id_index: true,
             records: OrdMap::new(),
             id_index: OrdMap::new(),
             indexes: Vec::new(),
             next_record: 1,
             data_size: 0,
+            superseded_bytes: 0,
         })
     }
 
@@ -367,6 +376,7 @@ impl Collection {
         self.index_remove(&old);
         self.index_add(rid, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
+        self.superseded_bytes += old.size() as u64;
         self.records.insert(rid, Record { raw, version });
         Ok(())
     }
@@ -376,6 +386,7 @@ impl Collection {
         let rec = self.records.remove(&rid)?;
         self.index_remove(&rec);
         self.data_size -= rec.size() as u64;
+        self.superseded_bytes += rec.size() as u64;
         Some(rec)
     }
 

@@ -1,6 +1,8 @@
 //! Accepting clients and serving one connection: read a message, run it, answer.
 
-use super::commands::{allowed_over_op_query, execute, to_raw, Execution};
+use super::commands::{
+    allowed_over_op_query, detach_read, execute, reattach, to_raw, Detach, Execution,
+};
 use super::error::ServerError;
 use super::wire::{self, Header, WireError, HEADER_LEN};
 use super::Shared;
@@ -229,14 +231,26 @@ async fn run_request(
     let mut appends = shared.appends.subscribe();
     loop {
         let final_attempt = Instant::now() >= deadline;
-        let outcome = {
-            let mut state = shared.state.lock();
-            let before = state.capped_appends;
-            let outcome = execute(&mut state, &shared.info, body, connection_id, final_attempt);
-            if state.capped_appends != before {
-                shared.appends.send_replace(state.capped_appends);
+        let detach = detach_read(&mut shared.state.lock(), body);
+        let outcome = match detach {
+            Detach::Reply(reply) => Execution::Done(reply),
+            Detach::View(mut view) => {
+                let outcome = without_blocking_others(|| {
+                    execute(&mut view, &shared.info, body, connection_id, final_attempt)
+                });
+                reattach(&mut shared.state.lock(), *view);
+                outcome
             }
-            outcome
+            Detach::Locked => {
+                let mut state = shared.state.lock();
+                let before = state.capped_appends;
+                let outcome = execute(&mut state, &shared.info, body, connection_id, final_attempt);
+                if state.capped_appends != before {
+                    shared.appends.send_replace(state.capped_appends);
+                }
+                state.record_history();
+                outcome
+            }
         };
         match outcome {
             Execution::Done(reply) => return reply,
@@ -245,5 +259,14 @@ async fn run_request(
                     tokio::time::timeout_at(deadline.into(), appends.wait_for(|v| *v > seen)).await;
             }
         }
+    }
+}
+
+/// Runs a (possibly long) read on this worker thread, first handing the worker's other tasks to
+/// another thread when the runtime allows it, so other connections keep being served.
+fn without_blocking_others<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -32,6 +32,8 @@ pub enum Source {
         positioned: bool,
         matcher: Option<Matcher>,
         await_data: bool,
+        /// Matching documents still to pass over (`skip`) before any is returned.
+        skip: u64,
     },
 }
 
@@ -116,6 +118,7 @@ impl Cursor {
                 after,
                 positioned,
                 matcher,
+                skip,
                 ..
             } => {
                 let (db, coll) = split_ns(&self.ns);
@@ -147,6 +150,12 @@ impl Cursor {
                     }
                     *after = Some(*rid);
                     *positioned = true;
+                    if *skip > 0 {
+                        if matcher.as_ref().is_none_or(|m| m.matches_raw(&rec.raw)) {
+                            *skip -= 1;
+                        }
+                        continue;
+                    }
                     if let Some(len) = emit(&mut docs, rec, matcher.as_ref(), projection)? {
                         bytes += len;
                         count += 1;

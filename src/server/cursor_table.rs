@@ -129,6 +129,15 @@ impl CursorTable {
         killed
     }
 
+    /// Takes over the cursors a detached read opened or used in `other` (their ids are kept: a
+    /// read view's table starts empty, and ids are random 63-bit numbers).
+    pub fn adopt(&mut self, other: CursorTable) {
+        self.total_opened += other.total_opened;
+        for (id, cursor) in other.open {
+            self.open.insert(id, cursor);
+        }
+    }
+
     /// Kills the cursors a closed connection held.
     pub fn close_connection(&mut self, connection: i64) -> usize {
         let before = self.open.len();

@@ -93,6 +93,7 @@ error_codes! {
     NotWritablePrimary = 10107,
     BSONObjectTooLarge = 10334,
     DuplicateKey = 11000,
+    MergeStageNoMatchingDocument = 13113,
     InterruptedAtShutdown = 11600,
     IDLFailedToParse = 40414,
     NotARetryableWriteCommand = 50768,

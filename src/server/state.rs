@@ -6,16 +6,24 @@ use crate::server::collection::Collection;
 use crate::server::cursor_table::CursorTable;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
+use crate::server::history::History;
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
 use bson::{doc, DateTime, Document, Timestamp};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub const OPLOG_DB: &str = "local";
 pub const OPLOG_COLL: &str = "oplog.rs";
 pub const OPLOG_NS: &str = "local.oplog.rs";
 
-pub type Database = BTreeMap<String, Collection>;
+/// A database's collections. Each is shared (`Arc`) so that a copy of the whole catalog, which
+/// snapshot reads and the history keep, costs one reference per collection; a write copies the
+/// collection it changes when a snapshot still shares it (its maps are persistent: O(1)).
+pub type Database = BTreeMap<String, Arc<Collection>>;
+
+/// Every database, as one value: what the history keeps per timestamp.
+pub type Catalog = BTreeMap<String, Database>;
 
 pub struct State {
     pub dbs: BTreeMap<String, Database>,
@@ -30,6 +38,12 @@ pub struct State {
     /// transactionLifetimeLimitSeconds (settable with setParameter, default 60 as in mongod).
     pub txn_lifetime_limit_secs: i64,
     pub last_txn_sweep: std::time::Instant,
+    /// Versions of the catalog for snapshot reads (`readConcern: {level: "snapshot"}`).
+    pub history: History,
+    /// Bytes of the collections dropped or replaced by a rename since the server started.
+    pub dropped_bytes: u64,
+    /// Set on a detached read view ([`State::read_view`]) of a snapshot read: the time it reads at.
+    pub read_at: Option<Timestamp>,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -66,7 +80,7 @@ impl State {
         .expect("oplog options are valid");
         oplog.has_id_index = false;
         let mut local = Database::new();
-        local.insert(OPLOG_COLL.to_string(), oplog);
+        local.insert(OPLOG_COLL.to_string(), Arc::new(oplog));
         let mut dbs = BTreeMap::new();
         dbs.insert(OPLOG_DB.to_string(), local);
         let mut state = State {
@@ -85,6 +99,9 @@ impl State {
             capped_appends: 0,
             txn_lifetime_limit_secs: 60,
             last_txn_sweep: std::time::Instant::now(),
+            history: History::default(),
+            dropped_bytes: 0,
+            read_at: None,
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -92,7 +109,45 @@ impl State {
             crate::server::oplog_writer::noop("initiating set"),
             &EntryExtras::NONE,
         );
+        state.record_history();
         state
+    }
+
+    /// Keeps the catalog as of the latest timestamp in the snapshot history (after every
+    /// command: nothing happens when the command wrote nothing).
+    pub fn record_history(&mut self) {
+        if !self.history.needs_record(self.version) {
+            return;
+        }
+        let superseded = self.dropped_bytes
+            + self
+                .dbs
+                .values()
+                .flat_map(|d| d.values())
+                .map(|c| c.superseded_bytes)
+                .sum::<u64>();
+        self.history
+            .record(self.version, self.clock.last(), &self.dbs, superseded);
+    }
+
+    /// A detached copy for running a read without the lock: `catalog` (the current one, or a
+    /// version from the history) and the clock, with no cursors or sessions of its own. The
+    /// cursors a read opens in it are moved into the server's state afterwards.
+    pub fn read_view(&self, catalog: Catalog, read_at: Option<Timestamp>) -> State {
+        State {
+            dbs: catalog,
+            clock: self.clock.clone(),
+            version: self.version,
+            cursors: CursorTable::default(),
+            sessions: HashMap::new(),
+            last_write: self.last_write,
+            capped_appends: self.capped_appends,
+            txn_lifetime_limit_secs: self.txn_lifetime_limit_secs,
+            last_txn_sweep: std::time::Instant::now(),
+            history: History::default(),
+            dropped_bytes: 0,
+            read_at,
+        }
     }
 
     pub fn next_version(&mut self) -> u64 {
@@ -101,11 +156,17 @@ impl State {
     }
 
     pub fn coll(&self, db: &str, coll: &str) -> Option<&Collection> {
-        self.dbs.get(db).and_then(|d| d.get(coll))
+        self.dbs
+            .get(db)
+            .and_then(|d| d.get(coll))
+            .map(|c| c.as_ref())
     }
 
     pub fn coll_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
-        self.dbs.get_mut(db).and_then(|d| d.get_mut(coll))
+        self.dbs
+            .get_mut(db)
+            .and_then(|d| d.get_mut(coll))
+            .map(Arc::make_mut)
     }
 
     pub fn oplog(&self) -> &Collection {
@@ -156,7 +217,7 @@ impl State {
         self.dbs
             .entry(db.to_string())
             .or_default()
-            .insert(coll.to_string(), c);
+            .insert(coll.to_string(), Arc::new(c));
         self.append_oplog(op, &EntryExtras::NONE);
         Ok(self.coll_mut(db, coll).unwrap())
     }

@@ -162,6 +162,12 @@ pub fn get_parameter(state: &State, body: &Document) -> ServerResult<Reply> {
             state.txn_lifetime_limit_secs as i32,
         );
     }
+    if all || body.contains_key("minSnapshotHistoryWindowInSeconds") {
+        d.insert(
+            "minSnapshotHistoryWindowInSeconds",
+            state.history.window_secs as i32,
+        );
+    }
     if all || body.contains_key("cursorTimeoutMillis") {
         d.insert(
             "cursorTimeoutMillis",
@@ -200,6 +206,25 @@ pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> 
                 }
                 was = Some(Bson::Int32(state.txn_lifetime_limit_secs as i32));
                 state.txn_lifetime_limit_secs = secs;
+            }
+            "minSnapshotHistoryWindowInSeconds" => {
+                let secs = match value {
+                    bson::Bson::Int32(i) => *i as i64,
+                    bson::Bson::Int64(i) => *i,
+                    bson::Bson::Double(f) => *f as i64,
+                    _ => {
+                        return Err(ServerError::bad_value(
+                            "minSnapshotHistoryWindowInSeconds must be a number",
+                        ))
+                    }
+                };
+                if !(0..=i32::MAX as i64).contains(&secs) {
+                    return Err(ServerError::bad_value(format!(
+                        "Invalid value for parameter minSnapshotHistoryWindowInSeconds: {secs} is not greater than or equal to 0"
+                    )));
+                }
+                was = Some(Bson::Int32(state.history.window_secs as i32));
+                state.history.window_secs = secs;
             }
             "cursorTimeoutMillis" => {
                 let ms = match value {

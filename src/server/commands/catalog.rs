@@ -11,6 +11,7 @@ use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{EntryExtras, OpRecord};
 use crate::server::query::Matcher;
 use crate::server::state::{split_ns, validate_coll_name, validate_db_name, OPLOG_NS};
+use crate::server::validation::Validator;
 use bson::{doc, Bson, Document};
 use std::sync::Arc;
 
@@ -42,6 +43,69 @@ const CREATE_OPTIONS: &[&str] = &[
     "clusteredIndex",
     "changeStreamPreAndPostImages",
 ];
+
+/// Command fields every command may carry; `collMod` ignores them.
+const GENERIC_ARGUMENTS: &[&str] = &[
+    "writeConcern",
+    "comment",
+    "maxTimeMS",
+    "lsid",
+    "txnNumber",
+    "autocommit",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+];
+
+/// `collMod` of a collection's validator, `validationLevel` and `validationAction`; logged as
+/// mongod logs it, with the previous values under `o2.collectionOptions_old`.
+pub fn coll_mod(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    no_ddl_in_txn(ctx, "collMod")?;
+    let coll = coll_name(body, "collMod")?;
+    let db = ctx.db.clone();
+    let mut changes = Document::new();
+    for (key, value) in body.iter().skip(1) {
+        if key.starts_with('$') || GENERIC_ARGUMENTS.contains(&key.as_str()) {
+            continue;
+        }
+        match key.as_str() {
+            "validator" | "validationLevel" | "validationAction" => {
+                changes.insert(key.clone(), value.clone());
+            }
+            other => {
+                return Err(ServerError::invalid_options(format!(
+                    "unknown option to collMod: {other}"
+                )))
+            }
+        }
+    }
+    let Some(c) = ctx.state.coll_mut(&db, &coll) else {
+        return Err(ServerError::namespace_not_found("ns does not exist"));
+    };
+    let mut options = c.options.clone();
+    let mut old = doc! {"uuid": c.uuid};
+    for (key, value) in &changes {
+        if let Some(previous) = c.options.get(key) {
+            old.insert(key.clone(), previous.clone());
+        }
+        options.insert(key.clone(), value.clone());
+    }
+    let validator = Validator::from_options(&options)?.map(Arc::new);
+    c.options = options;
+    c.validator = validator;
+    let uuid = c.uuid;
+    let mut o = doc! {"collMod": coll};
+    o.extend(changes);
+    let op = OpRecord::new(
+        "c",
+        format!("{db}.$cmd"),
+        Some(uuid),
+        o,
+        Some(doc! {"collectionOptions_old": old}),
+    );
+    ctx.state.append_oplog(op, &EntryExtras::NONE);
+    Ok(Reply::Doc(Document::new()))
+}
 
 pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "create")?;
@@ -83,6 +147,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
 /// Drops one collection, logging `drop` with `o2.numRecords` as mongod does.
 fn drop_collection(ctx: &mut Ctx, db: &str, coll: &str) -> Option<usize> {
     let c = ctx.state.dbs.get_mut(db)?.remove(coll)?;
+    ctx.state.dropped_bytes += c.data_size + c.superseded_bytes;
     let n = c.len();
     let indexes = c.index_specs().len();
     let op = OpRecord::new(
@@ -195,12 +260,16 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     }
     let mut c = ctx.state.dbs.get_mut(fdb).unwrap().remove(fcoll).unwrap();
     let uuid = c.uuid;
-    c.ns = to.clone();
-    ctx.state
+    std::sync::Arc::make_mut(&mut c).ns = to.clone();
+    let replaced = ctx
+        .state
         .dbs
         .entry(tdb.to_string())
         .or_default()
         .insert(tcoll.to_string(), c);
+    if let Some(old) = replaced {
+        ctx.state.dropped_bytes += old.data_size + old.superseded_bytes;
+    }
     ctx.state.cursors.retain(|_, cur| cur.ns != from);
     let op = OpRecord::new("c", format!("{fdb}.$cmd"), Some(uuid), o, o2);
     ctx.state.append_oplog(op, &EntryExtras::NONE);

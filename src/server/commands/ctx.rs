@@ -30,6 +30,8 @@ pub struct Ctx<'a> {
     /// A statement of this command failed inside a transaction (reported in `writeErrors`):
     /// the transaction is aborted.
     pub txn_failed: bool,
+    /// The command's `bypassDocumentValidation`.
+    pub bypass_validation: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -43,6 +45,7 @@ impl<'a> Ctx<'a> {
             now: DateTime::now(),
             last_op: None,
             txn_failed: false,
+            bypass_validation: false,
         }
     }
 

@@ -3,9 +3,11 @@
 mod admin;
 mod catalog;
 mod ctx;
+mod out;
 mod read;
 mod transaction;
 mod util;
+mod vars;
 mod write;
 
 pub use admin::{MAX_WIRE_VERSION, VERSION};
@@ -86,6 +88,114 @@ pub fn to_raw(d: &Document) -> RawDocumentBuf {
     })
 }
 
+/// How a request is to be run (decided under the state lock by [`detach_read`]).
+pub enum Detach {
+    /// Under the lock, by [`execute`].
+    Locked,
+    /// By [`execute`] on this detached view, without the lock; then [`reattach`] it.
+    View(Box<State>),
+    /// Answered already (a snapshot read that cannot be served).
+    Reply(RawDocumentBuf),
+}
+
+/// `readConcern.level` of a command.
+fn read_concern_level(body: &Document) -> Option<&str> {
+    body.get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok())
+}
+
+/// Reads run on a copy of the catalog taken under the lock and are evaluated without it, so a
+/// long scan never holds up other clients (mongod's reads yield their locks likewise). A read
+/// with `readConcern: {level: "snapshot"}` runs on the version of the catalog at its
+/// `atClusterTime` (or at the latest time, which the reply then names). Transactions and
+/// retryable writes keep the lock: they live in the session table.
+pub fn detach_read(state: &mut State, body: &Command) -> Detach {
+    let cmd = body.keys().next().map(String::as_str).unwrap_or_default();
+    if !matches!(cmd, "find" | "aggregate" | "count" | "distinct" | "getMore")
+        || body.contains_key("txnNumber")
+        || body.contains_key("autocommit")
+    {
+        return Detach::Locked;
+    }
+    if cmd == "aggregate" && aggregate_writes(body) {
+        return Detach::Locked;
+    }
+    if state.cursors.len() >= crate::server::cursor_table::MAX_OPEN_CURSORS {
+        return Detach::Locked; // the cap is checked against the server's own table
+    }
+    let db = match body.get("$db") {
+        Some(Bson::String(db)) => db.clone(),
+        _ => return Detach::Locked,
+    };
+    if cmd == "getMore" {
+        let Some(id) = body.get("getMore").and_then(as_i64) else {
+            return Detach::Locked;
+        };
+        let Some(cursor) = state.cursors.take(id) else {
+            return Detach::Locked;
+        };
+        let mut view = state.read_view(state.dbs.clone(), None);
+        view.cursors.put_back(id, cursor);
+        return Detach::View(Box::new(view));
+    }
+    if read_concern_level(body) != Some("snapshot") {
+        return Detach::View(Box::new(state.read_view(state.dbs.clone(), None)));
+    }
+    if cmd == "count" {
+        return Detach::Locked; // refused by `execute`, as mongod refuses it
+    }
+    let snapshot =
+        (|| -> ServerResult<State> {
+            let now = state.clock.last();
+            let at =
+                match body
+                    .get_document("readConcern")
+                    .ok()
+                    .and_then(|rc| rc.get("atClusterTime"))
+                {
+                    None => now,
+                    Some(Bson::Timestamp(ts)) => *ts,
+                    Some(_) => return Err(ServerError::type_mismatch(
+                        "BSON field 'atClusterTime' is the wrong type, expected type 'timestamp'",
+                    )),
+                };
+            let catalog = state.history.at(at, now)?;
+            let coll = match body.get(cmd) {
+                Some(Bson::String(c)) => Some(c.as_str()),
+                _ => None,
+            };
+            if let Some(c) = coll.and_then(|c| catalog.get(&db).and_then(|d| d.get(c))) {
+                if c.capped.is_some() {
+                    return Err(ServerError::new(ErrorCode::SnapshotUnavailable,
+                    "Reading from capped collections with readConcern snapshot is not supported",
+                ));
+                }
+            }
+            Ok(state.read_view(catalog.as_ref().clone(), Some(at)))
+        })();
+    match snapshot {
+        Ok(view) => Detach::View(Box::new(view)),
+        Err(e) => Detach::Reply(finish(state, Err(e), None)),
+    }
+}
+
+/// Whether an aggregate pipeline writes (`$out`, `$merge`): it then runs under the lock.
+fn aggregate_writes(body: &Document) -> bool {
+    body.get_array("pipeline").is_ok_and(|stages| {
+        stages.iter().any(|s| {
+            s.as_document()
+                .and_then(|d| d.keys().next())
+                .is_some_and(|k| k == "$out" || k == "$merge")
+        })
+    })
+}
+
+/// Moves the cursors a detached read left open into the server's state.
+pub fn reattach(state: &mut State, view: State) {
+    state.cursors.adopt(view.cursors);
+}
+
 /// Runs one request under the state lock.
 pub fn execute(
     state: &mut State,
@@ -120,6 +230,17 @@ pub fn execute(
         };
     }
     let txn_number = body.get("txnNumber").and_then(as_i64);
+    if read_concern_level(body) == Some("snapshot")
+        && state.read_at.is_none()
+        && !body.contains_key("autocommit")
+    {
+        // Snapshot reads outside transactions are only find, aggregate and distinct, and they
+        // are served by `detach_read`; anything else reaching here is refused, as mongod does.
+        let e = ServerError::invalid_options(format!(
+            "Command {cmd} does not support {{ readConcern: {{ level: \"snapshot\", provenance: \"clientSupplied\" }} }} :: caused by :: read concern not supported"
+        ));
+        return Execution::Done(finish(state, Err(e), None));
+    }
     let autocommit = body
         .get("autocommit")
         .map(|a| matches!(a, Bson::Boolean(true)));
@@ -221,6 +342,7 @@ fn run(
         "listCollections" => catalog::list_collections(ctx, body),
         "listIndexes" => catalog::list_indexes(ctx, body),
         "create" => catalog::create(ctx, body),
+        "collMod" => catalog::coll_mod(ctx, body),
         "drop" => catalog::drop(ctx, body),
         "dropDatabase" => catalog::drop_database(ctx, body),
         "renameCollection" => catalog::rename_collection(ctx, body),
@@ -231,7 +353,7 @@ fn run(
         "delete" => write::delete(ctx, body).map(Reply::Doc),
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),
         "find" => read::find(ctx, body),
-        "killCursors" => read::kill_cursors(ctx.state, body),
+        "killCursors" => read::kill_cursors(ctx.state, &ctx.db, body),
         "count" => read::count(ctx, body),
         "distinct" => read::distinct(ctx, body),
         "aggregate" => read::aggregate(ctx, body),

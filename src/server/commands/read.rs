@@ -92,7 +92,31 @@ pub fn cursor_reply(
     let keep = !single_batch && (!batch.exhausted || cursor.is_tailable());
     let ns = cursor.ns.clone();
     let id = if keep { state.cursors.open(cursor)? } else { 0 };
-    batch_reply("firstBatch", batch.docs, id, &ns)
+    let reply = batch_reply("firstBatch", batch.docs, id, &ns)?;
+    match (state.read_at, reply) {
+        // A snapshot read names the time it read at (the session's later reads use it).
+        (Some(at), Reply::Raw(raw)) => Ok(Reply::Raw(with_at_cluster_time(raw, at))),
+        (_, reply) => Ok(reply),
+    }
+}
+
+/// `{cursor: {...}}` with `atClusterTime` added to the cursor document.
+fn with_at_cluster_time(reply: RawDocumentBuf, at: bson::Timestamp) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in reply.iter().flatten() {
+        match element {
+            ("cursor", bson::RawBsonRef::Document(cursor)) => {
+                let mut c = RawDocumentBuf::new();
+                for (k, v) in cursor.iter().flatten() {
+                    c.append_ref(k, v);
+                }
+                c.append("atClusterTime", at);
+                out.append("cursor", c);
+            }
+            (k, v) => out.append_ref(k, v),
+        }
+    }
+    out
 }
 
 pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> ServerResult<Reply> {
@@ -107,6 +131,8 @@ pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> S
 
 pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "find")?;
+    // Checked and evaluated; a filter refers to them only inside `$expr`.
+    super::vars::command_let(body)?;
     let db = ctx.db.clone();
     let ns = format!("{db}.{coll}");
     let filter = doc_arg(body, "filter")?.cloned().unwrap_or_default();
@@ -155,6 +181,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             positioned: false,
             matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
+            skip: skip as u64,
         }
     } else if (sort.is_none() || natural.is_some()) && skip == 0 {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
@@ -256,15 +283,42 @@ pub fn get_more(
     batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
 }
 
-pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
-    let ids = body.get_array("cursors").map_err(|_| {
-        ServerError::failed_to_parse(
-            "BSON field 'killCursors.cursors' is missing but a required field",
-        )
-    })?;
+/// `killCursors` as jstests/core/killcursors.js checks it: a cursor of another namespace (or of
+/// a collection that does not exist) is "not found" and stays open.
+pub fn kill_cursors(state: &mut State, db: &str, body: &Document) -> ServerResult<Reply> {
+    let Some(Bson::String(coll)) = body.get("killCursors") else {
+        return Err(ServerError::failed_to_parse(
+            "BSON field 'killCursors' is the wrong type, expected type 'string'",
+        ));
+    };
+    let ns = format!("{db}.{coll}");
+    let ids = match body.get("cursors") {
+        Some(Bson::Array(ids)) => ids,
+        Some(_) => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is the wrong type, expected type 'array'",
+            ))
+        }
+        None => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is missing but a required field",
+            ))
+        }
+    };
+    if ids.is_empty() {
+        return Err(ServerError::bad_value(
+            "Must specify at least one cursor id in: [",
+        ));
+    }
     let (mut killed, mut not_found) = (Vec::new(), Vec::new());
-    for id in ids.iter().filter_map(as_i64) {
-        if state.cursors.kill(id) {
+    for value in ids {
+        let Some(id) = as_i64(value) else {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'killCursors.cursors' must be an array of cursor ids (long)",
+            ));
+        };
+        let ours = state.cursors.get(id).is_some_and(|c| c.ns == ns);
+        if ours && state.cursors.kill(id) {
             killed.push(id);
         } else {
             not_found.push(id);
@@ -327,7 +381,11 @@ pub fn distinct(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         }
     }
     values.sort_by(compare_values);
-    Ok(Reply::Doc(doc! {"values": values}))
+    let mut reply = doc! {"values": values};
+    if let Some(at) = ctx.state.read_at {
+        reply.insert("atClusterTime", at);
+    }
+    Ok(Reply::Doc(reply))
 }
 
 /// Values at a dotted path, descending into arrays, with array values unwound.
@@ -389,6 +447,11 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         .get("batchSize")
         .and_then(as_i64)
         .map(|b| b as usize);
+    // `let` constants are put in place before the pipeline is parsed.
+    let pipeline = match super::vars::command_let(body)? {
+        Some(vars) => super::vars::substitute_pipeline(&pipeline, &vars),
+        None => pipeline,
+    };
     let db = ctx.db.clone();
     let (ns, input) = match body.get("aggregate") {
         Some(Bson::String(coll)) => {
@@ -424,7 +487,12 @@ fn finish_aggregate(
     pipeline: &[Document],
     batch_size: Option<usize>,
 ) -> ServerResult<Reply> {
+    let (pipeline, write_stage) = super::out::split_write_stage(pipeline)?;
     let out = run_pipeline(input, pipeline)?;
+    if let Some(stage) = write_stage {
+        super::out::run_write_stage(ctx, stage, out)?;
+        return super::out::empty_cursor(&ns);
+    }
     let source = Source::Buffered(out.into_iter().map(Arc::new).collect());
     let cursor = Cursor {
         ns,

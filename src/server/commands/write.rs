@@ -9,6 +9,7 @@ use crate::server::limits;
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
+use crate::server::validation;
 use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
 use std::sync::Arc;
 
@@ -64,7 +65,9 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
     let raw = crate::server::collection::encode(doc)?;
     limits::check_insert(doc, raw.as_bytes().len())?;
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    validation::check_write(c.validator.as_deref(), &c.ns, doc, None, bypass)?;
     let ui = c.uuid;
     c.insert_encoded(doc, raw.clone(), version, None)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -98,7 +101,14 @@ fn insert_one_raw(
     limits::check_insert_raw(raw)?;
     let raw = raw.clone();
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    if let Some(validator) = c.validator.clone() {
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
+        validation::check_write(Some(&validator), &c.ns, &doc, None, bypass)?;
+    }
     let ui = c.uuid;
     c.insert_record(raw.clone(), version)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -167,6 +177,7 @@ pub fn insert(
     body: &Document,
     raw_documents: Option<&[Arc<RawDocumentBuf>]>,
 ) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "insert")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
@@ -266,6 +277,7 @@ pub fn update_docs(
     retryable: bool,
 ) -> ServerResult<UpdateResult> {
     let ns = format!("{db}.{coll}");
+    let bypass = ctx.bypass_validation;
     let mut result = UpdateResult {
         matched: 0,
         modified: 0,
@@ -311,6 +323,9 @@ pub fn update_docs(
             }
             let raw = encode(&doc)?;
             limits::check_updated(&doc, raw.as_bytes().len())?;
+            let validator = c.validator.clone();
+            let before = result.before.as_ref();
+            validation::check_write(validator.as_deref(), &ns, &doc, before, bypass)?;
             c.replace_encoded(rid, &doc, raw, version)?;
             ctx.note_write(&ns, &id)?;
             ctx.log(
@@ -344,6 +359,7 @@ pub fn update_docs(
         limits::check_updated(&doc, raw.as_bytes().len())?;
         let version = ctx.next_version();
         let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+        validation::check_write(c.validator.as_deref(), &ns, &doc, None, bypass)?;
         let ui = c.uuid;
         c.insert_encoded(&doc, raw, version, None)?;
         ctx.note_write(&ns, &id)?;
@@ -364,8 +380,21 @@ pub fn update_docs(
 }
 
 pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "update")?;
     let statements = docs_ref(body, "updates")?;
+    let lets = super::vars::command_let(body)?;
+    // Parsed with the command (IDL), so a bad `c` fails the whole command, not one statement.
+    for stmt in &statements {
+        if !matches!(
+            stmt.get("c"),
+            None | Some(Bson::Null) | Some(Bson::Document(_))
+        ) {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'update.updates.c' is the wrong type, expected type 'object'",
+            ));
+        }
+    }
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let (mut n, mut n_modified) = (0i32, 0i32);
@@ -377,12 +406,7 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
         |ctx, (i, stmt)| {
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
             let u = match stmt.get("u") {
-                Some(Bson::Document(u)) => u.clone(),
-                Some(Bson::Array(_)) => {
-                    return Err(ServerError::not_implemented(
-                        "pipeline-style updates are not supported by the embedded server",
-                    ))
-                }
+                Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
                 _ => {
                     return Err(ServerError::failed_to_parse(
                         "BSON field 'update.updates.u' is missing but a required field",
@@ -392,7 +416,8 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
             let multi = bool_arg(stmt, "multi", false);
             let upsert = bool_arg(stmt, "upsert", false);
             let array_filters = array_filters_arg(stmt, "update.updates.arrayFilters")?;
-            let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
+            let u = with_constants(u, lets.as_ref(), stmt.get("c"))?;
+            let spec = UpdateSpec::parse_bson(&u, array_filters.as_deref())?;
             if multi && spec.is_replacement() {
                 return Err(ServerError::failed_to_parse(
                     "multi update is not supported for replacement-style update",
@@ -457,6 +482,7 @@ pub fn remove_docs(
 pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "delete")?;
     let statements = docs_ref(body, "deletes")?;
+    super::vars::command_let(body)?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
@@ -483,6 +509,7 @@ pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
 }
 
 pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(
         body,
         body.keys()
@@ -491,6 +518,7 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
             .unwrap_or("findAndModify"),
     )?;
     let db = ctx.db.clone();
+    let lets = super::vars::command_let(body)?;
     let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
     let remove = bool_arg(body, "remove", false);
     let return_new = bool_arg(body, "new", false);
@@ -541,16 +569,12 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
         );
     }
     let u = match update {
-        Some(Bson::Document(u)) => u.clone(),
-        Some(Bson::Array(_)) => {
-            return Err(ServerError::not_implemented(
-                "pipeline-style updates are not supported by the embedded server",
-            ))
-        }
+        Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
         _ => return Err(ServerError::failed_to_parse("'update' must be a document")),
     };
     let array_filters = array_filters_arg(body, "findAndModify.arrayFilters")?;
-    let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
+    let u = with_constants(u, lets.as_ref(), None)?;
+    let spec = UpdateSpec::parse_bson(&u, array_filters.as_deref())?;
     let r = update_docs(ctx, &db, &coll, rids, &query, &spec, upsert, true)?;
     let mut last =
         doc! {"n": r.matched.max(r.upserted.is_some() as i32), "updatedExisting": r.matched > 0};
@@ -567,4 +591,40 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
         project(r.before)
     };
     Ok(doc! {"lastErrorObject": last, "value": value})
+}
+
+/// A pipeline update with the command's `let` variables and the statement's constants (`c`) put
+/// in place (both are constants; `c` wins on a name in both). Other updates are returned as
+/// they are: only pipelines can refer to variables.
+fn with_constants(u: Bson, lets: Option<&Document>, c: Option<&Bson>) -> ServerResult<Bson> {
+    let Bson::Array(stages) = &u else {
+        return Ok(u);
+    };
+    let mut vars = lets.cloned().unwrap_or_default();
+    match c {
+        None | Some(Bson::Null) => {}
+        Some(Bson::Document(c)) => {
+            for (k, v) in c {
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'update.updates.c' is the wrong type, expected type 'object'",
+            ))
+        }
+    }
+    if vars.is_empty() || stages.iter().any(|s| s.as_document().is_none()) {
+        return Ok(u);
+    }
+    let stages: Vec<Document> = stages
+        .iter()
+        .filter_map(|s| s.as_document().cloned())
+        .collect();
+    Ok(Bson::Array(
+        super::vars::substitute_pipeline(&stages, &vars)
+            .into_iter()
+            .map(Bson::Document)
+            .collect(),
+    ))
 }

@@ -8,10 +8,12 @@
 //! * [`projection`] — `Projection` (find projections and `$project`).
 //! * [`expr`] — aggregation expressions.
 //! * [`aggregate`] — `run_pipeline`.
+//! * [`json_schema`] — `$jsonSchema` for document validators.
 
 pub mod aggregate;
 pub mod compare;
 pub mod expr;
+pub mod json_schema;
 pub mod matcher;
 pub mod path;
 pub mod projection;
