@@ -419,7 +419,7 @@ impl<'a> Reader<'a> {
             pending.known_at.push(known);
             pending
                 .plan
-                .add_tagged(&r.dst_ns, &r.op, tag.as_ref())
+                .add_tagged(&r.dst_ns, r.op, tag.as_ref())
                 .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))?;
         }
         pending.last_unit = Some(ts);
