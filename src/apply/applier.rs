@@ -10,7 +10,9 @@
 //! same transaction as the checkpoint that moves past it.
 
 use super::ddl::DdlCommand;
-use super::error::{describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED};
+use super::error::{
+    code_name, describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED,
+};
 use super::plan::Plan;
 use crate::store::{checkpoints, rejected, Checkpoint, Rejected, StoreError};
 use bson::{Document, RawDocumentBuf, Timestamp};
@@ -184,6 +186,10 @@ impl Applier {
                 Ok(reply) => match first_write_error(&reply) {
                     None => continue,
                     Some((index, code, name, msg)) => {
+                        let name = match name.as_str() {
+                            "" => code_name(code).to_string(),
+                            _ => name,
+                        };
                         (statements.get(index).copied(), code, name, msg)
                     }
                 },
