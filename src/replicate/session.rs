@@ -87,9 +87,9 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     let src = Client::with_options(rt.src_options.clone())?;
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
-    checkpoints::ensure_collection(&dst, store::CHECKPOINTS).await?;
+    store::ensure_collection(&dst, store::CHECKPOINTS).await?;
     if rt.spec.on_reject == OnReject::Journal {
-        checkpoints::ensure_collection(&dst, store::REJECTED).await?;
+        store::ensure_collection(&dst, store::REJECTED).await?;
     }
     Ok((src, dst))
 }
@@ -432,7 +432,7 @@ impl<'a> Reader<'a> {
             pending.known_at.push(known);
             pending
                 .plan
-                .add_tagged(&r.dst_ns, &r.op, tag.as_ref())
+                .add_tagged(&r.dst_ns, r.op, tag.as_ref())
                 .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))?;
         }
         pending.last_unit = Some(ts);

@@ -4,11 +4,10 @@
 //! replicated writes (see `replicate/provenance.rs`).
 
 use super::copy_progress::CopyProgress;
-use super::{CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
+use super::{StoreError, CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
 use crate::oplog::{Entry, OpKind};
 use bson::{doc, DateTime, Document, RawBsonRef, RawDocument, Timestamp};
 use mongodb::{Client, ClientSession, Collection};
-use std::fmt;
 
 /// A DDL command about to run outside any transaction, as a checkpoint stores it: the database
 /// it runs on, the command, and the error codes that mean "already done".
@@ -64,25 +63,6 @@ pub struct Checkpoint {
     pub initial_sync: Option<CopyProgress>,
 }
 
-/// Reading or preparing `__mmm` failed; `source` is the driver's error (callers decide whether
-/// it is worth a retry).
-#[derive(Debug)]
-pub struct StoreError {
-    pub what: &'static str,
-    pub source: mongodb::error::Error,
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-/// NamespaceExists (MongoDB's src/mongo/base/error_codes.yml).
-const NAMESPACE_EXISTS: i32 = 48;
-
 impl Checkpoint {
     pub fn to_document(&self) -> Document {
         let mut d = doc! {
@@ -129,21 +109,6 @@ impl Checkpoint {
 
 fn collection(client: &Client) -> Collection<Document> {
     client.database(MMM_DB).collection(CHECKPOINTS)
-}
-
-/// Creates `__mmm.<name>` if missing: a collection cannot be created inside the transactions
-/// that write to it on every MongoDB version.
-pub async fn ensure_collection(client: &Client, name: &str) -> Result<(), StoreError> {
-    match client.database(MMM_DB).create_collection(name).await {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS) => {
-            Ok(())
-        }
-        Err(source) => Err(StoreError {
-            what: "creating mmm's collections",
-            source,
-        }),
-    }
 }
 
 /// The checkpoint of `link` on the server of `client`, if it has one.
