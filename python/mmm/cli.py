@@ -238,7 +238,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .embedded import MongoServer
 
     try:
-        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host)
+        server = MongoServer(
+            port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host,
+            test_commands=args.test_commands,
+        )
     except OSError as e:
         raise CliError(str(e)) from None
     done: List[int] = []
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--replset", default="rs0")
     s.add_argument("--oplog-size-mb", type=float, default=256)
+    s.add_argument("--no-test-commands", dest="test_commands", action="store_false",
+                   help="refuse test commands (configureFailPoint), as a production mongod does")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("demo", help="factory and cloud, replicating both ways, with an outage")
     s.add_argument("--seconds", type=float, default=12, help="how long the simulation runs")

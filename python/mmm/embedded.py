@@ -43,6 +43,9 @@ class MongoServer(ReplicaSetMember):
 
     It runs on background threads of this process until :meth:`stop` (or the end of a ``with``
     block). Several servers can run in one process. Data lives in memory only.
+
+    ``test_commands`` (on by default, as ``mongod --setParameter enableTestCommands=1``) enables
+    ``configureFailPoint`` and its fail points; turn it off to serve like a production ``mongod``.
     """
 
     def __init__(
@@ -51,11 +54,16 @@ class MongoServer(ReplicaSetMember):
         replset: str = "rs0",
         oplog_size_mb: float = 256,
         host: str = "127.0.0.1",
+        test_commands: bool = True,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
         self._server = _mmm.MongoServer(
-            port=port, replset=replset, oplog_size_mb=float(oplog_size_mb), host=host
+            port=port,
+            replset=replset,
+            oplog_size_mb=float(oplog_size_mb),
+            host=host,
+            test_commands=bool(test_commands),
         )
         log.info("embedded MongoDB server listening on %s (replica set %s)", self.address, replset)
 

@@ -13,13 +13,14 @@ pub struct PyMongoServer {
 #[pymethods]
 impl PyMongoServer {
     #[new]
-    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string()))]
+    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string(), test_commands = true))]
     fn new(
         py: Python<'_>,
         port: u16,
         replset: String,
         oplog_size_mb: f64,
         host: String,
+        test_commands: bool,
     ) -> PyResult<Self> {
         if !(oplog_size_mb > 0.0) {
             return Err(PyValueError::new_err(format!(
@@ -36,6 +37,7 @@ impl PyMongoServer {
             port,
             replset,
             oplog_size_bytes: (oplog_size_mb * 1024.0 * 1024.0) as u64,
+            test_commands,
         };
         let rt = crate::runtime::get();
         let inner = py

@@ -1,6 +1,6 @@
 //! Accepting clients and serving one connection: read a message, run it, answer.
 
-use super::commands::{allowed_over_op_query, execute, to_raw, Execution};
+use super::commands::{allowed_over_op_query, error_reply, execute, to_raw, Execution};
 use super::error::ServerError;
 use super::wire::{self, Header, HEADER_LEN};
 use super::Shared;
@@ -67,6 +67,8 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut reply_id: i32 = 0;
     let mut payload = Vec::new();
+    // The client's appName from its first hello (fail points can target it).
+    let mut app_name: Option<String> = None;
     loop {
         let message = tokio::select! {
             m = read_message(&mut stream, &mut payload) => m,
@@ -97,6 +99,9 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         };
         let cmd = request.body.keys().next().cloned().unwrap_or_default();
+        if app_name.is_none() && matches!(cmd.as_str(), "hello" | "isMaster" | "ismaster") {
+            app_name = client_app_name(&request.body);
+        }
         if let Some(wait) = awaitable_hello_wait(&cmd, &request.body, shared) {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -108,10 +113,34 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
         } else {
-            tokio::select! {
-                r = run_request(shared, &request.body, connection_id) => r,
-                _ = drops.changed() => return,
-                _ = shutdown.wait_for(|s| *s) => return,
+            let intercept = shared.info.test_commands.then(|| {
+                let mut fps = shared.info.fail_points.lock();
+                fps.before(&request.body, app_name.as_deref(), shared.info.process_id)
+            });
+            let intercept = intercept.flatten().unwrap_or_default();
+            if let Some(pause) = intercept.block {
+                tokio::time::sleep(pause).await;
+            }
+            if intercept.close {
+                return;
+            }
+            match intercept.error {
+                Some(e) => error_reply(&shared.state.lock(), e),
+                None => {
+                    let mut reply = tokio::select! {
+                        r = run_request(shared, &request.body, connection_id) => r,
+                        _ = drops.changed() => return,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    };
+                    if intercept.close_after {
+                        return;
+                    }
+                    if shared.info.test_commands {
+                        let mut fps = shared.info.fail_points.lock();
+                        fps.after(&request.body, app_name.as_deref(), &mut reply);
+                    }
+                    reply
+                }
             }
         };
         if request.more_to_come {
@@ -127,6 +156,16 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             return;
         }
     }
+}
+
+/// `client.application.name` of a handshake.
+fn client_app_name(body: &Document) -> Option<String> {
+    let app = body
+        .get_document("client")
+        .ok()?
+        .get_document("application")
+        .ok()?;
+    app.get_str("name").ok().map(str::to_string)
 }
 
 /// How long an awaitable hello must wait before answering (server-monitoring specification,

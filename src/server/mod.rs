@@ -6,6 +6,8 @@ pub mod collection;
 pub mod commands;
 pub mod cursor;
 pub mod error;
+pub mod error_labels;
+pub mod fail_point;
 pub mod oplog_writer;
 pub mod query;
 pub mod session;
@@ -31,6 +33,8 @@ pub struct ServerOptions {
     pub port: u16,
     pub replset: String,
     pub oplog_size_bytes: u64,
+    /// Test commands (`configureFailPoint`), as `--setParameter enableTestCommands=1` enables.
+    pub test_commands: bool,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +44,7 @@ impl Default for ServerOptions {
             port: 0,
             replset: "rs0".into(),
             oplog_size_bytes: 256 * 1024 * 1024,
+            test_commands: true,
         }
     }
 }
@@ -53,6 +58,9 @@ pub struct ServerInfo {
     pub started_unix: u32,
     pub connections: AtomicU64,
     pub total_connections: AtomicU64,
+    pub test_commands: bool,
+    /// Armed fail points (test commands only).
+    pub fail_points: Mutex<fail_point::FailPoints>,
 }
 
 pub struct Shared {
@@ -98,6 +106,8 @@ impl MongoServer {
                 started_unix,
                 connections: AtomicU64::new(0),
                 total_connections: AtomicU64::new(0),
+                test_commands: options.test_commands,
+                fail_points: Mutex::new(fail_point::FailPoints::default()),
             },
             appends: watch::channel(0).0,
             shutdown: watch::channel(false).0,

@@ -79,6 +79,11 @@ fn finish(state: &State, reply: ServerResult<Reply>, op_time: Option<Timestamp>)
     raw
 }
 
+/// An error reply as `execute` answers it (with `$clusterTime` and `operationTime`).
+pub fn error_reply(state: &State, e: ServerError) -> RawDocumentBuf {
+    finish(state, Err(e), None)
+}
+
 pub fn to_raw(d: &Document) -> RawDocumentBuf {
     RawDocumentBuf::from_document(d).unwrap_or_else(|e| {
         RawDocumentBuf::from_document(
@@ -391,11 +396,19 @@ fn run(
         )),
         "getParameter" => {
             admin_only(ctx, cmd)?;
-            admin::get_parameter(ctx.state, body)
+            admin::get_parameter(ctx.state, info, body)
         }
         "setParameter" => {
             admin_only(ctx, cmd)?;
             admin::set_parameter(ctx.state, body)
+        }
+        "getCmdLineOpts" => {
+            admin_only(ctx, cmd)?;
+            Ok(admin::get_cmd_line_opts(info))
+        }
+        "configureFailPoint" if info.test_commands => {
+            admin_only(ctx, cmd)?;
+            Ok(Reply::Doc(info.fail_points.lock().configure(body)?))
         }
         "connectionStatus" => Ok(Reply::Doc(
             doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},
