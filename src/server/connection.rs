@@ -139,6 +139,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
                         let mut fps = shared.info.fail_points.lock();
                         fps.after(&request.body, app_name.as_deref(), &mut reply);
                     }
+                    super::write_concern::check(&request.body, &mut reply);
                     reply
                 }
             }
@@ -147,15 +148,52 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             continue;
         }
         reply_id = reply_id.wrapping_add(1);
+        let mut exhaust = request.exhaust_allowed && cmd == "getMore" && streams_on(&reply);
         let bytes = if request.legacy {
             wire::encode_op_reply(reply_id, header.request_id, &reply)
         } else {
-            wire::encode_op_msg(reply_id, header.request_id, &reply)
+            wire::encode_op_msg_flags(reply_id, header.request_id, &reply, more_flag(exhaust))
         };
         if stream.write_all(&bytes).await.is_err() {
             return;
         }
+        // Exhaust: the next batches follow unasked, each answering the previous reply.
+        while exhaust {
+            let reply = tokio::select! {
+                r = run_request(shared, &request.body, connection_id) => r,
+                _ = drops.changed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            exhaust = streams_on(&reply);
+            let previous = reply_id;
+            reply_id = reply_id.wrapping_add(1);
+            let bytes = wire::encode_op_msg_flags(reply_id, previous, &reply, more_flag(exhaust));
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
     }
+}
+
+fn more_flag(more: bool) -> u32 {
+    if more {
+        wire::FLAG_MORE_TO_COME
+    } else {
+        0
+    }
+}
+
+/// Whether an exhaust getMore goes on after `reply`: its cursor is open and the batch was not
+/// empty (an empty batch of a tailable cursor ends the stream instead of spinning).
+fn streams_on(reply: &bson::RawDocumentBuf) -> bool {
+    let Ok(cursor) = reply.get_document("cursor") else {
+        return false;
+    };
+    let open = cursor.get_i64("id").is_ok_and(|id| id != 0);
+    let non_empty = cursor
+        .get_array("nextBatch")
+        .is_ok_and(|b| b.into_iter().next().is_some());
+    open && non_empty
 }
 
 /// `client.application.name` of a handshake.

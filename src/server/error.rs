@@ -54,6 +54,9 @@ impl ServerError {
     pub fn namespace_not_found(msg: impl Into<String>) -> Self {
         Self::new(26, "NamespaceNotFound", msg)
     }
+    pub fn invalid_namespace(msg: impl Into<String>) -> Self {
+        Self::new(73, "InvalidNamespace", msg)
+    }
     pub fn namespace_exists(msg: impl Into<String>) -> Self {
         Self::new(48, "NamespaceExists", msg)
     }

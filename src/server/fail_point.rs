@@ -17,6 +17,7 @@
 
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_labels::{code_name, labels_for};
+use crate::server::write_concern::supports_write_concern;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -427,27 +428,6 @@ fn is_retryable_write(body: &Document, cmd: &str) -> bool {
             cmd,
             "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
         )
-}
-
-/// Commands that take a write concern (mongod's `supportsWriteConcern`); statements inside a
-/// transaction wait for the commit's instead.
-fn supports_write_concern(body: &Document, cmd: &str) -> bool {
-    if body.contains_key("autocommit") && !matches!(cmd, "commitTransaction" | "abortTransaction") {
-        return false;
-    }
-    match cmd {
-        "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "create" | "drop"
-        | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes"
-        | "renameCollection" | "collMod" | "commitTransaction" | "abortTransaction" => true,
-        "aggregate" => body
-            .get_array("pipeline")
-            .ok()
-            .and_then(|p| p.last())
-            .and_then(|s| s.as_document())
-            .and_then(|s| s.keys().next())
-            .is_some_and(|k| k == "$out" || k == "$merge"),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ pub mod fail_point;
 pub mod oplog_writer;
 pub mod query;
 pub mod session;
+pub mod session_cache;
 pub mod shell;
 pub mod state;
 pub mod update;
 pub mod wire;
+pub mod write_concern;
 
 mod connection;
 

@@ -23,6 +23,8 @@ pub struct State {
     pub version: u64,
     pub cursors: HashMap<i64, Cursor>,
     pub sessions: HashMap<Vec<u8>, Session>,
+    /// Every session seen, for `$listLocalSessions`.
+    pub session_cache: crate::server::session_cache::SessionCache,
     pub last_write: (Timestamp, DateTime),
     /// Bumped on every insert into a capped collection; awaitData getMores wait for it.
     pub capped_appends: u64,
@@ -76,6 +78,7 @@ impl State {
             version: 0,
             cursors: HashMap::new(),
             sessions: HashMap::new(),
+            session_cache: Default::default(),
             last_write: (
                 Timestamp {
                     time: 0,

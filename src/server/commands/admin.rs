@@ -3,6 +3,7 @@
 use super::Reply;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::TERM;
+use crate::server::session::TxnPhase;
 use crate::server::state::State;
 use crate::server::ServerInfo;
 use bson::{doc, oid::ObjectId, DateTime, Document};
@@ -193,6 +194,23 @@ pub fn get_parameter(state: &State, info: &ServerInfo, body: &Document) -> Serve
         return Err(ServerError::invalid_options("no option found to get"));
     }
     Ok(Reply::Doc(d))
+}
+
+/// `{killAllSessions: [users]}`: aborts the open transactions of every session (`[]`: of all
+/// users; sessions here belong to no user, so a non-empty list matches none). The sessions and
+/// their retryable-write history stay, as in mongod.
+pub fn kill_all_sessions(state: &mut State, body: &Document) -> ServerResult<Reply> {
+    let users = body
+        .get_array("killAllSessions")
+        .map_err(|_| ServerError::type_mismatch("killAllSessions must be an array of users"))?;
+    if users.is_empty() {
+        for session in state.sessions.values_mut() {
+            if matches!(session.state, TxnPhase::InProgress(_)) {
+                session.state = TxnPhase::Aborted;
+            }
+        }
+    }
+    Ok(Reply::Doc(Document::new()))
 }
 
 /// `{setParameter: 1, <name>: <value>}` for the parameters this server has; replies `{was}`.

@@ -3,8 +3,11 @@
 mod admin;
 mod catalog;
 mod ctx;
+mod explain;
+mod hint;
 mod read;
 mod util;
+mod validate;
 mod write;
 
 pub use admin::{MAX_WIRE_VERSION, VERSION};
@@ -130,6 +133,9 @@ pub fn execute(
         crate::server::session::expire_transactions(state, limit);
     }
     let cmd = body.keys().next().cloned().unwrap_or_default();
+    if let Ok(lsid) = body.get_document("lsid") {
+        state.session_cache.touch(lsid);
+    }
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
         _ => {
@@ -426,10 +432,12 @@ fn run(
                         None => continue,
                     };
                     ctx.state.sessions.remove(&key);
+                    ctx.state.session_cache.end(&key);
                 }
             }
             Ok(Reply::Doc(Document::new()))
         }
+        "killAllSessions" => admin::kill_all_sessions(ctx.state, body),
         "listDatabases" => {
             admin_only(ctx, cmd)?;
             catalog::list_databases(ctx, body)
@@ -448,6 +456,8 @@ fn run(
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),
         "find" => read::find(ctx, body),
         "killCursors" => read::kill_cursors(ctx.state, body),
+        "explain" => explain::explain(ctx, info, body),
+        "validate" => validate::validate(ctx, body),
         "count" => read::count(ctx, body),
         "distinct" => read::distinct(ctx, body),
         "aggregate" => read::aggregate(ctx, body),

@@ -1,0 +1,184 @@
+"""Commands and options drivers' own test suites rely on, checked against mongod's behaviour:
+killAllSessions, $listLocalSessions, unsatisfiable write concerns, strict update/delete
+statements, hint/min/max, explain, validate, and `_id` storage rules (MongoDB 5.0+).
+"""
+
+from __future__ import annotations
+
+import pymongo
+import pytest
+from bson import Binary, Int64
+from pymongo.errors import OperationFailure, WriteConcernError, WriteError
+from pymongo.write_concern import WriteConcern
+
+
+def test_kill_all_sessions_aborts_open_transactions(client):
+    coll = client.t.c
+    coll.insert_one({"_id": 0})
+    with client.start_session() as s:
+        s.start_transaction()
+        coll.update_one({"_id": 0}, {"$set": {"x": 1}}, session=s)
+        assert client.admin.command("killAllSessions", [])["ok"] == 1
+        # The transaction is gone: its commit fails and its write never shows.
+        with pytest.raises(OperationFailure) as e:
+            s.commit_transaction()
+        assert e.value.code == 251
+    assert coll.find_one() == {"_id": 0}
+    with pytest.raises(OperationFailure) as e:
+        client.admin.command("killAllSessions", "everyone")
+    assert e.value.code == 14
+
+
+def test_list_local_sessions(client):
+    with client.start_session() as s:
+        client.t.command("ping", session=s)
+        sessions = list(client.admin.aggregate([{"$listLocalSessions": {}}]))
+        ids = [d["_id"]["id"] for d in sessions]
+        assert s.session_id["id"] in ids
+        mine = next(d for d in sessions if d["_id"]["id"] == s.session_id["id"])
+        assert isinstance(mine["_id"]["uid"], bytes) and len(mine["_id"]["uid"]) == 32
+        assert "lastUse" in mine
+        # Any database with {aggregate: 1}; never on a collection.
+        assert list(client.t.aggregate([{"$listLocalSessions": {"allUsers": True}}, {"$limit": 1}]))
+        with pytest.raises(OperationFailure) as e:
+            list(client.t.c.aggregate([{"$listLocalSessions": {}}]))
+        assert e.value.code == 73
+        for bad in ({"allUsers": 1}, {"nonsense": True}, "x"):
+            with pytest.raises(OperationFailure):
+                list(client.admin.aggregate([{"$listLocalSessions": bad}]))
+
+
+def test_unsatisfiable_write_concern_is_a_write_concern_error(client):
+    for w, code in ((2, 100), (50, 100), ("nosuchtag", 79)):
+        coll = client.t.get_collection("c", write_concern=WriteConcern(w=w))
+        with pytest.raises(WriteConcernError) as e:
+            coll.insert_one({"w": str(w)})
+        assert e.value.code == code
+        assert e.value.details["errInfo"]["writeConcern"]["w"] == w
+    # The writes themselves were done, and w: 1 / majority are fine.
+    assert client.t.c.count_documents({}) == 3
+    client.t.get_collection("c", write_concern=WriteConcern(w="majority")).insert_one({})
+    with pytest.raises(WriteConcernError):
+        client.t.get_collection("c", write_concern=WriteConcern(w=2)).drop()
+    assert "c" not in client.t.list_collection_names()
+
+
+def test_update_and_delete_statements_are_strict(client):
+    client.t.c.insert_many([{"_id": 1}, {"_id": 2}])
+    with pytest.raises(OperationFailure) as e:
+        client.t.command({"update": "c", "updates": [{"q": {}, "u": {"$set": {"x": 1}}, "sort": {"_id": -1}}]})
+    assert e.value.code == 40415 and "update.updates.sort" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        client.t.command({"delete": "c", "deletes": [{"q": {}, "limit": 1, "bogus": 1}]})
+    assert e.value.code == 40415
+    # Nothing ran: a statement that does not parse fails the whole command.
+    assert client.t.c.count_documents({"x": 1}) == 0 and client.t.c.count_documents({}) == 2
+
+
+def test_hint_orders_by_the_index_and_must_name_one(client):
+    c = client.t.c
+    c.insert_many([{"num": i, "foo": i % 3} for i in range(10)])
+    c.create_index([("num", pymongo.DESCENDING)])
+    assert next(c.find())["num"] == 0
+    assert next(c.find().hint([("num", pymongo.DESCENDING)]))["num"] == 9
+    assert next(c.find().hint("num_-1"))["num"] == 9
+    assert next(c.find().hint([("$natural", -1)]))["num"] == 9
+    assert [d["num"] for d in c.find().hint("_id_")][:2] == [0, 1]
+    for hint in ([("foo", 1)], "nope"):
+        with pytest.raises(OperationFailure) as e:
+            list(c.find().hint(hint))
+        assert e.value.code == 2
+
+
+def test_min_max_need_a_matching_hint(client):
+    c = client.t.c
+    c.insert_many([{"j": j, "k": j} for j in range(10)])
+    c.create_index([("j", 1)])
+    c.create_index([("j", 1), ("k", 1)])
+    assert len(list(c.find().min([("j", 3)]).hint([("j", 1)]))) == 7
+    assert len(list(c.find().max([("j", 3)]).hint([("j", 1)]))) == 3
+    assert [d["j"] for d in c.find().min([("j", 2), ("k", 2)]).max([("j", 5), ("k", 5)]).hint([("j", 1), ("k", 1)])] == [2, 3, 4]
+    with pytest.raises(OperationFailure) as e:
+        client.t.command({"find": "c", "min": {"j": 3}})  # drivers refuse this before sending
+    assert e.value.code == 51173
+    with pytest.raises(OperationFailure) as e:
+        list(c.find().min([("k", 3), ("j", 3)]).hint([("j", 1), ("k", 1)]))
+    assert e.value.code == 51174
+    c.create_index([("d", -1)])
+    c.insert_many([{"d": d} for d in range(5)])
+    # Descending key order from 3 down; documents without `d` have the key null, lowest of all.
+    assert [x.get("d") for x in c.find().min([("d", 3)]).hint([("d", -1)])] == [3, 2, 1, 0] + [None] * 10
+
+
+def test_explain(client):
+    c = client.t.c
+    c.insert_many([{"x": i} for i in range(5)])
+    e = c.find({"x": {"$gt": 2}}).explain()
+    assert e["queryPlanner"]["namespace"] == "t.c"
+    assert e["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN"
+    assert e["executionStats"]["nReturned"] == 2
+    assert e["command"]["find"] == "c"
+    planner_only = client.t.command({"explain": {"find": "c"}, "verbosity": "queryPlanner"})
+    assert "executionStats" not in planner_only
+    agg = client.t.command({"explain": {"aggregate": "c", "pipeline": [{"$match": {"x": 1}}], "cursor": {}}})
+    assert agg["executionStats"]["nReturned"] == 1
+    # Explaining a write never writes.
+    upd = client.t.command({"explain": {"update": "c", "updates": [{"q": {}, "u": {"$set": {"y": 1}}, "multi": True}]}})
+    assert upd["queryPlanner"]["winningPlan"]["stage"] == "UPDATE"
+    assert c.count_documents({"y": 1}) == 0
+    for bad in ({"explain": {"nosuch": "c"}}, {"explain": 1}, {"explain": {"find": "c"}, "verbosity": "loud"}):
+        with pytest.raises(OperationFailure):
+            client.t.command(bad)
+
+
+def test_validate(client):
+    c = client.t.c
+    c.insert_many([{"_id": i, "u": i} for i in range(4)])
+    c.create_index("u", unique=True)
+    r = client.t.validate_collection("c", full=True)
+    assert r["valid"] is True and r["nrecords"] == 4
+    assert r["keysPerIndex"] == {"_id_": 4, "u_1": 4}
+    with pytest.raises(OperationFailure) as e:
+        client.t.validate_collection("missing")
+    assert e.value.code == 26
+    with pytest.raises(OperationFailure) as e:
+        client.t.command("validate", "c", background=True)
+    assert e.value.code == 115
+
+
+@pytest.mark.parametrize("bad_id", [{"$a": 1}, {"x": {"$b": 1}}, {"x": [{"$c": 1}]}])
+def test_id_may_not_hold_dollar_prefixed_fields(client, bad_id):
+    with pytest.raises(WriteError) as e:
+        client.t.c.insert_one({"_id": bad_id})
+    assert e.value.code == 52
+    assert "_id fields may not contain '$'-prefixed fields" in str(e.value)
+    assert client.t.c.count_documents({}) == 0
+    # Top-level $-prefixed fields and DBRef fields are allowed (5.0+).
+    client.t.c.insert_one({"_id": {"$ref": "x", "$id": 1}, "$top": 1})
+    assert client.t.c.find_one()["$top"] == 1
+
+
+def test_exhaust_get_more_streams_the_batches(mongo_server, client):
+    from conftest import RawConnection
+
+    client.t.c.insert_many([{"i": i} for i in range(7)])
+    with RawConnection(mongo_server.address) as conn:
+        first = conn.command({"find": "c", "batchSize": 2, "$db": "t"})
+        cursor_id = first["cursor"]["id"]
+        rid = conn.op_msg({"getMore": cursor_id, "collection": "c", "batchSize": 2, "$db": "t"}, flags=1 << 16)
+        seen, answering, more = [], rid, True
+        while more:
+            (_, request_id, response_to, _), flags, doc = conn.read_reply()
+            assert response_to == answering  # each reply answers the previous one
+            answering = request_id
+            more = bool(flags & 2)  # moreToCome until the cursor is exhausted
+            seen += [d["i"] for d in doc["cursor"]["nextBatch"]]
+        assert doc["cursor"]["id"] == 0
+        assert seen == [2, 3, 4, 5, 6]
+        assert conn.command({"ping": 1, "$db": "t"})["ok"] == 1  # the connection goes on
+
+
+def test_exhaust_cursor_through_the_driver(client):
+    client.t.c.insert_many([{"i": i} for i in range(150)])
+    cur = client.t.c.find(cursor_type=pymongo.CursorType.EXHAUST, batch_size=7)
+    assert [d["i"] for d in cur] == list(range(150))
