@@ -182,3 +182,35 @@ def test_exhaust_cursor_through_the_driver(client):
     client.t.c.insert_many([{"i": i} for i in range(150)])
     cur = client.t.c.find(cursor_type=pymongo.CursorType.EXHAUST, batch_size=7)
     assert [d["i"] for d in cur] == list(range(150))
+
+
+def test_collation_strength_two_ignores_case(client):
+    c = client.t.c
+    c.insert_many([{"_id": 1, "s": "ping"}, {"_id": 2, "s": "PING"}, {"_id": 3, "s": "Pong"}, {"_id": 4, "s": "péng"}])
+    ci = {"locale": "en_US", "strength": 2}
+    assert sorted(d["_id"] for d in c.find({"s": "ping"}, collation=ci)) == [1, 2]
+    assert [d["_id"] for d in c.find({"s": "ping"})] == [1]  # binary without a collation
+    assert c.count_documents({"s": "PING"}, collation=ci) == 2
+    assert c.count_documents({"s": "peng"}, collation={"locale": "en", "strength": 1}) == 1
+    assert c.count_documents({"s": {"$gt": "PIN", "$lt": "pinh"}}, collation=ci) == 2
+    # Sorting: letters before case; lower case first at the default strength 3.
+    order = [d["s"] for d in c.find({}, {"_id": 0}, collation={"locale": "en"}).sort("s", 1)]
+    assert order == ["péng", "ping", "PING", "Pong"]
+    # Statement-level collations of updates and deletes.
+    assert c.update_many({"s": "PiNg"}, {"$set": {"hit": True}}, collation=ci).modified_count == 2
+    assert c.delete_one({"s": "pong"}, collation=ci).deleted_count == 1
+    assert c.find_one_and_update({"s": "PÉNG"}, {"$set": {"x": 1}}, collation={"locale": "en", "strength": 1})["_id"] == 4
+
+
+@pytest.mark.parametrize(
+    "collation",
+    [{"locale": "fr"}, {"locale": "en", "strength": 0}, {"strength": 2}, {"locale": 5},
+     {"locale": "en", "numericOrdering": True}, {"locale": "simple", "strength": 2}, {"locale": "en", "bogus": 1}],
+)
+def test_collations_not_understood_are_refused(client, collation):
+    client.t.c.insert_one({"s": "a"})
+    with pytest.raises(OperationFailure):
+        client.t.c.find_one({"s": "A"}, collation=collation)
+    with pytest.raises(OperationFailure):
+        client.t.c.delete_one({"s": "A"}, collation=collation)
+    assert client.t.c.count_documents({}) == 1

@@ -194,3 +194,25 @@ def test_configure_fail_point_is_admin_only_and_never_failed(fp_client):
     fail(fp_client, "alwaysOn", failCommands=["configureFailPoint", "find"], closeConnection=True)
     fp_client.admin.command("configureFailPoint", "failCommand", mode="off")
     fp_client.t.c.find_one()
+
+
+def test_on_primary_transactional_write(fp_client):
+    c = fp_client
+    try:
+        # The write commits, then the connection closes; the driver's retry is answered from the
+        # session's history and does not meet the fail point again.
+        c.admin.command({"configureFailPoint": "onPrimaryTransactionalWrite", "mode": {"times": 2}})
+        c.t.c.insert_one({"_id": 1})
+        c.t.c.update_one({"_id": 1}, {"$inc": {"n": 1}})
+        assert c.t.c.find_one() == {"_id": 1, "n": 1}
+        # failBeforeCommitExceptionCode: not written, retried, failing again: an error, nothing written.
+        c.admin.command({"configureFailPoint": "onPrimaryTransactionalWrite", "mode": {"times": 2},
+                         "data": {"failBeforeCommitExceptionCode": 1}})
+        with pytest.raises(pymongo.errors.PyMongoError):
+            c.t.c.insert_one({"_id": 2})
+        assert c.t.c.count_documents({}) == 1
+        # Plain (non-retryable) writes never meet it.
+        c.admin.command({"configureFailPoint": "onPrimaryTransactionalWrite", "mode": "alwaysOn"})
+        c.t.command({"insert": "c", "documents": [{"_id": 3}]})
+    finally:
+        c.admin.command("configureFailPoint", "onPrimaryTransactionalWrite", mode="off")

@@ -19,7 +19,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_labels::{code_name, labels_for};
 use crate::server::write_concern::supports_write_concern;
 use bson::{doc, Bson, Document, RawDocumentBuf};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 const FAIL_COMMAND: &str = "failCommand";
@@ -78,6 +78,19 @@ impl FailPoint {
 #[derive(Debug, Default)]
 pub struct FailPoints {
     points: HashMap<&'static str, FailPoint>,
+    /// Retryable writes (session id, txnNumber) that `onPrimaryTransactionalWrite` let commit.
+    committed_writes: HashSet<(Vec<u8>, i64)>,
+}
+
+const MAX_REMEMBERED_WRITES: usize = 10_000;
+
+/// The (session id, txnNumber) of a retryable write.
+fn write_attempt(body: &Document) -> Option<(Vec<u8>, i64)> {
+    let id = match body.get_document("lsid").ok()?.get("id")? {
+        Bson::Binary(b) => b.bytes.clone(),
+        other => other.to_string().into_bytes(),
+    };
+    Some((id, body.get("txnNumber").and_then(as_int)?))
 }
 
 fn as_int(v: &Bson) -> Option<i64> {
@@ -272,6 +285,15 @@ impl FailPoints {
             }
         }
         if is_retryable_write(body, cmd) {
+            // A retry of a write that committed is answered from the session's history and
+            // writes nothing, so the fail point (which fires after writes) does not see it.
+            let attempt = write_attempt(body);
+            if attempt
+                .as_ref()
+                .is_some_and(|a| self.committed_writes.contains(a))
+            {
+                return None;
+            }
             if let Some(fp) = self.armed(ON_TRANSACTIONAL_WRITE) {
                 if fp.fire() {
                     let data = &fp.data;
@@ -284,6 +306,11 @@ impl FailPoints {
                             ServerError::new(code as i32, "", "Failing write for test purposes");
                         intercept.error = Some(labelled(e, &Document::new(), body, cmd));
                         intercept.close = intercept.close_after;
+                    } else if let Some(a) = attempt {
+                        if self.committed_writes.len() >= MAX_REMEMBERED_WRITES {
+                            self.committed_writes.clear();
+                        }
+                        self.committed_writes.insert(a);
                     }
                     return Some(intercept);
                 }

@@ -4,12 +4,8 @@
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 
-/// Commands that take a write concern (mongod's `supportsWriteConcern`); statements inside a
-/// transaction take the commit's instead.
+/// Commands that take a write concern (mongod's `supportsWriteConcern`).
 pub fn supports_write_concern(body: &Document, cmd: &str) -> bool {
-    if body.contains_key("autocommit") && !matches!(cmd, "commitTransaction" | "abortTransaction") {
-        return false;
-    }
     match cmd {
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "create" | "drop"
         | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes"
@@ -28,7 +24,10 @@ pub fn supports_write_concern(body: &Document, cmd: &str) -> bool {
 /// The `writeConcernError` for `body`'s write concern, if this server cannot satisfy it.
 pub fn unsatisfiable(body: &Document) -> Option<Document> {
     let cmd = body.keys().next()?;
-    if !supports_write_concern(body, cmd) {
+    // Statements inside a transaction wait for the commit's write concern instead.
+    let in_txn = body.contains_key("autocommit")
+        && !matches!(cmd.as_str(), "commitTransaction" | "abortTransaction");
+    if in_txn || !supports_write_concern(body, cmd) {
         return None;
     }
     let wc = body.get_document("writeConcern").ok()?;

@@ -386,6 +386,12 @@ fn run(
     body: &Command,
     conn: i64,
 ) -> ServerResult<Reply> {
+    let collated = matches!(
+        cmd,
+        "find" | "count" | "distinct" | "aggregate" | "findAndModify" | "findandmodify"
+    );
+    let _collation =
+        crate::server::query::collation::scope(body.get("collation").filter(|_| collated))?;
     match cmd {
         "hello" | "isMaster" | "ismaster" => admin::hello(ctx.state, info, body, conn),
         "ping" => Ok(Reply::Doc(Document::new())),

@@ -5,7 +5,7 @@ use super::util::{bool_arg, coll_name, doc_arg, docs_ref, write_error};
 use crate::server::collection::RecordId;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::OpRecord;
-use crate::server::query::{Matcher, Projection, SortSpec};
+use crate::server::query::{collation, Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
 use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
 use std::sync::Arc;
@@ -424,6 +424,7 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
         statements.into_iter().enumerate(),
         ordered,
         |ctx, (i, stmt)| {
+            let _collation = collation::scope(stmt.get("collation"))?;
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
             let u = match stmt.get("u") {
                 Some(Bson::Document(u)) => u.clone(),
@@ -511,6 +512,7 @@ pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let db = ctx.db.clone();
     let mut n = 0i32;
     let errors = run_statements(ctx, statements, ordered, |ctx, stmt| {
+        let _collation = collation::scope(stmt.get("collation"))?;
         let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
         let just_one = match stmt.get("limit") {
             Some(b) => super::util::as_i64(b).unwrap_or(0) == 1,

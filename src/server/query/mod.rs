@@ -10,6 +10,7 @@
 //! * [`aggregate`] — `run_pipeline`.
 
 pub mod aggregate;
+pub mod collation;
 pub mod compare;
 pub mod expr;
 pub mod matcher;
