@@ -214,3 +214,22 @@ def test_collations_not_understood_are_refused(client, collation):
     with pytest.raises(OperationFailure):
         client.t.c.delete_one({"s": "A"}, collation=collation)
     assert client.t.c.count_documents({}) == 1
+
+
+def test_a_full_batch_leaves_the_cursor_open(client):
+    client.t.c.insert_many([{"_id": i} for i in range(2)])
+    first = client.t.command({"find": "c", "batchSize": 2})
+    assert len(first["cursor"]["firstBatch"]) == 2
+    assert first["cursor"]["id"] != 0  # mongod stops at a full batch without looking further
+    more = client.t.command({"getMore": first["cursor"]["id"], "collection": "c"})
+    assert more["cursor"]["nextBatch"] == [] and more["cursor"]["id"] == 0
+    short = client.t.command({"find": "c", "batchSize": 3})
+    assert short["cursor"]["id"] == 0
+
+
+def test_tailable_cursor_skips(client):
+    client.t.create_collection("capped", capped=True, size=4096, max=3)
+    client.t.capped.insert_many([{"x": i} for i in range(1, 7)])
+    for cursor_type in (pymongo.CursorType.TAILABLE, pymongo.CursorType.TAILABLE_AWAIT):
+        assert [d["x"] for d in client.t.capped.find(cursor_type=cursor_type).skip(1).limit(1)] == [5]
+        assert [d["x"] for d in client.t.capped.find(cursor_type=cursor_type).skip(2)] == [6]

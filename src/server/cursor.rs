@@ -79,7 +79,9 @@ impl Cursor {
                     bytes += push_document(&mut docs, &doc, projection)?;
                     count += 1;
                 }
-                queue.is_empty()
+                // As mongod: a full batch ends before looking further, so the cursor stays
+                // open even when nothing follows (the next getMore finds the end).
+                queue.is_empty() && count < max_docs
             }
             Source::Scan {
                 records,
@@ -108,7 +110,7 @@ impl Cursor {
                 if let Some(l) = last {
                     *next = Bound::Excluded(l);
                 }
-                done
+                done && count < max_docs
             }
             Source::Tail {
                 after,

@@ -156,14 +156,28 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                 "cannot use tailable option with a sort other than {$natural: 1}",
             ));
         }
-        let after = if ns == OPLOG_NS {
+        let mut after = if ns == OPLOG_NS {
             oplog_start_after(&filter)
         } else {
             None
         };
+        // `skip` passes over the first matching documents there are now.
+        let mut positioned = false;
+        if skip > 0 {
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let records = view.map(|c| c.records.range((start, Bound::Unbounded)));
+            let matching = records
+                .into_iter()
+                .flatten()
+                .filter(|(_, rec)| filter.is_empty() || matcher.matches(&rec.document()));
+            if let Some((rid, _)) = matching.take(skip).last() {
+                after = Some(*rid);
+                positioned = true;
+            }
+        }
         Source::Tail {
             after,
-            positioned: false,
+            positioned,
             matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
         }
