@@ -200,6 +200,8 @@ def test_collation_strength_two_ignores_case(client):
     assert c.update_many({"s": "PiNg"}, {"$set": {"hit": True}}, collation=ci).modified_count == 2
     assert c.delete_one({"s": "pong"}, collation=ci).deleted_count == 1
     assert c.find_one_and_update({"s": "PÉNG"}, {"$set": {"x": 1}}, collation={"locale": "en", "strength": 1})["_id"] == 4
+    # An empty collation object is no collation.
+    assert [d["_id"] for d in c.find({"s": "PING"}, collation={})] == [2]
 
 
 @pytest.mark.parametrize(
@@ -233,3 +235,8 @@ def test_tailable_cursor_skips(client):
     for cursor_type in (pymongo.CursorType.TAILABLE, pymongo.CursorType.TAILABLE_AWAIT):
         assert [d["x"] for d in client.t.capped.find(cursor_type=cursor_type).skip(1).limit(1)] == [5]
         assert [d["x"] for d in client.t.capped.find(cursor_type=cursor_type).skip(2)] == [6]
+
+
+def test_users_info_lists_no_users(client):
+    assert client.t.command("usersInfo", "someone")["users"] == []
+    assert client.admin.command({"usersInfo": 1})["users"] == []

@@ -425,6 +425,8 @@ fn run(
         "connectionStatus" => Ok(Reply::Doc(
             doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},
         )),
+        // No authentication, so no users (createUser is not implemented).
+        "usersInfo" => Ok(Reply::Doc(doc! {"users": Vec::<Bson>::new()})),
         "whatsmyuri" => Ok(Reply::Doc(doc! {"you": "127.0.0.1:0"})),
         "startSession" => Ok(Reply::Doc(
             doc! {"id": {"id": bson::Uuid::new()}, "timeoutMinutes": 30},

@@ -65,6 +65,9 @@ pub fn parse(spec: &Bson) -> ServerResult<Option<u8>> {
     let Bson::Document(spec) = spec else {
         return Err(ServerError::type_mismatch("collation must be an object"));
     };
+    if spec.is_empty() {
+        return Ok(None); // `collation: {}` is no collation, as commands parse it
+    }
     let locale = match spec.get("locale") {
         Some(Bson::String(l)) => l.as_str(),
         Some(_) => {
