@@ -4,9 +4,11 @@
 pub mod apply;
 pub mod bson_bytes;
 pub mod oplog;
+pub mod redact;
 pub mod replicate;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod tail;
 
 mod py;

@@ -3,7 +3,7 @@
 Every test talks to a server started by mmm's pytest fixtures (``mongo_server``,
 ``mongo_server_factory``) through PyMongo or a plain socket only, so the same suite runs against
 a real ``mongod`` when ``MMM_TEST_MONGOD`` names one. Expected behaviour is taken from MongoDB's
-sources and specifications (the reference notes on MongoDB's formats), never from what the embedded server does.
+sources, the driver specifications and the MongoDB manual, never from what the embedded server does.
 """
 
 from __future__ import annotations

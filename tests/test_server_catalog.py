@@ -1,8 +1,10 @@
 """Databases, collections and indexes.
 
-References: wire-protocol.md §3.2 (create/drop/dropDatabase/listDatabases/listCollections/
-createIndexes/listIndexes/dropIndexes reply shapes, 7.0 idempotent create [SERVER-60064], 7.0 drop
-of a missing collection is ok [SERVER-43894]), §6.1 (E11000 message with keyPattern/keyValue).
+References: the enumerate-collections, enumerate-databases and index-management specifications
+(mongodb/specifications source/; reply shapes of listCollections, listDatabases, createIndexes,
+listIndexes, dropIndexes), SERVER-60064 (7.0 idempotent create), SERVER-43894 (7.0 drop of a
+missing collection is ok); mongodb/mongo src/mongo/db/storage/index_entry_comparison.h
+(buildDupKeyErrorStatus: the E11000 message with keyPattern/keyValue).
 """
 
 import bson

@@ -1,8 +1,8 @@
 """CRUD through PyMongo: writes, reads, cursors, findAndModify, counting and simple aggregation.
 
-References: wire-protocol.md §3.3 (insert/update/delete/findAndModify replies, ordered vs
-unordered writeErrors), §3.4 (find/getMore/count/distinct/aggregate, count_documents pipeline),
-§4.1 (cursor ids), §8.4 (upsert).
+References: the CRUD specification (mongodb/specifications source/crud/crud.md: write replies,
+ordered vs unordered writeErrors, count_documents as an aggregation, upsert) and the
+find/getMore/killCursors specification (find, getMore and cursor ids).
 """
 
 import bson

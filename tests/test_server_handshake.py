@@ -1,7 +1,8 @@
 """Handshake and topology: what a MongoDB 7.0 single-node replica-set primary tells drivers.
 
-References: wire-protocol.md §2 (hello field table, [src: server repl/hello.idl], handshake spec),
-§3.0/§3.1 (buildInfo, replSetGetStatus, CommandNotFound 59); oplog-format.md §10.
+References: mongodb/mongo src/mongo/db/repl/hello.idl (hello fields) and the handshake
+specification (mongodb/specifications source/mongodb-handshake/handshake.md); buildInfo,
+replSetGetStatus and CommandNotFound 59 (src/mongo/base/error_codes.yml).
 """
 
 import time
@@ -161,7 +162,8 @@ def test_hello_with_another_process_topology_version_answers_at_once(mongo_serve
 
 def test_streaming_monitor_does_not_spin(mongo_server):
     # PyMongo's monitor does not sleep between awaitable hellos; an immediate reply would make it
-    # send thousands of heartbeats a second (wire-protocol.md §0 item 9, §2.5).
+    # send thousands of heartbeats a second (mongodb/specifications source/server-discovery-and-
+    # monitoring/server-monitoring.md, "Awaitable hello" and heartbeat frequency).
     heartbeats = HeartbeatCounter()
     client = pymongo.MongoClient(mongo_server.uri, event_listeners=[heartbeats])
     try:

@@ -1,11 +1,12 @@
 """The oplog (`local.oplog.rs`) as MongoDB 7.0 writes it, one entry kind at a time.
 
-References (all in the oplog reference notes): §1.1–§1.3 common fields, 5.0–7.0 field
-order `[lsid, txnNumber,] op, ns, ui, o, [o2,] ts, t, v, wall [, stmtId, prevOpTime]` and the
-captured 7.0 insert entry (SERVER-91730); §2 inserts (o2 = {_id} in 7.0, implicit create first);
-§3.2 replacement updates; §4 deletes; §5.1–§5.5 create/drop/dropDatabase/renameCollection/index
-builds; §6.1 committed transaction = one applyOps (captured [OPLOGDOC]); §7 retryable writes
-(lsid {id, uid}, txnNumber, stmtId, prevOpTime chain [JS-SESSION]); §3.4 no entry for a no-op.
+References (mongodb/mongo): src/mongo/db/repl/oplog_entry.idl (common fields; 5.0–7.0 field
+order `[lsid, txnNumber,] op, ns, ui, o, [o2,] ts, t, v, wall [, stmtId, prevOpTime]`),
+SERVER-91730 (o2 = {_id} on 7.0 inserts); src/mongo/db/op_observer/op_observer_impl.cpp
+(inserts with an implicit create first, replacement updates, deletes, create/drop/dropDatabase/
+renameCollection/index builds, a committed transaction as one applyOps, no entry for a no-op
+update); the MongoDB developer documentation "Understanding the Oplog"; retryable writes (lsid
+{id, uid}, txnNumber, stmtId, prevOpTime chain) from jstests/sharding/session_info_in_oplog.js.
 """
 
 import hashlib
@@ -53,7 +54,8 @@ def test_insert_into_new_collection_logs_create_then_insert(plain_client):
     }
     assert create["ui"] == uuid
 
-    # The captured 7.0 insert entry of oplog-format.md §1.3, modulo ids and times.
+    # An insert entry as MongoDB 7.0 logs it (fields of src/mongo/db/repl/oplog_entry.idl, o2
+    # since SERVER-91730), modulo ids and times.
     assert list(insert) == CRUD_ORDER
     assert without_volatile(insert) == {
         "op": "i", "ns": "test.c",
@@ -393,3 +395,20 @@ def test_the_oplog_cannot_be_written_by_clients(client):
     import pymongo.errors
     with pytest.raises(pymongo.errors.OperationFailure):
         client.local["oplog.rs"].insert_one({"op": "n"})
+
+
+def test_writes_to_the_local_database_are_never_logged(plain_client):
+    # mongod never replicates `local` (each member's own database).
+    before = last_ts(plain_client)
+    local = plain_client.local
+    local.scratch.insert_one({"_id": 1})
+    local.scratch.update_one({"_id": 1}, {"$set": {"a": 1}})
+    local.scratch.create_index("a")
+    local.scratch.delete_one({"_id": 1})
+    local.create_collection("other")
+    local.other.drop()
+    local.scratch.drop()
+    plain_client.test.after_local.insert_one({"_id": 1})  # a write that is logged, as a marker
+    entries = entries_after(plain_client, before, db=None)
+    assert all(not e["ns"].startswith("local.") for e in entries), entries
+    assert [e["ns"] for e in entries if e["op"] == "i"] == ["test.after_local"]

@@ -1,9 +1,10 @@
 """`$v: 2` delta entries: the exact `diff` MongoDB 7.0 logs for each kind of modifier update.
 
-Every expected diff below is taken from the oplog reference notes §3.7 (the table built
-from MongoDB's update node tests: set_node_test, unset_node_test, push_node_test,
-pull_node_test, arithmetic_node_test, rename_node_test, update_array_node_test and
-v2_log_builder_test) or §3.8 (worked examples 1–6). The post-image is checked as well.
+Every expected diff below is taken from MongoDB's update node tests, which assert the exact
+`$v: 2` entry each modifier logs (mongodb/mongo src/mongo/db/update/: set_node_test,
+unset_node_test, push_node_test, pull_node_test, arithmetic_node_test, rename_node_test,
+update_array_node_test, v2_log_builder_test), or worked out from
+src/mongo/db/update/document_diff_applier.cpp. The post-image is checked as well.
 """
 
 import datetime
@@ -171,7 +172,8 @@ def test_pull_all_logs_whole_array(logged):
 
 def test_add_to_set_on_non_empty_array(logged):
     diff, after = logged({"a": [0]}, {"$addToSet": {"a": 1}})
-    # Older servers log the whole array, newer ones an append (version UNCONFIRMED, §3.7).
+    # Older servers log the whole array, newer ones an append (push_node_test; from which
+    # version is not confirmed).
     assert diff in ({"u": {"a": [0, 1]}}, {"sa": {"a": True, "u1": 1}})
     assert after["a"] == [0, 1]
 

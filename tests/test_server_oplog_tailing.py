@@ -1,9 +1,11 @@
 """Tailing `local.oplog.rs` with tailable/awaitData cursors, and oplog roll-off.
 
-References: wire-protocol.md §4.2 (tailable cursors stay open on empty batches, awaitData getMore
-blocks until data or maxTimeMS, CappedPositionLost 136 [src: CollectionScan::doRestoreState],
-tailable on a non-capped collection is BadValue 2 [src: get_executor.cpp "tailable cursor
-requested on non capped collection"]); oplog-format.md §9.1–§9.2.
+References: the find/getMore/killCursors specification (mongodb/specifications
+source/find_getmore_killcursors_commands/find_getmore_killcursors_commands.md, "Tailable
+cursors": they stay open on empty batches, an awaitData getMore blocks until data or
+maxTimeMS); mongodb/mongo src/mongo/db/exec/collection_scan.cpp (CappedPositionLost 136 from
+CollectionScan::doRestoreState), get_executor.cpp ("tailable cursor requested on non capped
+collection", BadValue 2), src/mongo/db/repl/oplog_fetcher.cpp (the oplog query).
 """
 
 import threading
@@ -191,7 +193,8 @@ def test_driver_tailable_cursor_dies_when_it_falls_behind(mongo_server_factory):
 
 
 def test_new_query_older_than_the_oplog_starts_at_the_oldest_entry(mongo_server_factory):
-    # oplog-format.md §9.2: a new {ts: {$gt: T}} query with T fallen off does not fail.
+    # A new {ts: {$gt: T}} query with T fallen off does not fail (only a cursor that lost its
+    # position does: src/mongo/db/exec/collection_scan.cpp).
     server = mongo_server_factory(oplog_size_mb=1)
     client = pymongo.MongoClient(server.uri, retryWrites=False)
     try:

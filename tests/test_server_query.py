@@ -1,9 +1,9 @@
 """Query semantics: BSON comparison order, dotted paths into arrays, and every query operator.
 
-References: wire-protocol.md §7.1 (BSON type order for sorting), §7.2 (type bracketing), §7.3
-(equality/null/missing, embedded documents compare exactly), §7.4 (dotted paths and arrays),
-§7.5 (operators), §7.6 (projection); MongoDB manual "Comparison/Sort Order" and the query
-operator pages.
+References: the MongoDB manual "Comparison/Sort Order" (BSON type order for sorting, type
+bracketing, equality with null and missing, embedded documents compare exactly) and the query
+operator and projection pages; mongodb/mongo src/mongo/bson/bsontypes.h (canonicalizeBSONType,
+the order of types).
 """
 
 import datetime

@@ -1,9 +1,11 @@
 """Sessions, multi-document transactions and retryable writes.
 
-References: wire-protocol.md §5.2 (txnNumber state machine: NoSuchTransaction 251,
-TransactionCommitted 256, TransactionTooOld 225 [src: transaction_participant.cpp]), §5.3
-(isolation; WriteConflict 112 for the second writer), §5.4 (TransientTransactionError label
-[src: error_labels.cpp]), §5.5 (a retried retryable write is not executed twice); mongodb/mongo
+References: mongodb/mongo src/mongo/db/transaction/transaction_participant.cpp (the txnNumber
+state machine: NoSuchTransaction 251, TransactionCommitted 256, TransactionTooOld 225), the
+transactions specification (mongodb/specifications source/transactions/transactions.md:
+isolation, WriteConflict 112 for the second writer), src/mongo/db/error_labels.cpp
+(TransientTransactionError label), the retryable writes specification
+(source/retryable-writes/retryable-writes.md: a retried write is not executed twice); mongodb/mongo
 jstests/core/txns/transactions_write_conflicts.js ("if transaction T2 tries to write to a document
 already written to by T1 this will cause T2's write to fail with a WriteConflict error").
 """
@@ -183,3 +185,39 @@ def test_driver_retryable_writes_work_end_to_end(client, coll):
         coll.delete_one({"_id": 11}, session=s)
         coll.find_one_and_update({"_id": 12}, {"$set": {"y": 1}}, session=s)
     assert sorted(d["_id"] for d in coll.find() if d["_id"] >= 10) == [10, 12, 13, 14]
+
+
+def test_a_write_error_in_a_transaction_is_reported_in_write_errors(client, coll):
+    # jstests/core/txns/transactions_write_errors.js: ok 1, n counts the statements before the
+    # failure, one write error (even unordered), no TransientTransactionError label.
+    for ordered in (True, False):
+        with client.start_session() as s:
+            s.start_transaction()
+            reply = client.test.command(
+                {"insert": "acct", "documents": [{"_id": 10}, {"_id": 1}, {"_id": 1}, {"_id": 11}],
+                 "ordered": ordered},
+                session=s,
+            )
+            assert reply["ok"] == 1.0
+            assert reply["n"] == 1
+            assert [(e["index"], e["code"]) for e in reply["writeErrors"]] == [(1, 11000)]
+            assert "errorLabels" not in reply
+            # The failed statement ended the transaction: nothing of it is committed.
+            with pytest.raises(OperationFailure) as e:
+                s.commit_transaction()
+            assert e.value.code == 251
+    assert coll.find_one({"_id": 10}) is None
+
+
+def test_an_update_error_in_a_transaction_is_a_write_error(client, coll):
+    coll.insert_one({"_id": 5, "x": "string"})
+    with client.start_session() as s:
+        s.start_transaction()
+        reply = client.test.command(
+            {"update": "acct", "updates": [{"q": {"_id": 5}, "u": {"$set": {"y": 1}}},
+                                           {"q": {"_id": 5}, "u": {"$inc": {"x": 1}}}]},
+            session=s,
+        )
+        assert reply["ok"] == 1.0 and reply["n"] == 1
+        assert [(e["index"], e["code"]) for e in reply["writeErrors"]] == [(1, 14)]
+        s.abort_transaction()

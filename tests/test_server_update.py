@@ -1,7 +1,8 @@
 """Update semantics: every update operator, field order, and `_id` immutability.
 
-References: wire-protocol.md §8.1–§8.6 (operator table, $push modifier order, field order rules
-from the MongoDB manual "Update Operators – Behavior", ImmutableField 66), §8.4 (upsert).
+References: the MongoDB manual "Update Operators" (each operator, $push modifier order, the
+field order rules of "Update Operators – Behavior", upsert); mongodb/mongo
+src/mongo/db/update/update_driver.cpp and src/mongo/base/error_codes.yml (ImmutableField 66).
 """
 
 import datetime

@@ -1,8 +1,8 @@
 """The wire protocol spoken over a plain socket, without a driver.
 
-References: wire-protocol.md §1 (framing, OP_MSG sections and flags [src: OP_MSG spec, server
-rpc/op_msg.cpp], OP_QUERY only for the handshake [src: server rpc/check_allowed_op_query_cmd.cpp],
-moreToCome [src: pymongo network.command]).
+References: the OP_MSG specification (mongodb/specifications source/message/OP_MSG.md: framing,
+sections and flags) and mongodb/mongo src/mongo/rpc/op_msg.cpp; OP_QUERY only for the handshake
+(src/mongo/rpc/check_allowed_op_query_cmd.cpp); moreToCome as PyMongo's network.command sends it.
 """
 
 import struct

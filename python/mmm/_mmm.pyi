@@ -1,64 +1,310 @@
-"""Type stubs for mmm's Rust extension module (use the friendly API in ``mmm`` instead)."""
+"""mmm's Rust extension module: the reference for what crosses the Python/Rust boundary.
 
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, Tuple, Union
+Use the friendly API in ``mmm`` (``Tailer``, ``Replicator``, ``MongoServer``) instead; this is
+what it is built on. Every value going in or out is typed here: positional tuples appear only
+for ``(time, inc)`` timestamps.
+"""
+
+from typing import Awaitable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, TypedDict, Union, final
+
+# Names below that only exist for type checkers (aliases, TypedDicts, Protocols) are imported
+# under `if TYPE_CHECKING:`; tests/stubtest_allowlist.txt lists them for mypy's stubtest.
 
 __version__: str
 
-class MmmError(Exception): ...
-class OplogRolloverError(MmmError): ...
-class NotReplicaSetError(MmmError): ...
-class OplogFormatError(MmmError): ...
+OpLetter = Literal["i", "u", "d", "c", "n"]
+"""An oplog entry's ``op``: insert, update, delete, command (DDL, transactions), no-op."""
 
+LinkState = Literal["not started", "starting", "initial-sync", "running", "retrying", "stopped", "failed"]
+"""A replication link's state in :meth:`ReplicatorCore.status`."""
+
+TimestampTuple = Tuple[int, int]
+"""A BSON timestamp as ``(time, inc)``; ``bson.Timestamp(*t)`` makes one."""
+
+class MmmError(Exception):
+    """Base class of mmm's errors (``mmm.ConfigError`` and ``mmm.ReplicationError`` too)."""
+
+class OplogRolloverError(MmmError):
+    """A checkpoint is older than the oldest entry still in the source's oplog: operations were
+    lost to this reader and a resync is needed."""
+
+class NotReplicaSetError(MmmError):
+    """The server is not a replica-set member, so it has no oplog."""
+
+class OplogFormatError(MmmError):
+    """An oplog entry could not be understood."""
+
+@final
 class MongoServer:
-    def __init__(
-        self,
+    """The embedded MongoDB-compatible server, listening on ``host:port`` (0 picks a free port)
+    as the single member of replica set ``replset``, with an oplog capped at ``oplog_size_mb``.
+    ``advertise``: ``HOST`` or ``HOST:PORT`` that ``hello`` names (hosts, me, primary); default
+    the bound address, 127.0.0.1 for a wildcard bind. ValueError on a bad argument, OSError when
+    the address cannot be bound, RuntimeError when mmm was started in this process's parent
+    before a fork.
+    ``test_commands``: enable test commands (``configureFailPoint``), as mongod's
+    ``enableTestCommands``."""
+
+    # replset defaults to "rs0" and host to "127.0.0.1" (computed defaults, shown as ...)
+    def __new__(
+        cls,
         port: int = 0,
-        replset: str = "rs0",
+        replset: str = ...,
         oplog_size_mb: float = 256.0,
-        host: str = "127.0.0.1",
+        host: str = ...,
+        advertise: Optional[str] = None,
         test_commands: bool = True,
-    ) -> None: ...
+    ) -> "MongoServer": ...
     @property
     def port(self) -> int: ...
     @property
-    def address(self) -> str: ...
+    def address(self) -> str:
+        """``host:port``."""
     @property
     def replset(self) -> str: ...
     @property
     def stopped(self) -> bool: ...
-    def stop(self) -> None: ...
-    def drop_connections(self) -> None: ...
-    def pause(self, seconds: float) -> None: ...
+    def stop(self) -> None:
+        """Closes the listener and every connection."""
+    def drop_connections(self) -> None:
+        """Closes every client connection (the listener stays): a network failure for clients."""
+    def pause(self, seconds: float) -> None:
+        """Holds every reply for ``seconds``: a slow or hung server for clients."""
 
-# (bson bytes, subscription ids per op, ts per op, unit end per op, checkpoint, entries read)
-Batch = Tuple[bytes, List[Tuple[int, ...]], List[Tuple[int, int]], List[bool], Optional[Tuple[int, int]], int]
+@final
+class Batch:
+    """The ops of one delivery that some trigger wants, in oplog order. Per-op lists have one
+    entry per op, in the order of the documents in ``ops``."""
 
+    @property
+    def ops(self) -> bytes:
+        """The matched ops as concatenated BSON documents (``bson.decode_all``)."""
+    @property
+    def subscriptions(self) -> List[List[int]]:
+        """Per op: the indexes (into ``TailerCore``'s ``subscriptions``) it matched."""
+    @property
+    def ts(self) -> List[TimestampTuple]:
+        """Per op: its ``ts`` (a transaction's ops share the commit's)."""
+    @property
+    def unit_end(self) -> List[bool]:
+        """Per op: True when it ends its unit (a transaction's last op), so a checkpoint may
+        move to its ``ts``."""
+    @property
+    def checkpoint(self) -> Optional[TimestampTuple]:
+        """Where a consumer may checkpoint once every op here is handled (it also covers
+        entries that matched nothing)."""
+    @property
+    def entries_read(self) -> int:
+        """Oplog entries read to produce this batch, matched or not."""
+    def __len__(self) -> int:
+        """The number of ops."""
+
+@final
 class TailerCore:
-    def __init__(
-        self,
+    """Follows one replica set's oplog on mmm's background runtime and yields :class:`Batch`es
+    of the ops matching ``subscriptions``: ``(namespace pattern, op letters)`` pairs, where a
+    pattern is ``db.coll``, ``db.*`` or ``*`` and letters come from ``"iudcn"`` (or ``"*"``).
+    ``start``: None or ``"now"`` (after the newest entry), ``"oldest"``, or ``(time, inc)``
+    (after that entry, which must still be in the oplog, else :class:`OplogRolloverError`).
+    ValueError names a bad pattern, letter or URI (its secrets hidden)."""
+
+    def __new__(
+        cls,
         uri: str,
         subscriptions: Sequence[Tuple[str, str]],
-        start: Union[None, str, Tuple[int, int]] = None,
+        start: Union[None, Literal["now", "oldest"], TimestampTuple] = None,
         batch_size: int = 5000,
         max_await_ms: int = 500,
-    ) -> None: ...
-    def start(self) -> None: ...
-    def next_batch(self, timeout: float) -> Optional[Batch]: ...
-    def next_batch_async(self) -> Awaitable[Optional[Batch]]: ...
-    def stop(self) -> None: ...
+    ) -> "TailerCore": ...
+    def start(self) -> None:
+        """Starts following; RuntimeError if already started."""
+    def next_batch(self, timeout: float) -> Optional[Batch]:
+        """Waits up to ``timeout`` seconds (Ctrl-C is honoured); None on timeout or after
+        :meth:`stop`. Raises :class:`OplogRolloverError`, :class:`NotReplicaSetError`,
+        :class:`OplogFormatError`, or RuntimeError in a process forked after :meth:`start`."""
+    def next_batch_async(self) -> Awaitable[Optional[Batch]]:
+        """:meth:`next_batch` for asyncio, without a timeout (None after :meth:`stop`)."""
+    def stop(self) -> None:
+        """Stops the background task; pending waits return None."""
+    def check_process(self) -> None:
+        """RuntimeError when this tailer was started in another process (before a fork)."""
 
-class ReplicatorCore:
-    def __init__(
-        self,
-        servers: Sequence[Tuple[str, str, str]],
-        links: Sequence[Tuple[str, str, str, bool, bool, bool]],
-    ) -> None: ...
-    def link_ids(self) -> List[str]: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
+class ServerLike(Protocol):
+    """What the core reads from a server (``mmm.Server`` has it): attributes, not positions."""
+
     @property
-    def finished(self) -> bool: ...
-    def next_event(self, timeout: float) -> Optional[Dict[str, Any]]: ...
-    def status(self) -> List[Dict[str, Any]]: ...
+    def name(self) -> str: ...
+    @property
+    def id(self) -> str:
+        """Stable identity written into checkpoints as the origin of writes."""
+    @property
+    def uri(self) -> str: ...
 
-def diff_to_update(o: bytes) -> bytes: ...
+class LinkLike(Protocol):
+    """What the core reads from a link (``mmm.Link`` has it)."""
+
+    @property
+    def src(self) -> str:
+        """``server/db.coll``, ``server/db.*`` or ``server/*``."""
+    @property
+    def dst(self) -> str: ...
+    @property
+    def ops(self) -> str:
+        """Letters from ``"iudc"``."""
+    @property
+    def forward(self) -> bool: ...
+    @property
+    def initial_sync(self) -> bool: ...
+    @property
+    def marker(self) -> str:
+        """"transaction" or "field"."""
+    @property
+    def on_reject(self) -> str:
+        """"fail" or "journal"."""
+
+class _LinkStatusRequired(TypedDict):
+    id: str
+    """The link's id, also its checkpoint's ``_id``: ``src->dst`` with the endpoints normalised."""
+    src: str
+    """Source server name."""
+    dst: str
+    """Destination server name."""
+    state: LinkState
+
+class LinkStatus(_LinkStatusRequired, total=False):
+    """One link in :meth:`ReplicatorCore.status`; a core not started yet gives only the
+    required keys, with state ``"not started"``."""
+
+    checkpoint: Optional[TimestampTuple]
+    """The last source entry applied (with its effects) on the destination."""
+    lag_seconds: float
+    lag_ops: int
+    ops_applied: int
+    batches_applied: int
+    echoes_skipped: int
+    """Ops not sent back to the server they were replicated from."""
+    conflicts: int
+    rejected: int
+    """Ops the destination refused, journaled in ``__mmm.rejected`` (``on_reject="journal"``)."""
+    initial_sync: Tuple[int, int]
+    """(documents copied, documents to copy)."""
+    last_error: Optional[str]
+    """The last error, one line, secrets hidden."""
+
+# A document changed on both sides since they last synced. ``server``: id of the server where
+# the incoming write was applied over a local change; ``from``: id of the server it came from
+# (a keyword, hence this form); ``id_bson``: ``{"_id": <the document's _id>}`` as BSON.
+ConflictEventDict = TypedDict(
+    "ConflictEventDict",
+    {
+        "kind": Literal["conflict"],
+        "server": str,
+        "from": str,
+        "namespace": str,
+        "id_bson": bytes,
+        "local_ts": TimestampTuple,
+        "incoming_ts": TimestampTuple,
+    },
+)
+
+class FailedEventDict(TypedDict):
+    """A link stopped on an error that needs attention."""
+
+    kind: Literal["failed"]
+    link: str
+    error: str
+
+LinkEvent = Union[ConflictEventDict, FailedEventDict]
+
+@final
+class ReplicatorCore:
+    """The replication engine: ``servers`` and ``links`` as objects with named attributes
+    (:class:`ServerLike`, :class:`LinkLike`). Checks the topology now (ValueError naming the
+    problem: unknown server, duplicate id or link, a write that could reach a server and
+    namespace by two paths, a malformed URI with its secrets hidden)."""
+
+    def __new__(cls, servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> "ReplicatorCore": ...
+    def link_ids(self) -> List[str]:
+        """Link ids in declaration order."""
+    def start(self) -> None:
+        """Starts every link on the background runtime; RuntimeError if running already."""
+    def stop(self) -> None:
+        """Asks every link to stop after its current batch."""
+    @property
+    def finished(self) -> bool:
+        """True once every link has stopped or failed."""
+    def next_event(self, timeout: float) -> Optional[LinkEvent]:
+        """Waits up to ``timeout`` seconds for an event; None when nothing happened."""
+    def status(self) -> List[LinkStatus]:
+        """One entry per link, in declaration order."""
+
+class Reach(TypedDict):
+    """Whose writes to one namespace reach whom."""
+
+    namespace: str
+    """The namespace (pattern) as the servers writing it call it."""
+    servers: List[str]
+    """Every server that writes or receives it, in declaration order."""
+    reach: Dict[str, List[Tuple[str, str, bool]]]
+    """Per server whose writes go anywhere: ``(server reached, namespace there, all of it)``;
+    ``False`` when only part of the namespace gets there."""
+    warnings: List[str]
+    """A server whose writes reach some servers of the namespace but not others."""
+
+def reach(servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> List[Reach]:
+    """Per namespace a link reads, whose writes reach whom (ValueError as
+    :class:`ReplicatorCore`)."""
+
+def redact_uri(uri: str, keep_variables: bool = False) -> str:
+    """``uri`` with its userinfo and secret options (``authMechanismProperties`` values,
+    ``*password*``, ``*secret*``, ``*token*``) replaced by ``***``; with ``keep_variables``,
+    parts written only as ``${VAR}`` stay."""
+
+def uri_secrets(uri: str) -> List[str]:
+    """The secrets of ``uri`` as they may be quoted (as written and percent-decoded), longest
+    first."""
+
+def redact_text(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every ``mongodb://`` URI redacted and every one of ``secrets`` hidden."""
+
+def uri_userinfo_problem(uri: str) -> Optional[str]:
+    """Why the user name and password of ``uri`` cannot be read unambiguously (a character that
+    must be percent-encoded), or None. The answer never quotes them."""
+
+def diff_to_update(o: bytes) -> bytes:
+    """Translates an update op's ``o`` (BSON) into update documents (concatenated BSON)."""
+
+# -- the __mmm database ------------------------------------------------------------------------
+
+MMM_DB: str
+"""The database that holds mmm's state on every server (``"__mmm"``)."""
+CHECKPOINTS_COLLECTION: str
+"""One document per link on its destination: where the link resumes."""
+LINKS_COLLECTION: str
+"""Links stored by ``mmm replicate`` on their destination."""
+REJECTED_COLLECTION: str
+"""Ops a destination refused, journaled by links with ``on_reject="journal"``."""
+TAILER_CHECKPOINTS_COLLECTION: str
+"""Named positions of tailers that keep their checkpoint in MongoDB."""
+
+def link_id(src: str, dst: str) -> str:
+    """The id of the link ``src -> dst`` (the ``_id`` of its checkpoint and stored document).
+    Raises ValueError for a malformed endpoint or one no link may use (``local``, ``admin``,
+    ``config``, ``__mmm``, ``system.*``)."""
+
+class Checkpoint(TypedDict):
+    link: str
+    origin: str
+    """Server id where the ops of the last applied batch were first written."""
+    src: str
+    ts: Tuple[int, int]
+    """The link resumes reading its source after this (time, inc)."""
+    applied: Tuple[int, int]
+    ops_applied: int
+    conflicts: int
+    rejected: int
+    pending_ddl: bool
+
+def read_checkpoint(uri: str, link: str, timeout: float = 5.0) -> Optional[Checkpoint]:
+    """The checkpoint of ``link`` on the server at ``uri``; None if the link never ran there.
+    Raises MmmError when the server cannot be read within ``timeout`` seconds."""

@@ -16,10 +16,12 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import __version__, preflight
+from . import __version__, _mmm, preflight, redact
+from ._mmm import MmmError
 from .config import Config, ConfigError, Link, load_config
 
 log = logging.getLogger("mmm.cli")
+log.addFilter(redact.LogFilter())
 
 DEFAULT_CONFIG = "mmm.yml"
 
@@ -46,12 +48,16 @@ def cmd_dump_config(args: argparse.Namespace) -> int:
     from .replication import Replicator
 
     config = _config(args)
-    out: Dict[str, Any] = {name: {"id": s.id, "uri": s.uri} for name, s in config.servers.items()}
+    # The uri as written (a ${VAR} stays a reference), with any literal secret hidden.
+    out: Dict[str, Any] = {
+        name: {"id": s.id, "uri": redact.uri(config.uri_templates.get(name, s.uri), keep_variables=True)}
+        for name, s in config.servers.items()
+    }
     links = [l.as_dict() for l in config.links]
     try:
         stored = Replicator.from_config(config, load_stored_links=False).stored_links()
     except Exception as e:  # noqa: BLE001 - unreachable servers still let the file print
-        log.warning("stored links not read: %s", e)
+        log.warning("stored links not read: %s", redact.error(e))
         stored = []
     for l in stored:
         if l.as_dict() not in links:
@@ -78,7 +84,7 @@ def cmd_clear_config(args: argparse.Namespace) -> int:
     for n in names:
         client = _client(config.servers[n].uri)
         try:
-            client.drop_database("__mmm")
+            client.drop_database(_mmm.MMM_DB)
         finally:
             client.close()
         print(f"cleared mmm configuration on {n}")
@@ -89,21 +95,34 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     from .replication import Replicator
 
     config = _config(args)
-    r = Replicator.from_config(config, load_stored_links=False)
     for end in (args.src, args.dst):
         server = end.split("/", 1)[0]
         if "/" in end and server not in config.servers:
             raise CliError(f"unknown server {server!r} in {end!r} (known: {', '.join(config.servers)})")
+    link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker, args.on_reject)
+    for declared in config.links:
+        if (declared.src, declared.dst) == (link.src, link.dst) and declared != link:
+            raise CliError(f"{args.config} already declares {link.src} -> {link.dst} with other options; change it there")
+    # Every check `run` makes, before anything is stored: the link with the file's links and
+    # those already stored (the topology), then the servers it uses. The destination must be
+    # reachable (the link is stored there); the source may be down for now, as for `run`.
+    r = Replicator.from_config(config)
+    try:
+        r.check_new_link(link)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if "/" in args.dst:
-        # Only the destination: the link is stored there, and the source may be down for now.
-        dst = args.dst.split("/", 1)[0]
-        link = Link(args.src, args.dst, args.ops, args.forward, args.initial_sync, args.marker)
-        findings = preflight.check({dst: config.servers[dst]}, [link])
-        if findings:
-            raise CliError("; ".join(f.message for f in findings))
+        problems = []
+        for f in preflight.check(config.servers, [link]):
+            if f.unreachable and f.server != link.dst_server:
+                log.warning("%s; the link is stored and will start once it is reachable", f.message)
+            else:
+                problems.append(f.message)
+        if problems:
+            raise CliError("; ".join(problems))
     try:
         link = r.replicate(args.src, args.dst, args.ops, forward=args.forward,
-                           initial_sync=args.initial_sync, marker=args.marker)
+                           initial_sync=args.initial_sync, marker=args.marker, on_reject=args.on_reject)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(f"stored link {link.src} -> {link.dst} (ops {link.ops}) on {link.dst_server}")
@@ -115,21 +134,54 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = _config(args)
     problems = [f.message for f in preflight.check(config.servers, config.links, every_server=True)]
+    links: List[Link] = list(config.links)
     if not problems:
         try:
-            Replicator.from_config(config)
-        except ValueError as e:
+            links = Replicator.from_config(config).links
+        except (ValueError, MmmError) as e:
             problems.append(str(e))
     if problems:
         for p in problems:
-            print(f"mmm: {p}", file=sys.stderr)
+            print(f"mmm: {redact.text(p)}", file=sys.stderr)
         return 1
     print(f"{args.config}: {len(config.servers)} server(s) reachable replica sets, configuration valid")
+    for line in _reach_report(config, links):
+        print(line)
     return 0
 
 
+def _reach_report(config: Config, links: Sequence[Link]) -> List[str]:
+    """Per namespace: whose writes reach whom, then a warning for each server whose writes
+    reach some servers of the namespace but not others (a star whose hub does not forward)."""
+    out: List[str] = []
+    warnings: List[str] = []
+    for r in _mmm.reach(list(config.servers.values()), list(links)):
+        servers = r["servers"]
+        out.append("")
+        out.append(f"{r['namespace']}: whose writes (rows) reach whom (columns)")
+        table = [[""] + servers]
+        for origin in servers:
+            reached = {s: (ns, whole) for s, ns, whole in r["reach"].get(origin, [])}
+            row = [origin]
+            for s in servers:
+                if s == origin:
+                    row.append(".")
+                elif s not in reached:
+                    row.append("no")
+                else:
+                    ns, whole = reached[s]
+                    cell = "yes" if whole else "part"
+                    row.append(cell if ns == r["namespace"] else f"{cell} (as {ns})")
+            table.append(row)
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        out.extend("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+        warnings.extend(r["warnings"])
+    out.extend(f"warning: {w}" for w in warnings)
+    return out
+
+
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -137,7 +189,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             s["id"], s["state"],
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
-            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)),
+            str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
             (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
@@ -146,42 +198,40 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
 
 def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict[str, Any]]:
     """Status of links as their checkpoints on the destinations show it (from any process)."""
+    import bson
+
     rows = []
     for link, link_id in zip(links, _ids(config, links)):
         row: Dict[str, Any] = {"id": link_id, "src": link.src_server, "dst": link.dst_server}
         try:
-            dst = _client(config.servers[link.dst_server].uri)
-            src = _client(config.servers[link.src_server].uri)
-            doc = dst["__mmm"]["checkpoints"].find_one({"_id": link_id})
-            if doc is None:
+            checkpoint = _mmm.read_checkpoint(config.servers[link.dst_server].uri, link_id)
+            if checkpoint is None:
                 row.update(state="never run", checkpoint=None)
             else:
-                newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
-                behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": doc["ts"]}, "op": {"$in": ["i", "u", "d", "c"]}})
+                ts = bson.Timestamp(*checkpoint["ts"])
+                src = _client(config.servers[link.src_server].uri)
+                try:
+                    newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
+                    behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}})
+                finally:
+                    src.close()
                 row.update(
                     state="caught up" if behind == 0 else "behind",
-                    checkpoint=doc["ts"],
-                    lag_seconds=float(max(0, newest.time - doc["ts"].time)),
+                    checkpoint=ts,
+                    lag_seconds=float(max(0, newest.time - ts.time)),
                     lag_ops=behind,
-                    ops_applied=doc.get("ops_applied", 0),
-                    conflicts=doc.get("conflicts", 0),
+                    ops_applied=checkpoint["ops_applied"],
+                    conflicts=checkpoint["conflicts"],
+                    rejected=checkpoint["rejected"],
                 )
-            dst.close()
-            src.close()
         except Exception as e:  # noqa: BLE001 - reported per link
-            row.update(state="unreachable", checkpoint=None, last_error=str(e).splitlines()[0])
+            row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)
     return rows
 
 
 def _ids(config: Config, links: Sequence[Link]) -> List[str]:
-    from . import _mmm
-
-    core = _mmm.ReplicatorCore(
-        [(s.name, s.id, s.uri) for s in config.servers.values()],
-        [l.core_tuple() for l in links],
-    )
-    return core.link_ids()
+    return [_mmm.link_id(l.src, l.dst) for l in links]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -235,15 +285,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .embedded import MongoServer
+    from .embedded import MongoServer, is_loopback
 
     try:
-        server = MongoServer(
-            port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb, host=args.host,
-            test_commands=args.test_commands,
-        )
-    except OSError as e:
+        server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb,
+                             host=args.host, advertise=args.advertise,
+                             test_commands=args.test_commands)
+    except (OSError, ValueError) as e:
         raise CliError(str(e)) from None
+    if not is_loopback(args.host):
+        print(
+            f"mmm: WARNING: listening on {args.host}: anyone who can reach this machine on port "
+            f"{server.port} can read and write every database WITHOUT A PASSWORD (the embedded "
+            "server has no authentication). Use --host 127.0.0.1 unless that is what you want.",
+            file=sys.stderr, flush=True,
+        )
     done: List[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: done.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: done.append(signum))
@@ -262,6 +318,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+
+def _positive(kind: Any, zero: bool = False) -> Any:
+    """An argparse type: a finite number above zero (or at least zero)."""
+    import math
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {'>= 0' if zero else '> 0'}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0-65535 (0 picks a free one)")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmm", description="Multi-master replication and oplog triggers for MongoDB.")
@@ -285,10 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--initial-sync", action="store_true", help="copy existing documents first")
     s.add_argument("--marker", choices=("transaction", "field"), default="transaction",
                    help="field: also write __mmm: {origin, ts} into every document the link writes")
+    s.add_argument("--on-reject", choices=("fail", "journal"), default="fail",
+                   help="a write the destination refuses stops the link (fail) or goes to __mmm.rejected (journal)")
     s.set_defaults(func=cmd_replicate)
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")
-    s.add_argument("--status-interval", type=float, default=0, help="log a status table every N seconds")
+    s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
     s.add_argument("--json", action="store_true")
@@ -296,16 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check the file and every server, writing nothing")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")
-    s.add_argument("--port", type=int, default=27017)
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_port, default=27017)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                   "0.0.0.0 or :: listen on every interface, without authentication)")
+    s.add_argument("--advertise", metavar="HOST[:PORT]",
+                   help="address hello and the printed URI name (default: the bound address; for "
+                        "0.0.0.0/:: this machine's hostname)")
     s.add_argument("--replset", default="rs0")
-    s.add_argument("--oplog-size-mb", type=float, default=256)
+    s.add_argument("--oplog-size-mb", type=_positive(float), default=256)
     s.add_argument("--no-test-commands", dest="test_commands", action="store_false",
                    help="refuse test commands (configureFailPoint), as a production mongod does")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("demo", help="factory and cloud, replicating both ways, with an outage")
-    s.add_argument("--seconds", type=float, default=12, help="how long the simulation runs")
-    s.add_argument("--outage", type=float, default=3, help="how long the link is cut")
+    s.add_argument("--seconds", type=_positive(float), default=12, help="how long the simulation runs")
+    s.add_argument("--outage", type=_positive(float, zero=True), default=3, help="how long the link is cut")
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -314,10 +403,21 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.logging:
         if not os.path.exists(args.logging):
             raise CliError(f"{args.logging}: no such logging configuration file")
-        logging.config.fileConfig(args.logging, disable_existing_loggers=False)
-        return
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if not os.path.isfile(args.logging) or os.path.getsize(args.logging) > (1 << 20):
+            raise CliError(f"{args.logging}: not a logging configuration file (a regular file of at most 1 MiB)")
+        try:
+            logging.config.fileConfig(args.logging, disable_existing_loggers=False)
+        except Exception as e:  # noqa: BLE001 - configparser, KeyError, ImportError, ... all mean a bad file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CliError(
+                f"{args.logging}: not a usable logging configuration ({e.__class__.__name__}{': ' + reason if reason else ''}); "
+                "see the configuration file format of Python's logging.config.fileConfig"
+            ) from None
+    else:
+        level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every handler, whoever logs through it (mmm, PyMongo, ...), sees records without secrets.
+    redact.install_log_filter()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -329,11 +429,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _setup_logging(args)
         return args.func(args)
-    except (CliError, ConfigError) as e:
-        print(f"mmm: {e}", file=sys.stderr)
+    except (CliError, ConfigError, MmmError, ValueError) as e:
+        print(f"mmm: {redact.text(e)}", file=sys.stderr)
         return 1
-    except ValueError as e:
-        print(f"mmm: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a server error or a bug: one line, no secrets
+        import pymongo.errors
+
+        if not isinstance(e, pymongo.errors.PyMongoError):
+            raise
+        print(f"mmm: {e.__class__.__name__}: {redact.error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

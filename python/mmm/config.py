@@ -26,22 +26,33 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from . import redact
+from ._mmm import MmmError
+
 __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_config"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker"}
+LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject"}
 MARKERS = ("transaction", "field")
+MAX_CONFIG_CHARS = 16 << 20  # reading stops here: `-c /dev/zero` must not exhaust memory
+ON_REJECT = ("fail", "journal")
 
 
-class ConfigError(ValueError):
-    """A configuration mistake, with where it is."""
+class ConfigError(MmmError, ValueError):
+    """A configuration mistake, with where it is (a ValueError too, as it always was)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Server:
     name: str
     id: str
     uri: str
+
+    def __post_init__(self) -> None:
+        redact.remember(self.uri)
+
+    def __repr__(self) -> str:
+        return f"Server(name={self.name!r}, id={self.id!r}, uri={redact.uri(self.uri)!r})"
 
 
 @dataclass(frozen=True)
@@ -54,14 +65,26 @@ class Link:
     marker: str = "transaction"
     """How replicated writes are marked: "transaction" (no field added to documents) or
     "field" (also write ``__mmm: {origin, ts}`` into every document the link writes)."""
+    on_reject: str = "fail"
+    """What a write the destination refuses (a unique index, a validator, a document too large)
+    does: "fail" stops the link (state ``failed``, the error names the namespace, ``_id`` and
+    MongoDB's code and message); "journal" records the op in ``__mmm.rejected`` on the
+    destination, in the transaction that moves the checkpoint past it, and goes on. Missing
+    privileges (``Unauthorized``) always stop the link."""
 
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:
             raise ValueError(f"marker is one of {', '.join(map(repr, MARKERS))}, got {self.marker!r}")
+        if self.on_reject not in ON_REJECT:
+            raise ValueError(f"on_reject is one of {', '.join(map(repr, ON_REJECT))}, got {self.on_reject!r}")
+        self.id  # checks both endpoints: well formed, and nothing a link may not carry
 
-    def core_tuple(self) -> Tuple[str, str, str, bool, bool, bool]:
-        """The link as the replication core takes it."""
-        return (self.src, self.dst, self.ops, self.forward, self.initial_sync, self.marker == "field")
+    @property
+    def id(self) -> str:
+        """The link's id (``src->dst``), also the ``_id`` of its checkpoint on the destination."""
+        from . import _mmm
+
+        return _mmm.link_id(self.src, self.dst)
 
     @property
     def src_server(self) -> str:
@@ -73,7 +96,7 @@ class Link:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "ops": self.ops, "forward": self.forward,
-                "initial_sync": self.initial_sync, "marker": self.marker}
+                "initial_sync": self.initial_sync, "marker": self.marker, "on_reject": self.on_reject}
 
 
 @dataclass
@@ -81,6 +104,8 @@ class Config:
     servers: Dict[str, Server] = field(default_factory=dict)
     links: List[Link] = field(default_factory=list)
     path: Optional[str] = None
+    uri_templates: Dict[str, str] = field(default_factory=dict, repr=False)
+    """Each server's uri as written in the file, before ``${VAR}`` expansion."""
 
 
 def _where(path: str, node: yaml.Node, key: str) -> str:
@@ -100,13 +125,59 @@ def _expand(value: str, path: str, node: yaml.Node, key: str) -> str:
 def _scalar(node: yaml.Node, path: str, key: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigError(f"{_where(path, node, key)}: expected a single value")
-    return yaml.safe_load(yaml.serialize(node))
+    if node.tag == "tag:yaml.org,2002:null":
+        return None  # also the empty value, which a lone serialized scalar cannot carry
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{_where(path, node, key)}: not a plain value ({getattr(e, 'problem', None) or e})") from None
+
+
+# The tags plain YAML values resolve to; anything else (``!!python/name:...``, ``!!binary``,
+# custom ``!tags``) has no meaning in this file and is refused rather than ignored.
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float", "map", "seq")}
+
+
+def _check_nodes(root: yaml.Node, path: str) -> None:
+    """Refuses what YAML allows but a configuration must not hold: explicit tags, keys that
+    are not plain strings, and a key given twice in one mapping (YAML keeps the last silently).
+    Each node is visited once, so aliases repeated many times (a "billion laughs" file) cost no
+    more than the text that declares them."""
+    seen_nodes = set()
+    todo: List[Tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, key = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        here = key or "(top level)"
+        if node.tag not in _PLAIN_TAGS:
+            raise ConfigError(f"{_where(path, node, here)}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed; write a plain value")
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{key}[{i}]") for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            names: Dict[str, yaml.Node] = {}
+            for k_node, v_node in node.value:
+                if not isinstance(k_node, yaml.ScalarNode) or k_node.tag not in _PLAIN_TAGS:
+                    raise ConfigError(f"{_where(path, k_node, here)}: a key must be a plain name, not a {k_node.id}")
+                name = str(k_node.value)
+                if name in names:
+                    raise ConfigError(f"{_where(path, k_node, (key + '.' if key else '') + name)}: key given twice in one mapping (first on line {names[name].start_mark.line + 1}); keep one")
+                names[name] = k_node
+                todo.append((v_node, (key + "." if key else "") + name))
+
+
+def _server_id(node: yaml.Node, path: str, key: str) -> str:
+    value = _scalar(node, path, key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ConfigError(f"{_where(path, node, key)}: the id must be a non-empty string that identifies this server for good (e.g. a UUID), got {'an empty value' if value in (None, '') else repr(value)}")
+    return str(value)
 
 
 def _link(node: yaml.Node, path: str, index: int) -> Link:
     key = f"links[{index}]"
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync, marker")
+        raise ConfigError(f"{_where(path, node, key)}: a link is a mapping with src, dst and optionally ops, forward, initial_sync, marker, on_reject")
     values: Dict[str, Any] = {}
     for k_node, v_node in node.value:
         k = k_node.value
@@ -125,14 +196,22 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
     marker = values.get("marker", "transaction")
     if marker not in MARKERS:
         raise ConfigError(f"{_where(path, node, key + '.marker')}: marker is one of {', '.join(MARKERS)}")
-    return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
-                bool(values.get("initial_sync", False)), marker)
+    on_reject = values.get("on_reject", "fail")
+    if on_reject not in ON_REJECT:
+        raise ConfigError(f"{_where(path, node, key + '.on_reject')}: on_reject is one of {', '.join(ON_REJECT)}")
+    try:
+        return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
+                    bool(values.get("initial_sync", False)), marker, on_reject)
+    except ValueError as e:
+        raise ConfigError(f"{_where(path, node, key)}: {e}") from None
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
     """Parses configuration text; raises ConfigError naming the line and key of a mistake."""
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else path
@@ -140,6 +219,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     config = Config(path=path)
     if root is None:
         return config
+    _check_nodes(root, path)
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{path}, line {root.start_mark.line + 1}: the file must be a mapping of server names to {{id, uri}}")
     for k_node, v_node in root.value:
@@ -159,13 +239,24 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         for required in ("id", "uri"):
             if required not in fields:
                 raise ConfigError(f"{_where(path, v_node, name)}: missing '{required}'")
-        server_id = _scalar(fields["id"][1], path, f"{name}.id")
-        uri = _scalar(fields["uri"][1], path, f"{name}.uri")
-        if not isinstance(uri, str) or not uri.startswith(("mongodb://", "mongodb+srv://")):
-            raise ConfigError(f"{_where(path, fields['uri'][1], name + '.uri')}: expected a mongodb:// or mongodb+srv:// URI")
+        server_id = _server_id(fields["id"][1], path, f"{name}.id")
+        uri_node = fields["uri"][1]
+        template = _scalar(uri_node, path, f"{name}.uri")
+        if not isinstance(template, str):
+            raise ConfigError(f"{_where(path, uri_node, name + '.uri')}: expected a mongodb:// or mongodb+srv:// URI")
+        # Checked after expansion, so that a whole URI may come from a variable; a message
+        # never quotes the expanded value.
+        uri = _expand(template, path, uri_node, f"{name}.uri")
+        redact.remember(uri)
+        if not uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError(f"{_where(path, uri_node, name + '.uri')}: expected a mongodb:// or mongodb+srv:// URI, got {redact.uri(template, keep_variables=True)!r}")
+        problem = redact.userinfo_problem(uri)
+        if problem:
+            raise ConfigError(f"{_where(path, uri_node, name + '.uri')}: {problem}")
         if name in config.servers:
             raise ConfigError(f"{_where(path, k_node, name)}: server defined twice")
-        config.servers[name] = Server(name, str(server_id), _expand(uri, path, fields["uri"][1], f"{name}.uri"))
+        config.servers[name] = Server(name, server_id, uri)
+        config.uri_templates[name] = template
     for i, link in enumerate(config.links):
         for end in (link.src_server, link.dst_server):
             if end not in config.servers:
@@ -176,9 +267,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 def load_config(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_CONFIG_CHARS + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_CHARS // (1 << 20)} MiB; a configuration file is a short list of servers and links")
     return parse_config(text, path)

@@ -12,13 +12,46 @@ can be developed and tested with no MongoDB installed::
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+from typing import Optional, Union
 
 from . import _mmm
 
 log = logging.getLogger("mmm.embedded")
 
 __all__ = ["MongoServer"]
+
+
+def _ip(host: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_wildcard(host: str) -> bool:
+    """True for a bind address meaning every interface (``0.0.0.0``, ``::``)."""
+    ip = _ip(host)
+    return ip is not None and ip.is_unspecified
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can connect (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    ip = _ip(host)
+    return host == "localhost" if ip is None else ip.is_loopback
+
+
+def reachable_hostname() -> Optional[str]:
+    """This machine's hostname when it resolves (what a server bound to every interface
+    advertises); ``None`` lets the server fall back to 127.0.0.1."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+    except OSError:
+        return None
+    return name
 
 
 class ReplicaSetMember:
@@ -54,17 +87,23 @@ class MongoServer(ReplicaSetMember):
         replset: str = "rs0",
         oplog_size_mb: float = 256,
         host: str = "127.0.0.1",
+        advertise: Optional[str] = None,
         test_commands: bool = True,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+        if advertise is None and is_wildcard(host):
+            advertise = reachable_hostname()
         self._server = _mmm.MongoServer(
-            port=port,
-            replset=replset,
-            oplog_size_mb=float(oplog_size_mb),
-            host=host,
-            test_commands=bool(test_commands),
+            port=port, replset=replset, oplog_size_mb=float(oplog_size_mb), host=host,
+            advertise=advertise, test_commands=bool(test_commands),
         )
+        if not is_loopback(host):
+            log.warning(
+                "the embedded MongoDB server listens on %s: anyone who can reach it can read "
+                "and write every database without a password (it has no authentication)",
+                host,
+            )
         log.info("embedded MongoDB server listening on %s (replica set %s)", self.address, replset)
 
     @property

@@ -9,17 +9,17 @@ without a server that enforces authentication.
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
+from . import _mmm, redact
 from .config import Link, Server
 
 __all__ = ["Finding", "Need", "Target", "check", "privilege_problems", "requirements", "server_info"]
 
 TIMEOUT_MS = 3000
-MMM_DB = "__mmm"
+MMM_DB = _mmm.MMM_DB
 WRITE = ("insert", "update", "remove")
 DDL = ("createCollection", "dropCollection", "createIndex", "dropIndex", "renameCollectionSameDB")
 
@@ -179,23 +179,17 @@ def server_info(uri: str, timeout_ms: int = TIMEOUT_MS) -> Tuple[Dict[str, Any],
         client.close()
 
 
-def redact(uri: str) -> str:
-    """The uri without its password, for messages and logs."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
-
-
 def _check_server(server: Server, needs: Sequence[Need], timeout_ms: int) -> List[Finding]:
     import pymongo
 
-    where = f"server {server.name} ({redact(server.uri)})"
+    where = f"server {server.name} ({redact.uri(server.uri)})"
     try:
         hello, status = server_info(server.uri, timeout_ms)
     except pymongo.errors.ConnectionFailure as e:
-        first_line = str(e).split("\n", 1)[0]
-        return [Finding(server.name, f"{where} is unreachable: {e.__class__.__name__}: {first_line}", unreachable=True)]
-    except pymongo.errors.PyMongoError as e:  # a bad uri, failed authentication, ...
+        return [Finding(server.name, f"{where} is unreachable: {e.__class__.__name__}: {redact.error(e)}", unreachable=True)]
+    except (pymongo.errors.PyMongoError, ValueError) as e:  # a bad uri, failed authentication, ...
         details = e.details if isinstance(e, pymongo.errors.OperationFailure) else None
-        reason = (details or {}).get("errmsg") or str(e).split("\n", 1)[0] or e.__class__.__name__
+        reason = redact.text((details or {}).get("errmsg") or "") or redact.error(e)
         if getattr(e, "code", None) == 18:  # AuthenticationFailed
             reason += " (check the user, password and authSource in the uri)"
         return [Finding(server.name, f"{where}: cannot be checked: {reason}")]

@@ -29,19 +29,28 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import bson
 from bson import Timestamp
 
-from . import _mmm, preflight as _preflight
+from . import _mmm, preflight as _preflight, redact
 from ._background import BackgroundThread
 from .config import Config, Link, Server, load_config
 
 log = logging.getLogger("mmm.replication")
+log.addFilter(redact.LogFilter())
 
 __all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
 
-LINKS_COLLECTION = "links"
+LINKS_COLLECTION = _mmm.LINKS_COLLECTION
 
 
 class ReplicationError(_mmm.MmmError):
     """A link stopped on an error that needs attention (its message says which and why)."""
+
+
+def _core(servers: Iterable[Server], links: Iterable[Link]) -> Any:
+    """A replication core: checks the topology and every URI (ValueError without secrets)."""
+    try:
+        return _mmm.ReplicatorCore(list(servers), list(links))
+    except ValueError as e:
+        raise ValueError(redact.text(e)) from None
 
 
 @dataclass(frozen=True)
@@ -123,10 +132,7 @@ class Replicator:
         return cls(list(config.servers.values()), config.links, **kwargs)
 
     def _make_core(self) -> Any:
-        return _mmm.ReplicatorCore(
-            [(s.name, s.id, s.uri) for s in self.servers.values()],
-            [l.core_tuple() for l in self.links],
-        )
+        return _core(self.servers.values(), self.links)
 
     # -- the original verbs ---------------------------------------------------------------
 
@@ -141,22 +147,31 @@ class Replicator:
             return pymongo.MongoClient(uri)
         return pymongo.MongoClient(uri, serverSelectionTimeoutMS=_preflight.TIMEOUT_MS)
 
+    def _with_link(self, link: Link) -> List[Link]:
+        """The links once ``link`` is stored: it replaces a link between the same endpoints
+        (storing again updates the options)."""
+        return [l for l in self.links if (l.src, l.dst) != (link.src, link.dst)] + [link]
+
+    def check_new_link(self, link: Link) -> None:
+        """Runs the checks :meth:`start` runs on the topology with ``link`` added (names, ids,
+        URIs, one path per write and namespace); ValueError naming the problem. Writes nothing."""
+        _core(self.servers.values(), self._with_link(link))
+
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
-                  initial_sync: bool = False, marker: str = "transaction") -> Link:
-        """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did)."""
-        link = Link(src, dst, ops, forward, initial_sync, marker)
-        candidate = self.links + [link]
-        _mmm.ReplicatorCore([(s.name, s.id, s.uri) for s in self.servers.values()],
-                            [l.core_tuple() for l in candidate])
+                  initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:
+        """Adds a link and stores it in the destination's ``__mmm.links`` (as the original did),
+        after the topology checks :meth:`start` runs (ValueError, nothing stored)."""
+        link = Link(src, dst, ops, forward, initial_sync, marker, on_reject)
+        self.check_new_link(link)
         client = self._client(link.dst_server)
         try:
-            client["__mmm"][LINKS_COLLECTION].replace_one(
-                {"_id": f"{src}->{dst}"}, {"_id": f"{src}->{dst}", **link.as_dict()}, upsert=True
+            link_id = _mmm.link_id(src, dst)
+            client[_mmm.MMM_DB][LINKS_COLLECTION].replace_one(
+                {"_id": link_id}, {"_id": link_id, **link.as_dict()}, upsert=True
             )
         finally:
             client.close()
-        if link not in self.links:
-            self.links.append(link)
+        self.links = self._with_link(link)
         self._core = self._make_core()
         return link
 
@@ -169,17 +184,22 @@ class Replicator:
         for name in self.servers:
             client = self._client(name)
             try:
-                for doc in client["__mmm"][LINKS_COLLECTION].find():
-                    found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
-                                      doc.get("forward", False), doc.get("initial_sync", False),
-                                      doc.get("marker", "transaction")))
+                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
+                    try:
+                        found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
+                                          doc.get("forward", False), doc.get("initial_sync", False),
+                                          doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
+                    except (KeyError, TypeError, ValueError) as e:
+                        # One bad stored link (written by hand, or by a version that allowed
+                        # it) must not keep every other link from running.
+                        log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
             except pymongo.errors.ConnectionFailure as e:
                 log.warning("links stored on server %s not loaded: it is unreachable (%s)",
-                            name, str(e).splitlines()[0])
+                            name, redact.error(e))
             except pymongo.errors.OperationFailure as e:
                 raise ReplicationError(
-                    f"server {name}: cannot read the links stored in __mmm.{LINKS_COLLECTION}: "
-                    f"{e.details.get('errmsg', e) if e.details else e} (grant read on __mmm)"
+                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                    f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
                 ) from None
             finally:
                 client.close()
@@ -188,9 +208,12 @@ class Replicator:
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, last error."""
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
+        rejected (journaled in ``__mmm.rejected``), last error."""
         out = []
         for s in self._core.status():
+            if s.get("last_error"):
+                s["last_error"] = redact.text(s["last_error"])
             if s.get("checkpoint") is not None:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
             out.append(s)
@@ -210,7 +233,7 @@ class Replicator:
                 except Exception:  # noqa: BLE001 - a callback must not stop replication
                     log.exception("on_conflict callback failed")
         elif event["kind"] == "failed":
-            raise ReplicationError(f"link {event['link']} stopped: {event['error']}")
+            raise ReplicationError(redact.text(f"link {event['link']} stopped: {event['error']}"))
 
     def _check_servers(self) -> None:
         """The preflight check (see the class): raises ReplicationError naming every problem,
@@ -222,7 +245,7 @@ class Replicator:
             else:
                 problems.append(finding.message)
         if problems:
-            raise ReplicationError(f"cannot start replication: {'; '.join(problems)}")
+            raise ReplicationError(redact.text(f"cannot start replication: {'; '.join(problems)}"))
 
     def _launch(self, ready_timeout: float) -> None:
         self._stop.clear()

@@ -26,10 +26,11 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tup
 import bson
 from bson import Timestamp
 
-from . import _mmm
+from . import _mmm, redact
 from ._background import BackgroundThread
 
 log = logging.getLogger("mmm.triggers")
+log.addFilter(redact.LogFilter())
 
 Op = Dict[str, Any]
 Trigger = Callable[[Op], Union[None, Awaitable[None]]]
@@ -72,8 +73,8 @@ class _CheckpointStore:
         self._client = None
         if isinstance(store, str):
             self._client = MongoClient(store)
-            db = self._client.get_default_database(default="__mmm")
-            self.collection: Collection = db["tailer_checkpoints"]
+            db = self._client.get_default_database(default=_mmm.MMM_DB)
+            self.collection: Collection = db[_mmm.TAILER_CHECKPOINTS_COLLECTION]
         elif isinstance(store, Collection):
             self.collection = store
         else:
@@ -119,6 +120,9 @@ class Tailer:
             raise ValueError(f"checkpoint must be None, 'now', 'oldest' or a bson.Timestamp, got {checkpoint!r}")
         if checkpoint_store is not None and not name:
             raise ValueError("a checkpoint_store needs a name for this tailer's checkpoint")
+        redact.remember(uri)
+        if isinstance(checkpoint_store, str):
+            redact.remember(checkpoint_store)
         # Validates the URI now, so a typo fails here and not in a background thread.
         _mmm.TailerCore(uri, [])
         self.uri = uri
@@ -186,13 +190,13 @@ class Tailer:
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _ops(self, batch: Tuple[Any, ...]) -> Iterator[Tuple[Op, List[Trigger]]]:
+    def _ops(self, batch: "_mmm.Batch") -> Iterator[Tuple[Op, List[Trigger]]]:
         """The ops of a batch with their triggers. The checkpoint moves past an op only when the
         caller comes back for the next one, i.e. after all its triggers returned."""
-        data, subs, ts_list, ends, checkpoint, entries = batch
-        self.entries_read += entries
-        ops = bson.decode_all(data) if data else []
-        for op, ids, ts, end in zip(ops, subs, ts_list, ends):
+        self.entries_read += batch.entries_read
+        ops = bson.decode_all(batch.ops) if batch.ops else []
+        checkpoint = batch.checkpoint
+        for op, ids, ts, end in zip(ops, batch.subscriptions, batch.ts, batch.unit_end):
             yield op, [self._triggers[i] for i in ids]
             self.ops_delivered += 1
             if end:

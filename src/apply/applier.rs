@@ -2,98 +2,68 @@
 //! so data and position commit together: after any crash the checkpoint says exactly what is
 //! applied. In the destination's oplog the batch is one `applyOps` that starts with the
 //! checkpoint write, which is how tailers recognise replicated writes and their origin.
+//!
+//! Errors are sorted by what retrying can change. Transient trouble (network, failover, write
+//! conflicts) is retried, here or by the link from its checkpoint. A write the destination
+//! refuses is found out exactly (its command and statement) and either stops the link or, for a
+//! link that journals refusals, is left out of the batch and recorded in `__mmm.rejected` in the
+//! same transaction as the checkpoint that moves past it.
 
 use super::ddl::DdlCommand;
+use super::error::{describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED};
 use super::plan::Plan;
-use crate::replicate::provenance::{CHECKPOINTS_COLL, MMM_DB};
-use bson::{doc, Bson, DateTime, Document, Timestamp};
-use mongodb::error::{Error, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use crate::store::{checkpoints, rejected, Checkpoint, Rejected, StoreError};
+use bson::{Document, RawDocumentBuf, Timestamp};
+use mongodb::error::{
+    Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
+};
 use mongodb::options::{Acknowledgment, ReadConcern, TransactionOptions, WriteConcern};
 use mongodb::{Client, ClientSession};
+use std::collections::HashSet;
+use std::time::Duration;
 
-/// A link's position on its destination (`__mmm.checkpoints`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checkpoint {
-    pub link: String,
-    /// Server id where the ops of the last batch were first written.
-    pub origin: String,
-    /// Server id of the link's source.
-    pub src: String,
-    /// Resume reading the source after this ts.
-    pub ts: Timestamp,
-    /// The last unit applied (units up to it are skipped after a resume from `ts`).
-    pub applied: Timestamp,
-    /// Running totals kept with the checkpoint, so `mmm status` can show them from anywhere.
-    pub ops_applied: u64,
-    pub conflicts: u64,
-    /// A DDL command about to run outside any transaction (the source entry's ts with it):
-    /// after a crash it is run again, idempotently, before anything else.
-    pub pending_ddl: Option<(DdlCommand, Timestamp)>,
-}
-
-impl Checkpoint {
-    fn to_document(&self) -> Document {
-        let mut d = doc! {
-            "_id": &self.link, "origin": &self.origin, "src": &self.src,
-            "ts": self.ts, "applied": self.applied, "wall": DateTime::now(),
-            "ops_applied": self.ops_applied as i64, "conflicts": self.conflicts as i64,
-        };
-        if let Some((ddl, ts)) = &self.pending_ddl {
-            d.insert("pending_ddl", ddl.to_document());
-            d.insert("pending_ts", *ts);
-        }
-        d
-    }
-
-    fn from_document(d: &Document) -> Option<Checkpoint> {
-        Some(Checkpoint {
-            link: d.get_str("_id").ok()?.to_string(),
-            origin: d.get_str("origin").ok()?.to_string(),
-            src: d.get_str("src").ok()?.to_string(),
-            ts: d.get_timestamp("ts").ok()?,
-            applied: d
-                .get_timestamp("applied")
-                .unwrap_or_else(|_| d.get_timestamp("ts").unwrap()),
-            ops_applied: d.get_i64("ops_applied").unwrap_or(0).max(0) as u64,
-            conflicts: d.get_i64("conflicts").unwrap_or(0).max(0) as u64,
-            pending_ddl: d
-                .get_document("pending_ddl")
-                .ok()
-                .and_then(DdlCommand::from_document)
-                .zip(d.get_timestamp("pending_ts").ok()),
-        })
-    }
-}
-
-#[derive(Debug)]
-pub enum ApplyError {
-    /// Network or server trouble: retry later from the stored checkpoint.
-    Retry(String),
-    /// A write the destination refused (e.g. a unique index): the link must stop.
-    Rejected(String),
-}
-
-/// An insert found its document already there (initial-sync overlap, or the same `_id`
-/// written on both sides): the batch is sent again with inserts as upserts.
+/// DuplicateKey: an insert found its document already there (initial-sync overlap, or the same
+/// `_id` written on both sides): the batch is sent again with inserts as upserts.
 const DUPLICATE_KEY: i32 = 11000;
-
-impl std::fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApplyError::Retry(m) | ApplyError::Rejected(m) => f.write_str(m),
-        }
+/// Attempts at a batch that meets transient transaction errors before the link takes over (and
+/// shows the error in its status while it backs off): many for write conflicts with local
+/// writers, a few for a dropped connection, none when no server could be selected (that wait
+/// has already been long).
+fn local_attempts(e: &Error) -> u64 {
+    match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. } => 1,
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => 4,
+        _ => 50,
     }
 }
+/// Commits retried while their result is unknown.
+const COMMIT_ATTEMPTS: usize = 3;
+/// A refused statement larger than this is journaled as its `_id` and size only.
+const MAX_JOURNALED_STATEMENT: usize = 1024 * 1024;
 
-impl From<Error> for ApplyError {
-    fn from(e: Error) -> Self {
-        ApplyError::Retry(e.to_string())
-    }
+/// What the destination does with a write it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReject {
+    /// Stop the link (`failed`): a person decides.
+    #[default]
+    Fail,
+    /// Journal the op in `__mmm.rejected` and go on.
+    Journal,
+}
+
+/// What an applied batch came to.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The commit's cluster time on the destination, when the server reports one.
+    pub commit_ts: Option<Timestamp>,
+    /// Ops refused and journaled instead of applied.
+    pub rejected: u64,
 }
 
 pub struct Applier {
     client: Client,
     link: String,
+    on_reject: OnReject,
 }
 
 fn txn_options() -> TransactionOptions {
@@ -103,32 +73,50 @@ fn txn_options() -> TransactionOptions {
         .build()
 }
 
-/// Write errors in a command reply make the whole batch fail (and its transaction abort).
-/// `Ok(false)`: an insert met a document that is already there.
-fn check_reply(reply: &Document, what: &str) -> Result<bool, ApplyError> {
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        let first = errors
-            .first()
-            .and_then(Bson::as_document)
-            .cloned()
-            .unwrap_or_default();
-        if first.get_i32("code").ok() == Some(DUPLICATE_KEY) && what.starts_with("inserting") {
-            return Ok(false);
-        }
-        return Err(ApplyError::Rejected(format!(
-            "{what} failed on the destination: {} (code {})",
-            first.get_str("errmsg").unwrap_or("write error"),
-            first.get("code").cloned().unwrap_or(Bson::Null)
-        )));
-    }
-    Ok(true)
+/// Why one attempt at a batch did not commit.
+enum Failed {
+    /// An insert met a document that is already there.
+    Duplicate,
+    /// The destination refused a statement: command index, statement index when known.
+    Refused {
+        command: usize,
+        statement: Option<usize>,
+        refusal: Refusal,
+    },
+    Driver(Error),
 }
 
-/// What one attempt at a batch came to.
-enum Attempt {
-    Committed,
-    /// An insert met an existing document; the transaction was aborted.
-    Duplicate,
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Driver(e)
+    }
+}
+
+/// How the next attempt sends the batch.
+#[derive(Default)]
+struct Mode {
+    upsert_inserts: bool,
+    /// One statement per command, so that a refusal reported for a whole command (with no
+    /// statement index) names its statement.
+    split: bool,
+    /// Statements left out, journaled instead: (command, statement).
+    skip: HashSet<(usize, usize)>,
+    journal: Vec<Rejected>,
+}
+
+/// The first write error of a command reply: (index, code, codeName, errmsg).
+fn first_write_error(reply: &Document) -> Option<(usize, i32, String, String)> {
+    let first = reply
+        .get_array("writeErrors")
+        .ok()?
+        .first()?
+        .as_document()?;
+    Some((
+        first.get_i32("index").unwrap_or(0).max(0) as usize,
+        first.get_i32("code").unwrap_or(0),
+        first.get_str("codeName").unwrap_or_default().to_string(),
+        first.get_str("errmsg").unwrap_or("write error").to_string(),
+    ))
 }
 
 impl Applier {
@@ -136,16 +124,36 @@ impl Applier {
         Applier {
             client,
             link: link.to_string(),
+            on_reject: OnReject::Fail,
         }
     }
 
-    pub async fn read_checkpoint(&self) -> Result<Option<Checkpoint>, ApplyError> {
-        let coll = self
-            .client
-            .database(MMM_DB)
-            .collection::<Document>(CHECKPOINTS_COLL);
-        let found = coll.find_one(doc! {"_id": &self.link}).await?;
-        Ok(found.as_ref().and_then(Checkpoint::from_document))
+    pub fn on_reject(mut self, on_reject: OnReject) -> Applier {
+        self.on_reject = on_reject;
+        self
+    }
+
+    pub async fn read_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        checkpoints::read(&self.client, &self.link).await
+    }
+
+    /// The commands of one attempt, each with the original indices of its statements.
+    fn bodies(&self, plan: &Plan, mode: &Mode) -> Vec<(usize, RawDocumentBuf, Vec<usize>)> {
+        let mut out = Vec::new();
+        for (ci, command) in plan.commands.iter().enumerate() {
+            let kept = |i: usize| !mode.skip.contains(&(ci, i));
+            if mode.split {
+                for i in (0..command.statement_count()).filter(|i| kept(*i)) {
+                    if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, |j| j == i)
+                    {
+                        out.push((ci, body, idx));
+                    }
+                }
+            } else if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, kept) {
+                out.push((ci, body, idx));
+            }
+        }
+        out
     }
 
     async fn run_once(
@@ -153,56 +161,68 @@ impl Applier {
         session: &mut ClientSession,
         plan: &Plan,
         checkpoint: &Checkpoint,
-        upsert_inserts: bool,
-    ) -> Result<Attempt, Error> {
+        mode: &Mode,
+    ) -> Result<(), Failed> {
         session
             .start_transaction()
             .with_options(txn_options())
             .await?;
-        let checkpoints = self
-            .client
-            .database(MMM_DB)
-            .collection::<Document>(CHECKPOINTS_COLL);
-        checkpoints
-            .replace_one(doc! {"_id": &self.link}, checkpoint.to_document())
-            .upsert(true)
-            .session(&mut *session)
-            .await?;
-        for command in &plan.commands {
-            let body = command.body(upsert_inserts);
-            let what = format!(
-                "{} {}.{}",
-                if body.get("insert").ok().flatten().is_some() {
-                    "inserting into"
-                } else {
-                    "writing"
-                },
-                command.db,
-                command.coll
-            );
-            let reply = self
+        checkpoints::write(&self.client, &mut *session, checkpoint).await?;
+        rejected::write(&self.client, &mut *session, &mode.journal).await?;
+        for (ci, body, statements) in self.bodies(plan, mode) {
+            let command = &plan.commands[ci];
+            let inserting = command.is_insert() && !mode.upsert_inserts;
+            let ns = format!("{}.{}", command.db, command.coll);
+            let result = self
                 .client
                 .database(&command.db)
                 .run_raw_command(body)
                 .session(&mut *session)
-                .await?;
-            match check_reply(&reply, &what) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let _ = session.abort_transaction().await;
-                    return Ok(Attempt::Duplicate);
-                }
-                Err(e) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(Error::custom(e.to_string()));
-                }
+                .await;
+            // mongod reports a refused statement in `writeErrors` (with its index); a server
+            // may also answer the whole command with ok: 0. Both are handled alike.
+            let (statement, code, code_name, message) = match result {
+                Ok(reply) => match first_write_error(&reply) {
+                    None => continue,
+                    Some((index, code, name, msg)) => {
+                        (statements.get(index).copied(), code, name, msg)
+                    }
+                },
+                Err(e) => match refusal_of(&e, &ns) {
+                    None => return Err(Failed::Driver(e)),
+                    Some(r) => {
+                        let single = (statements.len() == 1).then(|| statements[0]);
+                        (single, r.code, r.code_name, r.message)
+                    }
+                },
+            };
+            if code == DUPLICATE_KEY && inserting {
+                return Err(Failed::Duplicate);
             }
+            return Err(Failed::Refused {
+                command: ci,
+                statement,
+                refusal: Refusal {
+                    id: statement.and_then(|i| command.statement_id(i)),
+                    ns,
+                    code,
+                    code_name,
+                    message,
+                },
+            });
         }
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match session.commit_transaction().await {
-                Ok(()) => return Ok(Attempt::Committed),
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                Err(e) => return Err(e),
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                        && attempts < COMMIT_ATTEMPTS =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -217,47 +237,123 @@ impl Applier {
         {
             Ok(_) => Ok(()),
             Err(e) => match e.kind.as_ref() {
-                mongodb::error::ErrorKind::Command(c) if ddl.done_codes.contains(&c.code) => Ok(()),
-                mongodb::error::ErrorKind::Command(c) => Err(ApplyError::Rejected(format!(
-                    "replicating {} on {} failed: {} (code {})",
-                    ddl.body, ddl.db, c.message, c.code
-                ))),
-                _ => Err(ApplyError::Retry(e.to_string())),
+                ErrorKind::Command(c) if ddl.done_codes.contains(&c.code) => Ok(()),
+                _ => match refusal_of(&e, &ddl.db) {
+                    Some(mut refusal) => {
+                        refusal.message = format!("{}: {}", ddl.body, refusal.message);
+                        Err(ApplyError::Refused(refusal))
+                    }
+                    None => Err(ApplyError::Transient(describe(&e))),
+                },
             },
         }
     }
 
-    /// Applies `plan` and moves the checkpoint, atomically. Transient transaction errors
-    /// (write conflicts with local writers) are retried here.
-    /// Returns the commit's cluster time on the destination when the server reports one.
-    pub async fn apply(
+    /// The journal entry for a refused statement.
+    fn journal_entry(
         &self,
         plan: &Plan,
+        command: usize,
+        statement: usize,
+        refusal: &Refusal,
         checkpoint: &Checkpoint,
-    ) -> Result<Option<Timestamp>, ApplyError> {
-        let mut session = self.client.start_session().await?;
+    ) -> Rejected {
+        let raw = plan.commands[command].statement(statement);
+        let size = raw.map_or(0, |r| r.as_bytes().len());
+        let statement_doc = match raw.and_then(|r| Document::try_from(r).ok()) {
+            Some(doc) if size <= MAX_JOURNALED_STATEMENT => doc,
+            _ => {
+                let mut d = Document::new();
+                if let Some(id) = &refusal.id {
+                    d.insert("_id", id.clone());
+                }
+                d.insert("omitted_bytes", size as i64);
+                d
+            }
+        };
+        Rejected {
+            link: checkpoint.link.clone(),
+            ns: refusal.ns.clone(),
+            id: refusal.id.clone(),
+            statement: statement_doc,
+            code: refusal.code,
+            code_name: refusal.code_name.clone(),
+            message: refusal.message.clone(),
+            source_ts: checkpoint.applied,
+        }
+    }
+
+    /// Applies `plan` and moves the checkpoint, atomically. Transient transaction errors
+    /// (write conflicts with local writers) are retried here; refused writes stop the batch or
+    /// are journaled (see [`OnReject`]).
+    pub async fn apply(&self, plan: &Plan, checkpoint: &Checkpoint) -> Result<Applied, ApplyError> {
+        let mut mode = Mode::default();
         let mut attempts = 0;
-        let mut upsert_inserts = false;
         loop {
             attempts += 1;
-            match self
-                .run_once(&mut session, plan, checkpoint, upsert_inserts)
+            // Journaled ops count as rejected, not applied.
+            let mut written = checkpoint.clone();
+            written.rejected += mode.journal.len() as u64;
+            written.ops_applied = written
+                .ops_applied
+                .saturating_sub(mode.journal.len() as u64);
+            // A fresh session per attempt: whatever state a failed attempt left its
+            // transaction in (a connection lost mid-commit) cannot spill into the next.
+            let mut session = self
+                .client
+                .start_session()
                 .await
-            {
-                Ok(Attempt::Committed) => return Ok(session.operation_time()),
-                Ok(Attempt::Duplicate) => {
-                    upsert_inserts = true;
-                    continue;
+                .map_err(|e| ApplyError::Transient(describe(&e)))?;
+            let outcome = self.run_once(&mut session, plan, &written, &mode).await;
+            // A refused write leaves the server reachable: end its transaction now, so its locks
+            // do not stand in the way of the next attempt. (After network trouble, dropping
+            // the session aborts what is left in the background.)
+            if matches!(outcome, Err(Failed::Duplicate | Failed::Refused { .. })) {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), session.abort_transaction()).await;
+            }
+            match outcome {
+                Ok(()) => {
+                    return Ok(Applied {
+                        commit_ts: session.operation_time(),
+                        rejected: mode.journal.len() as u64,
+                    })
                 }
-                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 50 => {
-                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempts)).await;
-                    continue;
-                }
-                Err(e) => {
-                    if let mongodb::error::ErrorKind::Custom(_) = e.kind.as_ref() {
-                        return Err(ApplyError::Rejected(e.to_string()));
+                Err(Failed::Duplicate) => mode.upsert_inserts = true,
+                Err(Failed::Refused {
+                    command,
+                    statement,
+                    refusal,
+                }) => {
+                    let Some(statement) = statement else {
+                        if mode.split {
+                            return Err(ApplyError::Refused(refusal));
+                        }
+                        mode.split = true;
+                        continue;
+                    };
+                    if self.on_reject == OnReject::Fail
+                        || refusal.code == UNAUTHORIZED
+                        || !refusal.ns.contains('.')
+                    {
+                        return Err(ApplyError::Refused(refusal));
                     }
-                    return Err(ApplyError::Retry(e.to_string()));
+                    log::warn!(target: "mmm", "link {}: journaled in __mmm.rejected: {refusal}", self.link);
+                    let entry = self.journal_entry(plan, command, statement, &refusal, checkpoint);
+                    mode.journal.push(entry);
+                    mode.skip.insert((command, statement));
+                }
+                Err(Failed::Driver(e))
+                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                        && attempts < local_attempts(&e) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
+                }
+                Err(Failed::Driver(e)) => {
+                    return Err(match refusal_of(&e, crate::store::CHECKPOINTS_NS) {
+                        Some(refusal) if !is_transient(&e) => ApplyError::Refused(refusal),
+                        _ => ApplyError::Transient(describe(&e)),
+                    })
                 }
             }
         }

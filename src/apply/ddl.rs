@@ -6,33 +6,8 @@ use super::plan::PlanError;
 use crate::oplog::{CommandKind, DdlKind, Entry};
 use bson::{doc, Bson, Document, RawDocument};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DdlCommand {
-    /// Database the command runs on.
-    pub db: String,
-    pub body: Document,
-    /// Error codes that mean the change is already there.
-    pub done_codes: Vec<i32>,
-}
-
-impl DdlCommand {
-    pub fn to_document(&self) -> Document {
-        doc! {"db": &self.db, "body": self.body.clone(), "done_codes": self.done_codes.clone()}
-    }
-
-    pub fn from_document(d: &Document) -> Option<DdlCommand> {
-        Some(DdlCommand {
-            db: d.get_str("db").ok()?.to_string(),
-            body: d.get_document("body").ok()?.clone(),
-            done_codes: d
-                .get_array("done_codes")
-                .ok()?
-                .iter()
-                .filter_map(|c| c.as_i32())
-                .collect(),
-        })
-    }
-}
+/// A DDL command as a checkpoint stores it while it runs (its shape belongs to `__mmm`).
+pub use crate::store::DdlCommand;
 
 fn split(ns: &str) -> (String, String) {
     let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));

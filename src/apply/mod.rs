@@ -3,7 +3,9 @@
 
 mod applier;
 pub mod ddl;
+mod error;
 mod plan;
 
-pub use applier::{Applier, ApplyError, Checkpoint};
+pub use applier::{Applied, Applier, OnReject};
+pub use error::{describe, is_transient, ApplyError, Refusal};
 pub use plan::{Plan, PlanError, Tag};

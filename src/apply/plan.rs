@@ -87,6 +87,48 @@ impl Command {
     pub fn statement_count(&self) -> usize {
         self.statements.len()
     }
+
+    /// [`Command::body`] with only the statements `keep` selects (by index), and their indices;
+    /// `None` when it selects none.
+    pub fn body_keeping(
+        &self,
+        upsert_inserts: bool,
+        keep: impl Fn(usize) -> bool,
+    ) -> Option<(RawDocumentBuf, Vec<usize>)> {
+        let kept: Vec<usize> = (0..self.statements.len()).filter(|i| keep(*i)).collect();
+        if kept.is_empty() {
+            return None;
+        }
+        if kept.len() == self.statements.len() {
+            return Some((self.body(upsert_inserts), kept));
+        }
+        let mut part = Command::new(&self.db, &self.coll, self.kind);
+        for (i, st) in self.statements.iter().enumerate() {
+            if keep(i) {
+                part.statements.push(st);
+            }
+        }
+        Some((part.body(upsert_inserts), kept))
+    }
+
+    pub fn is_insert(&self) -> bool {
+        self.kind == Kind::Insert
+    }
+
+    /// The statement at `index`: an inserted document, or an update or delete statement.
+    pub fn statement(&self, index: usize) -> Option<&RawDocument> {
+        self.statements.iter().nth(index)
+    }
+
+    /// The `_id` of the document the statement at `index` writes, when it names one.
+    pub fn statement_id(&self, index: usize) -> Option<Bson> {
+        let st = self.statement(index)?;
+        let id = match self.kind {
+            Kind::Insert => st.get("_id").ok()??,
+            Kind::Update | Kind::Delete => st.get_document("q").ok()?.get("_id").ok()??,
+        };
+        Bson::try_from(id.to_raw_bson()).ok()
+    }
 }
 
 /// The field a link in field mode writes into every document it inserts, replaces or updates:
@@ -354,6 +396,30 @@ mod tests {
             doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true}], "ordered": true}
         );
         assert_eq!(p.touched.len(), 5);
+        // Statements are found by index, with their document's `_id`.
+        assert_eq!(p.commands[1].statement_id(0), Some(Bson::Int32(1)));
+        assert_eq!(p.commands[0].statement_id(0), Some(Bson::Int32(1)));
+        assert_eq!(p.commands[0].statement_id(1), None);
+    }
+
+    #[test]
+    fn a_command_can_leave_statements_out() {
+        let mut p = Plan::default();
+        for id in 0..4 {
+            p.add(
+                "db.c",
+                &raw(doc! {"op": "i", "ns": "db.c", "o": {"_id": id}}),
+            )
+            .unwrap();
+        }
+        let (body, kept) = p.commands[0].body_keeping(false, |i| i != 1).unwrap();
+        assert_eq!(kept, vec![0, 2, 3]);
+        assert_eq!(
+            body.to_document().unwrap(),
+            doc! {"insert": "c", "documents": [{"_id": 0}, {"_id": 2}, {"_id": 3}], "ordered": true}
+        );
+        assert!(p.commands[0].body_keeping(false, |_| false).is_none());
+        assert_eq!(p.commands[0].statement_id(3), Some(Bson::Int32(3)));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Translation of update `o` documents into ordinary update documents (ref §3).
+//! Translation of update `o` documents into ordinary update documents (`src/mongo/db/update/`
+//! in mongodb/mongo).
 //!
 //! `$v:2` diffs are validated the way the server's `DocumentDiffReader` / `ArrayDiffReader`
 //! validate them and translated so that applying the returned update documents *in order*,
 //! with normal update semantics, to the pre-image the diff was computed from gives the document
-//! the server's diff applier (`document_diff_applier.cpp`, ref §3.6) gives:
+//! the server's diff applier (`src/mongo/db/update/document_diff_applier.cpp`) gives:
 //!
 //! | diff at path `P`                  | operator                                        |
 //! |-----------------------------------|-------------------------------------------------|
@@ -22,8 +23,8 @@
 //! **Field order.** With the default options the result is equal to the applier's as a value
 //! (same fields, same values, arrays identical) but the *order of fields inside an object* can
 //! differ in two cases: an `i` field that already existed (the applier moves it to the end,
-//! `$set` keeps it in place — ref §3.8 example 9) and several new fields created at one level
-//! (the applier appends them in diff order, one `$set` creates them in lexicographic order).
+//! `$set` keeps it in place) and several new fields created at one level (the applier appends
+//! them in diff order, one `$set` creates them in lexicographic order).
 //! With [`TranslateOptions::exact_field_order`] the translation is exact to the byte: `i`
 //! fields are `$unset` first and `$set` in a later document, and new fields are created by a
 //! sequence of documents whose `$set`s each create fields in an order MongoDB's update system
@@ -59,7 +60,8 @@ pub enum UpdateTranslation {
     Operators(Vec<Document>),
 }
 
-/// The three forms of an update's `o` (ref §3.1, the server's `extractUpdateType`).
+/// The three forms of an update's `o` (the server's `extractUpdateType`,
+/// `src/mongo/db/update/update_oplog_entry_serialization.cpp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateFormat {
     Replacement,

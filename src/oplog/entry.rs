@@ -88,7 +88,7 @@ impl OpTime {
     }
 }
 
-/// DDL commands a replicator must act on (see ref §5).
+/// DDL commands a replicator must act on (as `op_observer_impl.cpp` in mongodb/mongo logs them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DdlKind {
     Create,
@@ -148,7 +148,8 @@ impl DdlKind {
     }
 }
 
-/// What a command (`op: "c"`) entry is, following ref §5.9 and §6.
+/// What a command (`op: "c"`) entry is, following `op_observer_impl.cpp` and the transactions
+/// section of `src/mongo/db/repl/README.md` (mongodb/mongo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind<'a> {
     /// `applyOps` with `lsid` + `txnNumber`, no (or zero) `multiOpType`, neither `partialTxn`
@@ -335,7 +336,8 @@ impl<'a> Entry<'a> {
         }
     }
 
-    /// Classifies a command entry (ref §5.9, §6.4); `None` for other ops.
+    /// Classifies a command entry (applyOps and transactions as `src/mongo/db/repl/README.md`
+    /// describes them); `None` for other ops.
     pub fn command_kind(&self) -> Result<Option<CommandKind<'a>>> {
         let Some(name) = self.command_name()? else {
             return Ok(None);

@@ -9,8 +9,11 @@
 //! * [`diff`] — translation of `$v:2` update diffs (and `$v:1` / replacement updates) into
 //!   ordinary update documents.
 //!
-//! The format facts behind this module are in `ref/oplog-format.md` (§1 fields, §3 updates,
-//! §5.9 applyOps, §6 transactions, §8 no-ops).
+//! The format facts behind this module come from MongoDB's source (mongodb/mongo):
+//! `src/mongo/db/repl/oplog_entry.idl` (fields), `src/mongo/db/update/` (update entries:
+//! `update_oplog_entry_serialization.cpp`, `document_diff_applier.cpp`),
+//! `src/mongo/db/op_observer/op_observer_impl.cpp` and `src/mongo/db/repl/README.md` (applyOps,
+//! transactions), `src/mongo/db/repl/noop_writer.cpp` (no-ops).
 
 pub mod diff;
 pub mod entry;

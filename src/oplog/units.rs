@@ -1,7 +1,9 @@
 //! Transaction reassembly: turns the stream of oplog entries into *units* — one plain entry, or
-//! one committed transaction / atomic batch with its inner operations in order (ref §5.9, §6).
+//! one committed transaction / atomic batch with its inner operations in order (mongodb/mongo
+//! `src/mongo/db/repl/README.md`, `src/mongo/db/transaction/transaction_operations.cpp`).
 //!
-//! Rules implemented (ref §6.4, adjusted for 8.0):
+//! Rules implemented (from the transactions section of `src/mongo/db/repl/README.md`, adjusted
+//! for 8.0):
 //! * `applyOps` with `lsid` + `txnNumber` and no (or zero) `multiOpType` belongs to a
 //!   transaction keyed by `(lsid bytes, txnNumber)`. `partialTxn: true` and `prepare: true`
 //!   entries are buffered; an `applyOps` without either commits the buffered ops plus its own;

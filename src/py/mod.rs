@@ -2,9 +2,13 @@
 
 mod errors;
 mod functions;
+mod redact;
 mod replicator;
 mod server;
+mod specs;
+mod store;
 mod tailer;
+mod topology;
 
 use pyo3::prelude::*;
 use std::time::{Duration, Instant};
@@ -39,5 +43,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tailer::PyTailerCore>()?;
     m.add_class::<replicator::PyReplicatorCore>()?;
     m.add_function(wrap_pyfunction!(functions::diff_to_update, m)?)?;
+    m.add_class::<tailer::PyBatch>()?;
+    m.add_function(wrap_pyfunction!(topology::reach, m)?)?;
+    m.add_function(wrap_pyfunction!(redact::redact_uri, m)?)?;
+    m.add_function(wrap_pyfunction!(redact::uri_secrets, m)?)?;
+    m.add_function(wrap_pyfunction!(redact::redact_text, m)?)?;
+    m.add_function(wrap_pyfunction!(redact::uri_userinfo_problem, m)?)?;
+    store::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `mmm._mmm.ReplicatorCore`: the replication engine driven from Python. `mmm.Replicator` builds
 //! the topology (from YAML or arguments) and turns events into callbacks and logs.
 
+use super::specs::{topology, LinkArg, ServerArg};
 use super::tailer::parse_client_options;
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -23,31 +24,19 @@ fn ts_tuple(ts: Option<bson::Timestamp>) -> Option<(u32, u32)> {
 
 #[pymethods]
 impl PyReplicatorCore {
-    /// `servers`: `[(name, id, uri)]`; `links`: `[(src, dst, ops, forward, initial_sync,
-    /// tag_documents)]` with endpoints written `server/db.coll` (or `server/db.*`, `server/*`).
+    /// `servers`: objects with `name`, `id`, `uri` (`mmm.Server`); `links`: objects with `src`,
+    /// `dst`, `ops`, `forward`, `initial_sync`, `marker` (`mmm.Link`), endpoints written
+    /// `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
-    fn new(
-        servers: Vec<(String, String, String)>,
-        links: Vec<(String, String, String, bool, bool, bool)>,
-    ) -> PyResult<Self> {
-        let servers: Vec<ServerSpec> = servers
-            .into_iter()
-            .map(|(name, id, uri)| ServerSpec { name, id, uri })
-            .collect();
-        let mut specs = Vec::new();
-        for (src, dst, ops, forward, initial_sync, tag_documents) in links {
-            let mut spec = LinkSpec::parse(&src, &dst, &ops)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            spec.forward = forward;
-            spec.initial_sync = initial_sync;
-            spec.tag_documents = tag_documents;
-            specs.push(spec);
-        }
-        crate::replicate::topology::validate(&servers, &specs)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    fn new(py: Python<'_>, servers: Vec<ServerArg>, links: Vec<LinkArg>) -> PyResult<Self> {
+        let (servers, specs) = topology(servers, links)?;
         for s in &servers {
-            parse_client_options(&s.uri)
-                .map_err(|e| PyValueError::new_err(format!("server {:?}: {e}", s.name)))?;
+            parse_client_options(&s.uri).map_err(|e| {
+                match e.is_instance_of::<PyValueError>(py) {
+                    true => PyValueError::new_err(format!("server {:?}: {}", s.name, e.value(py))),
+                    false => e, // the runtime's RuntimeError after a fork stays what it is
+                }
+            })?;
         }
         Ok(PyReplicatorCore {
             servers,
@@ -73,7 +62,7 @@ impl PyReplicatorCore {
             options.insert(s.name.clone(), o);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let _guard = rt.enter();
         let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -102,8 +91,9 @@ impl PyReplicatorCore {
         timeout: f64,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let events = self.events.clone();
+        let rt = crate::runtime::get()?;
         let event = super::wait_detached(py, timeout, |slice| {
-            crate::runtime::get().block_on(async {
+            rt.block_on(async {
                 let mut guard = events.lock().await;
                 match guard.as_mut() {
                     Some(rx) => tokio::time::timeout(slice, rx.recv()).await.ok(),
@@ -137,7 +127,8 @@ impl PyReplicatorCore {
     }
 
     /// One dict per link: id, src, dst, state, checkpoint, lag_seconds, lag_ops, ops_applied,
-    /// batches_applied, echoes_skipped, conflicts, initial_sync (copied, total), last_error.
+    /// batches_applied, echoes_skipped, conflicts, rejected, initial_sync (copied, total),
+    /// last_error.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let mut out = Vec::new();
         let running = self.running.lock();
@@ -166,6 +157,7 @@ impl PyReplicatorCore {
             d.set_item("batches_applied", s.batches_applied)?;
             d.set_item("echoes_skipped", s.ops_skipped_echo)?;
             d.set_item("conflicts", s.conflicts)?;
+            d.set_item("rejected", s.rejected)?;
             d.set_item(
                 "initial_sync",
                 (s.initial_sync_copied, s.initial_sync_total),

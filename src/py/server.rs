@@ -13,15 +13,19 @@ pub struct PyMongoServer {
 #[pymethods]
 impl PyMongoServer {
     #[new]
-    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string(), test_commands = true))]
+    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string(), advertise = None, test_commands = true))]
     fn new(
         py: Python<'_>,
         port: u16,
         replset: String,
         oplog_size_mb: f64,
         host: String,
+        advertise: Option<String>,
         test_commands: bool,
     ) -> PyResult<Self> {
+        if let Some(a) = &advertise {
+            crate::server::check_advertise(a).map_err(PyValueError::new_err)?;
+        }
         if !(oplog_size_mb > 0.0) {
             return Err(PyValueError::new_err(format!(
                 "oplog_size_mb must be positive, got {oplog_size_mb}"
@@ -37,9 +41,10 @@ impl PyMongoServer {
             port,
             replset,
             oplog_size_bytes: (oplog_size_mb * 1024.0 * 1024.0) as u64,
+            advertise,
             test_commands,
         };
-        let rt = crate::runtime::get();
+        let rt = crate::runtime::get()?;
         let inner = py
             .detach(|| rt.block_on(MongoServer::start(options.clone())))
             .map_err(|e| {

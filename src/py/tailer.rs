@@ -9,7 +9,7 @@ use mongodb::options::ClientOptions;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::PyBytes;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -46,28 +46,81 @@ fn parse_start(start: &Bound<'_, PyAny>) -> PyResult<StartAt> {
     ))
 }
 
+/// The driver's options for `uri`. A mistake is reported without the URI's secrets: the URI is
+/// quoted redacted, and an ambiguous userinfo is refused before the driver quotes pieces of it.
 pub fn parse_client_options(uri: &str) -> PyResult<ClientOptions> {
-    let rt = crate::runtime::get();
+    let quoted = crate::redact::uri(uri, false);
+    if let Some(problem) = crate::redact::userinfo_problem(uri) {
+        return Err(PyValueError::new_err(format!(
+            "invalid MongoDB URI {quoted:?}: {problem}"
+        )));
+    }
+    let rt = crate::runtime::get()?;
     let mut options = rt
         .block_on(async { ClientOptions::parse(uri).await })
-        .map_err(|e| PyValueError::new_err(format!("invalid MongoDB URI {uri:?}: {e}")))?;
+        .map_err(|e| {
+            // The driver's own sentence, without its debug fields (labels, source, ...).
+            let reason = match e.kind.as_ref() {
+                mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+                _ => e.to_string(),
+            };
+            let reason = crate::redact::text(&reason, &crate::redact::secrets(uri));
+            PyValueError::new_err(format!("invalid MongoDB URI {quoted:?}: {reason}"))
+        })?;
     options.app_name.get_or_insert_with(|| "mmm".to_string());
     Ok(options)
 }
 
-fn delivery_to_py<'py>(py: Python<'py>, d: Delivery) -> PyResult<Bound<'py, PyTuple>> {
-    let docs = PyBytes::new(py, &d.docs);
-    let subs = PyList::empty(py);
-    for s in &d.subscriptions {
-        subs.append(PyTuple::new(py, s)?)?;
+/// The ops of one delivery that some trigger wants, in oplog order: `ops` holds them as
+/// concatenated BSON documents, and each per-op list has one entry per op.
+#[pyclass(name = "Batch", module = "mmm._mmm", frozen)]
+pub struct PyBatch {
+    /// The matched ops as concatenated BSON documents (`bson.decode_all`).
+    #[pyo3(get)]
+    ops: Py<PyBytes>,
+    /// Per op: the indexes of the subscriptions it matched.
+    #[pyo3(get)]
+    subscriptions: Vec<Vec<u32>>,
+    /// Per op: its `ts` as `(time, inc)` (a transaction's ops share the commit's).
+    #[pyo3(get)]
+    ts: Vec<(u32, u32)>,
+    /// Per op: True when it ends its unit, so a checkpoint may move to its `ts`.
+    #[pyo3(get)]
+    unit_end: Vec<bool>,
+    /// Where a consumer may checkpoint once every op here is handled, as `(time, inc)`.
+    #[pyo3(get)]
+    checkpoint: Option<(u32, u32)>,
+    /// Oplog entries read to produce this batch, matched or not.
+    #[pyo3(get)]
+    entries_read: u64,
+}
+
+#[pymethods]
+impl PyBatch {
+    fn __len__(&self) -> usize {
+        self.ts.len()
     }
-    let ts = PyList::empty(py);
-    for t in &d.ts {
-        ts.append((t.time, t.increment))?;
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Batch(ops={}, checkpoint={:?}, entries_read={})",
+            self.ts.len(),
+            self.checkpoint,
+            self.entries_read
+        )
     }
-    let ends = PyList::new(py, &d.unit_end)?;
-    let checkpoint = d.checkpoint.map(|t| (t.time, t.increment));
-    (docs, subs, ts, ends, checkpoint, d.entries_read).into_pyobject(py)
+}
+
+fn delivery_to_py(py: Python<'_>, d: Delivery) -> PyResult<Bound<'_, PyBatch>> {
+    let batch = PyBatch {
+        ops: PyBytes::new(py, &d.docs).unbind(),
+        subscriptions: d.subscriptions,
+        ts: d.ts.iter().map(|t| (t.time, t.increment)).collect(),
+        unit_end: d.unit_end,
+        checkpoint: d.checkpoint.map(|t| (t.time, t.increment)),
+        entries_read: d.entries_read,
+    };
+    Bound::new(py, batch)
 }
 
 /// Picks the ops some trigger wants (on raw BSON, without the GIL).
@@ -88,7 +141,7 @@ fn select(selector: &Selector, batch: UnitBatch) -> Result<Delivery, TailError> 
 fn receive(
     py: Python<'_>,
     result: Option<Result<Delivery, TailError>>,
-) -> PyResult<Option<Bound<'_, PyTuple>>> {
+) -> PyResult<Option<Bound<'_, PyBatch>>> {
     match result {
         Some(Ok(d)) => delivery_to_py(py, d).map(Some),
         Some(Err(e)) => Err(tail_error_to_py(&e)),
@@ -147,7 +200,7 @@ impl PyTailerCore {
         *self.receiver.blocking_lock() = Some(rx);
         *self.pid.lock() = Some(std::process::id());
         let stop = self.stop.subscribe();
-        crate::runtime::get().spawn(run(options, tx, stop));
+        crate::runtime::get()?.spawn(run(options, tx, stop));
         Ok(())
     }
 
@@ -161,17 +214,17 @@ impl PyTailerCore {
     }
 
     /// Waits up to `timeout` seconds for the next batch; None on timeout or after stop.
-    /// Returns `(bson_bytes, subscription_ids, ts_list, unit_end_list, checkpoint, entries_read)`.
     fn next_batch<'py>(
         &self,
         py: Python<'py>,
         timeout: f64,
-    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    ) -> PyResult<Option<Bound<'py, PyBatch>>> {
         self.check_process()?;
         let receiver = self.receiver.clone();
         let selector = self.selector.clone();
+        let rt = crate::runtime::get()?;
         let message = super::wait_detached(py, timeout, |slice| {
-            crate::runtime::get().block_on(async {
+            rt.block_on(async {
                 let mut guard = receiver.lock().await;
                 let Some(rx) = guard.as_mut() else {
                     return Some(None);
@@ -186,6 +239,7 @@ impl PyTailerCore {
     /// The same as `next_batch` for asyncio: an awaitable of the next batch (None after stop).
     fn next_batch_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_process()?;
+        crate::runtime::get()?;
         let receiver = self.receiver.clone();
         let selector = self.selector.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {

@@ -9,8 +9,9 @@
 //! reads A's oplog (A -> B); the check for a batch waits until that reader has passed `T`, so no
 //! local write of A that could conflict is missed.
 
-use super::provenance::{Provenance, CHECKPOINTS_NS};
+use super::provenance::Provenance;
 use crate::oplog::{Entry, OpKind, Unit};
+use crate::store::CHECKPOINTS_NS;
 use bson::{Bson, Timestamp};
 use parking_lot::Mutex;
 use std::collections::HashMap;

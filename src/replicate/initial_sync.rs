@@ -3,14 +3,15 @@
 //! so writes made during the copy are neither lost nor doubled. Copy batches are transactions
 //! marked like replicated batches, so the reverse link never sends them back.
 
-use super::link::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use crate::apply::{Applier, Checkpoint, Plan, Tag};
+use super::runtime::{LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::NsPattern;
+use crate::store::Checkpoint;
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
 use mongodb::Client;
 
-const SKIP_DBS: &[&str] = &["admin", "local", "config", "__mmm"];
+use crate::store::namespaces::{is_system_collection, SERVER_DATABASES as SKIP_DBS};
 
 async fn source_namespaces(
     src: &Client,
@@ -33,7 +34,7 @@ async fn source_namespaces(
         out.extend(
             names
                 .into_iter()
-                .filter(|c| !c.starts_with("system."))
+                .filter(|c| !is_system_collection(c))
                 .map(|c| format!("{db}.{c}")),
         );
     }
@@ -52,7 +53,7 @@ pub async fn initial_sync(
         ts: start,
     });
     let marker = format!("{}#initial-sync", rt.spec.id());
-    let applier = Applier::new(dst.clone(), &marker);
+    let applier = Applier::new(dst.clone(), &marker).on_reject(rt.spec.on_reject);
     let namespaces = source_namespaces(src, &rt.spec.src_ns).await?;
     let mut total = 0u64;
     for ns in &namespaces {
@@ -81,17 +82,20 @@ pub async fn initial_sync(
         applied: zero,
         ops_applied: 0,
         conflicts: 0,
+        rejected: 0,
         pending_ddl: None,
     };
     let apply = |plan: Plan| {
         let applier = &applier;
         let checkpoint = &checkpoint;
         async move {
-            applier
+            let applied = applier
                 .apply(&plan, checkpoint)
                 .await
-                .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
-            rt.status.lock().initial_sync_copied += plan.ops as u64;
+                .map_err(mongodb::error::Error::custom)?;
+            let mut s = rt.status.lock();
+            s.initial_sync_copied += plan.ops as u64;
+            s.rejected += applied.rejected;
             Ok::<(), mongodb::error::Error>(())
         }
     };

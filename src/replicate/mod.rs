@@ -7,11 +7,13 @@ mod initial_sync;
 mod link;
 pub mod provenance;
 mod route;
+mod runtime;
+mod session;
 pub mod status;
 pub mod topology;
 mod writer;
 
-pub use link::{LinkEvent, LinkRuntime};
+pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};
 
 use conflicts::ConflictTracker;

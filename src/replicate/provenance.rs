@@ -1,13 +1,10 @@
 //! Where a unit read from a server's oplog came from. Replicated batches are transactions whose
 //! first write is a link's checkpoint document in `__mmm.checkpoints`, which names the origin;
-//! no field is ever added to user documents. Pure logic.
+//! no field is ever added to user documents (the checkpoint's shape is in `store/`). Pure logic.
 
 use crate::oplog::{Entry, OpKind, Unit};
-use bson::RawDocument;
-
-pub const MMM_DB: &str = "__mmm";
-pub const CHECKPOINTS_COLL: &str = "checkpoints";
-pub const CHECKPOINTS_NS: &str = "__mmm.checkpoints";
+use crate::store::checkpoints::origin_of_write;
+use crate::store::is_internal_ns;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provenance {
@@ -26,48 +23,15 @@ pub enum Provenance {
     Internal,
 }
 
-pub fn is_internal_ns(ns: &str) -> bool {
-    ns == MMM_DB || ns.starts_with("__mmm.")
-}
-
-/// The origin named by a checkpoint write, and the database of a DDL command it announces.
-fn origin_of_checkpoint_write(op: &RawDocument) -> Option<(String, Option<String>)> {
-    let entry = Entry::new(op);
-    if entry.ns().ok()? != CHECKPOINTS_NS {
-        return None;
-    }
-    // The checkpoint is written as a replacement (or inserted): `o` is the whole document.
-    let o = match entry.op().ok()? {
-        OpKind::Insert | OpKind::Update => entry.o().ok()?,
-        _ => return None,
-    };
-    let origin = o.get_str("origin").ok()?.to_string();
-    // The database the announced command changes: where it runs, except for renameCollection,
-    // which runs on admin and changes the database of the namespace it names.
-    let ddl_db = o.get_document("pending_ddl").ok().and_then(|p| {
-        let body = p.get_document("body").ok()?;
-        match body.get_str("renameCollection") {
-            Ok(ns) => Some(ns.split_once('.').map_or(ns, |(db, _)| db).to_string()),
-            Err(_) => p.get_str("db").ok().map(|db| db.to_string()),
-        }
-    });
-    Some((origin, ddl_db))
-}
-
 pub fn classify(unit: &Unit) -> Provenance {
     match unit {
         Unit::Transaction(txn) => {
             // The checkpoint write comes first, possibly after mmm's own DDL (an implicit create).
-            let leading = txn.ops.iter().take_while(|op| {
-                Entry::new(op)
-                    .ns()
-                    .map(|ns| ns.starts_with("__mmm."))
-                    .unwrap_or(false)
-            });
-            if let Some((origin, ddl_db)) = leading
-                .filter_map(|op| origin_of_checkpoint_write(op))
-                .next()
-            {
+            let leading = txn
+                .ops
+                .iter()
+                .take_while(|op| Entry::new(op).ns().map(is_internal_ns).unwrap_or(false));
+            if let Some((origin, ddl_db)) = leading.filter_map(|op| origin_of_write(op)).next() {
                 let has_data = txn
                     .ops
                     .iter()
@@ -88,12 +52,7 @@ pub fn classify(unit: &Unit) -> Provenance {
                     .ok()
                     .flatten()
                     .map(|ns| is_internal_ns(&ns))
-                    .unwrap_or_else(|| {
-                        entry
-                            .ns()
-                            .map(|ns| ns.starts_with("__mmm."))
-                            .unwrap_or(false)
-                    }),
+                    .unwrap_or_else(|| entry.ns().map(is_internal_ns).unwrap_or(false)),
                 _ => entry.ns().map(is_internal_ns).unwrap_or(false),
             };
             if internal {

@@ -1,8 +1,8 @@
 //! Which ops of a unit a link carries, renamed into the destination's namespaces. Pure logic.
 
-use super::provenance::is_internal_ns;
 use super::topology::LinkSpec;
 use crate::oplog::{Entry, OpKind, OplogError, Unit};
+use crate::store::is_replicable_ns;
 use bson::{RawDocument, RawDocumentBuf};
 
 /// One op to apply: the destination namespace and the source entry (or inner op), borrowed
@@ -25,7 +25,8 @@ fn route_op<'a>(
         return Ok(());
     }
     let ns = entry.ns()?;
-    if is_internal_ns(ns) {
+    // mmm's own state, the server's databases and system collections: never carried.
+    if !is_replicable_ns(ns) {
         return Ok(());
     }
     if let Some(dst_ns) = link.src_ns.rename(ns, &link.dst_ns) {

@@ -44,6 +44,9 @@ pub struct LinkStatus {
     pub batches_applied: u64,
     pub ops_skipped_echo: u64,
     pub conflicts: u64,
+    /// Ops the destination refused, journaled in `__mmm.rejected` (links with
+    /// `on_reject="journal"`).
+    pub rejected: u64,
     pub initial_sync_copied: u64,
     pub initial_sync_total: u64,
     pub last_error: Option<String>,
@@ -68,6 +71,7 @@ impl LinkStatus {
             batches_applied: 0,
             ops_skipped_echo: 0,
             conflicts: 0,
+            rejected: 0,
             initial_sync_copied: 0,
             initial_sync_total: 0,
             last_error: None,

@@ -2,7 +2,7 @@
 //! It runs as its own task, so the destination applies one batch while the next is being read
 //! and planned; the channel between the halves holds one batch, which bounds memory.
 
-use super::link::{report_conflict, LinkFailure, LinkRuntime};
+use super::runtime::{report_conflict, LinkFailure, LinkRuntime};
 use crate::apply::ddl::DdlCommand;
 use crate::apply::{Applier, Plan};
 use bson::Timestamp;
@@ -93,10 +93,12 @@ async fn apply_batch(
     // Built here, not by the reading half: the running totals it carries must include every
     // batch applied before this one.
     let checkpoint = rt.checkpoint(origin, resume, applied, plan.ops);
-    let commit_ts = applier.apply(&plan, &checkpoint).await?;
+    let applied = applier.apply(&plan, &checkpoint).await?;
+    let commit_ts = applied.commit_ts;
     {
         let mut s = rt.status.lock();
-        s.ops_applied += plan.ops as u64;
+        s.ops_applied += plan.ops as u64 - applied.rejected;
+        s.rejected += applied.rejected;
         s.batches_applied += 1;
         s.checkpoint = Some(checkpoint.ts);
         s.lag_ops = s.lag_ops.saturating_sub(plan.ops as u64);

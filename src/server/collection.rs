@@ -3,8 +3,10 @@
 //! collection in O(1) and commit by swapping it back.
 
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{get_path, KeyValue};
 use crate::server::shell;
+use crate::server::validation::Validator;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use imbl::OrdMap;
 use std::sync::Arc;
@@ -45,7 +47,7 @@ pub fn raw_id(raw: &RawDocumentBuf) -> Option<Bson> {
 pub fn encode(doc: &Document) -> ServerResult<Arc<RawDocumentBuf>> {
     RawDocumentBuf::from_document(doc)
         .map(|raw| Arc::new(compact(raw)))
-        .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))
+        .map_err(|e| ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}")))
 }
 
 /// Drops the spare capacity an encoder leaves (up to half of the buffer): stored documents
@@ -72,13 +74,15 @@ impl Index {
         let key = spec
             .get_document("key")
             .map_err(|_| {
-                ServerError::new(67, "CannotCreateIndex", "index spec needs a 'key' document")
+                ServerError::new(
+                    ErrorCode::CannotCreateIndex,
+                    "index spec needs a 'key' document",
+                )
             })?
             .clone();
         if key.is_empty() {
             return Err(ServerError::new(
-                67,
-                "CannotCreateIndex",
+                ErrorCode::CannotCreateIndex,
                 "Index keys cannot be an empty field",
             ));
         }
@@ -122,8 +126,7 @@ pub fn duplicate_key_error(
     key_value: Document,
 ) -> ServerError {
     ServerError::new(
-        11000,
-        "DuplicateKey",
+        ErrorCode::DuplicateKey,
         format!(
             "E11000 duplicate key error collection: {ns} index: {index} dup key: {}",
             shell::render_document(&key_value)
@@ -145,12 +148,17 @@ pub struct Collection {
     /// Options given at creation, as listCollections and the `create` oplog entry show them.
     pub options: Document,
     pub capped: Option<CappedLimits>,
+    /// The parsed `validator` of `options` (with its level and action).
+    pub validator: Option<Arc<Validator>>,
     pub has_id_index: bool,
     pub records: OrdMap<RecordId, Record>,
     pub id_index: OrdMap<KeyValue, RecordId>,
     pub indexes: Vec<Index>,
     pub next_record: RecordId,
     pub data_size: u64,
+    /// Bytes of documents replaced or removed since creation: what snapshots of older versions
+    /// of this collection may keep alive (the snapshot history bounds its memory by it).
+    pub superseded_bytes: u64,
 }
 
 impl Collection {
@@ -171,17 +179,20 @@ impl Collection {
         } else {
             None
         };
+        let validator = Validator::from_options(&options)?.map(Arc::new);
         Ok(Collection {
             ns: ns.to_string(),
             uuid: bson::Uuid::new(),
             options,
             capped,
+            validator,
             has_id_index: true,
             records: OrdMap::new(),
             id_index: OrdMap::new(),
             indexes: Vec::new(),
             next_record: 1,
             data_size: 0,
+            superseded_bytes: 0,
         })
     }
 
@@ -349,7 +360,7 @@ impl Collection {
     }
 
     /// Replaces the record at `rid` with encoded bytes (`doc` gives the index keys).
-    fn replace_encoded(
+    pub fn replace_encoded(
         &mut self,
         rid: RecordId,
         doc: &Document,
@@ -361,10 +372,11 @@ impl Collection {
             .records
             .get(&rid)
             .cloned()
-            .ok_or_else(|| ServerError::new(1, "InternalError", "record vanished"))?;
+            .ok_or_else(|| ServerError::new(ErrorCode::InternalError, "record vanished"))?;
         self.index_remove(&old);
         self.index_add(rid, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
+        self.superseded_bytes += old.size() as u64;
         self.records.insert(rid, Record { raw, version });
         Ok(())
     }
@@ -374,6 +386,7 @@ impl Collection {
         let rec = self.records.remove(&rid)?;
         self.index_remove(&rec);
         self.data_size -= rec.size() as u64;
+        self.superseded_bytes += rec.size() as u64;
         Some(rec)
     }
 

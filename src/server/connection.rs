@@ -1,9 +1,12 @@
 //! Accepting clients and serving one connection: read a message, run it, answer.
 
-use super::commands::{allowed_over_op_query, error_reply, execute, to_raw, Execution};
+use super::commands::{
+    allowed_over_op_query, detach_read, error_reply, execute, reattach, to_raw, Detach, Execution,
+};
 use super::error::ServerError;
-use super::wire::{self, Header, HEADER_LEN};
+use super::wire::{self, Header, WireError, HEADER_LEN};
 use super::Shared;
+use crate::server::error_codes::ErrorCode;
 use bson::Document;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,28 +39,46 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             shared.info.connections.fetch_add(1, Ordering::Relaxed);
             serve(stream, &shared, id).await;
+            // A closed connection's cursors can never be read again by it.
+            shared.state.lock().cursors.close_connection(id);
             shared.info.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-/// Reads one message into `payload` (reused across messages: a 48 MB limit means large
-/// buffers, and allocating them afresh for every message costs page faults).
+/// Buffers up to this size are kept for the connection's next message (allocating afresh for
+/// every message costs page faults); a larger one is released once its message is handled.
+const KEPT_BUFFER: usize = 1024 * 1024;
+/// Bytes read into the buffer per step: a message's buffer grows with the bytes that actually
+/// arrive, never to the size an unverified header announces.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads one message into `payload` (reused across messages). `Ok(None)`: the client closed
+/// the connection between messages.
 async fn read_message(
     stream: &mut TcpStream,
+    head: &mut [u8; HEADER_LEN],
     payload: &mut Vec<u8>,
 ) -> std::io::Result<Option<Header>> {
-    let mut head = [0u8; HEADER_LEN];
-    match stream.read_exact(&mut head).await {
+    match stream.read_exact(head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let header = Header::parse(&head)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let header =
+        Header::parse(head).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let want = header.length - HEADER_LEN;
     payload.clear();
-    payload.resize(header.length - HEADER_LEN, 0);
-    stream.read_exact(payload).await?;
+    while payload.len() < want {
+        let step = (want - payload.len()).min(READ_STEP.max(payload.len()));
+        let start = payload.len();
+        payload.resize(start + step, 0);
+        let n = stream.read(&mut payload[start..]).await?;
+        payload.truncate(start + n);
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Some(header))
 }
 
@@ -69,9 +90,13 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
     let mut payload = Vec::new();
     // The client's appName from its first hello (fail points can target it).
     let mut app_name: Option<String> = None;
+    let mut head = [0u8; HEADER_LEN];
     loop {
+        if payload.capacity() > KEPT_BUFFER {
+            payload = Vec::new();
+        }
         let message = tokio::select! {
-            m = read_message(&mut stream, &mut payload) => m,
+            m = read_message(&mut stream, &mut head, &mut payload) => m,
             _ = drops.changed() => return,
             _ = shutdown.wait_for(|s| *s) => return,
         };
@@ -85,6 +110,12 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
                 _ = drops.changed() => return,
             }
         }
+        if header.op_code == wire::OP_MSG {
+            if let Err(msg) = wire::verify_checksum(&head, &payload) {
+                log::debug!(target: "mmm", "closing connection {connection_id}: {msg}");
+                return;
+            }
+        }
         let request = match header.op_code {
             wire::OP_MSG => wire::parse_op_msg(&payload),
             wire::OP_QUERY => wire::parse_op_query(&payload),
@@ -93,7 +124,29 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
         };
         let request = match request {
             Ok(r) => r,
-            Err(msg) => {
+            Err(WireError::Reply(e)) => {
+                // A refused document in a well-framed message: answer, as mongod does.
+                let more_to_come = header.op_code == wire::OP_MSG
+                    && payload.len() >= 4
+                    && u32::from_le_bytes(payload[0..4].try_into().unwrap())
+                        & wire::FLAG_MORE_TO_COME
+                        != 0;
+                if more_to_come {
+                    continue;
+                }
+                reply_id = reply_id.wrapping_add(1);
+                let reply = to_raw(&e.to_document());
+                let bytes = if header.op_code == wire::OP_QUERY {
+                    wire::encode_op_reply(reply_id, header.request_id, &reply)
+                } else {
+                    wire::encode_op_msg(reply_id, header.request_id, &reply)
+                };
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(WireError::Close(msg)) => {
                 log::debug!(target: "mmm", "closing connection {connection_id}: {msg}");
                 return;
             }
@@ -110,7 +163,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         }
         let reply = if request.legacy && !allowed_over_op_query(&cmd) {
-            let e = ServerError::new(352, "UnsupportedOpQueryCommand", format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
+            let e = ServerError::new(ErrorCode::UnsupportedOpQueryCommand, format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
         } else {
             let intercept = shared.info.test_commands.then(|| {
@@ -255,14 +308,26 @@ async fn run_request(
     let mut appends = shared.appends.subscribe();
     loop {
         let final_attempt = Instant::now() >= deadline;
-        let outcome = {
-            let mut state = shared.state.lock();
-            let before = state.capped_appends;
-            let outcome = execute(&mut state, &shared.info, body, connection_id, final_attempt);
-            if state.capped_appends != before {
-                shared.appends.send_replace(state.capped_appends);
+        let detach = detach_read(&mut shared.state.lock(), body);
+        let outcome = match detach {
+            Detach::Reply(reply) => Execution::Done(reply),
+            Detach::View(mut view) => {
+                let outcome = without_blocking_others(|| {
+                    execute(&mut view, &shared.info, body, connection_id, final_attempt)
+                });
+                reattach(&mut shared.state.lock(), *view);
+                outcome
             }
-            outcome
+            Detach::Locked => {
+                let mut state = shared.state.lock();
+                let before = state.capped_appends;
+                let outcome = execute(&mut state, &shared.info, body, connection_id, final_attempt);
+                if state.capped_appends != before {
+                    shared.appends.send_replace(state.capped_appends);
+                }
+                state.record_history();
+                outcome
+            }
         };
         match outcome {
             Execution::Done(reply) => return reply,
@@ -271,5 +336,14 @@ async fn run_request(
                     tokio::time::timeout_at(deadline.into(), appends.wait_for(|v| *v > seen)).await;
             }
         }
+    }
+}
+
+/// Runs a (possibly long) read on this worker thread, first handing the worker's other tasks to
+/// another thread when the runtime allows it, so other connections keep being served.
+fn without_blocking_others<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

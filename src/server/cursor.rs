@@ -3,6 +3,7 @@
 
 use crate::server::collection::{Record, RecordId};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{Matcher, Projection};
 use crate::server::state::{split_ns, State};
 use bson::{Document, RawArrayBuf, RawDocumentBuf};
@@ -31,6 +32,8 @@ pub enum Source {
         positioned: bool,
         matcher: Option<Matcher>,
         await_data: bool,
+        /// Matching documents still to pass over (`skip`) before any is returned.
+        skip: u64,
     },
 }
 
@@ -40,6 +43,7 @@ pub struct Cursor {
     pub projection: Option<Projection>,
     pub limit_remaining: Option<u64>,
     pub batch_size: Option<usize>,
+    pub life: crate::server::cursor_table::CursorLife,
 }
 
 pub struct Batch {
@@ -116,13 +120,13 @@ impl Cursor {
                 after,
                 positioned,
                 matcher,
+                skip,
                 ..
             } => {
                 let (db, coll) = split_ns(&self.ns);
                 let Some(c) = state.coll(db, coll) else {
                     return Err(ServerError::new(
-                        237,
-                        "CursorKilled",
+                        ErrorCode::CursorKilled,
                         format!("collection dropped while tailing: {}", self.ns),
                     ));
                 };
@@ -131,8 +135,7 @@ impl Cursor {
                         && c.first_record_id().is_some_and(|first| first > pos)
                     {
                         return Err(ServerError::new(
-                            136,
-                            "CappedPositionLost",
+                            ErrorCode::CappedPositionLost,
                             format!(
                                 "CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({pos})"
                             ),
@@ -149,6 +152,12 @@ impl Cursor {
                     }
                     *after = Some(*rid);
                     *positioned = true;
+                    if *skip > 0 {
+                        if matcher.as_ref().is_none_or(|m| m.matches_raw(&rec.raw)) {
+                            *skip -= 1;
+                        }
+                        continue;
+                    }
                     if let Some(len) = emit(&mut docs, rec, matcher.as_ref(), projection)? {
                         bytes += len;
                         count += 1;
@@ -174,7 +183,7 @@ fn push_document(
         Some(p) => RawDocumentBuf::from_document(&p.try_apply(doc)?),
         None => RawDocumentBuf::from_document(doc),
     }
-    .map_err(|e| ServerError::new(1, "InternalError", e.to_string()))?;
+    .map_err(|e| ServerError::new(ErrorCode::InternalError, e.to_string()))?;
     let len = raw.as_bytes().len();
     docs.push(raw);
     Ok(len)

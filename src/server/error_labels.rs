@@ -1,8 +1,7 @@
-//! The error labels mongod adds to a reply (its `ErrorLabelBuilder`), and the names of the error
-//! codes that can be asked for by number (fail points): both from MongoDB's error_codes.yml and
-//! error_labels.cpp.
+//! The error labels mongod adds to a reply (its `ErrorLabelBuilder`, error_labels.cpp), with the
+//! error categories of MongoDB's error_codes.yml they depend on.
 
-use bson::{Bson, Document};
+use bson::Document;
 
 /// Codes in error_codes.yml's `RetriableError` category.
 const RETRIABLE: &[i32] = &[
@@ -54,63 +53,6 @@ pub fn labels_for(
         return vec!["RetryableWriteError".into()];
     }
     Vec::new()
-}
-
-/// The codeName mongod answers for `code` (`Location<code>` for codes it does not name).
-pub fn code_name(code: i32) -> Bson {
-    let name = match code {
-        1 => "InternalError",
-        2 => "BadValue",
-        4 => "NoSuchKey",
-        6 => "HostUnreachable",
-        7 => "HostNotFound",
-        8 => "UnknownError",
-        9 => "FailedToParse",
-        11 => "UserNotFound",
-        13 => "Unauthorized",
-        14 => "TypeMismatch",
-        18 => "AuthenticationFailed",
-        20 => "IllegalOperation",
-        24 => "LockTimeout",
-        26 => "NamespaceNotFound",
-        43 => "CursorNotFound",
-        48 => "NamespaceExists",
-        50 => "MaxTimeMSExpired",
-        59 => "CommandNotFound",
-        64 => "WriteConcernTimeout",
-        72 => "InvalidOptions",
-        79 => "UnknownReplWriteConcern",
-        89 => "NetworkTimeout",
-        91 => "ShutdownInProgress",
-        100 => "UnsatisfiableWriteConcern",
-        112 => "WriteConflict",
-        121 => "DocumentValidationFailure",
-        134 => "ReadConcernMajorityNotAvailableYet",
-        175 => "QueryPlanKilled",
-        189 => "PrimarySteppedDown",
-        211 => "KeyNotFound",
-        225 => "TransactionTooOld",
-        237 => "CursorKilled",
-        239 => "SnapshotTooOld",
-        244 => "NOT_YET_AVAILABLE_TransactionAborted",
-        246 => "SnapshotUnavailable",
-        251 => "NoSuchTransaction",
-        256 => "TransactionCommitted",
-        262 => "ExceededTimeLimit",
-        267 => "PreparedTransactionInProgress",
-        279 => "ClientDisconnect",
-        9001 => "SocketException",
-        10107 => "NotWritablePrimary",
-        11000 => "DuplicateKey",
-        11600 => "InterruptedAtShutdown",
-        11601 => "Interrupted",
-        11602 => "InterruptedDueToReplStateChange",
-        13435 => "NotPrimaryNoSecondaryOk",
-        13436 => "NotPrimaryOrSecondary",
-        50768 => "NotARetryableWriteCommand",
-        _ => return Bson::String(format!("Location{code}")),
-    };
-    Bson::String(name.into())
 }
 
 #[cfg(test)]

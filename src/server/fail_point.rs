@@ -16,7 +16,7 @@
 //! - `maxTimeAlwaysTimeOut`: every command with a `maxTimeMS` fails with MaxTimeMSExpired.
 
 use crate::server::error::{ServerError, ServerResult};
-use crate::server::error_labels::{code_name, labels_for};
+use crate::server::error_labels::labels_for;
 use crate::server::write_concern::supports_write_concern;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use std::collections::{HashMap, HashSet};
@@ -166,11 +166,7 @@ impl FailPoints {
             }
         };
         let Some(name) = KNOWN.iter().copied().find(|k| *k == name) else {
-            return Err(ServerError::new(
-                266,
-                "FailPointSetFailed",
-                format!("{name} not found"),
-            ));
+            return Err(ServerError::location(266, format!("{name} not found")));
         };
         let mode = parse_mode(body.get("mode"))?;
         let data = match body.get("data") {
@@ -246,9 +242,8 @@ impl FailPoints {
                     intercept.close = true;
                 } else if let Some(code) = code {
                     let mut e = labelled(
-                        ServerError::new(
+                        ServerError::location(
                             code as i32,
-                            "",
                             "Failing command via 'failCommand' failpoint",
                         ),
                         data,
@@ -275,11 +270,8 @@ impl FailPoints {
         {
             if let Some(fp) = self.armed(MAX_TIME_ALWAYS) {
                 if fp.fire() {
-                    intercept.error = Some(ServerError::new(
-                        50,
-                        "MaxTimeMSExpired",
-                        "operation exceeded time limit",
-                    ));
+                    intercept.error =
+                        Some(ServerError::location(50, "operation exceeded time limit"));
                     return Some(intercept);
                 }
             }
@@ -303,7 +295,7 @@ impl FailPoints {
                         .unwrap_or(true);
                     if let Some(code) = data.get("failBeforeCommitExceptionCode").and_then(as_int) {
                         let e =
-                            ServerError::new(code as i32, "", "Failing write for test purposes");
+                            ServerError::location(code as i32, "Failing write for test purposes");
                         intercept.error = Some(labelled(e, &Document::new(), body, cmd));
                         intercept.close = intercept.close_after;
                     } else if let Some(a) = attempt {
@@ -436,7 +428,7 @@ fn labelled(e: ServerError, data: &Document, body: &Document, cmd: &str) -> Serv
             .map(Bson::String)
             .collect(),
     };
-    let mut extra = doc! {"codeName": code_name(e.code)};
+    let mut extra = Document::new();
     if !labels.is_empty() {
         extra.insert("errorLabels", labels);
     }

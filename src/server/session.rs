@@ -7,14 +7,15 @@
 
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{
     build_apply_ops_entry, null_optime, optime, ApplyOpsEnd, EntryExtras, OpRecord, SessionInfo,
     TERM,
 };
 use crate::server::query::KeyValue;
-use crate::server::state::{split_ns, Database, State};
+use crate::server::state::{split_ns, Catalog, State};
 use bson::{Bson, Document, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
 pub const MAX_APPLY_OPS_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -44,7 +45,7 @@ pub struct Txn {
     /// The catalog as it was when the transaction started: snapshot isolation means every read
     /// of the transaction sees this state plus its own writes (mongod reads at the snapshot
     /// timestamp chosen by the first statement). `None` only for a default-constructed Txn.
-    pub base: Option<BTreeMap<String, Database>>,
+    pub base: Option<Catalog>,
     /// Collection states when the transaction first touched them (None: did not exist).
     pub snapshots: HashMap<String, Option<Collection>>,
     /// The transaction's private working copies.
@@ -73,7 +74,7 @@ impl Txn {
     fn at_snapshot<'a>(&'a self, state: &'a State, ns: &str) -> Option<&'a Collection> {
         let (db, coll) = split_ns(ns);
         match &self.base {
-            Some(base) => base.get(db).and_then(|d| d.get(coll)),
+            Some(base) => base.get(db).and_then(|d| d.get(coll)).map(|c| c.as_ref()),
             None => state.coll(db, coll),
         }
     }
@@ -130,8 +131,7 @@ pub fn version_of(c: Option<&Collection>, id: &Bson) -> Option<u64> {
 
 pub fn write_conflict() -> ServerError {
     ServerError::new(
-        112,
-        "WriteConflict",
+        ErrorCode::WriteConflict,
         "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction.",
     )
     .with_label("TransientTransactionError")
@@ -209,7 +209,7 @@ pub fn commit(
             .dbs
             .entry(db.to_string())
             .or_default()
-            .insert(coll.to_string(), c);
+            .insert(coll.to_string(), std::sync::Arc::new(c));
     }
     if txn.ops.is_empty() {
         return Ok(None);

@@ -3,25 +3,34 @@
 
 use crate::server::clock::{ts_to_u64, Clock};
 use crate::server::collection::Collection;
-use crate::server::cursor::Cursor;
+use crate::server::cursor_table::CursorTable;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
+use crate::server::history::History;
 use crate::server::oplog_writer::{build_entry, EntryExtras, OpRecord};
 use crate::server::session::Session;
 use bson::{doc, DateTime, Document, Timestamp};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub const OPLOG_DB: &str = "local";
 pub const OPLOG_COLL: &str = "oplog.rs";
 pub const OPLOG_NS: &str = "local.oplog.rs";
 
-pub type Database = BTreeMap<String, Collection>;
+/// A database's collections. Each is shared (`Arc`) so that a copy of the whole catalog, which
+/// snapshot reads and the history keep, costs one reference per collection; a write copies the
+/// collection it changes when a snapshot still shares it (its maps are persistent: O(1)).
+pub type Database = BTreeMap<String, Arc<Collection>>;
+
+/// Every database, as one value: what the history keeps per timestamp.
+pub type Catalog = BTreeMap<String, Database>;
 
 pub struct State {
     pub dbs: BTreeMap<String, Database>,
     pub clock: Clock,
     /// Server-wide write counter; every record change takes the next value.
     pub version: u64,
-    pub cursors: HashMap<i64, Cursor>,
+    pub cursors: CursorTable,
     pub sessions: HashMap<Vec<u8>, Session>,
     /// Every session seen, for `$listLocalSessions`.
     pub session_cache: crate::server::session_cache::SessionCache,
@@ -31,6 +40,12 @@ pub struct State {
     /// transactionLifetimeLimitSeconds (settable with setParameter, default 60 as in mongod).
     pub txn_lifetime_limit_secs: i64,
     pub last_txn_sweep: std::time::Instant,
+    /// Versions of the catalog for snapshot reads (`readConcern: {level: "snapshot"}`).
+    pub history: History,
+    /// Bytes of the collections dropped or replaced by a rename since the server started.
+    pub dropped_bytes: u64,
+    /// Set on a detached read view ([`State::read_view`]) of a snapshot read: the time it reads at.
+    pub read_at: Option<Timestamp>,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -41,8 +56,7 @@ pub fn split_ns(ns: &str) -> (&str, &str) {
 pub fn validate_db_name(db: &str) -> ServerResult<()> {
     if db.is_empty() || db.len() >= 64 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid database name: '{db}'"),
         ));
     }
@@ -52,8 +66,7 @@ pub fn validate_db_name(db: &str) -> ServerResult<()> {
 pub fn validate_coll_name(db: &str, coll: &str) -> ServerResult<()> {
     if coll.is_empty() || coll.contains('$') || coll.contains('\0') || coll.starts_with('.') {
         return Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!("Invalid collection name: {db}.{coll}"),
         ));
     }
@@ -69,14 +82,14 @@ impl State {
         .expect("oplog options are valid");
         oplog.has_id_index = false;
         let mut local = Database::new();
-        local.insert(OPLOG_COLL.to_string(), oplog);
+        local.insert(OPLOG_COLL.to_string(), Arc::new(oplog));
         let mut dbs = BTreeMap::new();
         dbs.insert(OPLOG_DB.to_string(), local);
         let mut state = State {
             dbs,
             clock: Clock::new(),
             version: 0,
-            cursors: HashMap::new(),
+            cursors: CursorTable::default(),
             sessions: HashMap::new(),
             session_cache: Default::default(),
             last_write: (
@@ -89,6 +102,9 @@ impl State {
             capped_appends: 0,
             txn_lifetime_limit_secs: 60,
             last_txn_sweep: std::time::Instant::now(),
+            history: History::default(),
+            dropped_bytes: 0,
+            read_at: None,
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -96,7 +112,46 @@ impl State {
             crate::server::oplog_writer::noop("initiating set"),
             &EntryExtras::NONE,
         );
+        state.record_history();
         state
+    }
+
+    /// Keeps the catalog as of the latest timestamp in the snapshot history (after every
+    /// command: nothing happens when the command wrote nothing).
+    pub fn record_history(&mut self) {
+        if !self.history.needs_record(self.version) {
+            return;
+        }
+        let superseded = self.dropped_bytes
+            + self
+                .dbs
+                .values()
+                .flat_map(|d| d.values())
+                .map(|c| c.superseded_bytes)
+                .sum::<u64>();
+        self.history
+            .record(self.version, self.clock.last(), &self.dbs, superseded);
+    }
+
+    /// A detached copy for running a read without the lock: `catalog` (the current one, or a
+    /// version from the history) and the clock, with no cursors or sessions of its own. The
+    /// cursors a read opens in it are moved into the server's state afterwards.
+    pub fn read_view(&self, catalog: Catalog, read_at: Option<Timestamp>) -> State {
+        State {
+            dbs: catalog,
+            clock: self.clock.clone(),
+            version: self.version,
+            cursors: CursorTable::default(),
+            sessions: HashMap::new(),
+            session_cache: Default::default(),
+            last_write: self.last_write,
+            capped_appends: self.capped_appends,
+            txn_lifetime_limit_secs: self.txn_lifetime_limit_secs,
+            last_txn_sweep: std::time::Instant::now(),
+            history: History::default(),
+            dropped_bytes: 0,
+            read_at,
+        }
     }
 
     pub fn next_version(&mut self) -> u64 {
@@ -105,11 +160,17 @@ impl State {
     }
 
     pub fn coll(&self, db: &str, coll: &str) -> Option<&Collection> {
-        self.dbs.get(db).and_then(|d| d.get(coll))
+        self.dbs
+            .get(db)
+            .and_then(|d| d.get(coll))
+            .map(|c| c.as_ref())
     }
 
     pub fn coll_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
-        self.dbs.get_mut(db).and_then(|d| d.get_mut(coll))
+        self.dbs
+            .get_mut(db)
+            .and_then(|d| d.get_mut(coll))
+            .map(Arc::make_mut)
     }
 
     pub fn oplog(&self) -> &Collection {
@@ -118,7 +179,12 @@ impl State {
     }
 
     /// Writes one oplog entry with the next timestamp and returns that timestamp.
+    /// Changes to the `local` database are never logged (it is each member's own, as on mongod):
+    /// nothing is written and the last timestamp is returned.
     pub fn append_oplog(&mut self, op: OpRecord, extras: &EntryExtras) -> Timestamp {
+        if is_local_ns(&op.ns) {
+            return self.clock.last();
+        }
         self.append_oplog_entry(|ts, wall| build_entry(op, ts, wall, extras))
     }
 
@@ -155,10 +221,15 @@ impl State {
         self.dbs
             .entry(db.to_string())
             .or_default()
-            .insert(coll.to_string(), c);
+            .insert(coll.to_string(), Arc::new(c));
         self.append_oplog(op, &EntryExtras::NONE);
         Ok(self.coll_mut(db, coll).unwrap())
     }
+}
+
+/// True for a namespace of the `local` database (`local.x`, or `local.$cmd` for its commands).
+pub fn is_local_ns(ns: &str) -> bool {
+    split_ns(ns).0 == OPLOG_DB
 }
 
 /// The `create` command entry: collection options (without the UUID) followed by `idIndex`.

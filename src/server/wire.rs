@@ -1,7 +1,10 @@
 //! MongoDB wire protocol framing: the 16-byte header, OP_MSG (body and document sequences),
 //! the legacy OP_QUERY handshake and its OP_REPLY answer.
 
+use crate::server::error::ServerError;
+use crate::server::limits::{check_bson, check_message_document};
 use bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::fmt;
 use std::sync::Arc;
 
 pub const OP_REPLY: i32 = 1;
@@ -18,6 +21,90 @@ pub const FLAG_MORE_TO_COME: u32 = 1 << 1;
 const FLAG_EXHAUST_ALLOWED: u32 = 1 << 16;
 /// Bits a server must understand (the low 16); anything else there is a protocol error.
 const KNOWN_REQUIRED_FLAGS: u32 = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME;
+
+/// Why a message could not be turned into a request.
+#[derive(Debug)]
+pub enum WireError {
+    /// The stream can no longer be trusted (framing, flags, checksum): close the connection.
+    Close(String),
+    /// The message is well framed but a document in it is refused: answer with this error,
+    /// as mongod does for errors that are not connection-fatal.
+    Reply(ServerError),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Close(msg) => f.write_str(msg),
+            WireError::Reply(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<String> for WireError {
+    fn from(msg: String) -> Self {
+        WireError::Close(msg)
+    }
+}
+
+impl From<&str> for WireError {
+    fn from(msg: &str) -> Self {
+        WireError::Close(msg.to_string())
+    }
+}
+
+/// Size and nesting checks on one document of a message, before anything decodes it.
+fn check_document(bytes: &[u8]) -> Result<(), WireError> {
+    check_message_document(bytes.len()).map_err(WireError::Reply)?;
+    check_bson(bytes).map_err(|fault| WireError::Reply(fault.to_error()))
+}
+
+/// CRC-32C (Castagnoli), the OP_MSG checksum (OP_MSG specification, "checksumPresent").
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = [0u32; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        table
+    });
+    !bytes.iter().fold(!0u32, |c, b| {
+        table[((c ^ *b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+/// Checks an OP_MSG's trailing checksum when its flags say one is present. A mismatch is
+/// `ChecksumMismatch`, which mongod treats as connection-fatal.
+pub fn verify_checksum(head: &[u8; HEADER_LEN], payload: &[u8]) -> Result<(), String> {
+    if payload.len() < 4 {
+        return Ok(()); // too short for flags: parse_op_msg reports it
+    }
+    let flags = u32::from_le_bytes(payload[0..4].try_into().unwrap());
+    if flags & FLAG_CHECKSUM_PRESENT == 0 {
+        return Ok(());
+    }
+    if payload.len() < 8 {
+        return Err("OP_MSG checksum missing".into());
+    }
+    let (covered, sum) = payload.split_at(payload.len() - 4);
+    let expected = u32::from_le_bytes(sum.try_into().unwrap());
+    let mut crc_input = Vec::with_capacity(HEADER_LEN + covered.len());
+    crc_input.extend_from_slice(head);
+    crc_input.extend_from_slice(covered);
+    if crc32c(&crc_input) != expected {
+        return Err("OP_MSG checksum does not match contents".into());
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Header {
@@ -102,8 +189,9 @@ fn split_document(buf: &[u8]) -> Result<(&[u8], &[u8]), String> {
 }
 
 /// Splits one BSON document off the front of `buf`.
-fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), String> {
+fn read_document(buf: &[u8]) -> Result<(Document, &[u8]), WireError> {
     let (doc_bytes, rest) = split_document(buf)?;
+    check_document(doc_bytes)?;
     let doc = Document::from_reader(doc_bytes).map_err(|e| format!("invalid BSON: {e}"))?;
     Ok((doc, rest))
 }
@@ -178,13 +266,13 @@ fn raw_documents_of(
 }
 
 /// Parses the part of an OP_MSG after the header.
-pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
+pub fn parse_op_msg(payload: &[u8]) -> Result<Request, WireError> {
     if payload.len() < 5 {
         return Err("OP_MSG too short".into());
     }
     let flags = u32::from_le_bytes(payload[0..4].try_into().unwrap());
     if flags & 0xffff & !KNOWN_REQUIRED_FLAGS != 0 {
-        return Err(format!("unrecognized required OP_MSG flag bits {flags:#x}"));
+        return Err(format!("unrecognized required OP_MSG flag bits {flags:#x}").into());
     }
     let _ = FLAG_EXHAUST_ALLOWED; // accepted and ignored: every request gets exactly one reply
     let mut rest = &payload[4..];
@@ -205,6 +293,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                     return Err("Multiple body sections in message".into());
                 }
                 let (bytes, r) = split_document(rest)?;
+                check_document(bytes)?;
                 body = Some(bytes);
                 rest = r;
             }
@@ -214,7 +303,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                 }
                 let size = i32::from_le_bytes(rest[0..4].try_into().unwrap());
                 if size < 5 || size as usize > rest.len() {
-                    return Err(format!("invalid document sequence size {size}"));
+                    return Err(format!("invalid document sequence size {size}").into());
                 }
                 let (section, r) = rest.split_at(size as usize);
                 rest = r;
@@ -222,6 +311,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                 let mut docs = Vec::new();
                 while !docs_bytes.is_empty() {
                     let (bytes, r) = split_document(docs_bytes)?;
+                    check_document(bytes)?;
                     let doc = RawDocumentBuf::from_bytes(bytes.to_vec())
                         .map_err(|e| format!("invalid BSON: {e}"))?;
                     validate(&doc).map_err(|e| format!("invalid BSON: {e}"))?;
@@ -229,11 +319,11 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
                     docs_bytes = r;
                 }
                 if sequences.iter().any(|(id, _)| id == identifier) {
-                    return Err(format!("Duplicate document sequence: {identifier}"));
+                    return Err(format!("Duplicate document sequence: {identifier}").into());
                 }
                 sequences.push((identifier.to_string(), docs));
             }
-            other => return Err(format!("Unknown section kind {other}")),
+            other => return Err(format!("Unknown section kind {other}").into()),
         }
     }
     let body = body.ok_or("OP_MSG messages must have a body")?;
@@ -247,7 +337,8 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
         if in_body {
             return Err(format!(
                 "'{identifier}' may not appear both as a field and as a document sequence"
-            ));
+            )
+            .into());
         }
         if is_insert && identifier == "documents" {
             raw_documents = Some(docs.into_iter().map(Arc::new).collect());
@@ -272,7 +363,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, String> {
 }
 
 /// Parses a legacy OP_QUERY; only commands on `<db>.$cmd` are meaningful.
-pub fn parse_op_query(payload: &[u8]) -> Result<Request, String> {
+pub fn parse_op_query(payload: &[u8]) -> Result<Request, WireError> {
     if payload.len() < 4 {
         return Err("OP_QUERY too short".into());
     }
@@ -425,7 +516,10 @@ mod tests {
         let len = outer.len() as i32;
         outer[0..4].copy_from_slice(&len.to_le_bytes());
         let msg = op_msg(&doc! {"insert": "c", "$db": "test"}, "documents", &[outer]);
-        assert!(parse_op_msg(&msg).unwrap_err().contains("invalid BSON"));
+        assert!(parse_op_msg(&msg)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid BSON"));
     }
 
     #[test]
@@ -435,7 +529,10 @@ mod tests {
         msg.extend_from_slice(&body);
         msg.push(0);
         msg.extend_from_slice(&body);
-        assert!(parse_op_msg(&msg).unwrap_err().contains("Multiple body"));
+        assert!(parse_op_msg(&msg)
+            .unwrap_err()
+            .to_string()
+            .contains("Multiple body"));
         let mut flagged = vec![4, 0, 0, 0, 0];
         flagged.extend_from_slice(&body);
         assert!(parse_op_msg(&flagged).is_err());

@@ -1,5 +1,6 @@
-//! Tests for the diff translation: the worked examples of ref §3.8, validation, and a property
-//! test against a reference diff applier written from ref §3.6 / `document_diff_applier.cpp`.
+//! Tests for the diff translation: worked examples (diffs as `v2_log_builder_test.cpp` and the
+//! update node tests in mongodb/mongo `src/mongo/db/update/` assert them), validation, and a
+//! property test against a reference diff applier written from `document_diff_applier.cpp`.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,7 +11,8 @@ use proptest::prelude::*;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
-// Reference $v:2 applier (ref §3.6), independent of the translator.
+// Reference $v:2 applier (after `src/mongo/db/update/document_diff_applier.cpp`), independent of
+// the translator.
 
 enum RefMod<'a> {
     Delete,
@@ -360,7 +362,7 @@ fn check_example(before: Document, o: Document, expected: Vec<Document>, after: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Worked examples of ref §3.8.
+// Worked examples: a pre-image, an update, the diff MongoDB logs for it, the post-image.
 
 #[test]
 fn example_1_set_existing_and_add_field() {
@@ -655,7 +657,7 @@ fn untranslatable_diffs() {
 
 #[test]
 fn type_mismatch_reapplication_is_the_documented_limit() {
-    // ref §3.8 example 10: on a pre-image of another type the applier writes null. The
+    // On a pre-image of another type the applier writes null (document_diff_applier.cpp). The
     // translation targets the pre-image the diff was made from, so it differs here; this
     // test pins the documented limit (and the reference applier's behaviour).
     let before = doc! {"_id": 1, "a": Bson::Null};

@@ -6,7 +6,7 @@ use crate::server::oplog_writer::TERM;
 use crate::server::session::TxnPhase;
 use crate::server::state::State;
 use crate::server::ServerInfo;
-use bson::{doc, oid::ObjectId, DateTime, Document};
+use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 pub const VERSION: &str = "7.0.14";
 pub const MAX_WIRE_VERSION: i32 = 21;
@@ -107,7 +107,14 @@ pub fn server_status(state: &State, info: &ServerInfo) -> Reply {
             "primary": info.address.clone(), "me": info.address.clone(), "hosts": [info.address.clone()],
         },
         "storageEngine": {"name": "inMemory"},
-        "metrics": {"cursor": {"open": {"total": state.cursors.len() as i64}}},
+        "metrics": {"cursor": {
+            "timedOut": state.cursors.timed_out as i64,
+            "totalOpened": state.cursors.total_opened as i64,
+            "open": {
+                "noTimeout": state.cursors.no_timeout_count() as i64,
+                "total": state.cursors.len() as i64,
+            },
+        }},
     })
 }
 
@@ -190,6 +197,18 @@ pub fn get_parameter(state: &State, info: &ServerInfo, body: &Document) -> Serve
             state.txn_lifetime_limit_secs as i32,
         );
     }
+    if all || body.contains_key("minSnapshotHistoryWindowInSeconds") {
+        d.insert(
+            "minSnapshotHistoryWindowInSeconds",
+            state.history.window_secs as i32,
+        );
+    }
+    if all || body.contains_key("cursorTimeoutMillis") {
+        d.insert(
+            "cursorTimeoutMillis",
+            state.cursors.timeout.as_millis() as i64,
+        );
+    }
     if d.is_empty() {
         return Err(ServerError::invalid_options("no option found to get"));
     }
@@ -237,8 +256,46 @@ pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> 
                         "Invalid value for parameter transactionLifetimeLimitSeconds: {secs} is not greater than or equal to 1"
                     )));
                 }
-                was = Some(state.txn_lifetime_limit_secs as i32);
+                was = Some(Bson::Int32(state.txn_lifetime_limit_secs as i32));
                 state.txn_lifetime_limit_secs = secs;
+            }
+            "minSnapshotHistoryWindowInSeconds" => {
+                let secs = match value {
+                    bson::Bson::Int32(i) => *i as i64,
+                    bson::Bson::Int64(i) => *i,
+                    bson::Bson::Double(f) => *f as i64,
+                    _ => {
+                        return Err(ServerError::bad_value(
+                            "minSnapshotHistoryWindowInSeconds must be a number",
+                        ))
+                    }
+                };
+                if !(0..=i32::MAX as i64).contains(&secs) {
+                    return Err(ServerError::bad_value(format!(
+                        "Invalid value for parameter minSnapshotHistoryWindowInSeconds: {secs} is not greater than or equal to 0"
+                    )));
+                }
+                was = Some(Bson::Int32(state.history.window_secs as i32));
+                state.history.window_secs = secs;
+            }
+            "cursorTimeoutMillis" => {
+                let ms = match value {
+                    bson::Bson::Int32(i) => *i as i64,
+                    bson::Bson::Int64(i) => *i,
+                    bson::Bson::Double(f) => *f as i64,
+                    _ => {
+                        return Err(ServerError::bad_value(
+                            "cursorTimeoutMillis must be a number",
+                        ))
+                    }
+                };
+                if ms < 0 {
+                    return Err(ServerError::bad_value(format!(
+                        "Invalid value for parameter cursorTimeoutMillis: {ms} is not greater than or equal to 0"
+                    )));
+                }
+                was = Some(Bson::Int64(state.cursors.timeout.as_millis() as i64));
+                state.cursors.timeout = std::time::Duration::from_millis(ms as u64);
             }
             other => {
                 return Err(ServerError::invalid_options(format!(

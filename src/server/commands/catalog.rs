@@ -7,17 +7,18 @@ use super::Reply;
 use crate::server::collection::{Collection, Index};
 use crate::server::cursor::{Cursor, Source};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{EntryExtras, OpRecord};
 use crate::server::query::Matcher;
 use crate::server::state::{split_ns, validate_coll_name, validate_db_name, OPLOG_NS};
+use crate::server::validation::Validator;
 use bson::{doc, Bson, Document};
 use std::sync::Arc;
 
 fn no_ddl_in_txn(ctx: &Ctx, cmd: &str) -> ServerResult<()> {
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             format!("Cannot run '{cmd}' in a multi-document transaction."),
         ));
     }
@@ -43,6 +44,69 @@ const CREATE_OPTIONS: &[&str] = &[
     "changeStreamPreAndPostImages",
 ];
 
+/// Command fields every command may carry; `collMod` ignores them.
+const GENERIC_ARGUMENTS: &[&str] = &[
+    "writeConcern",
+    "comment",
+    "maxTimeMS",
+    "lsid",
+    "txnNumber",
+    "autocommit",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+];
+
+/// `collMod` of a collection's validator, `validationLevel` and `validationAction`; logged as
+/// mongod logs it, with the previous values under `o2.collectionOptions_old`.
+pub fn coll_mod(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    no_ddl_in_txn(ctx, "collMod")?;
+    let coll = coll_name(body, "collMod")?;
+    let db = ctx.db.clone();
+    let mut changes = Document::new();
+    for (key, value) in body.iter().skip(1) {
+        if key.starts_with('$') || GENERIC_ARGUMENTS.contains(&key.as_str()) {
+            continue;
+        }
+        match key.as_str() {
+            "validator" | "validationLevel" | "validationAction" => {
+                changes.insert(key.clone(), value.clone());
+            }
+            other => {
+                return Err(ServerError::invalid_options(format!(
+                    "unknown option to collMod: {other}"
+                )))
+            }
+        }
+    }
+    let Some(c) = ctx.state.coll_mut(&db, &coll) else {
+        return Err(ServerError::namespace_not_found("ns does not exist"));
+    };
+    let mut options = c.options.clone();
+    let mut old = doc! {"uuid": c.uuid};
+    for (key, value) in &changes {
+        if let Some(previous) = c.options.get(key) {
+            old.insert(key.clone(), previous.clone());
+        }
+        options.insert(key.clone(), value.clone());
+    }
+    let validator = Validator::from_options(&options)?.map(Arc::new);
+    c.options = options;
+    c.validator = validator;
+    let uuid = c.uuid;
+    let mut o = doc! {"collMod": coll};
+    o.extend(changes);
+    let op = OpRecord::new(
+        "c",
+        format!("{db}.$cmd"),
+        Some(uuid),
+        o,
+        Some(doc! {"collectionOptions_old": old}),
+    );
+    ctx.state.append_oplog(op, &EntryExtras::NONE);
+    Ok(Reply::Doc(Document::new()))
+}
+
 pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "create")?;
     let db = ctx.db.clone();
@@ -53,8 +117,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         .collect();
     if options.contains_key("viewOn") || options.contains_key("timeseries") {
         return Err(ServerError::new(
-            115,
-            "CommandNotSupported",
+            ErrorCode::CommandNotSupported,
             "views and time-series collections are not supported by the embedded server",
         ));
     }
@@ -70,8 +133,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     if ctx.in_txn() {
         if options.contains_key("capped") {
             return Err(ServerError::new(
-                263,
-                "OperationNotSupportedInTransaction",
+                ErrorCode::OperationNotSupportedInTransaction,
                 "Cannot create a capped collection in a multi-document transaction.",
             ));
         }
@@ -85,6 +147,7 @@ pub fn create(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
 /// Drops one collection, logging `drop` with `o2.numRecords` as mongod does.
 fn drop_collection(ctx: &mut Ctx, db: &str, coll: &str) -> Option<usize> {
     let c = ctx.state.dbs.get_mut(db)?.remove(coll)?;
+    ctx.state.dropped_bytes += c.data_size + c.superseded_bytes;
     let n = c.len();
     let indexes = c.index_specs().len();
     let op = OpRecord::new(
@@ -155,8 +218,7 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     no_ddl_in_txn(ctx, "renameCollection")?;
     if ctx.db != "admin" {
         return Err(ServerError::new(
-            13,
-            "Unauthorized",
+            ErrorCode::Unauthorized,
             "renameCollection may only be run against the admin database.",
         ));
     }
@@ -178,8 +240,7 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     }
     if fdb != tdb {
         return Err(ServerError::new(
-            115,
-            "CommandNotSupported",
+            ErrorCode::CommandNotSupported,
             "renaming across databases is not supported by the embedded server",
         ));
     }
@@ -199,12 +260,16 @@ pub fn rename_collection(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> 
     }
     let mut c = ctx.state.dbs.get_mut(fdb).unwrap().remove(fcoll).unwrap();
     let uuid = c.uuid;
-    c.ns = to.clone();
-    ctx.state
+    std::sync::Arc::make_mut(&mut c).ns = to.clone();
+    let replaced = ctx
+        .state
         .dbs
         .entry(tdb.to_string())
         .or_default()
         .insert(tcoll.to_string(), c);
+    if let Some(old) = replaced {
+        ctx.state.dropped_bytes += old.data_size + old.superseded_bytes;
+    }
     ctx.state.cursors.retain(|_, cur| cur.ns != from);
     let op = OpRecord::new("c", format!("{fdb}.$cmd"), Some(uuid), o, o2);
     ctx.state.append_oplog(op, &EntryExtras::NONE);
@@ -219,6 +284,7 @@ fn list_reply(ctx: &mut Ctx, ns: String, docs: Vec<Document>) -> ServerResult<Re
         projection: None,
         limit_remaining: None,
         batch_size: None,
+        life: Default::default(),
     };
     cursor_reply(ctx.state, cursor, usize::MAX, false)
 }
@@ -353,12 +419,12 @@ pub fn create_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                 continue;
             }
             if existing.key != key {
-                return Err(ServerError::new(86, "IndexKeySpecsConflict", format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {stored}, existing index: {}", existing.spec)));
+                return Err(ServerError::new(ErrorCode::IndexKeySpecsConflict, format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {stored}, existing index: {}", existing.spec)));
             }
-            return Err(ServerError::new(85, "IndexOptionsConflict", format!("An equivalent index already exists with the same name but different options. Requested index: {stored}, existing index: {}", existing.spec)));
+            return Err(ServerError::new(ErrorCode::IndexOptionsConflict, format!("An equivalent index already exists with the same name but different options. Requested index: {stored}, existing index: {}", existing.spec)));
         }
         if let Some(existing) = c.indexes.iter().find(|i| i.key == key) {
-            return Err(ServerError::new(85, "IndexOptionsConflict", format!("An equivalent index already exists with a different name and options. Requested index: {stored}, existing index: {}", existing.spec)));
+            return Err(ServerError::new(ErrorCode::IndexOptionsConflict, format!("An equivalent index already exists with a different name and options. Requested index: {stored}, existing index: {}", existing.spec)));
         }
         c.add_index(Index::new(stored.clone())?)?;
         new_specs.push(stored);
@@ -426,8 +492,7 @@ pub fn drop_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             Some(i) => vec![i.name.clone()],
             None => {
                 return Err(ServerError::new(
-                    27,
-                    "IndexNotFound",
+                    ErrorCode::IndexNotFound,
                     format!("can't find index with key: {key}"),
                 ))
             }
@@ -444,8 +509,7 @@ pub fn drop_indexes(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         }
         if !c.indexes.iter().any(|i| &i.name == name) {
             return Err(ServerError::new(
-                27,
-                "IndexNotFound",
+                ErrorCode::IndexNotFound,
                 format!("index not found with name [{name}]"),
             ));
         }

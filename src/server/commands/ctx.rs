@@ -3,6 +3,7 @@
 
 use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
 use crate::server::session::{version_of, write_conflict, Txn, TxnPhase};
 use crate::server::state::{
@@ -26,6 +27,11 @@ pub struct Ctx<'a> {
     pub now: DateTime,
     /// Timestamp of the last oplog entry this command wrote (its operationTime).
     pub last_op: Option<Timestamp>,
+    /// A statement of this command failed inside a transaction (reported in `writeErrors`):
+    /// the transaction is aborted.
+    pub txn_failed: bool,
+    /// The command's `bypassDocumentValidation`.
+    pub bypass_validation: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -38,6 +44,8 @@ impl<'a> Ctx<'a> {
             stmt_id: 0,
             now: DateTime::now(),
             last_op: None,
+            txn_failed: false,
+            bypass_validation: false,
         }
     }
 
@@ -63,8 +71,7 @@ impl<'a> Ctx<'a> {
         let ns = format!("{db}.{coll}");
         if ns == OPLOG_NS {
             return Err(ServerError::new(
-                13,
-                "Unauthorized",
+                ErrorCode::Unauthorized,
                 "not authorized to write to local.oplog.rs",
             ));
         }
@@ -125,6 +132,9 @@ impl<'a> Ctx<'a> {
 
     /// Records one change: into the transaction, or as an oplog entry right away.
     pub fn log(&mut self, op: OpRecord, retryable_statement: bool) {
+        if crate::server::state::is_local_ns(&op.ns) {
+            return; // `local` is never logged
+        }
         if let Some(txn) = self.txn.as_mut() {
             txn.log(op);
             return;

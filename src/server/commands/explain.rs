@@ -74,9 +74,8 @@ pub fn explain(ctx: &mut Ctx, info: &ServerInfo, body: &Document) -> ServerResul
             doc! {"stage": stage, "inputStage": scan.clone()}
         }
         other => {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 59,
-                "CommandNotFound",
                 format!("Explain failed due to unknown command: {other}"),
             ))
         }
@@ -147,7 +146,7 @@ fn run_for_stats(ctx: &mut Ctx, cmd: &str, inner: &Document) -> ServerResult<i64
         "aggregate" => {
             body.insert("cursor", doc! {"batchSize": i32::MAX});
             let (n, id) = count_batch(&read::aggregate(ctx, &body)?);
-            ctx.state.cursors.remove(&id);
+            ctx.state.cursors.kill(id);
             Ok(n)
         }
         "count" => match read::count(ctx, &body)? {

@@ -92,9 +92,8 @@ pub fn bounds(
         return Ok(None);
     }
     let Some(Hint::Index(key)) = hint else {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             51173,
-            "Location51173",
             "When using min()/max() a hint of which index to use must be provided",
         ));
     };
@@ -102,9 +101,8 @@ pub fn bounds(
         let same_fields =
             bound.len() == key.len() && bound.keys().zip(key.keys()).all(|(a, b)| a == b);
         if !same_fields {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 51174,
-                "Location51174",
                 "The index chosen is not compatible with min/max",
             ));
         }

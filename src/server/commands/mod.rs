@@ -5,22 +5,24 @@ mod catalog;
 mod ctx;
 mod explain;
 mod hint;
+mod out;
 mod read;
+mod transaction;
 mod util;
 mod validate;
+mod vars;
 mod write;
 
 pub use admin::{MAX_WIRE_VERSION, VERSION};
 
 use crate::server::error::{ServerError, ServerResult};
-use crate::server::oplog_writer::{oplog_lsid, SessionInfo};
-use crate::server::session::{commit, Session, Txn, TxnPhase};
+use crate::server::error_codes::ErrorCode;
 use crate::server::state::State;
 use crate::server::wire::Command;
 use crate::server::ServerInfo;
 use bson::{doc, Binary, Bson, Document, RawDocumentBuf, Timestamp};
-use ctx::{Ctx, Retryable};
-use util::{as_i64, bool_arg};
+use ctx::Ctx;
+use util::as_i64;
 
 pub enum Reply {
     Doc(Document),
@@ -50,8 +52,6 @@ pub fn allowed_over_op_query(cmd: &str) -> bool {
             | "authenticate"
     )
 }
-
-const TRANSIENT_CODES: &[i32] = &[112, 24, 251, 267, 239, 246];
 
 fn cluster_time(ts: Timestamp) -> Document {
     doc! {
@@ -90,33 +90,131 @@ pub fn error_reply(state: &State, e: ServerError) -> RawDocumentBuf {
 pub fn to_raw(d: &Document) -> RawDocumentBuf {
     RawDocumentBuf::from_document(d).unwrap_or_else(|e| {
         RawDocumentBuf::from_document(
-            &ServerError::new(1, "InternalError", e.to_string()).to_document(),
+            &ServerError::new(ErrorCode::InternalError, e.to_string()).to_document(),
         )
         .unwrap()
     })
 }
 
-fn lsid_key(body: &Document) -> Option<(Vec<u8>, Bson)> {
-    let id = body.get_document("lsid").ok()?.get("id")?;
-    let key = match id {
-        Bson::Binary(b) => b.bytes.clone(),
-        other => other.to_string().into_bytes(),
-    };
-    Some((key, id.clone()))
+/// How a request is to be run (decided under the state lock by [`detach_read`]).
+pub enum Detach {
+    /// Under the lock, by [`execute`].
+    Locked,
+    /// By [`execute`] on this detached view, without the lock; then [`reattach`] it.
+    View(Box<State>),
+    /// Answered already (a snapshot read that cannot be served).
+    Reply(RawDocumentBuf),
 }
 
-fn is_retryable_write(cmd: &str, body: &Document) -> bool {
-    let all = |field: &str, ok: &dyn Fn(&Document) -> bool| {
-        body.get_array(field)
-            .map(|a| a.iter().all(|s| s.as_document().is_some_and(ok)))
-            .unwrap_or(true)
-    };
-    match cmd {
-        "insert" | "findAndModify" | "findandmodify" => true,
-        "update" => all("updates", &|s| !bool_arg(s, "multi", false)),
-        "delete" => all("deletes", &|s| s.get("limit").and_then(as_i64) == Some(1)),
-        _ => false,
+/// `readConcern.level` of a command.
+fn read_concern_level(body: &Document) -> Option<&str> {
+    body.get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok())
+}
+
+/// Reads run on a copy of the catalog taken under the lock and are evaluated without it, so a
+/// long scan never holds up other clients (mongod's reads yield their locks likewise). A read
+/// with `readConcern: {level: "snapshot"}` runs on the version of the catalog at its
+/// `atClusterTime` (or at the latest time, which the reply then names). Transactions and
+/// retryable writes keep the lock: they live in the session table.
+/// `$listLocalSessions` reads the session cache, which only the server's own state holds.
+fn lists_sessions(body: &Command) -> bool {
+    body.get_array("pipeline")
+        .ok()
+        .and_then(|p| p.first())
+        .and_then(|s| s.as_document())
+        .is_some_and(|s| s.contains_key("$listLocalSessions"))
+}
+
+pub fn detach_read(state: &mut State, body: &Command) -> Detach {
+    // Every request comes here first, under the lock: the session cache sees every session.
+    if let Ok(lsid) = body.get_document("lsid") {
+        state.session_cache.touch(lsid);
     }
+    let cmd = body.keys().next().map(String::as_str).unwrap_or_default();
+    if !matches!(cmd, "find" | "aggregate" | "count" | "distinct" | "getMore")
+        || body.contains_key("txnNumber")
+        || body.contains_key("autocommit")
+    {
+        return Detach::Locked;
+    }
+    if cmd == "aggregate" && (aggregate_writes(body) || lists_sessions(body)) {
+        return Detach::Locked;
+    }
+    if state.cursors.len() >= crate::server::cursor_table::MAX_OPEN_CURSORS {
+        return Detach::Locked; // the cap is checked against the server's own table
+    }
+    let db = match body.get("$db") {
+        Some(Bson::String(db)) => db.clone(),
+        _ => return Detach::Locked,
+    };
+    if cmd == "getMore" {
+        let Some(id) = body.get("getMore").and_then(as_i64) else {
+            return Detach::Locked;
+        };
+        let Some(cursor) = state.cursors.take(id) else {
+            return Detach::Locked;
+        };
+        let mut view = state.read_view(state.dbs.clone(), None);
+        view.cursors.put_back(id, cursor);
+        return Detach::View(Box::new(view));
+    }
+    if read_concern_level(body) != Some("snapshot") {
+        return Detach::View(Box::new(state.read_view(state.dbs.clone(), None)));
+    }
+    if cmd == "count" {
+        return Detach::Locked; // refused by `execute`, as mongod refuses it
+    }
+    let snapshot =
+        (|| -> ServerResult<State> {
+            let now = state.clock.last();
+            let at =
+                match body
+                    .get_document("readConcern")
+                    .ok()
+                    .and_then(|rc| rc.get("atClusterTime"))
+                {
+                    None => now,
+                    Some(Bson::Timestamp(ts)) => *ts,
+                    Some(_) => return Err(ServerError::type_mismatch(
+                        "BSON field 'atClusterTime' is the wrong type, expected type 'timestamp'",
+                    )),
+                };
+            let catalog = state.history.at(at, now)?;
+            let coll = match body.get(cmd) {
+                Some(Bson::String(c)) => Some(c.as_str()),
+                _ => None,
+            };
+            if let Some(c) = coll.and_then(|c| catalog.get(&db).and_then(|d| d.get(c))) {
+                if c.capped.is_some() {
+                    return Err(ServerError::new(ErrorCode::SnapshotUnavailable,
+                    "Reading from capped collections with readConcern snapshot is not supported",
+                ));
+                }
+            }
+            Ok(state.read_view(catalog.as_ref().clone(), Some(at)))
+        })();
+    match snapshot {
+        Ok(view) => Detach::View(Box::new(view)),
+        Err(e) => Detach::Reply(finish(state, Err(e), None)),
+    }
+}
+
+/// Whether an aggregate pipeline writes (`$out`, `$merge`): it then runs under the lock.
+fn aggregate_writes(body: &Document) -> bool {
+    body.get_array("pipeline").is_ok_and(|stages| {
+        stages.iter().any(|s| {
+            s.as_document()
+                .and_then(|d| d.keys().next())
+                .is_some_and(|k| k == "$out" || k == "$merge")
+        })
+    })
+}
+
+/// Moves the cursors a detached read left open into the server's state.
+pub fn reattach(state: &mut State, view: State) {
+    state.cursors.adopt(view.cursors);
 }
 
 /// Runs one request under the state lock.
@@ -132,18 +230,14 @@ pub fn execute(
         let limit = std::time::Duration::from_secs(state.txn_lifetime_limit_secs as u64);
         crate::server::session::expire_transactions(state, limit);
     }
+    // Cursors opened or used by this request belong to this connection.
+    state.cursors.current_connection = connection_id;
     let cmd = body.keys().next().cloned().unwrap_or_default();
-    if let Ok(lsid) = body.get_document("lsid") {
-        state.session_cache.touch(lsid);
-    }
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
         _ => {
-            let e = ServerError::new(
-                40414,
-                "Location40414",
-                "BSON field '$db' is missing but a required field",
-            );
+            let e =
+                ServerError::location(40414, "BSON field '$db' is missing but a required field");
             return Execution::Done(finish(state, Err(e), None));
         }
     };
@@ -157,16 +251,27 @@ pub fn execute(
         };
     }
     let txn_number = body.get("txnNumber").and_then(as_i64);
+    if read_concern_level(body) == Some("snapshot")
+        && state.read_at.is_none()
+        && !body.contains_key("autocommit")
+    {
+        // Snapshot reads outside transactions are only find, aggregate and distinct, and they
+        // are served by `detach_read`; anything else reaching here is refused, as mongod does.
+        let e = ServerError::invalid_options(format!(
+            "Command {cmd} does not support {{ readConcern: {{ level: \"snapshot\", provenance: \"clientSupplied\" }} }} :: caused by :: read concern not supported"
+        ));
+        return Execution::Done(finish(state, Err(e), None));
+    }
     let autocommit = body
         .get("autocommit")
         .map(|a| matches!(a, Bson::Boolean(true)));
-    let session = lsid_key(body);
+    let session = transaction::lsid_key(body);
     let (reply, op_time) = match (txn_number, autocommit, session) {
         (Some(n), Some(false), Some((key, id))) => {
-            in_transaction(state, info, &db, &cmd, body, connection_id, n, key, id)
+            transaction::in_transaction(state, info, &db, &cmd, body, connection_id, n, key, id)
         }
         (Some(n), None, Some((key, id))) => {
-            retryable(state, info, &db, &cmd, body, connection_id, n, key, id)
+            transaction::retryable(state, info, &db, &cmd, body, connection_id, n, key, id)
         }
         (Some(_), _, None) => (
             Err(ServerError::invalid_options(
@@ -193,186 +298,10 @@ pub fn execute(
     Execution::Done(finish(state, reply, op_time))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn retryable(
-    state: &mut State,
-    info: &ServerInfo,
-    db: &str,
-    cmd: &str,
-    body: &Command,
-    conn: i64,
-    n: i64,
-    key: Vec<u8>,
-    id: Bson,
-) -> (ServerResult<Reply>, Option<Timestamp>) {
-    if !is_retryable_write(cmd, body) {
-        if matches!(cmd, "update" | "delete") {
-            // Multi-document statements are simply not retryable: run them plainly.
-            let mut ctx = Ctx::new(state, db);
-            let r = run(&mut ctx, info, cmd, body, conn);
-            let t = ctx.last_op;
-            return (r, t);
-        }
-        return (Err(ServerError::new(50768, "NotARetryableWriteCommand", format!("txnNumber may only be provided for multi-document transactions and retryable write commands. autocommit:false was not provided, and {cmd} is not a retryable write command."))), None);
-    }
-    let session = state.sessions.entry(key.clone()).or_default();
-    if let Some(active) = session.active_txn {
-        if n < active {
-            return (Err(ServerError::new(225, "TransactionTooOld", format!("Cannot start transaction {n} on session because a newer transaction {active} has already started."))), None);
-        }
-        if n == active {
-            if let Some((num, reply)) = &session.retry_reply {
-                if *num == n {
-                    return (Ok(Reply::Doc(reply.clone())), None);
-                }
-            }
-            if !matches!(session.state, TxnPhase::RetryableWrite) {
-                return (Err(ServerError::new(217, "IncompleteTransactionHistory", "Incomplete history detected for transaction number; the transaction number was used by a transaction")), None);
-            }
-        }
-    }
-    session.active_txn = Some(n);
-    session.state = TxnPhase::RetryableWrite;
-    let mut ctx = Ctx::new(state, db);
-    ctx.retryable = Some(Retryable {
-        session: SessionInfo {
-            lsid: oplog_lsid(&id),
-            txn_number: n,
-        },
-        prev: None,
-    });
-    let r = run(&mut ctx, info, cmd, body, conn);
-    let t = ctx.last_op;
-    if let Ok(Reply::Doc(d)) = &r {
-        if let Some(s) = state.sessions.get_mut(&key) {
-            s.retry_reply = Some((n, d.clone()));
-        }
-    }
-    (r, t)
-}
-
-fn no_such_txn(n: i64, active: Option<i64>) -> ServerError {
-    let msg = match active {
-        Some(a) => format!("Given transaction number {n} does not match any in-progress transactions. The active transaction number is {a}"),
-        None => format!("Given transaction number {n} does not match any in-progress transactions. The active transaction number is -1"),
-    };
-    ServerError::new(251, "NoSuchTransaction", msg)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn in_transaction(
-    state: &mut State,
-    info: &ServerInfo,
-    db: &str,
-    cmd: &str,
-    body: &Command,
-    conn: i64,
-    n: i64,
-    key: Vec<u8>,
-    id: Bson,
-) -> (ServerResult<Reply>, Option<Timestamp>) {
-    let start = bool_arg(body, "startTransaction", false);
-    let result = (|| -> ServerResult<(Reply, Option<Timestamp>)> {
-        // The snapshot the transaction reads from is taken when it starts.
-        let fresh_txn = start.then(|| Box::new(Txn::starting_at(state)));
-        let session = state.sessions.entry(key.clone()).or_default();
-        let active = session.active_txn;
-        if active.is_some_and(|a| n < a) {
-            return Err(ServerError::new(225, "TransactionTooOld", format!("Cannot start transaction {n} on session because a newer transaction {} has already started.", active.unwrap())));
-        }
-        if start {
-            if active == Some(n) {
-                return Err(ServerError::new(117, "ConflictingOperationInProgress", "Only servers in a sharded cluster can start a new transaction at the active transaction number"));
-            }
-            session.active_txn = Some(n);
-            session.state = TxnPhase::InProgress(fresh_txn.unwrap_or_default());
-        } else if active != Some(n) {
-            return Err(no_such_txn(n, active));
-        }
-        match (&session.state, cmd) {
-            (TxnPhase::Committed, "commitTransaction") => {
-                return Ok((Reply::Doc(Document::new()), None))
-            }
-            (TxnPhase::Committed, _) => {
-                return Err(ServerError::new(
-                    256,
-                    "TransactionCommitted",
-                    format!("Transaction {n} has been committed."),
-                ))
-            }
-            (TxnPhase::Aborted, _) => {
-                return Err(ServerError::new(
-                    251,
-                    "NoSuchTransaction",
-                    format!("Transaction with {{ txnNumber: {n} }} has been aborted."),
-                ))
-            }
-            (TxnPhase::InProgress(_), _) => {}
-            _ => return Err(no_such_txn(n, active)),
-        }
-        let TxnPhase::InProgress(txn) = std::mem::take(&mut session.state) else {
-            unreachable!()
-        };
-        match cmd {
-            "commitTransaction" => {
-                let info = SessionInfo {
-                    lsid: oplog_lsid(&id),
-                    txn_number: n,
-                };
-                let committed = commit(state, *txn, &info);
-                let session = state.sessions.get_mut(&key).unwrap();
-                session.state = if committed.is_ok() {
-                    TxnPhase::Committed
-                } else {
-                    TxnPhase::Aborted
-                };
-                let ts = committed?;
-                Ok((Reply::Doc(Document::new()), ts))
-            }
-            "abortTransaction" => {
-                session.state = TxnPhase::Aborted;
-                Ok((Reply::Doc(Document::new()), None))
-            }
-            _ => {
-                let mut ctx = Ctx::new(state, db);
-                ctx.txn = Some(txn);
-                let r = run(&mut ctx, info, cmd, body, conn);
-                let txn: Box<Txn> = ctx.txn.take().unwrap();
-                let session: &mut Session = state.sessions.get_mut(&key).unwrap();
-                match r {
-                    Ok(reply) => {
-                        session.state = TxnPhase::InProgress(txn);
-                        Ok((reply, None))
-                    }
-                    Err(e) => {
-                        // A failed statement aborts the whole transaction, as on mongod.
-                        session.state = TxnPhase::Aborted;
-                        Err(e)
-                    }
-                }
-            }
-        }
-    })();
-    match result {
-        Ok((reply, ts)) => (Ok(reply), ts),
-        Err(mut e) => {
-            let is_end = cmd == "commitTransaction" || cmd == "abortTransaction";
-            if TRANSIENT_CODES.contains(&e.code)
-                && !e.labels.contains(&"TransientTransactionError")
-                && (!is_end || e.code == 251)
-            {
-                e = e.with_label("TransientTransactionError");
-            }
-            (Err(e), None)
-        }
-    }
-}
-
 fn admin_only(ctx: &Ctx, cmd: &str) -> ServerResult<()> {
     if ctx.db != "admin" {
         return Err(ServerError::new(
-            13,
-            "Unauthorized",
+            ErrorCode::Unauthorized,
             format!("{cmd} may only be run against the admin database."),
         ));
     }
@@ -402,8 +331,7 @@ fn run(
             Ok(admin::repl_set_get_status(ctx.state, info))
         }
         "replSetInitiate" => Err(ServerError::new(
-            23,
-            "AlreadyInitialized",
+            ErrorCode::AlreadyInitialized,
             "already initialized",
         )),
         "getParameter" => {
@@ -453,6 +381,7 @@ fn run(
         "listCollections" => catalog::list_collections(ctx, body),
         "listIndexes" => catalog::list_indexes(ctx, body),
         "create" => catalog::create(ctx, body),
+        "collMod" => catalog::coll_mod(ctx, body),
         "drop" => catalog::drop(ctx, body),
         "dropDatabase" => catalog::drop_database(ctx, body),
         "renameCollection" => catalog::rename_collection(ctx, body),
@@ -463,7 +392,7 @@ fn run(
         "delete" => write::delete(ctx, body).map(Reply::Doc),
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),
         "find" => read::find(ctx, body),
-        "killCursors" => read::kill_cursors(ctx.state, body),
+        "killCursors" => read::kill_cursors(ctx.state, &ctx.db, body),
         "explain" => explain::explain(ctx, info, body),
         "validate" => validate::validate(ctx, body),
         "count" => read::count(ctx, body),

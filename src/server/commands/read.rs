@@ -5,8 +5,10 @@ use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative};
 use super::Reply;
 use crate::server::clock::ts_to_u64;
 use crate::server::collection::Collection;
-use crate::server::cursor::{new_cursor_id, Cursor, Source, DEFAULT_FIRST_BATCH};
+use crate::server::cursor::{Cursor, Source, DEFAULT_FIRST_BATCH};
+use crate::server::cursor_table::CursorLife;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{
     compare_values, run_pipeline, values_equal, Matcher, Projection, SortSpec,
 };
@@ -88,12 +90,33 @@ pub fn cursor_reply(
 ) -> ServerResult<Reply> {
     let batch = cursor.next_batch(state, first_batch)?;
     let keep = !single_batch && (!batch.exhausted || cursor.is_tailable());
-    let id = if keep { new_cursor_id() } else { 0 };
     let ns = cursor.ns.clone();
-    if keep {
-        state.cursors.insert(id, cursor);
+    let id = if keep { state.cursors.open(cursor)? } else { 0 };
+    let reply = batch_reply("firstBatch", batch.docs, id, &ns)?;
+    match (state.read_at, reply) {
+        // A snapshot read names the time it read at (the session's later reads use it).
+        (Some(at), Reply::Raw(raw)) => Ok(Reply::Raw(with_at_cluster_time(raw, at))),
+        (_, reply) => Ok(reply),
     }
-    batch_reply("firstBatch", batch.docs, id, &ns)
+}
+
+/// `{cursor: {...}}` with `atClusterTime` added to the cursor document.
+fn with_at_cluster_time(reply: RawDocumentBuf, at: bson::Timestamp) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for element in reply.iter().flatten() {
+        match element {
+            ("cursor", bson::RawBsonRef::Document(cursor)) => {
+                let mut c = RawDocumentBuf::new();
+                for (k, v) in cursor.iter().flatten() {
+                    c.append_ref(k, v);
+                }
+                c.append("atClusterTime", at);
+                out.append("cursor", c);
+            }
+            (k, v) => out.append_ref(k, v),
+        }
+    }
+    out
 }
 
 pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> ServerResult<Reply> {
@@ -108,6 +131,8 @@ pub fn batch_reply(field: &str, docs: bson::RawArrayBuf, id: i64, ns: &str) -> S
 
 pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let coll = coll_name(body, "find")?;
+    // Checked and evaluated; a filter refers to them only inside `$expr`.
+    super::vars::command_let(body)?;
     let db = ctx.db.clone();
     let ns = format!("{db}.{coll}");
     let filter = doc_arg(body, "filter")?.cloned().unwrap_or_default();
@@ -156,30 +181,17 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                 "cannot use tailable option with a sort other than {$natural: 1}",
             ));
         }
-        let mut after = if ns == OPLOG_NS {
+        let after = if ns == OPLOG_NS {
             oplog_start_after(&filter)
         } else {
             None
         };
-        // `skip` passes over the first matching documents there are now.
-        let mut positioned = false;
-        if skip > 0 {
-            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let records = view.map(|c| c.records.range((start, Bound::Unbounded)));
-            let matching = records
-                .into_iter()
-                .flatten()
-                .filter(|(_, rec)| filter.is_empty() || matcher.matches(&rec.document()));
-            if let Some((rid, _)) = matching.take(skip).last() {
-                after = Some(*rid);
-                positioned = true;
-            }
-        }
         Source::Tail {
             after,
-            positioned,
+            positioned: false,
             matcher: needs_matcher(&filter, &ns).then_some(matcher),
             await_data,
+            skip: skip as u64,
         }
     } else if (sort.is_none() || natural.is_some()) && skip == 0 && hinted_index.is_none() {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
@@ -225,6 +237,10 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         projection,
         limit_remaining: limit,
         batch_size,
+        life: CursorLife {
+            no_timeout: bool_arg(body, "noCursorTimeout", false),
+            ..CursorLife::default()
+        },
     };
     let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     cursor_reply(ctx.state, cursor, first, single_batch)
@@ -242,19 +258,22 @@ pub fn get_more(
     })?;
     let coll = coll_name(body, "collection")?;
     let ns = format!("{db}.{coll}");
-    let mut cursor = state.cursors.remove(&id).ok_or_else(|| {
-        ServerError::new(43, "CursorNotFound", format!("cursor id {id} not found"))
+    let mut cursor = state.cursors.take(id).ok_or_else(|| {
+        ServerError::new(
+            ErrorCode::CursorNotFound,
+            format!("cursor id {id} not found"),
+        )
     })?;
     if cursor.ns != ns {
         let msg = format!(
             "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}",
             cursor.ns
         );
-        state.cursors.insert(id, cursor);
-        return Err(ServerError::new(13, "Unauthorized", msg));
+        state.cursors.put_back(id, cursor);
+        return Err(ServerError::new(ErrorCode::Unauthorized, msg));
     }
     if body.contains_key("maxTimeMS") && !cursor.is_await_data() {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
         return Err(ServerError::bad_value(
             "cannot set maxTimeMS on getMore command for a non-awaitData cursor",
         ));
@@ -266,7 +285,7 @@ pub fn get_more(
     // Any error during a getMore destroys the cursor, so it is not put back on `?`.
     let batch = cursor.next_batch(state, max)?;
     if batch.docs.is_empty() && cursor.is_await_data() && !final_attempt {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
         return Ok(None);
     }
     let id_out = if batch.exhausted && !cursor.is_tailable() {
@@ -275,20 +294,47 @@ pub fn get_more(
         id
     };
     if id_out != 0 {
-        state.cursors.insert(id, cursor);
+        state.cursors.put_back(id, cursor);
     }
     batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
 }
 
-pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
-    let ids = body.get_array("cursors").map_err(|_| {
-        ServerError::failed_to_parse(
-            "BSON field 'killCursors.cursors' is missing but a required field",
-        )
-    })?;
+/// `killCursors` as jstests/core/killcursors.js checks it: a cursor of another namespace (or of
+/// a collection that does not exist) is "not found" and stays open.
+pub fn kill_cursors(state: &mut State, db: &str, body: &Document) -> ServerResult<Reply> {
+    let Some(Bson::String(coll)) = body.get("killCursors") else {
+        return Err(ServerError::failed_to_parse(
+            "BSON field 'killCursors' is the wrong type, expected type 'string'",
+        ));
+    };
+    let ns = format!("{db}.{coll}");
+    let ids = match body.get("cursors") {
+        Some(Bson::Array(ids)) => ids,
+        Some(_) => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is the wrong type, expected type 'array'",
+            ))
+        }
+        None => {
+            return Err(ServerError::failed_to_parse(
+                "BSON field 'killCursors.cursors' is missing but a required field",
+            ))
+        }
+    };
+    if ids.is_empty() {
+        return Err(ServerError::bad_value(
+            "Must specify at least one cursor id in: [",
+        ));
+    }
     let (mut killed, mut not_found) = (Vec::new(), Vec::new());
-    for id in ids.iter().filter_map(as_i64) {
-        if state.cursors.remove(&id).is_some() {
+    for value in ids {
+        let Some(id) = as_i64(value) else {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'killCursors.cursors' must be an array of cursor ids (long)",
+            ));
+        };
+        let ours = state.cursors.get(id).is_some_and(|c| c.ns == ns);
+        if ours && state.cursors.kill(id) {
             killed.push(id);
         } else {
             not_found.push(id);
@@ -303,8 +349,7 @@ pub fn kill_cursors(state: &mut State, body: &Document) -> ServerResult<Reply> {
 pub fn count(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     if ctx.in_txn() {
         return Err(ServerError::new(
-            263,
-            "OperationNotSupportedInTransaction",
+            ErrorCode::OperationNotSupportedInTransaction,
             "Cannot run 'count' in a multi-document transaction.",
         ));
     }
@@ -352,7 +397,11 @@ pub fn distinct(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         }
     }
     values.sort_by(compare_values);
-    Ok(Reply::Doc(doc! {"values": values}))
+    let mut reply = doc! {"values": values};
+    if let Some(at) = ctx.state.read_at {
+        reply.insert("atClusterTime", at);
+    }
+    Ok(Reply::Doc(reply))
 }
 
 /// Values at a dotted path, descending into arrays, with array values unwound.
@@ -414,13 +463,18 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         .get("batchSize")
         .and_then(as_i64)
         .map(|b| b as usize);
+    // `let` constants are put in place before the pipeline is parsed.
+    let pipeline = match super::vars::command_let(body)? {
+        Some(vars) => super::vars::substitute_pipeline(&pipeline, &vars),
+        None => pipeline,
+    };
     let db = ctx.db.clone();
     let (ns, input) = match body.get("aggregate") {
         Some(Bson::String(coll)) => {
             let ns = format!("{db}.{coll}");
             let input = match pipeline.first().and_then(|s| s.keys().next()).map(|k| k.as_str()) {
                 Some("$changeStream") => {
-                    return Err(ServerError::new(40573, "Location40573", "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
+                    return Err(ServerError::location(40573, "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
                 }
                 Some("$listLocalSessions") => {
                     return Err(ServerError::invalid_namespace("$listLocalSessions must be run against the database with {aggregate: 1}, not a collection"))
@@ -470,9 +524,8 @@ fn list_local_sessions(ctx: &Ctx, spec: &Bson) -> ServerResult<Vec<Document>> {
                 )))
             }
             _ => {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     40415,
-                    "IDLUnknownField",
                     format!("BSON field '$listLocalSessions.{k}' is an unknown field."),
                 ))
             }
@@ -488,7 +541,12 @@ fn finish_aggregate(
     pipeline: &[Document],
     batch_size: Option<usize>,
 ) -> ServerResult<Reply> {
+    let (pipeline, write_stage) = super::out::split_write_stage(pipeline)?;
     let out = run_pipeline(input, pipeline)?;
+    if let Some(stage) = write_stage {
+        super::out::run_write_stage(ctx, stage, out)?;
+        return super::out::empty_cursor(&ns);
+    }
     let source = Source::Buffered(out.into_iter().map(Arc::new).collect());
     let cursor = Cursor {
         ns,
@@ -496,6 +554,7 @@ fn finish_aggregate(
         projection: None,
         limit_remaining: None,
         batch_size,
+        life: CursorLife::default(),
     };
     cursor_reply(
         ctx.state,

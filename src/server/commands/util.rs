@@ -1,6 +1,7 @@
 //! Argument parsing helpers shared by the commands.
 
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{doc, Bson, Document};
 
 pub fn as_i64(b: &Bson) -> Option<i64> {
@@ -17,13 +18,11 @@ pub fn coll_name(body: &Document, cmd: &str) -> ServerResult<String> {
     match body.get(cmd) {
         Some(Bson::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Bson::String(_)) => Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             "Invalid namespace specified ''",
         )),
         _ => Err(ServerError::new(
-            73,
-            "InvalidNamespace",
+            ErrorCode::InvalidNamespace,
             format!(
                 "collection name has invalid type {}",
                 type_name(body.get(cmd))

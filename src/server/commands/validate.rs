@@ -14,10 +14,7 @@ pub fn validate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     let db = ctx.db.clone();
     let ns = format!("{db}.{coll}");
     if bool_arg(body, "background", false) {
-        return Err(ServerError::new(
-            115,
-            "CommandNotSupported",
-            format!("Running validate on collection {ns} with {{ background: true }} is not supported on the inMemory storage engine"),
+        return Err(ServerError::location(115, format!("Running validate on collection {ns} with {{ background: true }} is not supported on the inMemory storage engine"),
         ));
     }
     let Some(c) = ctx.view(&db, &coll) else {

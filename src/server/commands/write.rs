@@ -2,11 +2,14 @@
 
 use super::ctx::Ctx;
 use super::util::{bool_arg, coll_name, doc_arg, docs_ref, write_error};
-use crate::server::collection::RecordId;
+use crate::server::collection::{encode, RecordId};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
+use crate::server::limits;
 use crate::server::oplog_writer::OpRecord;
 use crate::server::query::{collation, Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
+use crate::server::validation;
 use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
 use std::sync::Arc;
 
@@ -16,13 +19,15 @@ pub fn with_id_first(doc: Document) -> ServerResult<Document> {
         match id {
             Bson::Array(_) => {
                 return Err(ServerError::new(
-                    2,
-                    "BadValue",
+                    ErrorCode::BadValue,
                     "can't use an array for _id",
                 ))
             }
             Bson::RegularExpression(_) => {
-                return Err(ServerError::new(2, "BadValue", "can't use a regex for _id"))
+                return Err(ServerError::new(
+                    ErrorCode::BadValue,
+                    "can't use a regex for _id",
+                ))
             }
             _ => {}
         }
@@ -55,10 +60,7 @@ fn check_id_storage(id: &Bson) -> ServerResult<()> {
     while let Some(d) = pending.pop() {
         for (k, v) in d {
             if k.starts_with('$') && !matches!(k.as_str(), "$ref" | "$id" | "$db") {
-                return Err(ServerError::new(
-                    52,
-                    "DollarPrefixedFieldName",
-                    format!("_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."),
+                return Err(ServerError::location(52, format!("_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."),
                 ));
             }
             match v {
@@ -87,8 +89,11 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
     let id = doc.get("_id").cloned().unwrap();
     check_id_storage(&id)?;
     let raw = crate::server::collection::encode(doc)?;
+    limits::check_insert(doc, raw.as_bytes().len())?;
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    validation::check_write(c.validator.as_deref(), &c.ns, doc, None, bypass)?;
     let ui = c.uuid;
     c.insert_encoded(doc, raw.clone(), version, None)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -117,13 +122,22 @@ fn insert_one_raw(
         check_id_storage(id)?;
     }
     let Some(id) = id else {
-        let doc = Document::try_from(raw.as_ref().as_ref())
-            .map_err(|e| ServerError::new(2, "BadValue", format!("cannot store document: {e}")))?;
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
         return insert_one(ctx, db, coll, &doc);
     };
+    limits::check_insert_raw(raw)?;
     let raw = raw.clone();
     let version = ctx.next_version();
+    let bypass = ctx.bypass_validation;
     let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+    if let Some(validator) = c.validator.clone() {
+        let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
+            ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
+        })?;
+        validation::check_write(Some(&validator), &c.ns, &doc, None, bypass)?;
+    }
     let ui = c.uuid;
     c.insert_record(raw.clone(), version)?;
     log_insert(ctx, db, coll, ui, raw, id)
@@ -155,8 +169,10 @@ fn with_id_first_is_valid(doc: &Document) -> bool {
 }
 
 /// Runs the statements of a write command in order, as mongod does: a failing statement
-/// becomes a `writeErrors` entry (and stops an ordered command); inside a transaction it fails
-/// the command. Returns the write errors.
+/// becomes a `writeErrors` entry (and stops an ordered command). Inside a transaction the first
+/// failure stops the command and aborts the transaction; it is still reported in `writeErrors`,
+/// except a transient error (a write conflict), which fails the whole command with its label
+/// (jstests/core/txns/transactions_write_errors.js). Returns the write errors.
 fn run_statements<S>(
     ctx: &mut Ctx,
     statements: impl IntoIterator<Item = S>,
@@ -168,7 +184,12 @@ fn run_statements<S>(
         ctx.stmt_id = i as i32;
         if let Err(e) = run(ctx, statement) {
             if ctx.in_txn() {
-                return Err(e);
+                if super::transaction::is_transient(&e) {
+                    return Err(e);
+                }
+                ctx.txn_failed = true;
+                errors.push(write_error(i, &e));
+                break;
             }
             errors.push(write_error(i, &e));
             if ordered {
@@ -185,6 +206,7 @@ pub fn insert(
     body: &Document,
     raw_documents: Option<&[Arc<RawDocumentBuf>]>,
 ) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "insert")?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
@@ -284,6 +306,7 @@ pub fn update_docs(
     retryable: bool,
 ) -> ServerResult<UpdateResult> {
     let ns = format!("{db}.{coll}");
+    let bypass = ctx.bypass_validation;
     let mut result = UpdateResult {
         matched: 0,
         modified: 0,
@@ -327,7 +350,12 @@ pub fn update_docs(
                     "Performing an update on the path '_id' would modify the immutable field '_id'",
                 ));
             }
-            c.replace(rid, doc.clone(), version)?;
+            let raw = encode(&doc)?;
+            limits::check_updated(&doc, raw.as_bytes().len())?;
+            let validator = c.validator.clone();
+            let before = result.before.as_ref();
+            validation::check_write(validator.as_deref(), &ns, &doc, before, bypass)?;
+            c.replace_encoded(rid, &doc, raw, version)?;
             ctx.note_write(&ns, &id)?;
             ctx.log(
                 OpRecord::new(
@@ -356,10 +384,13 @@ pub fn update_docs(
         spec.apply(&mut doc, &ictx)?;
         let doc = with_id_first(doc)?;
         let id = doc.get("_id").cloned().unwrap();
+        let raw = encode(&doc)?;
+        limits::check_updated(&doc, raw.as_bytes().len())?;
         let version = ctx.next_version();
         let c = ctx.coll_for_write(db, coll, true)?.unwrap();
+        validation::check_write(c.validator.as_deref(), &ns, &doc, None, bypass)?;
         let ui = c.uuid;
-        c.insert(doc.clone(), version, None)?;
+        c.insert_encoded(&doc, raw, version, None)?;
         ctx.note_write(&ns, &id)?;
         ctx.log(
             OpRecord::new(
@@ -401,9 +432,8 @@ fn check_statement_fields(
 ) -> ServerResult<()> {
     for stmt in statements {
         if let Some(k) = stmt.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 40415,
-                "IDLUnknownField",
                 format!("BSON field '{path}.{k}' is an unknown field."),
             ));
         }
@@ -412,9 +442,22 @@ fn check_statement_fields(
 }
 
 pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "update")?;
     let statements = docs_ref(body, "updates")?;
     check_statement_fields(&statements, "update.updates", UPDATE_STATEMENT_FIELDS)?;
+    let lets = super::vars::command_let(body)?;
+    // Parsed with the command (IDL), so a bad `c` fails the whole command, not one statement.
+    for stmt in &statements {
+        if !matches!(
+            stmt.get("c"),
+            None | Some(Bson::Null) | Some(Bson::Document(_))
+        ) {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'update.updates.c' is the wrong type, expected type 'object'",
+            ));
+        }
+    }
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let (mut n, mut n_modified) = (0i32, 0i32);
@@ -427,12 +470,7 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
             let _collation = collation::scope(stmt.get("collation"))?;
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
             let u = match stmt.get("u") {
-                Some(Bson::Document(u)) => u.clone(),
-                Some(Bson::Array(_)) => {
-                    return Err(ServerError::not_implemented(
-                        "pipeline-style updates are not supported by the embedded server",
-                    ))
-                }
+                Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
                 _ => {
                     return Err(ServerError::failed_to_parse(
                         "BSON field 'update.updates.u' is missing but a required field",
@@ -442,7 +480,8 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
             let multi = bool_arg(stmt, "multi", false);
             let upsert = bool_arg(stmt, "upsert", false);
             let array_filters = array_filters_arg(stmt, "update.updates.arrayFilters")?;
-            let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
+            let u = with_constants(u, lets.as_ref(), stmt.get("c"))?;
+            let spec = UpdateSpec::parse_bson(&u, array_filters.as_deref())?;
             if multi && spec.is_replacement() {
                 return Err(ServerError::failed_to_parse(
                     "multi update is not supported for replacement-style update",
@@ -508,6 +547,7 @@ pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "delete")?;
     let statements = docs_ref(body, "deletes")?;
     check_statement_fields(&statements, "delete.deletes", DELETE_STATEMENT_FIELDS)?;
+    super::vars::command_let(body)?;
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
@@ -535,6 +575,7 @@ pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
 }
 
 pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(
         body,
         body.keys()
@@ -543,6 +584,7 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
             .unwrap_or("findAndModify"),
     )?;
     let db = ctx.db.clone();
+    let lets = super::vars::command_let(body)?;
     let query = doc_arg(body, "query")?.cloned().unwrap_or_default();
     let remove = bool_arg(body, "remove", false);
     let return_new = bool_arg(body, "new", false);
@@ -593,16 +635,12 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
         );
     }
     let u = match update {
-        Some(Bson::Document(u)) => u.clone(),
-        Some(Bson::Array(_)) => {
-            return Err(ServerError::not_implemented(
-                "pipeline-style updates are not supported by the embedded server",
-            ))
-        }
+        Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
         _ => return Err(ServerError::failed_to_parse("'update' must be a document")),
     };
     let array_filters = array_filters_arg(body, "findAndModify.arrayFilters")?;
-    let spec = UpdateSpec::parse(&u, array_filters.as_deref())?;
+    let u = with_constants(u, lets.as_ref(), None)?;
+    let spec = UpdateSpec::parse_bson(&u, array_filters.as_deref())?;
     let r = update_docs(ctx, &db, &coll, rids, &query, &spec, upsert, true)?;
     let mut last =
         doc! {"n": r.matched.max(r.upserted.is_some() as i32), "updatedExisting": r.matched > 0};
@@ -619,4 +657,40 @@ pub fn find_and_modify(ctx: &mut Ctx, body: &Document) -> ServerResult<Document>
         project(r.before)
     };
     Ok(doc! {"lastErrorObject": last, "value": value})
+}
+
+/// A pipeline update with the command's `let` variables and the statement's constants (`c`) put
+/// in place (both are constants; `c` wins on a name in both). Other updates are returned as
+/// they are: only pipelines can refer to variables.
+fn with_constants(u: Bson, lets: Option<&Document>, c: Option<&Bson>) -> ServerResult<Bson> {
+    let Bson::Array(stages) = &u else {
+        return Ok(u);
+    };
+    let mut vars = lets.cloned().unwrap_or_default();
+    match c {
+        None | Some(Bson::Null) => {}
+        Some(Bson::Document(c)) => {
+            for (k, v) in c {
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(ServerError::type_mismatch(
+                "BSON field 'update.updates.c' is the wrong type, expected type 'object'",
+            ))
+        }
+    }
+    if vars.is_empty() || stages.iter().any(|s| s.as_document().is_none()) {
+        return Ok(u);
+    }
+    let stages: Vec<Document> = stages
+        .iter()
+        .filter_map(|s| s.as_document().cloned())
+        .collect();
+    Ok(Bson::Array(
+        super::vars::substitute_pipeline(&stages, &vars)
+            .into_iter()
+            .map(Bson::Document)
+            .collect(),
+    ))
 }

@@ -10,6 +10,7 @@ use super::matcher::Matcher;
 use super::projection::Projection;
 use super::sort::SortSpec;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document};
 use std::collections::BTreeMap;
 
@@ -86,48 +87,7 @@ pub fn run_pipeline(input: Vec<Document>, pipeline: &[Document]) -> ServerResult
 }
 
 fn loc(code: i32, msg: String) -> ServerError {
-    // codeName is "Location<code>" for assertion-site codes; keep a static table of ours.
-    let name: &'static str = match code {
-        15947 => "Location15947",
-        15952 => "Location15952",
-        15955 => "Location15955",
-        15956 => "Location15956",
-        15957 => "Location15957",
-        15958 => "Location15958",
-        15959 => "Location15959",
-        15969 => "Location15969",
-        15972 => "Location15972",
-        15973 => "Location15973",
-        15976 => "Location15976",
-        15981 => "Location15981",
-        28808 => "Location28808",
-        28809 => "Location28809",
-        28811 => "Location28811",
-        28812 => "Location28812",
-        28818 => "Location28818",
-        28822 => "Location28822",
-        31002 => "Location31002",
-        31119 => "Location31119",
-        31120 => "Location31120",
-        40147 => "Location40147",
-        40148 => "Location40148",
-        40156 => "Location40156",
-        40158 => "Location40158",
-        40160 => "Location40160",
-        40228 => "Location40228",
-        40229 => "Location40229",
-        40230 => "Location40230",
-        40231 => "Location40231",
-        40234 => "Location40234",
-        40235 => "Location40235",
-        40238 => "Location40238",
-        40272 => "Location40272",
-        40323 => "Location40323",
-        40324 => "Location40324",
-        51272 => "Location51272",
-        _ => "Location",
-    };
-    ServerError::new(code, name, msg)
+    ServerError::location(code, msg)
 }
 
 fn parse_stage(stage: &Document) -> ServerResult<Stage> {
@@ -357,10 +317,13 @@ fn flatten_add_fields(
             Bson::Document(d) if !d.is_empty() && !d.keys().next().unwrap().starts_with('$') => {
                 flatten_add_fields(&path, d, out)?;
             }
-            other => out.push((
-                path.split('.').map(str::to_string).collect(),
-                Expr::parse(other)?,
-            )),
+            other => {
+                crate::server::limits::check_path(&path)?;
+                out.push((
+                    path.split('.').map(str::to_string).collect(),
+                    Expr::parse(other)?,
+                ))
+            }
         }
     }
     Ok(())
@@ -411,8 +374,7 @@ fn parse_group(spec: &Bson) -> ServerResult<Stage> {
             "$count" => {
                 if !matches!(arg, Bson::Document(a) if a.is_empty()) {
                     return Err(ServerError::new(
-                        9,
-                        "FailedToParse",
+                        ErrorCode::FailedToParse,
                         "$count takes no arguments, i.e. $count:{}",
                     ));
                 }
@@ -502,9 +464,8 @@ fn parse_unwind(spec: &Bson) -> ServerResult<Stage> {
         ));
     };
     if field.is_empty() || field.starts_with('$') || field.split('.').any(str::is_empty) {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             16410,
-            "Location16410",
             "FieldPath field names may not start with '$'.",
         ));
     }

@@ -6,6 +6,7 @@
 
 use super::compare::{as_f64, compare_values, is_number, type_name, type_name_opt};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Decimal128, Document};
 use std::cmp::Ordering;
 
@@ -24,16 +25,14 @@ pub enum Expr {
 
 fn invalid_op(name: &str) -> ServerError {
     ServerError::new(
-        168,
-        "InvalidPipelineOperator",
+        ErrorCode::InvalidPipelineOperator,
         format!("Unrecognized expression '{name}'"),
     )
 }
 
 fn arity_error(op: &str, expected: usize, got: usize) -> ServerError {
-    ServerError::new(
+    ServerError::location(
         16020,
-        "Location16020",
         format!("Expression {op} takes exactly {expected} arguments. {got} were passed in."),
     )
 }
@@ -44,9 +43,8 @@ fn parse_path_string(s: &str) -> ServerResult<Expr> {
         let mut parts = var.split('.').map(str::to_string);
         let name = parts.next().unwrap_or_default();
         if !matches!(name.as_str(), "ROOT" | "CURRENT" | "REMOVE") {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 17276,
-                "Location17276",
                 format!("Use of undefined variable: {name}"),
             ));
         }
@@ -54,24 +52,22 @@ fn parse_path_string(s: &str) -> ServerResult<Expr> {
     }
     let path = &s[1..];
     if path.is_empty() {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             16872,
-            "Location16872",
             "'$' by itself is not a valid FieldPath",
         ));
     }
+    crate::server::limits::check_path(path)?;
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(String::is_empty) {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             15998,
-            "Location15998",
             "FieldPath field names may not be empty strings.",
         ));
     }
     if parts.iter().any(|p| p.starts_with('$')) {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             16410,
-            "Location16410",
             "FieldPath field names may not start with '$'.",
         ));
     }
@@ -126,9 +122,8 @@ impl Expr {
             let mut fields = Vec::new();
             for (k, v) in d {
                 if k.starts_with('$') {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         16404,
-                        "Location16404",
                         format!("field names may not start with '$': {k}"),
                     ));
                 }
@@ -137,9 +132,8 @@ impl Expr {
             return Ok(Expr::Object(fields));
         }
         if d.len() != 1 {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 15983,
-                "Location15983",
                 format!(
                     "an expression specification must contain exactly one field, the name of the expression. Found {} fields in {}",
                     d.len(),
@@ -173,9 +167,8 @@ impl Expr {
             }
         }
         if op == "$ifNull" && args.len() < 2 {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 1257300,
-                "Location1257300",
                 "$ifNull needs at least two arguments",
             ));
         }
@@ -241,9 +234,8 @@ fn parse_cond(arg: &Bson) -> ServerResult<Expr> {
                     "then" => t = Some(Expr::parse(v)?),
                     "else" => e = Some(Expr::parse(v)?),
                     other => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             17083,
-                            "Location17083",
                             format!("Unrecognized parameter to $cond: {other}"),
                         ))
                     }
@@ -251,13 +243,13 @@ fn parse_cond(arg: &Bson) -> ServerResult<Expr> {
             }
             Ok(Expr::Cond(
                 Box::new(i.ok_or_else(|| {
-                    ServerError::new(17080, "Location17080", "Missing 'if' parameter to $cond")
+                    ServerError::location(17080, "Missing 'if' parameter to $cond")
                 })?),
                 Box::new(t.ok_or_else(|| {
-                    ServerError::new(17081, "Location17081", "Missing 'then' parameter to $cond")
+                    ServerError::location(17081, "Missing 'then' parameter to $cond")
                 })?),
                 Box::new(e.ok_or_else(|| {
-                    ServerError::new(17082, "Location17082", "Missing 'else' parameter to $cond")
+                    ServerError::location(17082, "Missing 'else' parameter to $cond")
                 })?),
             ))
         }
@@ -441,9 +433,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 match v {
                     Bson::DateTime(dt) => {
                         if date.is_some() {
-                            return Err(ServerError::new(
+                            return Err(ServerError::location(
                                 16612,
-                                "Location16612",
                                 "only one date allowed in an $add expression",
                             ));
                         }
@@ -452,9 +443,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                     n => match Num::from_bson(n) {
                         Some(n) => acc = acc.add(n),
                         None => {
-                            return Err(ServerError::new(
+                            return Err(ServerError::location(
                                 16554,
-                                "Location16554",
                                 format!(
                                     "$add only supports numeric or date types, not {}",
                                     type_name(n)
@@ -481,9 +471,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 match Num::from_bson(v) {
                     Some(n) => acc = acc.mul(n),
                     None => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             16555,
-                            "Location16555",
                             format!(
                                 "$multiply only supports numeric types, not {}",
                                 type_name(v)
@@ -512,9 +501,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 _ => match (Num::from_bson(a), Num::from_bson(b)) {
                     (Some(x), Some(y)) => x.sub(y).to_bson(),
                     _ => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             16556,
-                            "Location16556",
                             format!("cant $subtract a {} from a {}", type_name(b), type_name(a)),
                         ))
                     }
@@ -533,16 +521,16 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                     type_name(b)
                 );
                 return Err(if op == "$divide" {
-                    ServerError::new(16609, "Location16609", msg)
+                    ServerError::location(16609, msg)
                 } else {
-                    ServerError::new(16611, "Location16611", msg)
+                    ServerError::location(16611, msg)
                 });
             };
             if y.as_f64() == 0.0 {
                 return Err(if op == "$divide" {
-                    ServerError::new(16608, "Location16608", "can't $divide by zero")
+                    ServerError::location(16608, "can't $divide by zero")
                 } else {
-                    ServerError::new(16610, "Location16610", "can't $mod by zero")
+                    ServerError::location(16610, "can't $mod by zero")
                 });
             }
             if op == "$divide" {
@@ -565,9 +553,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 Some(Num::Long(l)) => match l.checked_abs() {
                     Some(a) => Bson::Int64(a),
                     None => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             28680,
-                            "Location28680",
                             "can't take $abs of long long min",
                         ))
                     }
@@ -575,9 +562,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 Some(Num::Double(d)) => Bson::Double(d.abs()),
                 Some(Num::Decimal(d)) => Num::Decimal(d.abs()).to_bson(),
                 None => {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         28765,
-                        "Location28765",
                         format!("$abs only supports numeric types, not {}", type_name(v)),
                     ))
                 }
@@ -591,9 +577,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                     v if nullish(v) => return Ok(Some(Bson::Null)),
                     Some(Bson::String(x)) => s.push_str(x),
                     Some(other) => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             16702,
-                            "Location16702",
                             format!("$concat only supports strings, not {}", type_name(other)),
                         ))
                     }
@@ -640,9 +625,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
         "$size" => match &vals[0] {
             Some(Bson::Array(a)) => Bson::Int32(a.len() as i32),
             other => {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     17124,
-                    "Location17124",
                     format!(
                         "The argument to $size must be an array, but was of type: {}",
                         type_name_opt(other.as_ref())
@@ -657,9 +641,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 return Ok(Some(Bson::Null));
             }
             let Some(Bson::Array(arr)) = &vals[0] else {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     28689,
-                    "Location28689",
                     format!(
                         "$arrayElemAt's first argument must be an array, but is {}",
                         type_name_opt(vals[0].as_ref())
@@ -668,9 +651,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
             };
             let idx = vals[1].as_ref().unwrap();
             let Some(f) = as_f64(idx) else {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     28690,
-                    "Location28690",
                     format!(
                         "$arrayElemAt's second argument must be a numeric value, but is {}",
                         type_name(idx)
@@ -678,9 +660,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                 ));
             };
             if f.fract() != 0.0 || f < i32::MIN as f64 || f > i32::MAX as f64 {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     28691,
-                    "Location28691",
                     format!(
                         "$arrayElemAt's second argument must be representable as a 32-bit integer: {idx}"
                     ),
@@ -695,9 +676,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
         }
         "$in" => {
             let Some(Bson::Array(arr)) = &vals[1] else {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     40081,
-                    "Location40081",
                     format!(
                         "$in requires an array as a second argument, found: {}",
                         type_name_opt(vals[1].as_ref())
@@ -716,9 +696,8 @@ fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>
                     v if nullish(v) => return Ok(Some(Bson::Null)),
                     Some(Bson::Array(a)) => out.extend(a.iter().cloned()),
                     Some(other) => {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             28664,
-                            "Location28664",
                             format!(
                                 "$concatArrays only supports arrays, not {}",
                                 type_name(other)
@@ -748,9 +727,8 @@ fn coerce_to_string(v: Option<&Bson>) -> ServerResult<String> {
             .unwrap_or_else(|_| d.timestamp_millis().to_string()),
         Some(Bson::JavaScriptCode(c)) => c.clone(),
         Some(other) => {
-            return Err(ServerError::new(
+            return Err(ServerError::location(
                 16007,
-                "Location16007",
                 format!(
                     "can't convert from BSON type {} to String",
                     type_name(other)
@@ -902,7 +880,10 @@ mod tests {
     fn parse_errors() {
         let d = doc! {};
         let e = ev_err(bson!({"$foo": 1}), &d);
-        assert_eq!((e.code, e.code_name), (168, "InvalidPipelineOperator"));
+        assert_eq!(
+            (e.code, e.code_name().as_ref()),
+            (168, "InvalidPipelineOperator")
+        );
         assert_eq!(e.message, "Unrecognized expression '$foo'");
         assert_eq!(ev_err(bson!({"$eq": [1]}), &d).code, 16020);
         assert_eq!(ev_err(bson!({"$add": [1], "$sub": 2}), &d).code, 15983);

@@ -7,10 +7,10 @@
 
 use super::compare::{
     as_i64_trunc, canonical_type, compare_values, is_nan, is_number, true_value, type_code,
-    values_equal,
 };
 use super::path::{matcher_values, matcher_values_with_offsets, split_path, LeafArrays};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document, RawDocument};
 use std::cmp::Ordering;
 
@@ -49,20 +49,15 @@ impl RegexPred {
                 // PCRE's UTF-8 mode; Rust regexes are always Unicode-aware.
                 'u' => &mut builder,
                 other => {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         51108,
-                        "Location51108",
                         format!("invalid flag in regex options: {other}"),
                     ))
                 }
             };
         }
         let re = builder.build().map_err(|e| {
-            ServerError::new(
-                51091,
-                "Location51091",
-                format!("Regular expression is invalid: {e}"),
-            )
+            ServerError::location(51091, format!("Regular expression is invalid: {e}"))
         })?;
         Ok(RegexPred {
             pattern: pattern.to_string(),
@@ -202,7 +197,9 @@ impl Pred {
                     return true;
                 }
                 let Some(v) = v else { return false };
-                values.iter().any(|x| values_equal(v, x))
+                // `values` is sorted by `compare_values` (see `parse_in`), the order in which
+                // equality is decided, so a binary search finds any equal value.
+                values.binary_search_by(|x| compare_values(x, v)).is_ok()
                     || regexes.iter().any(|r| r.matches(Some(v)))
             }
             Pred::Exists => v.is_some(),
@@ -638,8 +635,7 @@ fn parse_pathless(
             "$where is not allowed in this context",
         )),
         "text" => Err(ServerError::new(
-            27,
-            "IndexNotFound",
+            ErrorCode::IndexNotFound,
             "text index required for $text query",
         )),
         "jsonSchema" => Err(ServerError::not_implemented("$jsonSchema is not supported")),
@@ -698,6 +694,9 @@ fn parse_in(op: &str, e: &Bson) -> ServerResult<Pred> {
             }
         }
     }
+    // Sorted once so that each document costs a binary search, not a scan of the whole list
+    // (a `$in` of 20,000 values over 100,000 documents would otherwise take seconds).
+    values.sort_by(compare_values);
     Ok(Pred::In {
         values,
         regexes,
@@ -842,9 +841,8 @@ fn parse_regex_document(name: &str, context: &Document) -> ServerResult<Node> {
                     pattern = r.pattern.clone();
                     if !r.options.is_empty() {
                         if !options.is_empty() {
-                            return Err(ServerError::new(
+                            return Err(ServerError::location(
                                 51074,
-                                "Location51074",
                                 "options set in both $regex and $options",
                             ));
                         }
@@ -858,9 +856,8 @@ fn parse_regex_document(name: &str, context: &Document) -> ServerResult<Node> {
                     return Err(ServerError::bad_value("$options has to be a string"));
                 };
                 if !options.is_empty() {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         51075,
-                        "Location51075",
                         "options set in both $regex and $options",
                     ));
                 }
@@ -1192,6 +1189,27 @@ mod tests {
     }
 
     #[test]
+    fn in_finds_any_listed_value_whatever_the_order_and_type() {
+        // Listed out of order and of mixed types: every member is found (by BSON comparison,
+        // so 7, 7.0 and NumberLong(7) are one value), and nothing else is.
+        let mut values: Vec<Bson> = (0..500).rev().map(|i| Bson::Int32(i * 2)).collect();
+        values.push(Bson::String("s".into()));
+        values.push(Bson::Double(f64::NAN));
+        values.push(Bson::Document(doc! {"k": 1}));
+        let f = doc! {"a": {"$in": values}};
+        assert!(hit(f.clone(), doc! {"a": 998}));
+        assert!(hit(f.clone(), doc! {"a": 0}));
+        assert!(hit(f.clone(), doc! {"a": 4.0}));
+        assert!(hit(f.clone(), doc! {"a": 6i64}));
+        assert!(hit(f.clone(), doc! {"a": f64::NAN}));
+        assert!(hit(f.clone(), doc! {"a": "s"}));
+        assert!(hit(f.clone(), doc! {"a": {"k": 1}}));
+        assert!(!hit(f.clone(), doc! {"a": 7}));
+        assert!(!hit(f.clone(), doc! {"a": 1000}));
+        assert!(!hit(f, doc! {"a": {"k": 2}}));
+    }
+
+    #[test]
     fn in_matches_values_regexes_and_null_for_missing() {
         let f = doc! {"a": {"$in": [1, "x", Regex { pattern: "^ab".into(), options: "".into() }]}};
         assert!(hit(f.clone(), doc! {"a": 1.0}));
@@ -1406,7 +1424,7 @@ mod tests {
     #[test]
     fn regex_errors() {
         let e = err(doc! {"a": {"$regex": "("}});
-        assert_eq!((e.code, e.code_name), (51091, "Location51091"));
+        assert_eq!((e.code, e.code_name().as_ref()), (51091, "Location51091"));
         assert!(e.message.starts_with("Regular expression is invalid"));
         assert_eq!(
             err(doc! {"a": {"$options": "i"}}).message,
@@ -1530,7 +1548,8 @@ mod tests {
     #[test]
     fn positional_match_records_the_array_offset() {
         let pos = |f: Document, d: Document| m(f).positional_match(&d);
-        // ref §3.7: query {a: 1} on {a: [0, 1, 2]} → matched index 1.
+        // The positional `$` takes the first array index the query matched (MongoDB manual,
+        // "$ (update)"): query {a: 1} on {a: [0, 1, 2]} → matched index 1.
         assert_eq!(
             pos(doc! {"_id": 1, "a": 1}, doc! {"_id": 1, "a": [0, 1, 2]}),
             Some(1)

@@ -8,11 +8,13 @@
 //! * [`projection`] — `Projection` (find projections and `$project`).
 //! * [`expr`] — aggregation expressions.
 //! * [`aggregate`] — `run_pipeline`.
+//! * [`json_schema`] — `$jsonSchema` for document validators.
 
 pub mod aggregate;
 pub mod collation;
 pub mod compare;
 pub mod expr;
+pub mod json_schema;
 pub mod matcher;
 pub mod path;
 pub mod projection;

@@ -40,7 +40,7 @@ enum Kind {
 }
 
 fn collision(path: &str) -> ServerError {
-    ServerError::new(31250, "Location31250", format!("Path collision at {path}"))
+    ServerError::location(31250, format!("Path collision at {path}"))
 }
 
 fn insert_node(tree: &mut Tree, parts: &[&str], node: ProjNode, full: &str) -> ServerResult<()> {
@@ -74,16 +74,14 @@ fn parse_slice(field: &str, arg: &Bson) -> ServerResult<ProjNode> {
         }
         Bson::Array(items) => {
             if items.len() != 2 {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     31272,
-                    "Location31272",
                     "$slice array argument should be of form [skip, limit]",
                 ));
             }
             let Some(skip) = as_f64(&items[0]) else {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     31257,
-                    "Location31257",
                     format!(
                         "$slice expects the skip argument to be a number, got {}",
                         items[0]
@@ -91,9 +89,8 @@ fn parse_slice(field: &str, arg: &Bson) -> ServerResult<ProjNode> {
                 ));
             };
             let Some(limit) = as_f64(&items[1]) else {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     31258,
-                    "Location31258",
                     format!(
                         "$slice expects the limit argument to be a number, got {}",
                         items[1]
@@ -101,9 +98,8 @@ fn parse_slice(field: &str, arg: &Bson) -> ServerResult<ProjNode> {
                 ));
             };
             if limit <= 0.0 {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     31259,
-                    "Location31259",
                     format!("$slice limit must be positive, got {}", items[1]),
                 ));
             }
@@ -111,9 +107,8 @@ fn parse_slice(field: &str, arg: &Bson) -> ServerResult<ProjNode> {
         }
         _ => {
             let _ = field;
-            Err(ServerError::new(
+            Err(ServerError::location(
                 31273,
-                "Location31273",
                 "$slice only supports numbers and [skip, limit] arrays",
             ))
         }
@@ -136,9 +131,8 @@ fn flatten(
         match v {
             Bson::Document(d) if !d.keys().next().map(|f| f.starts_with('$')).unwrap_or(false) => {
                 if d.is_empty() {
-                    return Err(ServerError::new(
+                    return Err(ServerError::location(
                         51270,
-                        "Location51270",
                         format!("An empty sub-projection is not a valid value. Found empty object at path {path}"),
                     ));
                 }
@@ -174,17 +168,16 @@ impl Projection {
                     "positional projection is not supported",
                 ));
             }
+            crate::server::limits::check_path(field)?;
             if field.split('.').any(|p| p.is_empty()) {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     40352,
-                    "Location40352",
                     "FieldPath cannot be constructed with empty string",
                 ));
             }
             if field.split('.').any(|p| p.starts_with('$')) {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     16410,
-                    "Location16410",
                     "FieldPath field names may not start with '$'. Consider using $getField or $setField.",
                 ));
             }
@@ -208,17 +201,15 @@ impl Projection {
                         }
                         "$elemMatch" if !agg => {
                             if field.contains('.') {
-                                return Err(ServerError::new(
+                                return Err(ServerError::location(
                                     31275,
-                                    "Location31275",
                                     "Cannot use $elemMatch projection on a nested field.",
                                 ));
                             }
                             let arg = d.get("$elemMatch").unwrap();
                             if !matches!(arg, Bson::Document(_)) {
-                                return Err(ServerError::new(
+                                return Err(ServerError::location(
                                     31274,
-                                    "Location31274",
                                     format!("elemMatch: Invalid argument, object required, but got {arg}"),
                                 ));
                             }
@@ -246,17 +237,15 @@ impl Projection {
                 Kind::Include | Kind::Computed => {
                     if mode == Some(false) {
                         return Err(if kind == Kind::Include {
-                            ServerError::new(
+                            ServerError::location(
                                 31253,
-                                "Location31253",
                                 format!(
                                     "Cannot do inclusion on field {field} in exclusion projection"
                                 ),
                             )
                         } else {
-                            ServerError::new(
+                            ServerError::location(
                                 31252,
-                                "Location31252",
                                 "Cannot use expression other than $meta in exclusion projection",
                             )
                         });
@@ -265,9 +254,8 @@ impl Projection {
                 }
                 Kind::Exclude => {
                     if mode == Some(true) {
-                        return Err(ServerError::new(
+                        return Err(ServerError::location(
                             31254,
-                            "Location31254",
                             format!("Cannot do exclusion on field {field} in inclusion projection"),
                         ));
                     }
@@ -494,7 +482,7 @@ mod tests {
     #[test]
     fn mixing_inclusion_and_exclusion_is_an_error_except_id() {
         let e = perr(doc! {"a": 1, "b": 0});
-        assert_eq!((e.code, e.code_name), (31254, "Location31254"));
+        assert_eq!((e.code, e.code_name().as_ref()), (31254, "Location31254"));
         assert_eq!(
             e.message,
             "Cannot do exclusion on field b in inclusion projection"

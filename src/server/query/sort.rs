@@ -31,9 +31,8 @@ fn sort_direction(field: &str, v: &Bson) -> ServerResult<i32> {
         }
     }
     if !is_number(v) {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             15974,
-            "Location15974",
             "$sort key ordering must be specified using a number or {$meta: 'textScore'}",
         ));
     }
@@ -41,9 +40,8 @@ fn sort_direction(field: &str, v: &Bson) -> ServerResult<i32> {
     let f = as_f64(v).unwrap_or(0.0);
     let n = if f.is_nan() { 0 } else { f.trunc() as i64 };
     if n != 1 && n != -1 {
-        return Err(ServerError::new(
+        return Err(ServerError::location(
             15975,
-            "Location15975",
             "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
         ));
     }
@@ -63,16 +61,14 @@ impl SortSpec {
                 continue;
             }
             if field.is_empty() || field.split('.').any(str::is_empty) {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     40352,
-                    "Location40352",
                     "FieldPath cannot be constructed with empty string",
                 ));
             }
             if field.starts_with('$') {
-                return Err(ServerError::new(
+                return Err(ServerError::location(
                     16410,
-                    "Location16410",
                     "FieldPath field names may not start with '$'.",
                 ));
             }

@@ -10,6 +10,7 @@ use super::ops::{Arith, ArithResult, Modify};
 use super::parse::{merge_nodes, ArrayNode, Leaf, ObjectNode, Op, UNode};
 use super::{compare_values, values_equal, ArrayFilter, UpdateContext};
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document};
 use std::cmp::Ordering;
 
@@ -485,8 +486,7 @@ impl<'a> Applier<'a> {
                 Some(i) => {
                     if i > a.len() && i - a.len() > MAX_PADDING {
                         return Err(ServerError::new(
-                            10,
-                            "CannotBackfillArray",
+                            ErrorCode::CannotBackfillArray,
                             format!("can't backfill more than {} elements", MAX_PADDING),
                         ));
                     }

@@ -16,6 +16,7 @@ mod diff;
 mod fmt;
 mod ops;
 mod parse;
+pub mod pipeline;
 mod upsert;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod tests;
 #[cfg(test)]
 mod tests_positional;
 
+use crate::server::error_codes::ErrorCode;
 use crate::server::query::{compare_values, Matcher};
 
 pub use self::upsert::{upsert_seed, upsert_seed_for_replacement};
@@ -51,9 +53,8 @@ impl ArrayFilter {
 /// identifier (the "placeholder"), unique among the filters.
 fn parse_array_filters(raw: Option<&[Document]>) -> ServerResult<Vec<ArrayFilter>> {
     let context = |e: ServerError| {
-        ServerError::new(
+        ServerError::location(
             e.code,
-            e.code_name,
             format!("Error parsing array filter :: caused by :: {}", e.message),
         )
     };
@@ -135,6 +136,8 @@ enum Kind {
         positional: bool,
     },
     Replacement(Document),
+    /// An aggregation pipeline (`u: [...]`).
+    Pipeline(Vec<Document>),
 }
 
 /// A parsed update document.
@@ -159,8 +162,7 @@ impl UpdateSpec {
             for (k, v) in update {
                 if k.starts_with('$') {
                     return Err(ServerError::new(
-                        52,
-                        "DollarPrefixedFieldName",
+                        ErrorCode::DollarPrefixedFieldName,
                         format!(
                             "The dollar ($) prefixed field '{}' in '{}' is not valid for storage.",
                             k, k
@@ -169,8 +171,7 @@ impl UpdateSpec {
                 }
                 if k == "_id" && matches!(v, Bson::Array(_)) {
                     return Err(ServerError::new(
-                        53,
-                        "InvalidIdField",
+                        ErrorCode::InvalidIdField,
                         "The '_id' value cannot be of type array",
                     ));
                 }
@@ -191,17 +192,35 @@ impl UpdateSpec {
         })
     }
 
-    /// Like `parse`, for the raw `u` value of an update statement: an array (pipeline update)
-    /// is rejected with NotImplemented (238).
+    /// Like `parse`, for the raw `u` value of an update statement: an array is a pipeline
+    /// update (only the stages mongod allows in updates; no `arrayFilters`).
     pub fn parse_bson(
         update: &Bson,
         array_filters: Option<&[Document]>,
     ) -> ServerResult<UpdateSpec> {
         match update {
             Bson::Document(d) => Self::parse(d, array_filters),
-            Bson::Array(_) => Err(ServerError::not_implemented(
-                "pipeline-style updates are not supported",
-            )),
+            Bson::Array(stages) => {
+                if array_filters.is_some_and(|f| !f.is_empty()) {
+                    return Err(ServerError::failed_to_parse(
+                        "arrayFilters may not be specified for pipeline-style updates",
+                    ));
+                }
+                let stages = stages
+                    .iter()
+                    .map(|s| match s {
+                        Bson::Document(d) => Ok(d.clone()),
+                        _ => Err(ServerError::type_mismatch(
+                            "Each element of the 'pipeline' array must be an object",
+                        )),
+                    })
+                    .collect::<ServerResult<Vec<_>>>()?;
+                pipeline::validate(&stages)?;
+                Ok(UpdateSpec {
+                    kind: Kind::Pipeline(stages),
+                    array_filters: Vec::new(),
+                })
+            }
             _ => Err(ServerError::failed_to_parse(
                 "Update argument must be either an object or an array",
             )),
@@ -249,6 +268,15 @@ impl UpdateSpec {
             Kind::Replacement(repl) => {
                 let new_doc = replace(&before, repl)?;
                 (new_doc.clone(), new_doc)
+            }
+            Kind::Pipeline(stages) => {
+                let new_doc = pipeline::apply(&before, stages)?;
+                let o = if cmp::documents_identical(&before, &new_doc) {
+                    Document::new()
+                } else {
+                    pipeline::oplog_entry(&before, &new_doc)
+                };
+                (new_doc, o)
             }
             Kind::Operators { tree, .. } => {
                 let matched = matched.map(|i| i.to_string());

@@ -4,6 +4,7 @@
 
 use super::fmt;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document};
 use std::cmp::Ordering;
 
@@ -370,16 +371,15 @@ pub(crate) fn parse_operator_update(
 fn check_updatable(path: &str) -> ServerResult<Vec<String>> {
     if path.is_empty() {
         return Err(ServerError::new(
-            56,
-            "EmptyFieldName",
+            ErrorCode::EmptyFieldName,
             "An empty update path is not valid.",
         ));
     }
+    crate::server::limits::check_path(path)?;
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(ServerError::new(
-            56,
-            "EmptyFieldName",
+            ErrorCode::EmptyFieldName,
             format!(
                 "The update path '{}' contains an empty field name, which is not allowed.",
                 path

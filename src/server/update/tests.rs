@@ -1,5 +1,5 @@
 //! Tests of the update engine. Expected `$v:2` entries come from the reference
-//! (the oplog reference notes §3.7/§3.8, "ref") and from MongoDB's node tests in
+//! (MongoDB's update node tests and `v2_log_builder_test.cpp`, "node tests") and from MongoDB's node tests in
 //! src/mongo/db/update/*_node_test.cpp and v2_log_builder_test.cpp (cited per test).
 
 use super::*;
@@ -70,7 +70,7 @@ fn err(doc: Document, update: Document) -> ServerError {
 
 #[test]
 fn diff_set_existing_and_new_field() {
-    // ref §3.8 Example 1.
+    // Worked example 1 (a diff as document_diff_applier.cpp applies it).
     check(
         doc! {"_id": 1, "a": 1, "b": "x"},
         doc! {"$set": {"a": 2, "c": true}},
@@ -81,7 +81,7 @@ fn diff_set_existing_and_new_field() {
 
 #[test]
 fn diff_inc_and_nested_unset_sections_order() {
-    // ref §3.8 Example 2: sections d, u, then sub-diffs.
+    // Worked example 2: sections d, u, then sub-diffs (v2_log_builder.cpp order).
     check(
         doc! {"_id": 2, "a": 5, "b": {"c": 1, "d": 2}, "e": 0},
         doc! {"$inc": {"a": 1}, "$unset": {"b.d": "", "e": ""}},
@@ -92,7 +92,7 @@ fn diff_inc_and_nested_unset_sections_order() {
 
 #[test]
 fn diff_indexed_set_and_push_append() {
-    // ref §3.8 Example 3.
+    // Worked example 3.
     check(
         doc! {"_id": 3, "arr": [10, 20, 30], "tags": ["x"]},
         doc! {"$set": {"arr.1": 99}, "$push": {"tags": "y"}},
@@ -103,7 +103,7 @@ fn diff_indexed_set_and_push_append() {
 
 #[test]
 fn diff_pull_logs_whole_array() {
-    // ref §3.8 Example 4.
+    // Worked example 4.
     check(
         doc! {"_id": 4, "a": [1, 2, 3, 2]},
         doc! {"$pull": {"a": 2}},
@@ -114,7 +114,7 @@ fn diff_pull_logs_whole_array() {
 
 #[test]
 fn diff_create_nested_path_from_root_and_under_existing_parent() {
-    // ref §3.8 Example 5 (both cases).
+    // Worked example 5 (both cases).
     check(
         doc! {"_id": 5, "x": 1},
         doc! {"$set": {"p.q.r": 1}},
@@ -131,7 +131,7 @@ fn diff_create_nested_path_from_root_and_under_existing_parent() {
 
 #[test]
 fn diff_rename_top_level() {
-    // ref §3.8 Example 6.
+    // Worked example 6.
     check(
         doc! {"_id": 6, "a": 1, "b": 2},
         doc! {"$rename": {"a": "z"}},
@@ -226,7 +226,7 @@ fn diff_push_onto_empty_array_logs_whole_array() {
 
 #[test]
 fn diff_push_creating_array() {
-    // ref §3.7: $push creating the array → {i: {a: [1]}}.
+    // push_node_test: $push creating the array → {i: {a: [1]}}.
     check(
         doc! {},
         doc! {"$push": {"a": 1}},
@@ -285,7 +285,7 @@ fn diff_add_to_set_logs_whole_array() {
 
 #[test]
 fn diff_add_to_set_nested_array_element() {
-    // ref §3.7: $addToSet on a.1 of {a: [1, []]} → {sa: {a: true, u1: [1]}}.
+    // addtoset_node_test: $addToSet on a.1 of {a: [1, []]} → {sa: {a: true, u1: [1]}}.
     check(
         doc! {"a": [1, []]},
         doc! {"$addToSet": {"a.1": 1}},
@@ -374,7 +374,7 @@ fn diff_one_array_element_several_fields() {
 
 #[test]
 fn diff_new_fields_in_lexicographic_order() {
-    // wire-protocol §8.5: several new fields are applied (appended and logged) in
+    // MongoDB manual "Update Operators – Behavior": several new fields are applied (appended and logged) in
     // lexicographic order; numeric names numerically (cmpPathsAndArrayIndexes).
     check(
         doc! {"_id": 1},
@@ -414,7 +414,7 @@ fn diff_type_change_is_a_modification() {
 
 #[test]
 fn diff_pop_and_pull_all_log_whole_array() {
-    // ref §3.7: $pull, $pullAll, $pop → whole array in u.
+    // pull_node_test, pullall_node_test, pop_node_test: $pull, $pullAll, $pop → whole array in u.
     check(
         doc! {"a": [0, 1, 2, 3]},
         doc! {"$pull": {"a": {"$lt": 1}}},
@@ -573,7 +573,7 @@ fn rename_nested_moves_to_end_of_target() {
 #[test]
 fn error_messages_and_codes() {
     let e = err(doc! {"_id": 1, "a": "x"}, doc! {"$inc": {"a": 1}});
-    assert_eq!((e.code, e.code_name), (14, "TypeMismatch"));
+    assert_eq!((e.code, e.code_name().as_ref()), (14, "TypeMismatch"));
     assert_eq!(
         e.message,
         "Cannot apply $inc to a value of non-numeric type. {_id: 1} has the field 'a' of \
@@ -608,7 +608,7 @@ fn error_messages_and_codes() {
         "Cannot create field 'b' in element {a: [ 1, 2 ]}"
     );
     let e = err(doc! {"_id": 1}, doc! {"$set": {"_id": 2}});
-    assert_eq!((e.code, e.code_name), (66, "ImmutableField"));
+    assert_eq!((e.code, e.code_name().as_ref()), (66, "ImmutableField"));
     assert_eq!(
         e.message,
         "Performing an update on the path '_id' would modify the immutable field '_id'"
@@ -653,13 +653,26 @@ fn error_messages_and_codes() {
 }
 
 #[test]
-fn pipeline_updates_not_implemented() {
-    let e = UpdateSpec::parse_bson(
+fn pipeline_updates_replace_and_log_a_delta_or_the_document() {
+    let spec = UpdateSpec::parse_bson(
         &Bson::Array(vec![Bson::Document(doc! {"$set": {"a": 1}})]),
         None,
     )
+    .unwrap();
+    let pad = "p".repeat(500);
+    let mut d = doc! {"_id": 1, "pad": pad.clone(), "a": 0};
+    let out = spec.apply(&mut d, &ctx()).unwrap();
+    assert_eq!(d, doc! {"_id": 1, "pad": pad, "a": 1});
+    assert_eq!(out.oplog_o, doc! {"$v": 2, "diff": {"u": {"a": 1}}});
+    // Unchanged: no entry.
+    let out = spec.apply(&mut d, &ctx()).unwrap();
+    assert!(!out.modified && out.oplog_o.is_empty());
+    let e = UpdateSpec::parse_bson(
+        &Bson::Array(vec![Bson::Document(doc! {"$set": {"a": 1}})]),
+        Some(&[doc! {"x.a": 1}]),
+    )
     .unwrap_err();
-    assert_eq!(e.code, 238);
+    assert_eq!(e.code, 9);
 }
 
 // ---------------------------------------------------------------- replacement

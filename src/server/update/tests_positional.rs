@@ -3,7 +3,7 @@
 //! src/mongo/db/update/update_array_node_test.cpp ("array node test", whose `$v:1` log
 //! documents are given here in the `$v:2` form the same logging calls produce),
 //! update_object_node_test.cpp, current_date_node_test.cpp, jstests/core/update_arrayFilters.js
-//! and the oplog reference notes §3.7 ("ref").
+//! and MongoDB's update node tests (`src/mongo/db/update/*_node_test.cpp`).
 
 use super::tests::{assert_same, ctx, v2};
 use super::*;
@@ -72,7 +72,7 @@ fn assert_err(e: ServerError, code: i32, message: &str) {
 
 #[test]
 fn positional_set_logs_the_matched_element() {
-    // ref §3.7: `$set: {'a.$': 6}` (matched index 1) on {a: [0, 1, 2]} → {sa: {a: true, u1: 6}}.
+    // set_node_test: `$set: {'a.$': 6}` (matched index 1) on {a: [0, 1, 2]} → {sa: {a: true, u1: 6}}.
     check(
         doc! {"a": [0, 1, 2]},
         doc! {"$set": {"a.$": 6}},
@@ -183,7 +183,7 @@ fn empty_identifier_applies_to_all_elements() {
 #[test]
 fn several_updates_to_one_element_are_logged_by_the_children() {
     // array node test ApplyMultipleUpdatesToArrayElement: {$set: {'a.0.b': 1, 'a.0.c': 1,
-    // 'a.0.d': 1}}; ref §3.7 gives the $v:2 form.
+    // 'a.0.d': 1}}; the node tests give the $v:2 form.
     check(
         doc! {"a": [{"b": 0, "c": 0, "d": 0}]},
         doc! {"$set": {"a.$[i].b": 1, "a.$[j].c": 1, "a.$[k].d": 1}},

@@ -3,10 +3,11 @@
 
 use super::fmt;
 use crate::server::error::{ServerError, ServerResult};
+use crate::server::error_codes::ErrorCode;
 use bson::{Bson, Document};
 
 fn not_single_value(msg: String) -> ServerError {
-    ServerError::new(54, "NotSingleValueField", msg)
+    ServerError::new(ErrorCode::NotSingleValueField, msg)
 }
 
 /// Collect `(path, value)` equalities of a query, as the canonical query exposes them:
@@ -57,6 +58,7 @@ fn is_path_prefix(prefix: &str, path: &str) -> bool {
 }
 
 fn set_at_path(doc: &mut Document, path: &str, value: Bson) -> ServerResult<()> {
+    crate::server::limits::check_path(path)?;
     let parts: Vec<&str> = path.split('.').collect();
     let mut cur = doc;
     for (i, part) in parts.iter().enumerate() {
@@ -126,8 +128,7 @@ pub fn upsert_seed_for_replacement(query: &Document) -> ServerResult<Document> {
             doc.insert("_id", value);
         } else if is_path_prefix("_id", &path) {
             return Err(ServerError::new(
-                111,
-                "NotExactValueField",
+                ErrorCode::NotExactValueField,
                 format!(
                     "field at '_id' must be exactly specified, field at sub-path '{}'found",
                     path

@@ -1,0 +1,161 @@
+//! What every step of a running link shares: its spec and servers, its status, where events
+//! go, the conflict tracker; how a step fails; the batch limits.
+
+use super::conflicts::{Conflict, ConflictTracker};
+use super::status::{LinkState, LinkStatus};
+use super::topology::{LinkSpec, ServerSpec};
+use crate::apply::{describe, ApplyError, Refusal};
+use crate::store::{Checkpoint, StoreError};
+use crate::tail::TailError;
+use bson::{doc, Document, Timestamp};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+use parking_lot::Mutex;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// A batch closes at this many ops or bytes (or when the tailer has nothing more).
+pub const MAX_BATCH_OPS: usize = 5000;
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Conflict(Conflict),
+    Failed { link: String, error: String },
+}
+
+pub struct LinkRuntime {
+    pub spec: LinkSpec,
+    pub src: ServerSpec,
+    pub dst: ServerSpec,
+    pub src_options: ClientOptions,
+    pub dst_options: ClientOptions,
+    pub status: Arc<Mutex<LinkStatus>>,
+    pub events: mpsc::UnboundedSender<LinkEvent>,
+    pub conflicts: Arc<ConflictTracker>,
+}
+
+/// Why a link session ended. Only [`LinkFailure::Transient`] is worth another session.
+#[derive(Debug)]
+pub enum LinkFailure {
+    /// Network trouble, a failover, a write conflict: back off and resume from the checkpoint.
+    Transient(String),
+    /// The destination refused a write.
+    Refused(Refusal),
+    /// The source cannot be followed (not a replica set, rolled over, an unreadable entry).
+    Source(TailError),
+    /// An op the link cannot replicate.
+    Unreplicable(String),
+}
+
+impl LinkFailure {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LinkFailure::Transient(_))
+    }
+}
+
+impl fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkFailure::Transient(m) | LinkFailure::Unreplicable(m) => f.write_str(m),
+            LinkFailure::Refused(r) => r.fmt(f),
+            LinkFailure::Source(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<mongodb::error::Error> for LinkFailure {
+    fn from(e: mongodb::error::Error) -> Self {
+        // A step that speaks the driver's error type (the initial sync) carries an apply
+        // error inside it: a refused write stays a refusal.
+        if let Some(applying) = e.get_custom::<ApplyError>() {
+            return applying.clone().into();
+        }
+        LinkFailure::Transient(describe(&e))
+    }
+}
+
+impl From<StoreError> for LinkFailure {
+    fn from(e: StoreError) -> Self {
+        LinkFailure::Transient(format!("{}: {}", e.what, describe(&e.source)))
+    }
+}
+
+impl From<ApplyError> for LinkFailure {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Transient(m) => LinkFailure::Transient(m),
+            ApplyError::Refused(r) => LinkFailure::Refused(r),
+        }
+    }
+}
+
+impl From<TailError> for LinkFailure {
+    fn from(e: TailError) -> Self {
+        LinkFailure::Source(e)
+    }
+}
+
+impl LinkRuntime {
+    /// The checkpoint to store with a batch of `ops` more operations.
+    pub fn checkpoint(
+        &self,
+        origin: String,
+        ts: Timestamp,
+        applied: Timestamp,
+        ops: usize,
+    ) -> Checkpoint {
+        let s = self.status.lock();
+        Checkpoint {
+            link: self.spec.id(),
+            origin,
+            src: self.src.id.clone(),
+            ts,
+            applied,
+            ops_applied: s.ops_applied + ops as u64,
+            conflicts: s.conflicts,
+            rejected: s.rejected,
+            pending_ddl: None,
+        }
+    }
+
+    pub fn set_state(&self, state: LinkState, error: Option<String>) {
+        let mut s = self.status.lock();
+        s.state = state;
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+}
+
+pub fn report_conflict(rt: &LinkRuntime, conflict: Conflict) {
+    log::warn!(target: "mmm", "conflict: {conflict}");
+    rt.status.lock().conflicts += 1;
+    let _ = rt.events.send(LinkEvent::Conflict(conflict));
+}
+
+/// The ts of the newest entry in the oplog of `client`'s server.
+pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Error> {
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let last = oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": -1})
+        .projection(doc! {"ts": 1})
+        .await?;
+    Ok(last
+        .and_then(|d| d.get_timestamp("ts").ok())
+        .unwrap_or(Timestamp {
+            time: 0,
+            increment: 0,
+        }))
+}
+
+/// Stops a watched task (the tailer) when dropped.
+pub struct StopOnDrop(pub watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}

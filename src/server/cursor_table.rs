@@ -1,0 +1,147 @@
+//! The open cursors and their lifetime: a cursor dies when it is exhausted, killed
+//! (`killCursors`, a drop), idle longer than `cursorTimeoutMillis` (unless opened with
+//! `noCursorTimeout`), or when the connection that last used it closes. Their number is capped,
+//! so clients that never close cursors cannot exhaust the server's memory.
+
+use crate::server::cursor::{new_cursor_id, Cursor};
+use crate::server::error::{ErrorCode, ServerError, ServerResult};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// mongod's default `cursorTimeoutMillis`: 10 minutes.
+pub const DEFAULT_CURSOR_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most cursors open at once; opening one more is refused with a clear error.
+pub const MAX_OPEN_CURSORS: usize = 20_000;
+
+/// Who holds a cursor and since when it was last used.
+#[derive(Debug, Clone, Copy)]
+pub struct CursorLife {
+    /// The connection that opened it or ran its last getMore.
+    pub connection: i64,
+    pub last_used: Instant,
+    /// `noCursorTimeout`: exempt from the idle timeout.
+    pub no_timeout: bool,
+}
+
+impl Default for CursorLife {
+    fn default() -> Self {
+        CursorLife {
+            connection: 0,
+            last_used: Instant::now(),
+            no_timeout: false,
+        }
+    }
+}
+
+pub struct CursorTable {
+    open: HashMap<i64, Cursor>,
+    /// Idle time after which a cursor is killed (`cursorTimeoutMillis`).
+    pub timeout: Duration,
+    /// The connection whose request is running (set by the dispatcher under the state lock).
+    pub current_connection: i64,
+    /// serverStatus `metrics.cursor`: cursors killed for being idle, and all ever opened.
+    pub timed_out: u64,
+    pub total_opened: u64,
+}
+
+impl Default for CursorTable {
+    fn default() -> Self {
+        CursorTable {
+            open: HashMap::new(),
+            timeout: DEFAULT_CURSOR_TIMEOUT,
+            current_connection: 0,
+            timed_out: 0,
+            total_opened: 0,
+        }
+    }
+}
+
+impl CursorTable {
+    /// Registers a new cursor for the current connection and returns its id.
+    pub fn open(&mut self, mut cursor: Cursor) -> ServerResult<i64> {
+        if self.open.len() >= MAX_OPEN_CURSORS {
+            return Err(ServerError::new(
+                ErrorCode::ExceededMemoryLimit,
+                format!(
+                    "too many open cursors ({MAX_OPEN_CURSORS}): exhaust or kill cursors \
+                     (killCursors) before opening more"
+                ),
+            ));
+        }
+        let id = loop {
+            let id = new_cursor_id();
+            if !self.open.contains_key(&id) {
+                break id;
+            }
+        };
+        cursor.life.connection = self.current_connection;
+        cursor.life.last_used = Instant::now();
+        self.open.insert(id, cursor);
+        self.total_opened += 1;
+        Ok(id)
+    }
+
+    /// Takes a cursor out to run a getMore on it; [`CursorTable::put_back`] returns it.
+    pub fn take(&mut self, id: i64) -> Option<Cursor> {
+        self.open.remove(&id)
+    }
+
+    /// Returns a cursor after use: it now belongs to the current connection, idle from now.
+    pub fn put_back(&mut self, id: i64, mut cursor: Cursor) {
+        cursor.life.connection = self.current_connection;
+        cursor.life.last_used = Instant::now();
+        self.open.insert(id, cursor);
+    }
+
+    pub fn kill(&mut self, id: i64) -> bool {
+        self.open.remove(&id).is_some()
+    }
+
+    pub fn get(&self, id: i64) -> Option<&Cursor> {
+        self.open.get(&id)
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&i64, &mut Cursor) -> bool) {
+        self.open.retain(keep);
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    pub fn no_timeout_count(&self) -> usize {
+        self.open.values().filter(|c| c.life.no_timeout).count()
+    }
+
+    /// Kills cursors idle for longer than the timeout; returns how many.
+    pub fn kill_idle(&mut self, now: Instant) -> usize {
+        let timeout = self.timeout;
+        let before = self.open.len();
+        self.open.retain(|_, c| {
+            c.life.no_timeout || now.saturating_duration_since(c.life.last_used) <= timeout
+        });
+        let killed = before - self.open.len();
+        self.timed_out += killed as u64;
+        killed
+    }
+
+    /// Takes over the cursors a detached read opened or used in `other` (their ids are kept: a
+    /// read view's table starts empty, and ids are random 63-bit numbers).
+    pub fn adopt(&mut self, other: CursorTable) {
+        self.total_opened += other.total_opened;
+        for (id, cursor) in other.open {
+            self.open.insert(id, cursor);
+        }
+    }
+
+    /// Kills the cursors a closed connection held.
+    pub fn close_connection(&mut self, connection: i64) -> usize {
+        let before = self.open.len();
+        self.open.retain(|_, c| c.life.connection != connection);
+        before - self.open.len()
+    }
+}

@@ -1,0 +1,284 @@
+//! `__mmm.checkpoints`: one document per link on its destination, written as the first write of
+//! every transaction that applies a batch, so data and position commit together. In the
+//! destination's oplog that write names the batch's origin, which is how tailers recognise
+//! replicated writes (see `replicate/provenance.rs`).
+
+use super::{CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
+use crate::oplog::{Entry, OpKind};
+use bson::{doc, DateTime, Document, RawDocument, Timestamp};
+use mongodb::{Client, ClientSession, Collection};
+use std::fmt;
+
+/// A DDL command about to run outside any transaction, as a checkpoint stores it: the database
+/// it runs on, the command, and the error codes that mean "already done".
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdlCommand {
+    /// Database the command runs on.
+    pub db: String,
+    pub body: Document,
+    /// Error codes that mean the change is already there.
+    pub done_codes: Vec<i32>,
+}
+
+impl DdlCommand {
+    pub fn to_document(&self) -> Document {
+        doc! {"db": &self.db, "body": self.body.clone(), "done_codes": self.done_codes.clone()}
+    }
+
+    pub fn from_document(d: &Document) -> Option<DdlCommand> {
+        Some(DdlCommand {
+            db: d.get_str("db").ok()?.to_string(),
+            body: d.get_document("body").ok()?.clone(),
+            done_codes: d
+                .get_array("done_codes")
+                .ok()?
+                .iter()
+                .filter_map(|c| c.as_i32())
+                .collect(),
+        })
+    }
+}
+
+/// A link's position on its destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub link: String,
+    /// Server id where the ops of the last batch were first written.
+    pub origin: String,
+    /// Server id of the link's source.
+    pub src: String,
+    /// Resume reading the source after this ts.
+    pub ts: Timestamp,
+    /// The last unit applied (units up to it are skipped after a resume from `ts`).
+    pub applied: Timestamp,
+    /// Running totals kept with the checkpoint, so `mmm status` can show them from anywhere.
+    pub ops_applied: u64,
+    pub conflicts: u64,
+    /// Ops the destination refused and the link journaled in `__mmm.rejected`.
+    pub rejected: u64,
+    /// A DDL command about to run outside any transaction (the source entry's ts with it):
+    /// after a crash it is run again, idempotently, before anything else.
+    pub pending_ddl: Option<(DdlCommand, Timestamp)>,
+}
+
+/// Reading or preparing `__mmm` failed; `source` is the driver's error (callers decide whether
+/// it is worth a retry).
+#[derive(Debug)]
+pub struct StoreError {
+    pub what: &'static str,
+    pub source: mongodb::error::Error,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// NamespaceExists (MongoDB's src/mongo/base/error_codes.yml).
+const NAMESPACE_EXISTS: i32 = 48;
+
+impl Checkpoint {
+    pub fn to_document(&self) -> Document {
+        let mut d = doc! {
+            "_id": &self.link, "origin": &self.origin, "src": &self.src,
+            "ts": self.ts, "applied": self.applied, "wall": DateTime::now(),
+            "ops_applied": self.ops_applied as i64, "conflicts": self.conflicts as i64,
+            "rejected": self.rejected as i64,
+        };
+        if let Some((ddl, ts)) = &self.pending_ddl {
+            d.insert("pending_ddl", ddl.to_document());
+            d.insert("pending_ts", *ts);
+        }
+        d
+    }
+
+    /// `None` for a document that is not a checkpoint (missing or mistyped fields).
+    pub fn from_document(d: &Document) -> Option<Checkpoint> {
+        let ts = d.get_timestamp("ts").ok()?;
+        let count = |k| d.get_i64(k).unwrap_or(0).max(0) as u64;
+        Some(Checkpoint {
+            link: d.get_str("_id").ok()?.to_string(),
+            origin: d.get_str("origin").ok()?.to_string(),
+            src: d.get_str("src").ok()?.to_string(),
+            ts,
+            applied: d.get_timestamp("applied").unwrap_or(ts),
+            ops_applied: count("ops_applied"),
+            conflicts: count("conflicts"),
+            rejected: count("rejected"),
+            pending_ddl: d
+                .get_document("pending_ddl")
+                .ok()
+                .and_then(DdlCommand::from_document)
+                .zip(d.get_timestamp("pending_ts").ok()),
+        })
+    }
+}
+
+fn collection(client: &Client) -> Collection<Document> {
+    client.database(MMM_DB).collection(CHECKPOINTS)
+}
+
+/// Creates `__mmm.<name>` if missing: a collection cannot be created inside the transactions
+/// that write to it on every MongoDB version.
+pub async fn ensure_collection(client: &Client, name: &str) -> Result<(), StoreError> {
+    match client.database(MMM_DB).create_collection(name).await {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS) => {
+            Ok(())
+        }
+        Err(source) => Err(StoreError {
+            what: "creating mmm's collections",
+            source,
+        }),
+    }
+}
+
+/// The checkpoint of `link` on the server of `client`, if it has one.
+pub async fn read(client: &Client, link: &str) -> Result<Option<Checkpoint>, StoreError> {
+    let found = collection(client)
+        .find_one(doc! {"_id": link})
+        .await
+        .map_err(|source| StoreError {
+            what: "reading the link's checkpoint",
+            source,
+        })?;
+    Ok(found.as_ref().and_then(Checkpoint::from_document))
+}
+
+/// Writes `checkpoint` in the transaction of `session` (as a replacement, so the oplog entry's
+/// `o` is the whole document and names the origin).
+pub async fn write(
+    client: &Client,
+    session: &mut ClientSession,
+    checkpoint: &Checkpoint,
+) -> Result<(), mongodb::error::Error> {
+    collection(client)
+        .replace_one(doc! {"_id": &checkpoint.link}, checkpoint.to_document())
+        .upsert(true)
+        .session(session)
+        .await?;
+    Ok(())
+}
+
+/// The origin named by an oplog op that writes a checkpoint, and the database of a DDL command
+/// it announces; `None` for any other op.
+pub fn origin_of_write(op: &RawDocument) -> Option<(String, Option<String>)> {
+    let entry = Entry::new(op);
+    if entry.ns().ok()? != CHECKPOINTS_NS {
+        return None;
+    }
+    // The checkpoint is written as a replacement (or inserted): `o` is the whole document.
+    let o = match entry.op().ok()? {
+        OpKind::Insert | OpKind::Update => entry.o().ok()?,
+        _ => return None,
+    };
+    let origin = o.get_str("origin").ok()?.to_string();
+    // The database the announced command changes: where it runs, except for renameCollection,
+    // which runs on admin and changes the database of the namespace it names.
+    let ddl_db = o.get_document("pending_ddl").ok().and_then(|p| {
+        let body = p.get_document("body").ok()?;
+        match body.get_str("renameCollection") {
+            Ok(ns) => Some(ns.split_once('.').map_or(ns, |(db, _)| db).to_string()),
+            Err(_) => p.get_str("db").ok().map(|db| db.to_string()),
+        }
+    });
+    Some((origin, ddl_db))
+}
+
+/// A filter on a server's oplog for the transactions, at or before `until`, in which links
+/// reading server id `src` wrote their checkpoint.
+pub fn oplog_filter_for_links_from(src: &str, until: Timestamp) -> Document {
+    doc! {
+        "ts": {"$lte": until},
+        "op": "c",
+        "ns": "admin.$cmd",
+        "o.applyOps": {"$elemMatch": {"ns": CHECKPOINTS_NS, "o.src": src}},
+    }
+}
+
+/// In such a transaction (an oplog entry found with [`oplog_filter_for_links_from`]): the last
+/// source unit the checkpoint says was applied.
+pub fn applied_in_oplog_entry(entry: &Document, src: &str) -> Option<Timestamp> {
+    entry
+        .get_document("o")
+        .ok()?
+        .get_array("applyOps")
+        .ok()?
+        .iter()
+        .find_map(|op| {
+            let op = op.as_document()?;
+            let o = op.get_document("o").ok()?;
+            (op.get_str("ns").ok()? == CHECKPOINTS_NS && o.get_str("src").ok()? == src)
+                .then(|| o.get_timestamp("applied").ok())
+                .flatten()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(time: u32) -> Timestamp {
+        Timestamp { time, increment: 1 }
+    }
+
+    #[test]
+    fn a_checkpoint_survives_its_document() {
+        let c = Checkpoint {
+            link: "a/db.*->b/db.*".into(),
+            origin: "A".into(),
+            src: "A".into(),
+            ts: ts(5),
+            applied: ts(6),
+            ops_applied: 10,
+            conflicts: 2,
+            rejected: 1,
+            pending_ddl: Some((
+                DdlCommand {
+                    db: "db".into(),
+                    body: doc! {"drop": "c"},
+                    done_codes: vec![26],
+                },
+                ts(6),
+            )),
+        };
+        assert_eq!(Checkpoint::from_document(&c.to_document()), Some(c));
+    }
+
+    #[test]
+    fn older_and_foreign_documents() {
+        // Written before `applied` and the totals existed.
+        let old = doc! {"_id": "l", "origin": "A", "src": "A", "ts": ts(3)};
+        let c = Checkpoint::from_document(&old).unwrap();
+        assert_eq!((c.applied, c.ops_applied, c.rejected), (ts(3), 0, 0));
+        assert_eq!(Checkpoint::from_document(&doc! {"_id": "l", "ts": 1}), None);
+        assert_eq!(
+            Checkpoint::from_document(&doc! {"_id": 7, "origin": "A", "src": "A", "ts": ts(3)}),
+            None
+        );
+    }
+
+    #[test]
+    fn checkpoint_writes_in_the_oplog_name_their_origin() {
+        let op = |ns: &str, o: Document| {
+            bson::RawDocumentBuf::from_document(
+                &doc! {"op": "u", "ns": ns, "o": o, "o2": {"_id": "l"}},
+            )
+            .unwrap()
+        };
+        let plain = op(CHECKPOINTS_NS, doc! {"_id": "l", "origin": "A"});
+        assert_eq!(origin_of_write(&plain), Some(("A".into(), None)));
+        let rename = op(
+            CHECKPOINTS_NS,
+            doc! {"_id": "l", "origin": "B", "pending_ddl": {"db": "admin", "body": {"renameCollection": "x.a", "to": "x.b"}}},
+        );
+        assert_eq!(
+            origin_of_write(&rename),
+            Some(("B".into(), Some("x".into())))
+        );
+        assert_eq!(origin_of_write(&op("app.c", doc! {"origin": "A"})), None);
+    }
+}
