@@ -240,3 +240,29 @@ def test_tailable_cursor_skips(client):
 def test_users_info_lists_no_users(client):
     assert client.t.command("usersInfo", "someone")["users"] == []
     assert client.admin.command({"usersInfo": 1})["users"] == []
+
+
+def test_set_get_unset_field_reach_dotted_and_dollar_names(client):
+    c = client.t.c
+    c.insert_one({"_id": 1, "foo": {}})
+    # MongoDB 5.0+: pipeline updates may store such names through $setField.
+    c.update_one({"_id": 1}, [{"$replaceWith": {"$setField": {"field": {"$literal": "$a"}, "value": 1, "input": "$$ROOT"}}}])
+    c.update_one({"_id": 1}, [{"$set": {"foo": {"$setField": {"field": "a.b", "value": 2, "input": "$foo"}}}}])
+    assert c.find_one() == {"_id": 1, "foo": {"a.b": 2}, "$a": 1}
+    got = c.aggregate([{"$project": {
+        "_id": 0,
+        "top": {"$getField": {"$literal": "$a"}},
+        "dotted": {"$getField": {"field": "a.b", "input": "$foo"}},
+        "unset": {"$unsetField": {"field": "a.b", "input": "$foo"}},
+        "null_input": {"$setField": {"field": "x", "input": None, "value": 1}},
+    }}]).next()
+    assert got == {"top": 1, "dotted": 2, "unset": {}, "null_input": None}
+    for bad in (
+        {"$setField": {"field": "$x", "input": "$$ROOT", "value": 1}},  # field must be constant
+        {"$setField": {"field": "a", "input": 5, "value": 1}},  # input must be an object
+        {"$setField": {"field": "a", "input": "$$ROOT"}},  # value required
+        {"$getField": {"field": "a", "bogus": 1}},
+        {"$unsetField": "a"},
+    ):
+        with pytest.raises(OperationFailure):
+            list(c.aggregate([{"$project": {"x": bad}}]))
