@@ -5,7 +5,8 @@ The PyMongo source distribution matching the installed PyMongo is downloaded fro
 download``) into a cache directory and unpacked; its ``test/`` harness runs unmodified, pointed at
 a fresh ``mmm serve`` through ``DB_IP``/``DB_PORT``. Each file runs in its own pytest process with
 a per-test timeout. The script prints the counts of every file and, last, ``N passed, N failed``;
-it exits non-zero when fewer tests pass than the floor recorded in ``floor.txt`` beside it.
+it exits non-zero when fewer tests pass than the floor recorded in ``floor.txt`` beside it (its
+first number: the pass count last measured, less about 1% for tests that are flaky).
 
     python tests/driver_suite/run_pymongo_suite.py            # download, serve, run, compare
     python tests/driver_suite/run_pymongo_suite.py --uri mongodb://127.0.0.1:27017  # another server
