@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pymongo
 import pytest
@@ -46,6 +48,22 @@ def test_links_on_different_collections_between_two_servers_are_one_path_each(th
     assert status.returncode == 0, status.stderr
     assert sorted(r["id"] for r in json.loads(status.stdout)) == ["a/d.c->b/d.c", "a/d.e->b/d.e"]
     assert mmm("-c", str(cfg), "validate").returncode == 0
+    # and run accepts it: both links replicate
+    proc = subprocess.Popen(MMM + ["-c", str(cfg), "run"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "replicating 2 link(s)" in proc.stderr.readline()
+        deadline = time.monotonic() + 30  # each link has its starting position once it checkpoints
+        while time.monotonic() < deadline and clients["b"]["__mmm"].checkpoints.count_documents({}) < 2:
+            time.sleep(0.1)
+        clients["a"].d.c.insert_one({"_id": 1})
+        clients["a"].d.e.insert_one({"_id": 2})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (clients["b"].d.c.find_one({"_id": 1}) and clients["b"].d.e.find_one({"_id": 2})):
+            time.sleep(0.1)
+        assert clients["b"].d.c.find_one({"_id": 1}) and clients["b"].d.e.find_one({"_id": 2})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 def test_a_second_path_across_stored_links_is_refused_before_storing(three):
@@ -184,10 +202,12 @@ def test_unreachable_server_is_one_short_line(tmp_path):
     cfg.write_text("a:\n  id: A\n  uri: 'mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=300'\n"
                    "b:\n  id: B\n  uri: 'mongodb://127.0.0.1:2/?replicaSet=rs0&serverSelectionTimeoutMS=300'\n"
                    "links:\n  - {src: a/d.c, dst: b/d.c}\n")
-    for verb in (["validate"], ["status"], ["dump-config"], ["replicate", "--src", "b/d.e", "--dst", "a/d.e"]):
+    for verb in (["validate"], ["status"], ["status", "--json"], ["dump-config"],
+                 ["replicate", "--src", "b/d.e", "--dst", "a/d.e"]):
         out = mmm("-c", str(cfg), *verb)
         text = out.stdout + out.stderr
         assert "Topology Description" not in text and "<TopologyDescription" not in text, text
+        assert "Topology: {" not in text and "labels: {" not in text, text  # the Rust driver's dump
         assert all(len(l) < 300 for l in text.splitlines()), text
 
 
@@ -217,3 +237,11 @@ def test_validate_shows_a_star_that_is_not_one(three):
     out = mmm("-c", str(cfg), "validate")
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stdout and "no" not in out.stdout.split("whose writes", 1)[1].split()
+
+
+@pytest.mark.parametrize("bad", [None, "", "  ", True, 1.5, ["x"]])
+def test_replicator_refuses_a_missing_or_empty_server_id(bad):
+    import mmm
+
+    with pytest.raises(ValueError, match="the id must be a non-empty string"):
+        mmm.Replicator({"a": {"id": bad, "uri": "mongodb://h"}, "b": {"id": "B", "uri": "mongodb://h2"}})

@@ -258,3 +258,30 @@ def test_mixing_inclusion_and_exclusion_is_an_error(coll):
     coll.insert_one({"_id": 1, "a": 1, "b": 2})
     with pytest.raises(OperationFailure):
         coll.find_one({}, {"a": 1, "b": 0})
+
+
+def test_sort_by_id_alone_follows_bson_order_with_filter_skip_limit_and_batches(coll):
+    """A find sorted by ``_id`` only (served by the ``_id`` index, as mongod's IXSCAN on ``_id_``)
+    returns the same order as the BSON comparison rules, across getMores, with filter, skip and
+    limit applied in that order."""
+    oid = ObjectId("650000000000000000000000")
+    ordered_ids = [
+        MinKey(), None, -2.5, 0, Int64(3), 7.5, "", "a", "b", {"x": 1}, {"x": 2},
+        bson.Binary(b"\x01"), oid, False, True, datetime.datetime(2024, 1, 1), Timestamp(5, 1),
+        MaxKey(),
+    ]
+    docs = [{"_id": v, "n": i} for i, v in enumerate(ordered_ids)]
+    coll.insert_many(list(reversed(docs)))
+    expected = [d["n"] for d in docs]
+
+    def ns(**kw):
+        return [d["n"] for d in coll.find({}, sort=[("_id", kw.pop("direction", 1))], **kw)]
+
+    assert ns(batch_size=2) == expected
+    assert ns(direction=-1, batch_size=3) == expected[::-1]
+    assert ns(skip=3, limit=4, batch_size=1) == expected[3:7]
+    odd = [d["n"] for d in coll.find({"n": {"$mod": [2, 1]}}, sort=[("_id", -1)], skip=1, batch_size=2)]
+    assert odd == [n for n in expected[::-1] if n % 2 == 1][1:]
+    # A sort on _id and another key is not "_id alone": still the full BSON order.
+    assert [d["n"] for d in coll.find({}, sort=[("_id", 1), ("n", -1)])] == expected
+

@@ -226,6 +226,12 @@ class ReplicatorCore:
     def __new__(cls, servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> "ReplicatorCore": ...
     def link_ids(self) -> List[str]:
         """Link ids in declaration order."""
+    def resync(self, link: str, mirror: bool = False) -> TimestampTuple:
+        """Replaces the checkpoint of the link with this id by a fresh "initial sync in
+        progress" state; returns the source position it will follow on from. ``mirror``: the
+        copy also deletes destination documents the source does not have. ValueError for an
+        unknown id (listing the known ones), RuntimeError while running or when a server
+        cannot be reached or written."""
     def start(self) -> None:
         """Starts every link on the background runtime; RuntimeError if running already."""
     def stop(self) -> None:
@@ -304,6 +310,8 @@ class Checkpoint(TypedDict):
     conflicts: int
     rejected: int
     pending_ddl: bool
+    initial_sync: Optional[Tuple[int, int]]
+    """(copied, total) while an initial sync is in progress (resumed by the link's next run)."""
 
 def read_checkpoint(uri: str, link: str, timeout: float = 5.0) -> Optional[Checkpoint]:
     """The checkpoint of ``link`` on the server at ``uri``; None if the link never ran there.

@@ -129,6 +129,20 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resync(args: argparse.Namespace) -> int:
+    from .replication import ReplicationError, Replicator
+
+    r = Replicator.from_config(_config(args))
+    link_id = r._link_id(args.link)
+    try:
+        start = r.resync(link_id, mirror=args.mirror)
+    except ReplicationError as e:
+        raise CliError(str(e)) from None
+    print(f"link {link_id} starts over with an initial sync at its next run "
+          f"(copy, then the oplog from Timestamp({start.time}, {start.inc}))")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .replication import Replicator
 
@@ -148,6 +162,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in _reach_report(config, links):
         print(line)
     return 0
+
+
+def _state_cell(s: Dict[str, Any]) -> str:
+    """The state, with the copy's progress while an initial sync runs."""
+    if s["state"] == "initial-sync" and s.get("initial_sync"):
+        copied, total = s["initial_sync"]
+        return f"initial-sync {copied}/{total}"
+    return s["state"]
 
 
 def _reach_report(config: Config, links: Sequence[Link]) -> List[str]:
@@ -186,7 +208,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
     for s in rows:
         ck = s.get("checkpoint")
         table.append([
-            s["id"], s["state"],
+            s["id"], _state_cell(s),
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
             str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
@@ -224,6 +246,8 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                     conflicts=checkpoint["conflicts"],
                     rejected=checkpoint["rejected"],
                 )
+                if checkpoint["initial_sync"] is not None:  # a copy in progress, resumed by the next run
+                    row.update(state="initial-sync", initial_sync=list(checkpoint["initial_sync"]))
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)
@@ -375,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
+    s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")
+    s.add_argument("--mirror", action="store_true",
+                   help="also delete destination documents the source does not have (a destination that only mirrors the source)")
+    s.set_defaults(func=cmd_resync)
     s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)

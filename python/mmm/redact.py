@@ -10,6 +10,7 @@ Rust core's (``src/redact.rs``), so both sides hide the same things.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Iterable, Set
 
@@ -54,9 +55,17 @@ def error(exc: BaseException) -> str:
     """One line about a failure: PyMongo's server selection errors lose the topology
     description they append (two long lines per server), and secrets are hidden."""
     message = str(exc).strip() or exc.__class__.__name__
-    # ServerSelectionTimeoutError: "<why per server>, Timeout: 3.0s, Topology Description: <...>"
+    # PyMongo's ServerSelectionTimeoutError: "<why per server>, Timeout: 3.0s, Topology
+    # Description: <...>"; the Rust driver's: "Kind: Server selection timeout: No available
+    # servers. Topology: { ... Error: Kind: I/O error: <why> ... }, labels: {}, ...".
     message = message.split(", Timeout: ", 1)[0]
     message = message.split(" (configured timeouts: ", 1)[0]
+    if ". Topology: {" in message:
+        head, topology = message.split(". Topology: {", 1)
+        reasons = re.findall(r"Address: ([^,]+),[^{}]*?Error: (?:Kind: )?(.*?)(?:, labels: |\s*}|$)", topology)
+        message = head + (": " + "; ".join(f"{a}: {r}" for a, r in reasons) if reasons else "")
+    message = re.sub(r"Kind: ", "", message)
+    message = re.sub(r", labels: \{.*?\}, source: .*?, server response: \S*", "", message)
     first = message.splitlines()[0] if message.splitlines() else message
     return text(first)
 

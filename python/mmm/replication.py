@@ -105,7 +105,10 @@ class Replicator:
             for name, spec in servers.items():
                 if not isinstance(spec, Mapping) or "uri" not in spec:
                     raise ValueError(f"server {name!r} needs a uri (and an id)")
-                parsed[name] = Server(name, str(spec.get("id", name)), spec["uri"])
+                server_id = spec.get("id", name)
+                if isinstance(server_id, bool) or not isinstance(server_id, (str, int)) or not str(server_id).strip():
+                    raise ValueError(f"server {name!r}: the id must be a non-empty string, got {server_id!r}")
+                parsed[name] = Server(name, str(server_id), spec["uri"])
             self.servers: Dict[str, Server] = parsed
         else:
             self.servers = {s.name: s for s in servers}
@@ -177,33 +180,95 @@ class Replicator:
 
     def stored_links(self) -> List[Link]:
         """Links stored on the servers by :meth:`replicate`. A server that cannot be reached
-        is skipped with a warning (its stored links are loaded by the next start)."""
+        is skipped with a warning (its stored links are loaded by the next start). The servers
+        are read in parallel, so unreachable ones cost one timeout, not one each."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.servers:
+            return []
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            per_server = list(pool.map(self._stored_links_on, list(self.servers)))
+        return [link for links in per_server for link in links]
+
+    def _stored_links_on(self, name: str) -> List[Link]:
         import pymongo
 
         found = []
-        for name in self.servers:
-            client = self._client(name)
-            try:
-                for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
-                    try:
-                        found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
-                                          doc.get("forward", False), doc.get("initial_sync", False),
-                                          doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
-                    except (KeyError, TypeError, ValueError) as e:
-                        # One bad stored link (written by hand, or by a version that allowed
-                        # it) must not keep every other link from running.
-                        log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
-            except pymongo.errors.ConnectionFailure as e:
-                log.warning("links stored on server %s not loaded: it is unreachable (%s)",
-                            name, redact.error(e))
-            except pymongo.errors.OperationFailure as e:
-                raise ReplicationError(
-                    f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
-                    f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
-                ) from None
-            finally:
-                client.close()
+        client = self._client(name)
+        try:
+            for doc in client[_mmm.MMM_DB][LINKS_COLLECTION].find():
+                try:
+                    found.append(Link(doc["src"], doc["dst"], doc.get("ops", "iud"),
+                                      doc.get("forward", False), doc.get("initial_sync", False),
+                                      doc.get("marker", "transaction"), doc.get("on_reject", "fail")))
+                except (KeyError, TypeError, ValueError) as e:
+                    # One bad stored link (written by hand, or by a version that allowed
+                    # it) must not keep every other link from running.
+                    log.warning("link %r stored on server %s ignored: %s", doc.get("_id"), name, e)
+        except pymongo.errors.ConnectionFailure as e:
+            log.warning("links stored on server %s not loaded: it is unreachable (%s)",
+                        name, redact.error(e))
+        except pymongo.errors.OperationFailure as e:
+            raise ReplicationError(
+                f"server {name}: cannot read the links stored in {_mmm.MMM_DB}.{LINKS_COLLECTION}: "
+                f"{redact.text(e.details.get('errmsg', e) if e.details else e)} (grant read on {_mmm.MMM_DB})"
+            ) from None
+        finally:
+            client.close()
         return found
+
+    def resync(self, link: Union[str, LinkLike], *, mirror: bool = False) -> Timestamp:
+        """Starts one link over: its checkpoint on the destination is replaced by a fresh
+        "initial sync in progress" state at the source's newest oplog position, so its next run
+        copies the source's documents again, then follows the oplog from that position. The
+        remedy for a link stopped by an oplog rollover. Other links, and their checkpoints on
+        the same server, are untouched.
+
+        ``link`` is the link's id as :meth:`status` and ``mmm status`` show it
+        (``src/ns->dst/ns``; spaces around ``->`` are allowed), or a :class:`Link` or
+        ``(src, dst)`` of this replicator. Returns the source position the link will follow on
+        from.
+
+        The copy adds and replaces documents; a document deleted at the source while the link's
+        position was lost stays on the destination. ``mirror=True`` also deletes, in the copied
+        collections, every destination document the source does not have (marked as replicated
+        from the source, so a reverse link does not send the deletes back). Use it when the
+        destination only mirrors the source: writes made on the destination and not yet
+        replicated elsewhere are deleted too.
+
+        Raises ValueError for an unknown link (naming the known ones), RuntimeError while this
+        replicator runs, ReplicationError when a server cannot be reached or written.
+        """
+        link_id = self._link_id(link)
+        if self.running:
+            raise RuntimeError("stop the replicator before resyncing a link")
+        try:
+            time_, inc = self._core.resync(link_id, mirror)
+        except RuntimeError as e:
+            raise ReplicationError(str(e)) from None
+        log.info("link %s starts over with an initial sync at its next run", link_id)
+        return Timestamp(time_, inc)
+
+    def _link_id(self, link: Union[str, LinkLike]) -> str:
+        """The id of one of this replicator's links, given as an id or as a link."""
+        ids = self._core.link_ids()
+        known = f"(known: {', '.join(ids) or 'none'})"
+        if isinstance(link, str):
+            wanted = "->".join(part.strip() for part in link.split("->"))
+            by_endpoints = [i for l, i in zip(self.links, ids) if f"{l.src}->{l.dst}" == wanted]
+            if wanted in ids:
+                return wanted
+            if by_endpoints:
+                return by_endpoints[0]
+            shown = link if len(link) <= 200 else link[:200] + "..."
+            raise ValueError(f"unknown link {shown!r} {known}")
+        if not isinstance(link, (Link, tuple, Mapping)):
+            raise TypeError(f"a link is given by its id (a str) or as a Link, got {type(link).__name__}")
+        wanted_link = _as_link(link)
+        for l, i in zip(self.links, ids):
+            if (l.src, l.dst) == (wanted_link.src, wanted_link.dst):
+                return i
+        raise ValueError(f"unknown link {wanted_link.src}->{wanted_link.dst} {known}")
 
     # -- running --------------------------------------------------------------------------
 
@@ -213,7 +278,7 @@ class Replicator:
         out = []
         for s in self._core.status():
             if s.get("last_error"):
-                s["last_error"] = redact.text(s["last_error"])
+                s["last_error"] = redact.error(Exception(s["last_error"]))
             if s.get("checkpoint") is not None:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
             out.append(s)

@@ -72,7 +72,13 @@ class _CheckpointStore:
         self.name = name
         self._client = None
         if isinstance(store, str):
-            self._client = MongoClient(store)
+            problem = redact.userinfo_problem(store)
+            if problem:
+                raise ValueError(f"checkpoint_store {redact.uri(store)!r}: {problem}")
+            try:
+                self._client = MongoClient(store)
+            except Exception as e:  # noqa: BLE001 - PyMongo's URI errors may quote the URI
+                raise ValueError(f"checkpoint_store {redact.uri(store)!r}: {redact.text(e)}") from None
             db = self._client.get_default_database(default=_mmm.MMM_DB)
             self.collection: Collection = db[_mmm.TAILER_CHECKPOINTS_COLLECTION]
         elif isinstance(store, Collection):

@@ -51,6 +51,59 @@ impl PyReplicatorCore {
         self.links.iter().map(|l| l.id()).collect()
     }
 
+    /// Starts the link `link` (its id, as `link_ids` gives it) over with an initial sync at its
+    /// next run; returns the source position `(time, inc)` it will follow on from. `mirror`:
+    /// the copy also deletes destination documents the source does not have.
+    #[pyo3(signature = (link, mirror = false))]
+    fn resync(&self, py: Python<'_>, link: &str, mirror: bool) -> PyResult<(u32, u32)> {
+        if self.running.lock().as_ref().is_some_and(|r| !r.finished()) {
+            return Err(PyRuntimeError::new_err(
+                "stop the replicator before resyncing a link",
+            ));
+        }
+        let Some(spec) = self.links.iter().find(|l| l.id() == link) else {
+            let known: Vec<String> = self.links.iter().map(|l| l.id()).collect();
+            return Err(PyValueError::new_err(format!(
+                "unknown link {link:?} (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let server = |name: &str| self.servers.iter().find(|s| s.name == name).unwrap();
+        let (src, dst) = (server(&spec.src), server(&spec.dst));
+        // An unreachable server is an error within seconds (unless the URI sets its own).
+        let options = |uri: &str| -> PyResult<_> {
+            let mut o = parse_client_options(uri)?;
+            o.server_selection_timeout
+                .get_or_insert(std::time::Duration::from_secs(10));
+            Ok(o)
+        };
+        let (src_options, dst_options) = (options(&src.uri)?, options(&dst.uri)?);
+        let rt = crate::runtime::get()?;
+        let start = py
+            .detach(|| {
+                rt.block_on(crate::replicate::resync::resync(
+                    spec,
+                    src,
+                    dst,
+                    src_options,
+                    dst_options,
+                    mirror,
+                ))
+            })
+            .map_err(|e| {
+                // Driver and server messages may quote a URI: no secret of either server shows.
+                let mut secrets = crate::redact::secrets(&src.uri);
+                secrets.extend(crate::redact::secrets(&dst.uri));
+                let e = crate::redact::text(&e, &secrets);
+                PyRuntimeError::new_err(format!("resync of link {link}: {e}"))
+            })?;
+        Ok((start.time, start.increment))
+    }
+
     fn start(&self) -> PyResult<()> {
         if self.running.lock().is_some() {
             return Err(PyRuntimeError::new_err("the replicator is already running"));

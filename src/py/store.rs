@@ -59,6 +59,8 @@ pub fn read_checkpoint<'py>(
     d.set_item("conflicts", c.conflicts)?;
     d.set_item("rejected", c.rejected)?;
     d.set_item("pending_ddl", c.pending_ddl.is_some())?;
+    // (copied, total) while an initial sync is in progress, else None.
+    d.set_item("initial_sync", c.initial_sync.map(|p| (p.copied, p.total)))?;
     Ok(Some(d))
 }
 

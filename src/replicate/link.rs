@@ -3,9 +3,10 @@
 //! the checkpoint stored on the destination, so nothing is lost or applied twice; any other
 //! failure stops the link as `failed` and is reported once.
 
-use super::runtime::{LinkEvent, LinkRuntime};
+use super::runtime::{LinkEvent, LinkFailure, LinkRuntime};
 use super::session::session;
 use super::status::LinkState;
+use crate::tail::TailError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,7 +26,12 @@ pub async fn run_link(rt: LinkRuntime, mut stop: watch::Receiver<bool>) {
             }
             Err(failure) => failure,
         };
-        let msg = failure.to_string();
+        let msg = match &failure {
+            LinkFailure::Source(e @ TailError::Rollover { .. }) => {
+                super::resync::rollover_message(&rt.spec.id(), e)
+            }
+            _ => failure.to_string(),
+        };
         if !failure.is_transient() {
             log::error!(target: "mmm", "link {} stopped: {msg}", rt.spec.id());
             rt.set_state(LinkState::Failed, Some(msg.clone()));

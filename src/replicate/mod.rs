@@ -3,9 +3,11 @@
 //! detection and per-link status.
 
 pub mod conflicts;
+mod id_order;
 mod initial_sync;
 mod link;
 pub mod provenance;
+pub mod resync;
 mod route;
 mod runtime;
 mod session;

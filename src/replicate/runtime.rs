@@ -117,6 +117,7 @@ impl LinkRuntime {
             conflicts: s.conflicts,
             rejected: s.rejected,
             pending_ddl: None,
+            initial_sync: None,
         }
     }
 

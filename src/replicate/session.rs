@@ -6,7 +6,7 @@
 //! batched by origin and handed to the writer task, which applies each batch with its
 //! checkpoint.
 
-use super::initial_sync::initial_sync;
+use super::initial_sync;
 use super::provenance::{classify, ddl_database, Provenance};
 use super::route::route;
 use super::runtime::{
@@ -93,7 +93,10 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     Ok((src, dst))
 }
 
-async fn require_replica_set(client: &Client, server: &ServerSpec) -> Result<(), LinkFailure> {
+pub(super) async fn require_replica_set(
+    client: &Client,
+    server: &ServerSpec,
+) -> Result<(), LinkFailure> {
     let hello = client
         .database("admin")
         .run_command(doc! {"hello": 1})
@@ -106,8 +109,9 @@ async fn require_replica_set(client: &Client, server: &ServerSpec) -> Result<(),
     Ok(())
 }
 
-/// The stored checkpoint; for a link that never ran, the source's newest entry (after the
-/// initial sync when the link asks for one). A DDL command a crash interrupted runs again.
+/// The stored checkpoint; for a link that never ran, the source's newest entry (stored first,
+/// then the initial sync runs when the link asks for one). An initial sync in progress is
+/// finished; a DDL command a crash interrupted runs again.
 async fn starting_checkpoint(
     rt: &LinkRuntime,
     src: &Client,
@@ -117,15 +121,23 @@ async fn starting_checkpoint(
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
         None => {
+            // The position comes first, stored before any copy (see initial_sync).
             let start = latest_ts(src).await?;
+            let mut c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             if rt.spec.initial_sync {
-                rt.set_state(LinkState::InitialSync, None);
-                initial_sync(rt, src, dst, start).await?;
+                c = initial_sync::fresh(c, start);
             }
-            let c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
             applier.apply(&Plan::default(), &c).await?;
             c
         }
+    };
+    // A copy in progress (first run, restart, or `resync`) is finished before the oplog.
+    let checkpoint = match checkpoint.initial_sync {
+        Some(_) => {
+            rt.set_state(LinkState::InitialSync, None);
+            initial_sync::initial_sync(rt, src, dst, applier, checkpoint).await?
+        }
+        None => checkpoint,
     };
     match checkpoint.pending_ddl.clone() {
         // A crash between announcing a DDL command and recording it: run it again.

@@ -4,7 +4,7 @@
 use crate::server::collection::{Record, RecordId};
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
-use crate::server::query::{Matcher, Projection};
+use crate::server::query::{KeyValue, Matcher, Projection};
 use crate::server::state::{split_ns, State};
 use bson::{Document, RawArrayBuf, RawDocumentBuf};
 use imbl::OrdMap;
@@ -25,6 +25,18 @@ pub enum Source {
         next: Bound<RecordId>,
         reverse: bool,
         matcher: Option<Matcher>,
+    },
+    /// A scan in `_id` order (a find sorted by `_id` alone): the `_id` index, read lazily, as
+    /// mongod's IXSCAN on `_id_` serves such a sort without buffering the collection.
+    IdOrder {
+        index: OrdMap<KeyValue, RecordId>,
+        records: OrdMap<RecordId, Record>,
+        /// Where the scan continues: a lower bound ascending, an upper bound descending.
+        next: Bound<KeyValue>,
+        descending: bool,
+        matcher: Option<Matcher>,
+        /// Matching documents still to pass over (`skip`) before any is returned.
+        skip: u64,
     },
     Tail {
         /// The last record scanned; `positioned` is false until a scan actually visited one.
@@ -115,6 +127,52 @@ impl Cursor {
                     *next = Bound::Excluded(l);
                 }
                 done && count < max_docs
+            }
+            Source::IdOrder {
+                index,
+                records,
+                next,
+                descending,
+                matcher,
+                skip,
+            } => {
+                let bounds = if *descending {
+                    (Bound::Unbounded, next.clone())
+                } else {
+                    (next.clone(), Bound::Unbounded)
+                };
+                let range = index.range(bounds);
+                let entries: Box<dyn Iterator<Item = (&KeyValue, &RecordId)>> = if *descending {
+                    Box::new(range.rev())
+                } else {
+                    Box::new(range)
+                };
+                let mut last = None;
+                let mut done = true;
+                for (key, rid) in entries {
+                    if count >= max_docs || bytes >= MAX_BATCH_BYTES {
+                        done = false;
+                        break;
+                    }
+                    last = Some(key);
+                    let Some(rec) = records.get(rid) else {
+                        continue;
+                    };
+                    if *skip > 0 {
+                        if matcher.as_ref().is_none_or(|m| m.matches_raw(&rec.raw)) {
+                            *skip -= 1;
+                        }
+                        continue;
+                    }
+                    if let Some(len) = emit(&mut docs, rec, matcher.as_ref(), projection)? {
+                        bytes += len;
+                        count += 1;
+                    }
+                }
+                if let Some(key) = last.cloned() {
+                    *next = Bound::Excluded(key);
+                }
+                done
             }
             Source::Tail {
                 after,

@@ -3,6 +3,7 @@
 //! destination's oplog that write names the batch's origin, which is how tailers recognise
 //! replicated writes (see `replicate/provenance.rs`).
 
+use super::copy_progress::CopyProgress;
 use super::{CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
 use crate::oplog::{Entry, OpKind};
 use bson::{doc, DateTime, Document, RawDocument, Timestamp};
@@ -59,6 +60,8 @@ pub struct Checkpoint {
     /// A DDL command about to run outside any transaction (the source entry's ts with it):
     /// after a crash it is run again, idempotently, before anything else.
     pub pending_ddl: Option<(DdlCommand, Timestamp)>,
+    /// An initial sync in progress (see `replicate/initial_sync.rs`).
+    pub initial_sync: Option<CopyProgress>,
 }
 
 /// Reading or preparing `__mmm` failed; `source` is the driver's error (callers decide whether
@@ -92,6 +95,9 @@ impl Checkpoint {
             d.insert("pending_ddl", ddl.to_document());
             d.insert("pending_ts", *ts);
         }
+        if let Some(progress) = &self.initial_sync {
+            d.insert("initial_sync", progress.to_document());
+        }
         d
     }
 
@@ -113,6 +119,10 @@ impl Checkpoint {
                 .ok()
                 .and_then(DdlCommand::from_document)
                 .zip(d.get_timestamp("pending_ts").ok()),
+            initial_sync: d
+                .get_document("initial_sync")
+                .ok()
+                .map(CopyProgress::from_document),
         })
     }
 }
@@ -244,7 +254,21 @@ mod tests {
                 },
                 ts(6),
             )),
+            initial_sync: None,
         };
+        assert_eq!(Checkpoint::from_document(&c.to_document()), Some(c.clone()));
+        let copying = Checkpoint {
+            pending_ddl: None,
+            initial_sync: Some(CopyProgress {
+                ns: "db.c".into(),
+                after: Some(bson::Bson::Int32(7)),
+                copied: 8,
+                total: 20,
+                mirror: false,
+            }),
+            ..c
+        };
+        let c = copying;
         assert_eq!(Checkpoint::from_document(&c.to_document()), Some(c));
     }
 

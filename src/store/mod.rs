@@ -4,11 +4,13 @@
 //! module; Python gets the names and helpers through `mmm._mmm`.
 
 pub mod checkpoints;
+pub mod copy_progress;
 pub mod links;
 pub mod namespaces;
 pub mod rejected;
 
 pub use checkpoints::{Checkpoint, DdlCommand, StoreError};
+pub use copy_progress::CopyProgress;
 pub use links::link_id;
 pub use namespaces::{is_internal_ns, is_replicable_ns, refuse_link_namespace};
 pub use rejected::Rejected;

@@ -212,6 +212,18 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             reverse,
             matcher,
         }
+    } else if let Some((c, ascending)) = view
+        .filter(|c| c.has_id_index && simple_collation(body))
+        .zip(sort.as_ref().and_then(SortSpec::only_id))
+    {
+        Source::IdOrder {
+            index: c.id_index.clone(),
+            records: c.records.clone(),
+            next: Bound::Unbounded,
+            descending: !ascending,
+            matcher: (!filter.is_empty()).then_some(matcher),
+            skip: skip as u64,
+        }
     } else {
         let mut docs = if natural == Some(-1) {
             let mut d = matching_docs(view, &matcher);
@@ -244,6 +256,16 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     };
     let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     cursor_reply(ctx.state, cursor, first, single_batch)
+}
+
+/// True unless the command asks for a collation other than the simple one: under the simple
+/// collation strings compare by bytes, which is the `_id` index's order.
+fn simple_collation(body: &Document) -> bool {
+    match body.get("collation") {
+        None | Some(Bson::Null) => true,
+        Some(Bson::Document(c)) => c.is_empty() || c.get_str("locale") == Ok("simple"),
+        Some(_) => false,
+    }
 }
 
 /// One attempt at a getMore. `Ok(None)`: an awaitData cursor has nothing yet (caller waits).

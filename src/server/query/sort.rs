@@ -85,6 +85,15 @@ impl SortSpec {
         self.natural
     }
 
+    /// `Some(ascending)` when the spec sorts by `_id` alone: the `_id` index holds that order
+    /// (both use [`compare_values`]), so a scan of the index needs no sort.
+    pub fn only_id(&self) -> Option<bool> {
+        match (self.keys.as_slice(), self.natural) {
+            ([key], None) if key.path.len() == 1 && key.path[0] == "_id" => Some(key.ascending),
+            _ => None,
+        }
+    }
+
     /// True when no field keys were given (`{}` or only `$natural`).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
