@@ -266,3 +266,11 @@ def test_set_get_unset_field_reach_dotted_and_dollar_names(client):
     ):
         with pytest.raises(OperationFailure):
             list(c.aggregate([{"$project": {"x": bad}}]))
+
+
+def test_min_max_with_a_sort_on_id(client):
+    c = client.t.c
+    c.insert_many([{"_id": i, "j": 9 - i} for i in range(10)])
+    c.create_index("j")
+    got = [d["_id"] for d in c.find().min([("j", 2)]).max([("j", 5)]).hint("j_1").sort("_id", 1)]
+    assert got == [5, 6, 7]

@@ -172,7 +172,7 @@ impl Cursor {
                 if let Some(key) = last.cloned() {
                     *next = Bound::Excluded(key);
                 }
-                done
+                done && count < max_docs
             }
             Source::Tail {
                 after,

@@ -213,7 +213,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             matcher,
         }
     } else if let Some((c, ascending)) = view
-        .filter(|c| c.has_id_index && simple_collation(body))
+        .filter(|c| c.has_id_index && simple_collation(body) && bounds.is_none())
         .zip(sort.as_ref().and_then(SortSpec::only_id))
     {
         Source::IdOrder {
