@@ -5,6 +5,8 @@ statements, hint/min/max, explain, validate, and `_id` storage rules (MongoDB 5.
 
 from __future__ import annotations
 
+import os
+
 import pymongo
 import pytest
 from bson import Binary, Int64
@@ -141,9 +143,11 @@ def test_validate(client):
     with pytest.raises(OperationFailure) as e:
         client.t.validate_collection("missing")
     assert e.value.code == 26
-    with pytest.raises(OperationFailure) as e:
-        client.t.command("validate", "c", background=True)
-    assert e.value.code == 115
+    engine = client.admin.command("serverStatus")["storageEngine"]["name"]
+    if engine == "inMemory":  # background validation needs checkpoints, which inMemory lacks
+        with pytest.raises(OperationFailure) as e:
+            client.t.command("validate", "c", background=True)
+        assert e.value.code == 115
 
 
 @pytest.mark.parametrize("bad_id", [{"$a": 1}, {"x": {"$b": 1}}, {"x": [{"$c": 1}]}])
@@ -204,10 +208,20 @@ def test_collation_strength_two_ignores_case(client):
     assert [d["_id"] for d in c.find({"s": "PING"}, collation={})] == [2]
 
 
+EMBEDDED_ONLY = pytest.mark.skipif(
+    bool(os.environ.get("MMM_TEST_MONGOD")), reason="the embedded server's own limits"
+)
+
+
 @pytest.mark.parametrize(
     "collation",
-    [{"locale": "fr"}, {"locale": "en", "strength": 0}, {"strength": 2}, {"locale": 5},
-     {"locale": "en", "numericOrdering": True}, {"locale": "simple", "strength": 2}, {"locale": "en", "bogus": 1}],
+    [
+        {"locale": "en", "strength": 0}, {"strength": 2}, {"locale": 5},
+        {"locale": "simple", "strength": 2}, {"locale": "en", "bogus": 1},
+        # mongod has these; the embedded server refuses them rather than answer binary.
+        pytest.param({"locale": "fr"}, marks=EMBEDDED_ONLY),
+        pytest.param({"locale": "en", "numericOrdering": True}, marks=EMBEDDED_ONLY),
+    ],
 )
 def test_collations_not_understood_are_refused(client, collation):
     client.t.c.insert_one({"s": "a"})
