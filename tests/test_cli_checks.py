@@ -124,6 +124,8 @@ HOSTILE_FILES = [
     (b"a:\n  id: A\n  uri: 'mongodb://h'\nlinks:\n  - {src: a/d.c, dst: b/d.c, src: a/d.e}\n", "key 'links[0].src'", "given twice"),
     (b"a:\n  id: &x A\n  uri: *x\n", "key 'a.uri'", "mongodb://"),
     (b"a:\n  id: A\n  uri: 'mongodb://u:p@ss@h'\n", "line 3, key 'a.uri'", "percent-encoded"),
+    (b"a:\n  id: A\n  uri: 'mongodb://u:S3cr@:::h'\n", "line 3, key 'a.uri'", "not a valid MongoDB URI"),
+    (b"a:\n  id: A\n  uri: 'mongodb://u:S3cr@h:notaport/'\n", "line 3, key 'a.uri'", "not a valid MongoDB URI"),
     (b"- a\n- b\n", "line 1", "mapping of server names"),
     (b"a: {id: A, uri: 'mongodb://h'}\n" * 2 + b"x" * 100, "", ""),
     (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "", "nested too deeply"),
@@ -144,6 +146,7 @@ def test_hostile_configuration_files(tmp_path, content, where, what):
         assert len(lines(out.stderr)) == 1, out.stderr
         assert str(cfg) in out.stderr and where in out.stderr and what in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and out.stdout == ""
+        assert "S3cr" not in out.stderr
 
 
 def test_endless_configuration_file_is_refused():

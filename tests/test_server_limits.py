@@ -182,6 +182,18 @@ def test_queries_nested_to_the_limit_run_or_fail_cleanly(client, op):
     assert coll.count_documents({}) == 1
 
 
+def test_pipelines_are_limited_to_1000_stages(client):
+    coll = client.test.stages
+    coll.insert_one({"_id": 1})
+    wrap = {"$project": {"a": "$$ROOT"}}
+    with pytest.raises(pymongo.errors.OperationFailure) as e:
+        list(coll.aggregate([wrap] * 100_000))
+    assert e.value.code == 7749501
+    # 1000 stages, most nesting the document one level deeper, still run.
+    [doc] = coll.aggregate([wrap] * 999 + [{"$project": {"_id": 0, "ok": {"$literal": True}}}])
+    assert doc == {"ok": True}
+
+
 def test_a_deep_message_leaves_an_in_process_server_and_its_host_alive():
     from mmm.embedded import MongoServer
 

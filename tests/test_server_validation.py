@@ -139,3 +139,30 @@ def test_validators_apply_inside_transactions(client, people):
         reply = client.test.command({"insert": "people", "documents": [{"_id": 1}]}, session=s)
         assert reply["writeErrors"][0]["code"] == DOCUMENT_VALIDATION_FAILURE
         s.abort_transaction()
+
+
+def test_out_and_merge_validate_unless_bypassed(client, people):
+    client.test.src.insert_many([{"_id": 1, "name": "ada", "age": 36}, {"_id": 2, "name": "x"}])
+    for stage in ({"$out": "people"}, {"$merge": {"into": "people"}}):
+        with pytest.raises(OperationFailure) as e:
+            client.test.src.aggregate([stage])
+        assert e.value.code == DOCUMENT_VALIDATION_FAILURE
+        client.test.src.aggregate([stage], bypassDocumentValidation=True)
+        assert people.count_documents({}) == 2
+        people.delete_many({})
+
+
+def test_json_schema_inside_logical_operators(client):
+    client.test.create_collection("either", validator={
+        "$or": [{"$jsonSchema": {"required": ["a"]}}, {"b": {"$exists": True}}],
+    })
+    coll = client.test.either
+    coll.insert_one({"a": 1})
+    coll.insert_one({"b": 1})
+    with pytest.raises(WriteError) as e:
+        coll.insert_one({"_id": 3, "c": 1})
+    details = e.value.details["errInfo"]["details"]
+    assert details["operatorName"] == "$or"
+    assert [c["index"] for c in details["clausesNotSatisfied"]] == [0, 1]
+    assert details["clausesNotSatisfied"][0]["details"]["operatorName"] == "$jsonSchema"
+    assert coll.count_documents({}) == 2

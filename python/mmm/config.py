@@ -206,6 +206,21 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
         raise ConfigError(f"{_where(path, node, key)}: {e}") from None
 
 
+def _uri_problem(uri: str) -> Optional[str]:
+    """Why PyMongo cannot parse a ``mongodb://`` URI (hosts, port, options), secrets hidden, or
+    None. ``mongodb+srv://`` URIs are left to connection time: checking them needs DNS."""
+    if not uri.startswith("mongodb://"):
+        return None
+    from pymongo import uri_parser
+    from pymongo.errors import ConfigurationError, InvalidURI
+
+    try:
+        uri_parser.parse_uri(uri, validate=True, warn=False)
+    except (InvalidURI, ConfigurationError, ValueError) as e:
+        return f"not a valid MongoDB URI: {redact.text(e, extra_uris=[uri])}"
+    return None
+
+
 def parse_config(text: str, path: str = "<config>") -> Config:
     """Parses configuration text; raises ConfigError naming the line and key of a mistake."""
     try:
@@ -250,7 +265,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         redact.remember(uri)
         if not uri.startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{_where(path, uri_node, name + '.uri')}: expected a mongodb:// or mongodb+srv:// URI, got {redact.uri(template, keep_variables=True)!r}")
-        problem = redact.userinfo_problem(uri)
+        problem = redact.userinfo_problem(uri) or _uri_problem(uri)
         if problem:
             raise ConfigError(f"{_where(path, uri_node, name + '.uri')}: {problem}")
         if name in config.servers:

@@ -77,6 +77,10 @@ class MongoServer(ReplicaSetMember):
     It runs on background threads of this process until :meth:`stop` (or the end of a ``with``
     block). Several servers can run in one process. Data lives in memory only.
 
+    There is no authentication: a ``host`` other than loopback logs a warning. ``advertise``
+    (``HOST`` or ``HOST:PORT``) is the address ``hello`` names and :attr:`uri` uses; by default
+    the bound address, and for ``0.0.0.0``/``::`` this machine's hostname (or 127.0.0.1).
+
     ``test_commands`` (on by default, as ``mongod --setParameter enableTestCommands=1``) enables
     ``configureFailPoint`` and its fail points; turn it off to serve like a production ``mongod``.
     """

@@ -39,16 +39,15 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             shared.info.connections.fetch_add(1, Ordering::Relaxed);
             serve(stream, &shared, id).await;
-            // A closed connection's cursors can never be read again by it.
-            shared.state.lock().cursors.close_connection(id);
             shared.info.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
 /// Buffers up to this size are kept for the connection's next message (allocating afresh for
-/// every message costs page faults); a larger one is released once its message is handled.
-const KEPT_BUFFER: usize = 1024 * 1024;
+/// every message costs page faults, and bulk writes send messages of a few MB each); a larger
+/// one is released once its message is handled, so idle connections hold little.
+const KEPT_BUFFER: usize = 8 * 1024 * 1024;
 /// Bytes read into the buffer per step: a message's buffer grows with the bytes that actually
 /// arrive, never to the size an unverified header announces.
 const READ_STEP: usize = 64 * 1024;

@@ -1,7 +1,9 @@
 //! The open cursors and their lifetime: a cursor dies when it is exhausted, killed
 //! (`killCursors`, a drop), idle longer than `cursorTimeoutMillis` (unless opened with
-//! `noCursorTimeout`), or when the connection that last used it closes. Their number is capped,
-//! so clients that never close cursors cannot exhaust the server's memory.
+//! `noCursorTimeout`). A closed connection does not kill its cursors: drivers pool connections
+//! and may continue a cursor on any of them, and mongod frees an abandoned cursor only by its
+//! idle timeout (load-balanced mode, which mmm's server does not offer, is the exception). Their
+//! number is capped, so clients that never close cursors cannot exhaust the server's memory.
 
 use crate::server::cursor::{new_cursor_id, Cursor};
 use crate::server::error::{ErrorCode, ServerError, ServerResult};
@@ -13,11 +15,9 @@ pub const DEFAULT_CURSOR_TIMEOUT: Duration = Duration::from_secs(600);
 /// Most cursors open at once; opening one more is refused with a clear error.
 pub const MAX_OPEN_CURSORS: usize = 20_000;
 
-/// Who holds a cursor and since when it was last used.
+/// When a cursor was last used, and whether it may time out.
 #[derive(Debug, Clone, Copy)]
 pub struct CursorLife {
-    /// The connection that opened it or ran its last getMore.
-    pub connection: i64,
     pub last_used: Instant,
     /// `noCursorTimeout`: exempt from the idle timeout.
     pub no_timeout: bool,
@@ -26,7 +26,6 @@ pub struct CursorLife {
 impl Default for CursorLife {
     fn default() -> Self {
         CursorLife {
-            connection: 0,
             last_used: Instant::now(),
             no_timeout: false,
         }
@@ -37,8 +36,6 @@ pub struct CursorTable {
     open: HashMap<i64, Cursor>,
     /// Idle time after which a cursor is killed (`cursorTimeoutMillis`).
     pub timeout: Duration,
-    /// The connection whose request is running (set by the dispatcher under the state lock).
-    pub current_connection: i64,
     /// serverStatus `metrics.cursor`: cursors killed for being idle, and all ever opened.
     pub timed_out: u64,
     pub total_opened: u64,
@@ -49,7 +46,6 @@ impl Default for CursorTable {
         CursorTable {
             open: HashMap::new(),
             timeout: DEFAULT_CURSOR_TIMEOUT,
-            current_connection: 0,
             timed_out: 0,
             total_opened: 0,
         }
@@ -57,7 +53,7 @@ impl Default for CursorTable {
 }
 
 impl CursorTable {
-    /// Registers a new cursor for the current connection and returns its id.
+    /// Registers a new cursor and returns its id.
     pub fn open(&mut self, mut cursor: Cursor) -> ServerResult<i64> {
         if self.open.len() >= MAX_OPEN_CURSORS {
             return Err(ServerError::new(
@@ -74,7 +70,6 @@ impl CursorTable {
                 break id;
             }
         };
-        cursor.life.connection = self.current_connection;
         cursor.life.last_used = Instant::now();
         self.open.insert(id, cursor);
         self.total_opened += 1;
@@ -86,9 +81,8 @@ impl CursorTable {
         self.open.remove(&id)
     }
 
-    /// Returns a cursor after use: it now belongs to the current connection, idle from now.
+    /// Returns a cursor after use: idle from now.
     pub fn put_back(&mut self, id: i64, mut cursor: Cursor) {
-        cursor.life.connection = self.current_connection;
         cursor.life.last_used = Instant::now();
         self.open.insert(id, cursor);
     }
@@ -136,12 +130,5 @@ impl CursorTable {
         for (id, cursor) in other.open {
             self.open.insert(id, cursor);
         }
-    }
-
-    /// Kills the cursors a closed connection held.
-    pub fn close_connection(&mut self, connection: i64) -> usize {
-        let before = self.open.len();
-        self.open.retain(|_, c| c.life.connection != connection);
-        before - self.open.len()
     }
 }

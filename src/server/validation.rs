@@ -28,7 +28,141 @@ pub enum Action {
 #[derive(Debug, Clone)]
 enum Clause {
     Schema(Schema),
-    Query { spec: Document, matcher: Matcher },
+    Query {
+        spec: Document,
+        matcher: Matcher,
+    },
+    /// `$and`/`$or`/`$nor` over conditions of which some use `$jsonSchema` (the query matcher
+    /// evaluates the others).
+    Logical {
+        op: String,
+        children: Vec<Vec<Clause>>,
+    },
+}
+
+/// Whether a validator condition uses `$jsonSchema` anywhere below.
+fn uses_schema(v: &Bson) -> bool {
+    // Bounded: a validator arrived in a message, at most 200 levels deep.
+    match v {
+        Bson::Document(d) => d.iter().any(|(k, v)| k == "$jsonSchema" || uses_schema(v)),
+        Bson::Array(a) => a.iter().any(uses_schema),
+        _ => false,
+    }
+}
+
+/// The top-level conditions of a validator document.
+fn parse_clauses(spec: &Document) -> ServerResult<Vec<Clause>> {
+    let mut clauses = Vec::new();
+    for (key, value) in spec {
+        match (key.as_str(), value) {
+            ("$jsonSchema", Bson::Document(s)) => clauses.push(Clause::Schema(Schema::parse(s)?)),
+            ("$jsonSchema", _) => {
+                return Err(ServerError::type_mismatch("$jsonSchema must be an object"))
+            }
+            ("$where" | "$near" | "$nearSphere" | "$text" | "$expr", _) => {
+                return Err(ServerError::invalid_options(format!(
+                    "{key} is not allowed in collection validators"
+                )))
+            }
+            ("$and" | "$or" | "$nor", Bson::Array(items)) if uses_schema(value) => {
+                let children = items
+                    .iter()
+                    .map(|item| match item {
+                        Bson::Document(d) => parse_clauses(d),
+                        _ => Err(ServerError::bad_value(
+                            "$or/$and/$nor entries need to be full objects",
+                        )),
+                    })
+                    .collect::<ServerResult<Vec<_>>>()?;
+                if children.is_empty() {
+                    return Err(ServerError::bad_value(
+                        "$and/$or/$nor must be a nonempty array",
+                    ));
+                }
+                clauses.push(Clause::Logical {
+                    op: key.clone(),
+                    children,
+                });
+            }
+            _ => {
+                let mut clause = Document::new();
+                clause.insert(key.clone(), value.clone());
+                let matcher = Matcher::new(&clause)?;
+                clauses.push(Clause::Query {
+                    spec: clause,
+                    matcher,
+                });
+            }
+        }
+    }
+    Ok(clauses)
+}
+
+fn all_pass(clauses: &[Clause], doc: &Document) -> bool {
+    clauses.iter().all(|c| c.passes(doc))
+}
+
+impl Clause {
+    fn passes(&self, doc: &Document) -> bool {
+        match self {
+            Clause::Schema(s) => s.failures(doc).is_empty(),
+            Clause::Query { matcher, .. } => matcher.matches(doc),
+            Clause::Logical { op, children } => match op.as_str() {
+                "$and" => children.iter().all(|c| all_pass(c, doc)),
+                "$or" => children.iter().any(|c| all_pass(c, doc)),
+                _ => !children.iter().any(|c| all_pass(c, doc)),
+            },
+        }
+    }
+
+    /// `errInfo` details of a clause that does not pass.
+    fn details(&self, doc: &Document) -> Document {
+        match self {
+            Clause::Schema(s) => {
+                doc! {"operatorName": "$jsonSchema", "schemaRulesNotSatisfied": s.failures(doc)}
+            }
+            Clause::Query { spec, .. } => query_details(spec, doc),
+            Clause::Logical { op, children } => {
+                // $and and $or report the clauses that failed; $nor the ones that matched.
+                let reported = |c: &Vec<Clause>| {
+                    if op == "$nor" {
+                        all_pass(c, doc)
+                    } else {
+                        !all_pass(c, doc)
+                    }
+                };
+                let clauses: Vec<Document> = children
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| reported(c))
+                    .map(|(i, c)| doc! {"index": i as i32, "details": group_details(c, doc)})
+                    .collect();
+                doc! {"operatorName": op.clone(), "clausesNotSatisfied": clauses}
+            }
+        }
+    }
+}
+
+/// Details of a group of conditions: the one failing condition, or an `$and` of the failing ones.
+fn group_details(clauses: &[Clause], doc: &Document) -> Document {
+    let failing: Vec<(usize, &Clause)> = clauses
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.passes(doc))
+        .collect();
+    if clauses.len() == 1 {
+        return failing
+            .first()
+            .map(|(_, c)| c.details(doc))
+            .unwrap_or_default();
+    }
+    doc! {
+        "operatorName": "$and",
+        "clausesNotSatisfied": failing
+            .into_iter()
+            .map(|(i, c)| doc! {"index": i as i32, "details": c.details(doc)})
+            .collect::<Vec<_>>(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -90,31 +224,7 @@ impl Validator {
         if spec.is_empty() {
             return Ok(None);
         }
-        let mut clauses = Vec::new();
-        for (key, value) in spec {
-            match (key.as_str(), value) {
-                ("$jsonSchema", Bson::Document(s)) => {
-                    clauses.push(Clause::Schema(Schema::parse(s)?))
-                }
-                ("$jsonSchema", _) => {
-                    return Err(ServerError::type_mismatch("$jsonSchema must be an object"))
-                }
-                ("$where" | "$near" | "$nearSphere" | "$text" | "$expr", _) => {
-                    return Err(ServerError::invalid_options(format!(
-                        "{key} is not allowed in collection validators"
-                    )))
-                }
-                _ => {
-                    let mut clause = Document::new();
-                    clause.insert(key.clone(), value.clone());
-                    let matcher = Matcher::new(&clause)?;
-                    clauses.push(Clause::Query {
-                        spec: clause,
-                        matcher,
-                    });
-                }
-            }
-        }
+        let clauses = parse_clauses(spec)?;
         Ok(Some(Validator {
             clauses,
             level,
@@ -123,43 +233,12 @@ impl Validator {
     }
 
     fn passes(&self, doc: &Document) -> bool {
-        self.clauses.iter().all(|c| match c {
-            Clause::Schema(s) => s.failures(doc).is_empty(),
-            Clause::Query { matcher, .. } => matcher.matches(doc),
-        })
+        all_pass(&self.clauses, doc)
     }
 
     /// `errInfo.details` for a document that fails: one clause's details, or an `$and` of them.
     fn details(&self, doc: &Document) -> Document {
-        let mut failing: Vec<(usize, Document)> = Vec::new();
-        for (i, clause) in self.clauses.iter().enumerate() {
-            let detail = match clause {
-                Clause::Schema(s) => {
-                    let rules = s.failures(doc);
-                    if rules.is_empty() {
-                        continue;
-                    }
-                    doc! {"operatorName": "$jsonSchema", "schemaRulesNotSatisfied": rules}
-                }
-                Clause::Query { spec, matcher } => {
-                    if matcher.matches(doc) {
-                        continue;
-                    }
-                    query_details(spec, doc)
-                }
-            };
-            failing.push((i, detail));
-        }
-        if self.clauses.len() == 1 {
-            return failing.pop().map(|(_, d)| d).unwrap_or_default();
-        }
-        doc! {
-            "operatorName": "$and",
-            "clausesNotSatisfied": failing
-                .into_iter()
-                .map(|(i, d)| doc! {"index": i as i32, "details": d})
-                .collect::<Vec<_>>(),
-        }
+        group_details(&self.clauses, doc)
     }
 }
 

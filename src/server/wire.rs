@@ -539,6 +539,41 @@ mod tests {
     }
 
     #[test]
+    fn crc32c_and_checksums() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        let mut payload = vec![1, 0, 0, 0, 0];
+        payload.extend_from_slice(&bson::to_vec(&doc! {"ping": 1, "$db": "admin"}).unwrap());
+        let len = (HEADER_LEN + payload.len() + 4) as i32;
+        let mut head = [0u8; HEADER_LEN];
+        head[0..4].copy_from_slice(&len.to_le_bytes());
+        head[12..16].copy_from_slice(&OP_MSG.to_le_bytes());
+        let mut covered = head.to_vec();
+        covered.extend_from_slice(&payload);
+        let sum = crc32c(&covered);
+        let mut good = payload.clone();
+        good.extend_from_slice(&sum.to_le_bytes());
+        assert!(verify_checksum(&head, &good).is_ok());
+        assert!(parse_op_msg(&good).is_ok());
+        let mut bad = payload;
+        bad.extend_from_slice(&(sum ^ 1).to_le_bytes());
+        assert!(verify_checksum(&head, &bad).is_err());
+    }
+
+    #[test]
+    fn a_too_deep_body_is_an_error_reply_not_a_closed_connection() {
+        let mut deep = doc! {"x": 1};
+        for _ in 0..250 {
+            deep = doc! {"a": deep};
+        }
+        let mut msg = vec![0, 0, 0, 0, 0];
+        msg.extend_from_slice(&bson::to_vec(&doc! {"ping": 1, "d": deep}).unwrap());
+        match parse_op_msg(&msg) {
+            Err(WireError::Reply(e)) => assert_eq!(e.code, 15),
+            other => panic!("expected an Overflow reply, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn op_query_handshake_from_the_reference_bytes() {
         let msg = hex(
             "00 00 00 00 61 64 6d 69 6e 2e 24 63 6d 64 00 00 00 00 00 ff ff ff ff \

@@ -230,14 +230,14 @@ pub fn execute(
         let limit = std::time::Duration::from_secs(state.txn_lifetime_limit_secs as u64);
         crate::server::session::expire_transactions(state, limit);
     }
-    // Cursors opened or used by this request belong to this connection.
-    state.cursors.current_connection = connection_id;
     let cmd = body.keys().next().cloned().unwrap_or_default();
     let db = match body.get("$db") {
         Some(Bson::String(db)) => db.clone(),
         _ => {
-            let e =
-                ServerError::location(40414, "BSON field '$db' is missing but a required field");
+            let e = ServerError::new(
+                ErrorCode::IDLFailedToParse,
+                "BSON field '$db' is missing but a required field",
+            );
             return Execution::Done(finish(state, Err(e), None));
         }
     };

@@ -120,8 +120,10 @@ fn out(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
         .unwrap_or_default();
     options.insert("temp", true);
     ctx.state.create_collection(&db, &temp, options)?;
+    let bypass = ctx.bypass_validation;
     let filled = (|| -> ServerResult<()> {
         let mut sub = Ctx::new(&mut *ctx.state, &db);
+        sub.bypass_validation = bypass;
         let indexes: Vec<Bson> = existing
             .iter()
             .flat_map(|c| c.indexes.iter().map(|i| Bson::Document(i.spec.clone())))

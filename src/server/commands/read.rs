@@ -459,6 +459,8 @@ fn collect_value(v: &Bson, rest: Option<&str>, out: &mut Vec<Bson>) {
 }
 
 pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
+    // $out and $merge validate what they write unless told not to.
+    ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let pipeline: Vec<Document> = match body.get("pipeline") {
         Some(Bson::Array(a)) => a
             .iter()

@@ -75,6 +75,13 @@ const UNSUPPORTED_STAGES: &[&str] = &[
 
 /// Run `pipeline` over `input` and return the resulting documents.
 pub fn run_pipeline(input: Vec<Document>, pipeline: &[Document]) -> ServerResult<Vec<Document>> {
+    // mongod's internalPipelineLengthLimit: each stage may nest documents one level deeper.
+    if pipeline.len() > MAX_PIPELINE_STAGES {
+        return Err(loc(
+            7749501,
+            format!("Pipeline length must be no longer than {MAX_PIPELINE_STAGES} stages."),
+        ));
+    }
     let stages = pipeline
         .iter()
         .map(parse_stage)
@@ -85,6 +92,9 @@ pub fn run_pipeline(input: Vec<Document>, pipeline: &[Document]) -> ServerResult
     }
     Ok(docs)
 }
+
+/// Longest pipeline accepted (mongod's `internalPipelineLengthLimit`).
+pub const MAX_PIPELINE_STAGES: usize = 1000;
 
 fn loc(code: i32, msg: String) -> ServerError {
     ServerError::location(code, msg)
