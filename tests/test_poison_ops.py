@@ -58,7 +58,7 @@ def test_a_unique_index_violation_fails_the_link_with_one_readable_line(pair):
         r.join(10)
     error = r.status()[0]["last_error"]
     readable(error)
-    for part in ("app.users", "a2", "11000", "duplicate key"):
+    for part in ("app.users", "a2", "DuplicateKey, code 11000", "duplicate key"):
         assert part in error, error
     assert str(err.value).endswith(error)
     # Nothing of the refused batch is applied, and the checkpoint did not move past it.
@@ -81,6 +81,7 @@ def test_journal_mode_records_the_refused_op_and_goes_on(pair):
     (entry,) = rejected
     assert (entry["ns"], entry["doc_id"], entry["code"]) == ("app.users", "a5", 11000)
     assert entry["link"] == "a/app.*->b/app.*" and "duplicate key" in entry["errmsg"]
+    assert entry["codeName"] == "DuplicateKey"
     assert entry["statement"]["email"] == "taken@example.com"
     assert cb.app.users.find_one({"_id": "a5"}) is None
     # Restarted, the link neither journals it again nor applies anything twice.
@@ -110,7 +111,7 @@ def test_a_validator_refusal_fails_the_link(pair):
         r.join(10)
     error = r.status()[0]["last_error"]
     readable(error)
-    assert "app.stock" in error and "neg" in error and "121" in error, error
+    assert "app.stock" in error and "neg" in error and "DocumentValidationFailure, code 121" in error, error
 
 
 def test_a_document_made_too_large_by_field_mode_is_refused(pair):

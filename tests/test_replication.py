@@ -339,3 +339,36 @@ def test_ddl_is_not_replicated_by_default(pair):
         wait_for(lambda: cb.app.people.count_documents({}) == 1)
         time.sleep(0.5)
     assert "email_1" not in cb.app.people.index_information()
+
+
+def test_ddl_on_both_sides_at_once_reaches_the_other_side(pair):
+    """While one side applies a replicated DDL command, the other side's application creates
+    indexes on other collections of the same database: every index reaches both sides (a
+    replicated DDL command covers only the namespaces it changes, not its whole database)."""
+    import threading
+
+    a, b, ca, cb = pair
+    r = mmm.Replicator(
+        {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}},
+        [mmm.Link("a/app.*", "b/app.*", ops="iudc"), mmm.Link("b/app.*", "a/app.*", ops="iudc")],
+    )
+    rounds = 40
+    with r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()))
+
+        def create(client, side):
+            for i in range(rounds):
+                client.app[f"{side}{i}"].create_index(f"k{i}")
+
+        threads = [threading.Thread(target=create, args=(c, s)) for c, s in ((ca, "a"), (cb, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        def indexes(client):
+            return {n: sorted(i["name"] for i in client.app[n].list_indexes())
+                    for n in client.app.list_collection_names()}
+
+        expected = {f"{s}{i}": ["_id_", f"k{i}_1"] for s in "ab" for i in range(rounds)}
+        wait_for(lambda: indexes(ca) == expected and indexes(cb) == expected, timeout=30)

@@ -70,7 +70,7 @@ class Link:
     does: "fail" stops the link (state ``failed``, the error names the namespace, ``_id`` and
     MongoDB's code and message); "journal" records the op in ``__mmm.rejected`` on the
     destination, in the transaction that moves the checkpoint past it, and goes on. Missing
-    privileges (``Unauthorized``) always stop the link."""
+    privileges (``Unauthorized``) and refused DDL commands always stop the link."""
 
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:

@@ -10,7 +10,9 @@
 //! same transaction as the checkpoint that moves past it.
 
 use super::ddl::DdlCommand;
-use super::error::{describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED};
+use super::error::{
+    code_name, describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED,
+};
 use super::plan::Plan;
 use crate::store::{checkpoints, rejected, Checkpoint, Rejected, StoreError};
 use bson::{Document, RawDocumentBuf, Timestamp};
@@ -119,6 +121,24 @@ fn first_write_error(reply: &Document) -> Option<(usize, i32, String, String)> {
     ))
 }
 
+/// The commands of one attempt, each with the original indices of its statements.
+fn bodies(plan: &Plan, mode: &Mode) -> Vec<(usize, RawDocumentBuf, Vec<usize>)> {
+    let mut out = Vec::new();
+    for (ci, command) in plan.commands.iter().enumerate() {
+        let kept = |i: usize| !mode.skip.contains(&(ci, i));
+        if mode.split {
+            for i in (0..command.statement_count()).filter(|i| kept(*i)) {
+                if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, |j| j == i) {
+                    out.push((ci, body, idx));
+                }
+            }
+        } else if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, kept) {
+            out.push((ci, body, idx));
+        }
+    }
+    out
+}
+
 impl Applier {
     pub fn new(client: Client, link: &str) -> Applier {
         Applier {
@@ -137,25 +157,6 @@ impl Applier {
         checkpoints::read(&self.client, &self.link).await
     }
 
-    /// The commands of one attempt, each with the original indices of its statements.
-    fn bodies(&self, plan: &Plan, mode: &Mode) -> Vec<(usize, RawDocumentBuf, Vec<usize>)> {
-        let mut out = Vec::new();
-        for (ci, command) in plan.commands.iter().enumerate() {
-            let kept = |i: usize| !mode.skip.contains(&(ci, i));
-            if mode.split {
-                for i in (0..command.statement_count()).filter(|i| kept(*i)) {
-                    if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, |j| j == i)
-                    {
-                        out.push((ci, body, idx));
-                    }
-                }
-            } else if let Some((body, idx)) = command.body_keeping(mode.upsert_inserts, kept) {
-                out.push((ci, body, idx));
-            }
-        }
-        out
-    }
-
     async fn run_once(
         &self,
         session: &mut ClientSession,
@@ -169,7 +170,7 @@ impl Applier {
             .await?;
         checkpoints::write(&self.client, &mut *session, checkpoint).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
-        for (ci, body, statements) in self.bodies(plan, mode) {
+        for (ci, body, statements) in bodies(plan, mode) {
             let command = &plan.commands[ci];
             let inserting = command.is_insert() && !mode.upsert_inserts;
             let ns = format!("{}.{}", command.db, command.coll);
@@ -185,6 +186,10 @@ impl Applier {
                 Ok(reply) => match first_write_error(&reply) {
                     None => continue,
                     Some((index, code, name, msg)) => {
+                        let name = match name.as_str() {
+                            "" => code_name(code).to_string(),
+                            _ => name,
+                        };
                         (statements.get(index).copied(), code, name, msg)
                     }
                 },
@@ -357,5 +362,53 @@ impl Applier {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn plan() -> Plan {
+        let mut p = Plan::default();
+        for (ns, id) in [("db.a", 0), ("db.a", 1), ("db.a", 2), ("db.b", 3)] {
+            let op = RawDocumentBuf::from_document(&doc! {"op": "i", "ns": ns, "o": {"_id": id}})
+                .unwrap();
+            p.add(ns, &op).unwrap();
+        }
+        p
+    }
+
+    fn shape(bodies: Vec<(usize, RawDocumentBuf, Vec<usize>)>) -> Vec<(usize, usize, Vec<usize>)> {
+        bodies
+            .into_iter()
+            .map(|(c, body, idx)| {
+                let n = body.get_array("documents").unwrap().into_iter().count();
+                (c, n, idx)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_attempt_sends_one_statement_per_command_and_leaves_out_the_journaled() {
+        let p = plan();
+        let mut mode = Mode::default();
+        assert_eq!(
+            shape(bodies(&p, &mode)),
+            vec![(0, 3, vec![0, 1, 2]), (1, 1, vec![0])]
+        );
+        mode.skip.insert((0, 1));
+        assert_eq!(
+            shape(bodies(&p, &mode)),
+            vec![(0, 2, vec![0, 2]), (1, 1, vec![0])]
+        );
+        mode.split = true;
+        assert_eq!(
+            shape(bodies(&p, &mode)),
+            vec![(0, 1, vec![0]), (0, 1, vec![2]), (1, 1, vec![0])]
+        );
+        mode.skip.insert((1, 0));
+        assert_eq!(shape(bodies(&p, &mode)).len(), 2);
     }
 }

@@ -18,6 +18,23 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Names of the codes a destination refuses writes with, for replies that give the code alone
+/// (`writeErrors` entries carry no `codeName`). From MongoDB's src/mongo/base/error_codes.yml.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        2 => "BadValue",
+        13 => "Unauthorized",
+        14 => "TypeMismatch",
+        28 => "PathNotViable",
+        52 => "DollarPrefixedFieldName",
+        66 => "ImmutableField",
+        121 => "DocumentValidationFailure",
+        10334 => "BSONObjectTooLarge",
+        11000 => "DuplicateKey",
+        _ => "",
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -29,10 +46,14 @@ impl fmt::Display for Refusal {
             write!(f, " to _id {id}")?;
         }
         write!(f, ": {}", one_line(&self.message))?;
-        if self.code_name.is_empty() {
+        let name = match self.code_name.as_str() {
+            "" => code_name(self.code),
+            name => name,
+        };
+        if name.is_empty() {
             write!(f, " (code {})", self.code)
         } else {
-            write!(f, " ({}, code {})", self.code_name, self.code)
+            write!(f, " ({name}, code {})", self.code)
         }
     }
 }
@@ -242,7 +263,8 @@ mod tests {
             ns: "app.users".into(),
             id: Some(Bson::String("a2".into())),
             code: 11000,
-            code_name: "DuplicateKey".into(),
+            // writeErrors carry no codeName: the name comes from the code.
+            code_name: String::new(),
             message: "E11000 duplicate key\n error".into(),
         };
         assert_eq!(

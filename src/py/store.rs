@@ -3,6 +3,7 @@
 
 use super::errors::MmmError;
 use super::tailer::parse_client_options;
+use crate::apply::describe;
 use crate::replicate::LinkSpec;
 use crate::store::{self, checkpoints};
 use pyo3::exceptions::PyValueError;
@@ -46,7 +47,11 @@ pub fn read_checkpoint<'py>(
         })
     });
     let checkpoint = found.map_err(|e| {
-        MmmError::new_err(format!("cannot read {}: {e}", store::CHECKPOINTS_NS).replace('\n', " "))
+        MmmError::new_err(format!(
+            "cannot read {}: {}",
+            store::CHECKPOINTS_NS,
+            describe(&e)
+        ))
     })?;
     let Some(c) = checkpoint else { return Ok(None) };
     let d = PyDict::new(py);

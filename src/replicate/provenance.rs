@@ -3,7 +3,7 @@
 //! no field is ever added to user documents (the checkpoint's shape is in `store/`). Pure logic.
 
 use crate::oplog::{Entry, OpKind, Unit};
-use crate::store::checkpoints::origin_of_write;
+use crate::store::checkpoints::{origin_of_write, DdlScope};
 use crate::store::is_internal_ns;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,13 +11,13 @@ pub enum Provenance {
     /// Written by an application on this server.
     Local,
     /// Applied here by mmm; `origin` is the id of the server where it was first written.
-    /// `has_data` is false for checkpoint-only batches. `ddl_db`: the batch announces a DDL
-    /// command that mmm runs next on this database (outside any transaction); the DDL entries
-    /// that follow on that database, up to the link's next batch, are replicated too.
+    /// `has_data` is false for checkpoint-only batches. `ddl_scope`: the batch announces a DDL
+    /// command that mmm runs next (outside any transaction); the DDL entries in that scope that
+    /// follow, up to the link's next batch, are replicated too.
     Replicated {
         origin: String,
         has_data: bool,
-        ddl_db: Option<String>,
+        ddl_scope: Option<DdlScope>,
     },
     /// mmm's own bookkeeping (anything in the `__mmm` database outside a replicated batch).
     Internal,
@@ -31,7 +31,7 @@ pub fn classify(unit: &Unit) -> Provenance {
                 .ops
                 .iter()
                 .take_while(|op| Entry::new(op).ns().map(is_internal_ns).unwrap_or(false));
-            if let Some((origin, ddl_db)) = leading.filter_map(|op| origin_of_write(op)).next() {
+            if let Some((origin, ddl_scope)) = leading.filter_map(|op| origin_of_write(op)).next() {
                 let has_data = txn
                     .ops
                     .iter()
@@ -39,7 +39,7 @@ pub fn classify(unit: &Unit) -> Provenance {
                 return Provenance::Replicated {
                     origin,
                     has_data,
-                    ddl_db,
+                    ddl_scope,
                 };
             }
             Provenance::Local
@@ -64,20 +64,16 @@ pub fn classify(unit: &Unit) -> Provenance {
     }
 }
 
-/// The database a DDL entry changes (None for anything else).
-pub fn ddl_database(unit: &Unit) -> Option<String> {
+/// The namespace a command entry changes: the collection it names (the source of a rename), or
+/// `db.$cmd` for database-wide commands. None for anything but a command.
+pub fn ddl_target(unit: &Unit) -> Option<String> {
     let Unit::Single(raw) = unit else { return None };
     let entry = Entry::new(raw);
     if entry.op().ok()? != OpKind::Command {
         return None;
     }
-    let ns = match entry.command_target_ns().ok()? {
-        Some(target) => target,
-        None => entry.ns().ok()?.to_string(),
-    };
-    Some(
-        ns.split_once('.')
-            .map_or(ns.as_str(), |(db, _)| db)
-            .to_string(),
-    )
+    match entry.command_target_ns().ok()? {
+        Some(target) => Some(target),
+        None => Some(entry.ns().ok()?.to_string()),
+    }
 }

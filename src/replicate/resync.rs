@@ -9,7 +9,7 @@ use super::runtime::latest_ts;
 use super::session::require_replica_set;
 use super::topology::{LinkSpec, ServerSpec};
 use crate::apply::{Applier, Plan};
-use crate::store::{self, checkpoints, Checkpoint};
+use crate::store::{self, Checkpoint};
 use crate::tail::TailError;
 use bson::Timestamp;
 use mongodb::options::ClientOptions;
@@ -34,7 +34,7 @@ pub async fn resync(
     require_replica_set(&dst_client, dst)
         .await
         .map_err(|e| e.to_string())?;
-    checkpoints::ensure_collection(&dst_client, store::CHECKPOINTS)
+    store::ensure_collection(&dst_client, store::CHECKPOINTS)
         .await
         .map_err(|e| e.to_string())?;
     let applier = Applier::new(dst_client, &spec.id());

@@ -7,7 +7,7 @@
 //! checkpoint.
 
 use super::initial_sync;
-use super::provenance::{classify, ddl_database, Provenance};
+use super::provenance::{classify, ddl_target, Provenance};
 use super::route::route;
 use super::runtime::{
     latest_ts, report_conflict, LinkFailure, LinkRuntime, StopOnDrop, MAX_BATCH_BYTES,
@@ -19,7 +19,8 @@ use super::writer::{self, AbortOnDrop, Work};
 use crate::apply::ddl::{self, DdlCommand};
 use crate::apply::{Applier, OnReject, Plan, Tag};
 use crate::oplog::{OpKind, Unit};
-use crate::store::{self, checkpoints, is_replicable_ns, Checkpoint};
+use crate::store::checkpoints::{self, DdlScope};
+use crate::store::{self, is_replicable_ns, Checkpoint};
 use crate::tail::{self, StartAt, TailError, TailOptions, UnitBatch};
 use bson::{doc, Document, Timestamp};
 use mongodb::Client;
@@ -86,9 +87,9 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     let src = Client::with_options(rt.src_options.clone())?;
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
-    checkpoints::ensure_collection(&dst, store::CHECKPOINTS).await?;
+    store::ensure_collection(&dst, store::CHECKPOINTS).await?;
     if rt.spec.on_reject == OnReject::Journal {
-        checkpoints::ensure_collection(&dst, store::REJECTED).await?;
+        store::ensure_collection(&dst, store::REJECTED).await?;
     }
     Ok((src, dst))
 }
@@ -235,9 +236,9 @@ struct Reader<'a> {
     resume_safe: Timestamp,
     /// The last unit read: every unit up to it is applied, pending, or skipped.
     prev_ts: Timestamp,
-    /// A DDL command announced by a replicated checkpoint: (database, origin). The DDL entries
-    /// on that database that follow are mmm's own, replicated from that origin.
-    ddl_window: Option<(String, String)>,
+    /// A DDL command announced by a replicated checkpoint: (scope, origin). The DDL entries in
+    /// that scope that follow are mmm's own, replicated from that origin.
+    ddl_window: Option<(DdlScope, String)>,
     last_checkpoint_write: Instant,
     /// Units passed by (echoes, ops the link does not carry) since the last checkpoint write.
     idle_progress: bool,
@@ -325,22 +326,22 @@ impl<'a> Reader<'a> {
         match &provenance {
             Provenance::Replicated {
                 origin,
-                ddl_db: Some(db),
+                ddl_scope: Some(scope),
                 ..
-            } => self.ddl_window = Some((db.clone(), origin.clone())),
+            } => self.ddl_window = Some((scope.clone(), origin.clone())),
             Provenance::Replicated {
                 origin,
-                ddl_db: None,
+                ddl_scope: None,
                 ..
             } if self.ddl_window.as_ref().is_some_and(|w| &w.1 == origin) => self.ddl_window = None,
             Provenance::Local => {
-                if let (Some((db, origin)), Some(unit_db)) = (&self.ddl_window, ddl_database(unit))
+                if let (Some((scope, origin)), Some(target)) = (&self.ddl_window, ddl_target(unit))
                 {
-                    if *db == unit_db {
+                    if scope.covers(&target) {
                         return Provenance::Replicated {
                             origin: origin.clone(),
                             has_data: true,
-                            ddl_db: None,
+                            ddl_scope: None,
                         };
                     }
                 }
@@ -431,7 +432,7 @@ impl<'a> Reader<'a> {
             pending.known_at.push(known);
             pending
                 .plan
-                .add_tagged(&r.dst_ns, &r.op, tag.as_ref())
+                .add_tagged(&r.dst_ns, r.op, tag.as_ref())
                 .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))?;
         }
         pending.last_unit = Some(ts);
@@ -480,7 +481,7 @@ fn link_ddl(rt: &LinkRuntime, unit: &Unit) -> Result<Option<DdlCommand>, LinkFai
     let Unit::Single(op) = unit else {
         return Ok(None);
     };
-    if !rt.spec.ops.contains(OpKind::Command) || ddl_database(unit).is_none() {
+    if !rt.spec.ops.contains(OpKind::Command) || ddl_target(unit).is_none() {
         return Ok(None);
     }
     ddl::translate(op, |ns| {

@@ -4,11 +4,10 @@
 //! replicated writes (see `replicate/provenance.rs`).
 
 use super::copy_progress::CopyProgress;
-use super::{CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
+use super::{StoreError, CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
 use crate::oplog::{Entry, OpKind};
-use bson::{doc, DateTime, Document, RawDocument, Timestamp};
+use bson::{doc, DateTime, Document, RawBsonRef, RawDocument, Timestamp};
 use mongodb::{Client, ClientSession, Collection};
-use std::fmt;
 
 /// A DDL command about to run outside any transaction, as a checkpoint stores it: the database
 /// it runs on, the command, and the error codes that mean "already done".
@@ -64,25 +63,6 @@ pub struct Checkpoint {
     pub initial_sync: Option<CopyProgress>,
 }
 
-/// Reading or preparing `__mmm` failed; `source` is the driver's error (callers decide whether
-/// it is worth a retry).
-#[derive(Debug)]
-pub struct StoreError {
-    pub what: &'static str,
-    pub source: mongodb::error::Error,
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-/// NamespaceExists (MongoDB's src/mongo/base/error_codes.yml).
-const NAMESPACE_EXISTS: i32 = 48;
-
 impl Checkpoint {
     pub fn to_document(&self) -> Document {
         let mut d = doc! {
@@ -131,21 +111,6 @@ fn collection(client: &Client) -> Collection<Document> {
     client.database(MMM_DB).collection(CHECKPOINTS)
 }
 
-/// Creates `__mmm.<name>` if missing: a collection cannot be created inside the transactions
-/// that write to it on every MongoDB version.
-pub async fn ensure_collection(client: &Client, name: &str) -> Result<(), StoreError> {
-    match client.database(MMM_DB).create_collection(name).await {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS) => {
-            Ok(())
-        }
-        Err(source) => Err(StoreError {
-            what: "creating mmm's collections",
-            source,
-        }),
-    }
-}
-
 /// The checkpoint of `link` on the server of `client`, if it has one.
 pub async fn read(client: &Client, link: &str) -> Result<Option<Checkpoint>, StoreError> {
     let found = collection(client)
@@ -173,9 +138,50 @@ pub async fn write(
     Ok(())
 }
 
-/// The origin named by an oplog op that writes a checkpoint, and the database of a DDL command
-/// it announces; `None` for any other op.
-pub fn origin_of_write(op: &RawDocument) -> Option<(String, Option<String>)> {
+/// What a DDL command announced by a checkpoint (`pending_ddl`) changes: the namespaces its oplog
+/// entries name. The DDL entries that follow an announcement, up to the link's next batch, are
+/// taken for mmm's own only inside this scope, so that an application's DDL on another
+/// collection of the same database, run at that moment, stays local and is replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DdlScope {
+    /// `dropDatabase` (it logs a drop per collection, then itself), or a command whose target
+    /// cannot be read: the whole database.
+    Database(String),
+    /// The collection a command names; both namespaces of a rename.
+    Namespaces(Vec<String>),
+}
+
+impl DdlScope {
+    fn of_pending(pending: &RawDocument) -> Option<DdlScope> {
+        let db = pending.get_str("db").ok()?;
+        let body = pending.get_document("body").ok()?;
+        if let Ok(from) = body.get_str("renameCollection") {
+            let to = body.get_str("to").unwrap_or(from);
+            return Some(DdlScope::Namespaces(vec![from.to_string(), to.to_string()]));
+        }
+        let target = body.iter().next().and_then(Result::ok);
+        Some(match target {
+            Some((name, _)) if name == "dropDatabase" => DdlScope::Database(db.to_string()),
+            Some((_, RawBsonRef::String(coll))) => {
+                DdlScope::Namespaces(vec![format!("{db}.{coll}")])
+            }
+            _ => DdlScope::Database(db.to_string()),
+        })
+    }
+
+    /// Whether a DDL entry whose target is `ns` (`db.coll`, or `db.$cmd` for database-wide
+    /// commands) falls in this scope.
+    pub fn covers(&self, ns: &str) -> bool {
+        match self {
+            DdlScope::Database(db) => ns.split_once('.').map_or(ns, |(d, _)| d) == db,
+            DdlScope::Namespaces(list) => list.iter().any(|n| n == ns),
+        }
+    }
+}
+
+/// The origin named by an oplog op that writes a checkpoint, and the scope of a DDL command it
+/// announces; `None` for any other op.
+pub fn origin_of_write(op: &RawDocument) -> Option<(String, Option<DdlScope>)> {
     let entry = Entry::new(op);
     if entry.ns().ok()? != CHECKPOINTS_NS {
         return None;
@@ -186,16 +192,11 @@ pub fn origin_of_write(op: &RawDocument) -> Option<(String, Option<String>)> {
         _ => return None,
     };
     let origin = o.get_str("origin").ok()?.to_string();
-    // The database the announced command changes: where it runs, except for renameCollection,
-    // which runs on admin and changes the database of the namespace it names.
-    let ddl_db = o.get_document("pending_ddl").ok().and_then(|p| {
-        let body = p.get_document("body").ok()?;
-        match body.get_str("renameCollection") {
-            Ok(ns) => Some(ns.split_once('.').map_or(ns, |(db, _)| db).to_string()),
-            Err(_) => p.get_str("db").ok().map(|db| db.to_string()),
-        }
-    });
-    Some((origin, ddl_db))
+    let scope = o
+        .get_document("pending_ddl")
+        .ok()
+        .and_then(DdlScope::of_pending);
+    Some((origin, scope))
 }
 
 /// A filter on a server's oplog for the transactions, at or before `until`, in which links
@@ -299,10 +300,29 @@ mod tests {
             CHECKPOINTS_NS,
             doc! {"_id": "l", "origin": "B", "pending_ddl": {"db": "admin", "body": {"renameCollection": "x.a", "to": "x.b"}}},
         );
-        assert_eq!(
-            origin_of_write(&rename),
-            Some(("B".into(), Some("x".into())))
-        );
+        let scope = DdlScope::Namespaces(vec!["x.a".into(), "x.b".into()]);
+        assert_eq!(origin_of_write(&rename), Some(("B".into(), Some(scope))));
         assert_eq!(origin_of_write(&op("app.c", doc! {"origin": "A"})), None);
+    }
+
+    #[test]
+    fn an_announced_ddl_covers_only_what_it_changes() {
+        let scope = |pending: Document| {
+            DdlScope::of_pending(&bson::RawDocumentBuf::from_document(&pending).unwrap()).unwrap()
+        };
+        let create = scope(doc! {"db": "app", "body": {"createIndexes": "report", "indexes": []}});
+        assert!(create.covers("app.report"));
+        assert!(
+            !create.covers("app.other"),
+            "another collection of the database stays local"
+        );
+        assert!(!create.covers("app.$cmd"));
+        let drop_db = scope(doc! {"db": "app", "body": {"dropDatabase": 1}});
+        assert!(drop_db.covers("app.report") && drop_db.covers("app.$cmd"));
+        assert!(!drop_db.covers("application.report"));
+        let rename = scope(doc! {"db": "admin", "body": {"renameCollection": "x.a", "to": "y.b"}});
+        assert!(rename.covers("x.a") && rename.covers("y.b") && !rename.covers("x.b"));
+        let unreadable = scope(doc! {"db": "app", "body": {"create": 5}});
+        assert!(unreadable.covers("app.anything"));
     }
 }
