@@ -18,6 +18,9 @@ import pytest
 from bson.codec_options import CodecOptions
 from bson.son import SON
 
+#: PyMongo's own suite runs through tests/driver_suite/run_pymongo_suite.py, not here.
+collect_ignore = ["driver_suite"]
+
 #: Decodes documents keeping their field order, so tests can check it.
 SON_OPTIONS = CodecOptions(document_class=SON, tz_aware=True)
 

@@ -41,7 +41,9 @@ class MongoServer:
     ``advertise``: ``HOST`` or ``HOST:PORT`` that ``hello`` names (hosts, me, primary); default
     the bound address, 127.0.0.1 for a wildcard bind. ValueError on a bad argument, OSError when
     the address cannot be bound, RuntimeError when mmm was started in this process's parent
-    before a fork."""
+    before a fork.
+    ``test_commands``: enable test commands (``configureFailPoint``), as mongod's
+    ``enableTestCommands``."""
 
     # replset defaults to "rs0" and host to "127.0.0.1" (computed defaults, shown as ...)
     def __new__(
@@ -51,6 +53,7 @@ class MongoServer:
         oplog_size_mb: float = 256.0,
         host: str = ...,
         advertise: Optional[str] = None,
+        test_commands: bool = True,
     ) -> "MongoServer": ...
     @property
     def port(self) -> int: ...

@@ -313,7 +313,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         server = MongoServer(port=args.port, replset=args.replset, oplog_size_mb=args.oplog_size_mb,
-                             host=args.host, advertise=args.advertise)
+                             host=args.host, advertise=args.advertise,
+                             test_commands=args.test_commands)
     except (OSError, ValueError) as e:
         raise CliError(str(e)) from None
     if not is_loopback(args.host):
@@ -417,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.0.0.0/:: this machine's hostname)")
     s.add_argument("--replset", default="rs0")
     s.add_argument("--oplog-size-mb", type=_positive(float), default=256)
+    s.add_argument("--no-test-commands", dest="test_commands", action="store_false",
+                   help="refuse test commands (configureFailPoint), as a production mongod does")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("demo", help="factory and cloud, replicating both ways, with an outage")
     s.add_argument("--seconds", type=_positive(float), default=12, help="how long the simulation runs")

@@ -80,6 +80,9 @@ class MongoServer(ReplicaSetMember):
     There is no authentication: a ``host`` other than loopback logs a warning. ``advertise``
     (``HOST`` or ``HOST:PORT``) is the address ``hello`` names and :attr:`uri` uses; by default
     the bound address, and for ``0.0.0.0``/``::`` this machine's hostname (or 127.0.0.1).
+
+    ``test_commands`` (on by default, as ``mongod --setParameter enableTestCommands=1``) enables
+    ``configureFailPoint`` and its fail points; turn it off to serve like a production ``mongod``.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class MongoServer(ReplicaSetMember):
         oplog_size_mb: float = 256,
         host: str = "127.0.0.1",
         advertise: Optional[str] = None,
+        test_commands: bool = True,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
@@ -96,7 +100,7 @@ class MongoServer(ReplicaSetMember):
             advertise = reachable_hostname()
         self._server = _mmm.MongoServer(
             port=port, replset=replset, oplog_size_mb=float(oplog_size_mb), host=host,
-            advertise=advertise,
+            advertise=advertise, test_commands=bool(test_commands),
         )
         if not is_loopback(host):
             log.warning(

@@ -41,7 +41,9 @@ def _free_port() -> int:
 class MongodProcess(ReplicaSetMember):
     """A real ``mongod`` started as a one-member replica set, with MongoServer's interface."""
 
-    def __init__(self, binary: str, replset: str = "rs0", oplog_size_mb: float = 256) -> None:
+    def __init__(
+        self, binary: str, replset: str = "rs0", oplog_size_mb: float = 256, test_commands: bool = True
+    ) -> None:
         import pymongo
 
         self.replset = replset
@@ -54,6 +56,7 @@ class MongodProcess(ReplicaSetMember):
                 binary, "--port", str(self.port), "--bind_ip", "127.0.0.1", "--dbpath", self._dbpath,
                 "--replSet", replset, "--oplogSize", str(max(1, int(oplog_size_mb))),
                 "--setParameter", "periodicNoopIntervalSecs=1",
+                "--setParameter", f"enableTestCommands={int(test_commands)}",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -116,21 +119,24 @@ class MongodProcess(ReplicaSetMember):
 TestServer = Union[MongoServer, MongodProcess]
 
 
-def start_test_server(replset: str = "rs0", oplog_size_mb: float = 256) -> TestServer:
-    """A real mongod when ``MMM_TEST_MONGOD`` is set, else an embedded server."""
+def start_test_server(replset: str = "rs0", oplog_size_mb: float = 256, test_commands: bool = True) -> TestServer:
+    """A real mongod when ``MMM_TEST_MONGOD`` is set, else an embedded server.
+
+    Test commands (fail points) are on unless ``test_commands=False``.
+    """
     binary = os.environ.get(MONGOD_ENV)
     if binary:
-        return MongodProcess(binary, replset=replset, oplog_size_mb=oplog_size_mb)
-    return MongoServer(replset=replset, oplog_size_mb=oplog_size_mb)
+        return MongodProcess(binary, replset=replset, oplog_size_mb=oplog_size_mb, test_commands=test_commands)
+    return MongoServer(replset=replset, oplog_size_mb=oplog_size_mb, test_commands=test_commands)
 
 
 @pytest.fixture
 def mongo_server_factory() -> Iterator[Callable[..., TestServer]]:
-    """Call it (optionally with ``replset=``, ``oplog_size_mb=``) to start one more server."""
+    """Call it (optionally with ``replset=``, ``oplog_size_mb=``, ``test_commands=``) to start one more server."""
     started: List[TestServer] = []
 
-    def factory(replset: str = "rs0", oplog_size_mb: float = 256) -> TestServer:
-        server = start_test_server(replset=replset, oplog_size_mb=oplog_size_mb)
+    def factory(replset: str = "rs0", oplog_size_mb: float = 256, test_commands: bool = True) -> TestServer:
+        server = start_test_server(replset=replset, oplog_size_mb=oplog_size_mb, test_commands=test_commands)
         started.append(server)
         return server
 

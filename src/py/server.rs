@@ -13,7 +13,7 @@ pub struct PyMongoServer {
 #[pymethods]
 impl PyMongoServer {
     #[new]
-    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string(), advertise = None))]
+    #[pyo3(signature = (port = 0, replset = "rs0".to_string(), oplog_size_mb = 256.0, host = "127.0.0.1".to_string(), advertise = None, test_commands = true))]
     fn new(
         py: Python<'_>,
         port: u16,
@@ -21,6 +21,7 @@ impl PyMongoServer {
         oplog_size_mb: f64,
         host: String,
         advertise: Option<String>,
+        test_commands: bool,
     ) -> PyResult<Self> {
         if let Some(a) = &advertise {
             crate::server::check_advertise(a).map_err(PyValueError::new_err)?;
@@ -41,6 +42,7 @@ impl PyMongoServer {
             replset,
             oplog_size_bytes: (oplog_size_mb * 1024.0 * 1024.0) as u64,
             advertise,
+            test_commands,
         };
         let rt = crate::runtime::get()?;
         let inner = py

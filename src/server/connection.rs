@@ -1,7 +1,7 @@
 //! Accepting clients and serving one connection: read a message, run it, answer.
 
 use super::commands::{
-    allowed_over_op_query, detach_read, execute, reattach, to_raw, Detach, Execution,
+    allowed_over_op_query, detach_read, error_reply, execute, reattach, to_raw, Detach, Execution,
 };
 use super::error::ServerError;
 use super::wire::{self, Header, WireError, HEADER_LEN};
@@ -87,6 +87,8 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut reply_id: i32 = 0;
     let mut payload = Vec::new();
+    // The client's appName from its first hello (fail points can target it).
+    let mut app_name: Option<String> = None;
     let mut head = [0u8; HEADER_LEN];
     loop {
         if payload.capacity() > KEPT_BUFFER {
@@ -154,6 +156,9 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             }
         };
         let cmd = request.body.keys().next().cloned().unwrap_or_default();
+        if app_name.is_none() && matches!(cmd.as_str(), "hello" | "isMaster" | "ismaster") {
+            app_name = client_app_name(&request.body);
+        }
         if let Some(wait) = awaitable_hello_wait(&cmd, &request.body, shared) {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -165,25 +170,97 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
             let e = ServerError::new(ErrorCode::UnsupportedOpQueryCommand, format!("Unsupported OP_QUERY command: {cmd}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"));
             to_raw(&e.to_document())
         } else {
-            tokio::select! {
-                r = run_request(shared, &request.body, connection_id) => r,
-                _ = drops.changed() => return,
-                _ = shutdown.wait_for(|s| *s) => return,
+            let intercept = shared.info.test_commands.then(|| {
+                let mut fps = shared.info.fail_points.lock();
+                fps.before(&request.body, app_name.as_deref(), shared.info.process_id)
+            });
+            let intercept = intercept.flatten().unwrap_or_default();
+            if let Some(pause) = intercept.block {
+                tokio::time::sleep(pause).await;
+            }
+            if intercept.close {
+                return;
+            }
+            match intercept.error {
+                Some(e) => error_reply(&shared.state.lock(), e),
+                None => {
+                    let mut reply = tokio::select! {
+                        r = run_request(shared, &request.body, connection_id) => r,
+                        _ = drops.changed() => return,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    };
+                    if intercept.close_after {
+                        return;
+                    }
+                    if shared.info.test_commands {
+                        let mut fps = shared.info.fail_points.lock();
+                        fps.after(&request.body, app_name.as_deref(), &mut reply);
+                    }
+                    super::write_concern::check(&request.body, &mut reply);
+                    reply
+                }
             }
         };
         if request.more_to_come {
             continue;
         }
         reply_id = reply_id.wrapping_add(1);
+        let mut exhaust = request.exhaust_allowed && cmd == "getMore" && streams_on(&reply);
         let bytes = if request.legacy {
             wire::encode_op_reply(reply_id, header.request_id, &reply)
         } else {
-            wire::encode_op_msg(reply_id, header.request_id, &reply)
+            wire::encode_op_msg_flags(reply_id, header.request_id, &reply, more_flag(exhaust))
         };
         if stream.write_all(&bytes).await.is_err() {
             return;
         }
+        // Exhaust: the next batches follow unasked, each answering the previous reply.
+        while exhaust {
+            let reply = tokio::select! {
+                r = run_request(shared, &request.body, connection_id) => r,
+                _ = drops.changed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            exhaust = streams_on(&reply);
+            let previous = reply_id;
+            reply_id = reply_id.wrapping_add(1);
+            let bytes = wire::encode_op_msg_flags(reply_id, previous, &reply, more_flag(exhaust));
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
     }
+}
+
+fn more_flag(more: bool) -> u32 {
+    if more {
+        wire::FLAG_MORE_TO_COME
+    } else {
+        0
+    }
+}
+
+/// Whether an exhaust getMore goes on after `reply`: its cursor is open and the batch was not
+/// empty (an empty batch of a tailable cursor ends the stream instead of spinning).
+fn streams_on(reply: &bson::RawDocumentBuf) -> bool {
+    let Ok(cursor) = reply.get_document("cursor") else {
+        return false;
+    };
+    let open = cursor.get_i64("id").is_ok_and(|id| id != 0);
+    let non_empty = cursor
+        .get_array("nextBatch")
+        .is_ok_and(|b| b.into_iter().next().is_some());
+    open && non_empty
+}
+
+/// `client.application.name` of a handshake.
+fn client_app_name(body: &Document) -> Option<String> {
+    let app = body
+        .get_document("client")
+        .ok()?
+        .get_document("application")
+        .ok()?;
+    app.get_str("name").ok().map(str::to_string)
 }
 
 /// How long an awaitable hello must wait before answering (server-monitoring specification,

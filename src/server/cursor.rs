@@ -95,7 +95,9 @@ impl Cursor {
                     bytes += push_document(&mut docs, &doc, projection)?;
                     count += 1;
                 }
-                queue.is_empty()
+                // As mongod: a full batch ends before looking further, so the cursor stays
+                // open even when nothing follows (the next getMore finds the end).
+                queue.is_empty() && count < max_docs
             }
             Source::Scan {
                 records,
@@ -124,7 +126,7 @@ impl Cursor {
                 if let Some(l) = last {
                     *next = Bound::Excluded(l);
                 }
-                done
+                done && count < max_docs
             }
             Source::IdOrder {
                 index,
@@ -170,7 +172,7 @@ impl Cursor {
                 if let Some(key) = last.cloned() {
                     *next = Bound::Excluded(key);
                 }
-                done
+                done && count < max_docs
             }
             Source::Tail {
                 after,

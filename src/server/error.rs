@@ -60,6 +60,9 @@ impl ServerError {
     pub fn namespace_not_found(msg: impl Into<String>) -> Self {
         Self::new(ErrorCode::NamespaceNotFound, msg)
     }
+    pub fn invalid_namespace(msg: impl Into<String>) -> Self {
+        Self::location(73, msg)
+    }
     pub fn namespace_exists(msg: impl Into<String>) -> Self {
         Self::new(ErrorCode::NamespaceExists, msg)
     }

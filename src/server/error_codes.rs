@@ -98,6 +98,28 @@ error_codes! {
     InterruptedAtShutdown = 11600,
     IDLFailedToParse = 40414,
     NotARetryableWriteCommand = 50768,
+    // Codes fail points and drivers' retry rules name (error_codes.yml).
+    HostUnreachable = 6,
+    HostNotFound = 7,
+    UnknownError = 8,
+    UserNotFound = 11,
+    AuthenticationFailed = 18,
+    WriteConcernTimeout = 64,
+    UnknownReplWriteConcern = 79,
+    NetworkTimeout = 89,
+    UnsatisfiableWriteConcern = 100,
+    ReadConcernMajorityNotAvailableYet = 134,
+    QueryPlanKilled = 175,
+    KeyNotFound = 211,
+    ExceededTimeLimit = 262,
+    FailPointSetFailed = 266,
+    ClientDisconnect = 279,
+    SocketException = 9001,
+    Interrupted = 11601,
+    InterruptedDueToReplStateChange = 11602,
+    NotPrimaryNoSecondaryOk = 13435,
+    NotPrimaryOrSecondary = 13436,
+    IDLUnknownField = 40415,
 }
 
 /// The name mongod gives `code`: the table's, else `Location<code>`.

@@ -8,16 +8,20 @@ pub mod cursor;
 pub mod cursor_table;
 pub mod error;
 pub mod error_codes;
+pub mod error_labels;
+pub mod fail_point;
 pub mod history;
 pub mod limits;
 pub mod oplog_writer;
 pub mod query;
 pub mod session;
+pub mod session_cache;
 pub mod shell;
 pub mod state;
 pub mod update;
 pub mod validation;
 pub mod wire;
+pub mod write_concern;
 
 mod connection;
 
@@ -36,6 +40,8 @@ pub struct ServerOptions {
     pub port: u16,
     pub replset: String,
     pub oplog_size_bytes: u64,
+    /// Test commands (`configureFailPoint`), as `--setParameter enableTestCommands=1` enables.
+    pub test_commands: bool,
     /// `host` or `host:port` that `hello` (hosts, me, primary) names; default: the bound
     /// address, or 127.0.0.1 for a wildcard bind (0.0.0.0, ::), which no client can dial.
     pub advertise: Option<String>,
@@ -49,6 +55,7 @@ impl Default for ServerOptions {
             port: 0,
             replset: "rs0".into(),
             oplog_size_bytes: 256 * 1024 * 1024,
+            test_commands: true,
         }
     }
 }
@@ -62,6 +69,9 @@ pub struct ServerInfo {
     pub started_unix: u32,
     pub connections: AtomicU64,
     pub total_connections: AtomicU64,
+    pub test_commands: bool,
+    /// Armed fail points (test commands only).
+    pub fail_points: Mutex<fail_point::FailPoints>,
 }
 
 pub struct Shared {
@@ -204,6 +214,8 @@ impl MongoServer {
                 started_unix,
                 connections: AtomicU64::new(0),
                 total_connections: AtomicU64::new(0),
+                test_commands: options.test_commands,
+                fail_points: Mutex::new(fail_point::FailPoints::default()),
             },
             appends: watch::channel(0).0,
             shutdown: watch::channel(false).0,

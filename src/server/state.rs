@@ -32,6 +32,8 @@ pub struct State {
     pub version: u64,
     pub cursors: CursorTable,
     pub sessions: HashMap<Vec<u8>, Session>,
+    /// Every session seen, for `$listLocalSessions`.
+    pub session_cache: crate::server::session_cache::SessionCache,
     pub last_write: (Timestamp, DateTime),
     /// Bumped on every insert into a capped collection; awaitData getMores wait for it.
     pub capped_appends: u64,
@@ -98,6 +100,7 @@ impl State {
             version: 0,
             cursors: CursorTable::default(),
             sessions: HashMap::new(),
+            session_cache: Default::default(),
             last_write: (
                 Timestamp {
                     time: 0,
@@ -174,6 +177,7 @@ impl State {
             version: self.version,
             cursors: CursorTable::default(),
             sessions: HashMap::new(),
+            session_cache: Default::default(),
             last_write: self.last_write,
             capped_appends: self.capped_appends,
             txn_lifetime_limit_secs: self.txn_lifetime_limit_secs,

@@ -163,6 +163,8 @@ pub struct Request {
     pub more_to_come: bool,
     /// Legacy OP_QUERY: the answer must be an OP_REPLY.
     pub legacy: bool,
+    /// OP_MSG exhaustAllowed: a getMore may be answered by a stream of replies.
+    pub exhaust_allowed: bool,
 }
 
 fn read_cstring(buf: &[u8]) -> Result<(&str, &[u8]), String> {
@@ -356,6 +358,7 @@ pub fn parse_op_msg(payload: &[u8]) -> Result<Request, WireError> {
         },
         more_to_come: flags & FLAG_MORE_TO_COME != 0,
         legacy: false,
+        exhaust_allowed: flags & FLAG_EXHAUST_ALLOWED != 0,
     })
 }
 
@@ -380,6 +383,7 @@ pub fn parse_op_query(payload: &[u8]) -> Result<Request, WireError> {
         body: query.into(),
         more_to_come: false,
         legacy: true,
+        exhaust_allowed: false,
     })
 }
 
@@ -397,10 +401,20 @@ fn patch_length(out: &mut [u8]) {
 
 /// An OP_MSG reply: flagBits 0 and a single kind-0 section, as drivers require.
 pub fn encode_op_msg(request_id: i32, response_to: i32, body: &RawDocumentBuf) -> Vec<u8> {
+    encode_op_msg_flags(request_id, response_to, body, 0)
+}
+
+/// An OP_MSG reply with `flags` (moreToCome for the replies of an exhaust stream but its last).
+pub fn encode_op_msg_flags(
+    request_id: i32,
+    response_to: i32,
+    body: &RawDocumentBuf,
+    flags: u32,
+) -> Vec<u8> {
     let bytes = body.as_bytes();
     let mut out = Vec::with_capacity(HEADER_LEN + 5 + bytes.len());
     header_bytes(&mut out, request_id, response_to, OP_MSG);
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     out.push(0);
     out.extend_from_slice(bytes);
     patch_length(&mut out);

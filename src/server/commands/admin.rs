@@ -3,6 +3,7 @@
 use super::Reply;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::oplog_writer::TERM;
+use crate::server::session::TxnPhase;
 use crate::server::state::State;
 use crate::server::ServerInfo;
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
@@ -150,9 +151,43 @@ pub fn repl_set_get_status(state: &State, info: &ServerInfo) -> Reply {
     })
 }
 
-pub fn get_parameter(state: &State, body: &Document) -> ServerResult<Reply> {
+/// The options the server runs with, shaped like mongod's (`argv` is the equivalent `mmm serve`
+/// command line, `parsed` the options as mongod's configuration file would name them).
+pub fn get_cmd_line_opts(info: &ServerInfo) -> Reply {
+    let (host, port) = info
+        .address
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse::<i32>().unwrap_or(0)))
+        .unwrap_or_default();
+    let mut argv = vec![
+        "mmm".to_string(),
+        "serve".into(),
+        "--host".into(),
+        host.clone(),
+        "--port".into(),
+        port.to_string(),
+        "--replset".into(),
+        info.replset.clone(),
+    ];
+    let mut parsed = doc! {
+        "net": {"bindIp": host, "port": port},
+        "replication": {"replSet": info.replset.clone()},
+        "storage": {"engine": "inMemory"},
+    };
+    if info.test_commands {
+        parsed.insert("setParameter", doc! {"enableTestCommands": "1"});
+    } else {
+        argv.push("--no-test-commands".into());
+    }
+    Reply::Doc(doc! {"argv": argv, "parsed": parsed})
+}
+
+pub fn get_parameter(state: &State, info: &ServerInfo, body: &Document) -> ServerResult<Reply> {
     let mut d = Document::new();
     let all = matches!(body.get("getParameter"), Some(bson::Bson::String(s)) if s == "*");
+    if all || body.contains_key("enableTestCommands") {
+        d.insert("enableTestCommands", info.test_commands);
+    }
     if all || body.contains_key("featureCompatibilityVersion") {
         d.insert("featureCompatibilityVersion", doc! {"version": "7.0"});
     }
@@ -178,6 +213,23 @@ pub fn get_parameter(state: &State, body: &Document) -> ServerResult<Reply> {
         return Err(ServerError::invalid_options("no option found to get"));
     }
     Ok(Reply::Doc(d))
+}
+
+/// `{killAllSessions: [users]}`: aborts the open transactions of every session (`[]`: of all
+/// users; sessions here belong to no user, so a non-empty list matches none). The sessions and
+/// their retryable-write history stay, as in mongod.
+pub fn kill_all_sessions(state: &mut State, body: &Document) -> ServerResult<Reply> {
+    let users = body
+        .get_array("killAllSessions")
+        .map_err(|_| ServerError::type_mismatch("killAllSessions must be an array of users"))?;
+    if users.is_empty() {
+        for session in state.sessions.values_mut() {
+            if matches!(session.state, TxnPhase::InProgress(_)) {
+                session.state = TxnPhase::Aborted;
+            }
+        }
+    }
+    Ok(Reply::Doc(Document::new()))
 }
 
 /// `{setParameter: 1, <name>: <value>}` for the parameters this server has; replies `{was}`.

@@ -3,10 +3,13 @@
 mod admin;
 mod catalog;
 mod ctx;
+mod explain;
+mod hint;
 mod out;
 mod read;
 mod transaction;
 mod util;
+mod validate;
 mod vars;
 mod write;
 
@@ -79,6 +82,11 @@ fn finish(state: &State, reply: ServerResult<Reply>, op_time: Option<Timestamp>)
     raw
 }
 
+/// An error reply as `execute` answers it (with `$clusterTime` and `operationTime`).
+pub fn error_reply(state: &State, e: ServerError) -> RawDocumentBuf {
+    finish(state, Err(e), None)
+}
+
 pub fn to_raw(d: &Document) -> RawDocumentBuf {
     RawDocumentBuf::from_document(d).unwrap_or_else(|e| {
         RawDocumentBuf::from_document(
@@ -110,7 +118,20 @@ fn read_concern_level(body: &Document) -> Option<&str> {
 /// with `readConcern: {level: "snapshot"}` runs on the version of the catalog at its
 /// `atClusterTime` (or at the latest time, which the reply then names). Transactions and
 /// retryable writes keep the lock: they live in the session table.
+/// `$listLocalSessions` reads the session cache, which only the server's own state holds.
+fn lists_sessions(body: &Command) -> bool {
+    body.get_array("pipeline")
+        .ok()
+        .and_then(|p| p.first())
+        .and_then(|s| s.as_document())
+        .is_some_and(|s| s.contains_key("$listLocalSessions"))
+}
+
 pub fn detach_read(state: &mut State, body: &Command) -> Detach {
+    // Every request comes here first, under the lock: the session cache sees every session.
+    if let Ok(lsid) = body.get_document("lsid") {
+        state.session_cache.touch(lsid);
+    }
     let cmd = body.keys().next().map(String::as_str).unwrap_or_default();
     if !matches!(cmd, "find" | "aggregate" | "count" | "distinct" | "getMore")
         || body.contains_key("txnNumber")
@@ -118,7 +139,7 @@ pub fn detach_read(state: &mut State, body: &Command) -> Detach {
     {
         return Detach::Locked;
     }
-    if cmd == "aggregate" && aggregate_writes(body) {
+    if cmd == "aggregate" && (aggregate_writes(body) || lists_sessions(body)) {
         return Detach::Locked;
     }
     if state.cursors.len() >= crate::server::cursor_table::MAX_OPEN_CURSORS {
@@ -295,6 +316,12 @@ fn run(
     body: &Command,
     conn: i64,
 ) -> ServerResult<Reply> {
+    let collated = matches!(
+        cmd,
+        "find" | "count" | "distinct" | "aggregate" | "findAndModify" | "findandmodify"
+    );
+    let _collation =
+        crate::server::query::collation::scope(body.get("collation").filter(|_| collated))?;
     match cmd {
         "hello" | "isMaster" | "ismaster" => admin::hello(ctx.state, info, body, conn),
         "ping" => Ok(Reply::Doc(Document::new())),
@@ -310,15 +337,25 @@ fn run(
         )),
         "getParameter" => {
             admin_only(ctx, cmd)?;
-            admin::get_parameter(ctx.state, body)
+            admin::get_parameter(ctx.state, info, body)
         }
         "setParameter" => {
             admin_only(ctx, cmd)?;
             admin::set_parameter(ctx.state, body)
         }
+        "getCmdLineOpts" => {
+            admin_only(ctx, cmd)?;
+            Ok(admin::get_cmd_line_opts(info))
+        }
+        "configureFailPoint" if info.test_commands => {
+            admin_only(ctx, cmd)?;
+            Ok(Reply::Doc(info.fail_points.lock().configure(body)?))
+        }
         "connectionStatus" => Ok(Reply::Doc(
             doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},
         )),
+        // No authentication, so no users (createUser is not implemented).
+        "usersInfo" => Ok(Reply::Doc(doc! {"users": Vec::<Bson>::new()})),
         "whatsmyuri" => Ok(Reply::Doc(doc! {"you": "127.0.0.1:0"})),
         "startSession" => Ok(Reply::Doc(
             doc! {"id": {"id": bson::Uuid::new()}, "timeoutMinutes": 30},
@@ -332,10 +369,12 @@ fn run(
                         None => continue,
                     };
                     ctx.state.sessions.remove(&key);
+                    ctx.state.session_cache.end(&key);
                 }
             }
             Ok(Reply::Doc(Document::new()))
         }
+        "killAllSessions" => admin::kill_all_sessions(ctx.state, body),
         "listDatabases" => {
             admin_only(ctx, cmd)?;
             catalog::list_databases(ctx, body)
@@ -355,6 +394,8 @@ fn run(
         "findAndModify" | "findandmodify" => write::find_and_modify(ctx, body).map(Reply::Doc),
         "find" => read::find(ctx, body),
         "killCursors" => read::kill_cursors(ctx.state, &ctx.db, body),
+        "explain" => explain::explain(ctx, info, body),
+        "validate" => validate::validate(ctx, body),
         "count" => read::count(ctx, body),
         "distinct" => read::distinct(ctx, body),
         "aggregate" => read::aggregate(ctx, body),

@@ -159,8 +159,18 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             "Cannot set 'awaitData' without also setting 'tailable'",
         ));
     }
-    let natural = sort.as_ref().and_then(|s| s.natural());
     let view = ctx.view(&db, &coll);
+    let hint = super::hint::resolve(view, body)?;
+    let bounds = super::hint::bounds(body, hint.as_ref())?;
+    let hinted_index = match &hint {
+        Some(super::hint::Hint::Index(key)) if !tailable => Some(key.clone()),
+        _ => None,
+    };
+    let natural = match (&sort, &hint) {
+        (Some(s), _) => s.natural(),
+        (None, Some(super::hint::Hint::Natural(dir))) => Some(*dir),
+        _ => None,
+    };
     let source = if tailable {
         if view.is_some_and(|c| c.capped.is_none()) {
             return Err(ServerError::bad_value(format!(
@@ -184,7 +194,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             await_data,
             skip: skip as u64,
         }
-    } else if (sort.is_none() || natural.is_some()) && skip == 0 {
+    } else if (sort.is_none() || natural.is_some()) && skip == 0 && hinted_index.is_none() {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
         let reverse = natural == Some(-1);
         let bound = (ns == OPLOG_NS)
@@ -204,7 +214,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             matcher,
         }
     } else if let Some((c, ascending)) = view
-        .filter(|c| c.has_id_index && simple_collation(body))
+        .filter(|c| c.has_id_index && simple_collation(body) && bounds.is_none())
         .zip(sort.as_ref().and_then(SortSpec::only_id))
     {
         Source::IdOrder {
@@ -223,6 +233,12 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
         } else {
             matching_docs(view, &matcher)
         };
+        if let Some(key) = &hinted_index {
+            super::hint::index_order(key, &mut docs);
+        }
+        if let Some((key, min, max)) = &bounds {
+            docs = super::hint::apply_bounds(key, min.as_ref(), max.as_ref(), docs);
+        }
         if let Some(s) = sort.as_ref().filter(|_| natural.is_none()) {
             docs.sort_by(|a, b| s.compare(a, b));
         }
@@ -493,6 +509,9 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                 Some("$changeStream") => {
                     return Err(ServerError::location(40573, "The $changeStream stage is only supported on replica sets by the real server; the embedded server does not implement change streams"))
                 }
+                Some("$listLocalSessions") => {
+                    return Err(ServerError::invalid_namespace("$listLocalSessions must be run against the database with {aggregate: 1}, not a collection"))
+                }
                 Some("$collStats") => {
                     let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);
                     return finish_aggregate(ctx, ns.clone(), vec![doc! {"ns": ns, "count": count as i64}], &pipeline[1..], batch_size);
@@ -507,6 +526,10 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             if let Some(spec) = pipeline.first().and_then(|s| s.get("$documents")) {
                 let docs = documents_stage(spec)?;
                 return finish_aggregate_checked(ctx, body, ns, docs, &pipeline[1..], batch_size);
+            }
+            if let Some(spec) = pipeline.first().and_then(|s| s.get("$listLocalSessions")) {
+                let sessions = list_local_sessions(ctx, spec)?;
+                return finish_aggregate(ctx, ns, sessions, &pipeline[1..], batch_size);
             }
             (ns, Vec::new())
         }
@@ -567,6 +590,36 @@ fn finish_aggregate_checked(
         }
     }
     finish_aggregate(ctx, ns, input, pipeline, batch_size)
+}
+
+/// `{$listLocalSessions: {allUsers, users}}` (with `{aggregate: 1}`): the sessions seen.
+/// Without authentication every session belongs to the one empty user, so any user list that
+/// names users matches none of them.
+fn list_local_sessions(ctx: &Ctx, spec: &Bson) -> ServerResult<Vec<Document>> {
+    let Bson::Document(spec) = spec else {
+        return Err(ServerError::type_mismatch(
+            "$listLocalSessions options must be specified in an object",
+        ));
+    };
+    for (k, v) in spec {
+        match (k.as_str(), v) {
+            ("allUsers", Bson::Boolean(_)) => {}
+            ("users", Bson::Array(users)) if !users.is_empty() => return Ok(Vec::new()),
+            ("users", Bson::Array(_)) => {}
+            ("allUsers" | "users", _) => {
+                return Err(ServerError::type_mismatch(format!(
+                    "BSON field '$listLocalSessions.{k}' is the wrong type"
+                )))
+            }
+            _ => {
+                return Err(ServerError::location(
+                    40415,
+                    format!("BSON field '$listLocalSessions.{k}' is an unknown field."),
+                ))
+            }
+        }
+    }
+    Ok(ctx.state.session_cache.list())
 }
 
 fn finish_aggregate(

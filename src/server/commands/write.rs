@@ -7,7 +7,7 @@ use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
 use crate::server::limits;
 use crate::server::oplog_writer::OpRecord;
-use crate::server::query::{Matcher, Projection, SortSpec};
+use crate::server::query::{collation, Matcher, Projection, SortSpec};
 use crate::server::update::{upsert_seed, upsert_seed_for_replacement, UpdateContext, UpdateSpec};
 use crate::server::validation;
 use bson::{doc, oid::ObjectId, Bson, Document, RawBsonRef, RawDocumentBuf};
@@ -50,6 +50,31 @@ pub fn with_id_first(doc: Document) -> ServerResult<Document> {
     Ok(out)
 }
 
+/// mongod's storage rule for `_id` objects (storage_validation.cpp): no `$`-prefixed field at
+/// any depth, DBRef fields (`$ref`, `$id`, `$db`) aside. Walked without recursion.
+fn check_id_storage(id: &Bson) -> ServerResult<()> {
+    let mut pending: Vec<&Document> = match id {
+        Bson::Document(d) => vec![d],
+        _ => return Ok(()),
+    };
+    while let Some(d) = pending.pop() {
+        for (k, v) in d {
+            if k.starts_with('$') && !matches!(k.as_str(), "$ref" | "$id" | "$db") {
+                return Err(ServerError::location(52, format!("_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."),
+                ));
+            }
+            match v {
+                Bson::Document(inner) => pending.push(inner),
+                Bson::Array(items) => {
+                    pending.extend(items.iter().filter_map(|i| i.as_document()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Inserts one document and logs it; the error, if any, is the statement's write error. The
 /// document is encoded once: the same bytes are stored and become the oplog entry's `o`.
 pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> ServerResult<()> {
@@ -62,6 +87,7 @@ pub fn insert_one(ctx: &mut Ctx, db: &str, coll: &str, doc: &Document) -> Server
         &reordered
     };
     let id = doc.get("_id").cloned().unwrap();
+    check_id_storage(&id)?;
     let raw = crate::server::collection::encode(doc)?;
     limits::check_insert(doc, raw.as_bytes().len())?;
     let version = ctx.next_version();
@@ -92,6 +118,9 @@ fn insert_one_raw(
         }
         _ => None,
     };
+    if let Some(id) = &id {
+        check_id_storage(id)?;
+    }
     let Some(id) = id else {
         let doc = Document::try_from(raw.as_ref().as_ref()).map_err(|e| {
             ServerError::new(ErrorCode::BadValue, format!("cannot store document: {e}"))
@@ -379,10 +408,44 @@ pub fn update_docs(
     Ok(result)
 }
 
+/// Fields of an update statement in mongod 7.0's write_ops.idl (strict: others are refused
+/// before any statement runs; `sort` came in 8.0).
+const UPDATE_STATEMENT_FIELDS: &[&str] = &[
+    "q",
+    "u",
+    "c",
+    "arrayFilters",
+    "hint",
+    "multi",
+    "upsert",
+    "upsertSupplied",
+    "collation",
+    "sampleId",
+    "$_allowShardKeyUpdatesWithoutFullShardKeyInQuery",
+];
+const DELETE_STATEMENT_FIELDS: &[&str] = &["q", "limit", "hint", "collation", "sampleId"];
+
+fn check_statement_fields(
+    statements: &[&Document],
+    path: &str,
+    known: &[&str],
+) -> ServerResult<()> {
+    for stmt in statements {
+        if let Some(k) = stmt.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ServerError::location(
+                40415,
+                format!("BSON field '{path}.{k}' is an unknown field."),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let coll = coll_name(body, "update")?;
     let statements = docs_ref(body, "updates")?;
+    check_statement_fields(&statements, "update.updates", UPDATE_STATEMENT_FIELDS)?;
     let lets = super::vars::command_let(body)?;
     // Parsed with the command (IDL), so a bad `c` fails the whole command, not one statement.
     for stmt in &statements {
@@ -404,6 +467,7 @@ pub fn update(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
         statements.into_iter().enumerate(),
         ordered,
         |ctx, (i, stmt)| {
+            let _collation = collation::scope(stmt.get("collation"))?;
             let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
             let q = match &lets {
                 Some(vars) => super::vars::substitute_filter(&q, vars),
@@ -486,11 +550,13 @@ pub fn remove_docs(
 pub fn delete(ctx: &mut Ctx, body: &Document) -> ServerResult<Document> {
     let coll = coll_name(body, "delete")?;
     let statements = docs_ref(body, "deletes")?;
+    check_statement_fields(&statements, "delete.deletes", DELETE_STATEMENT_FIELDS)?;
     let lets = super::vars::command_let(body)?.unwrap_or_default();
     let ordered = bool_arg(body, "ordered", true);
     let db = ctx.db.clone();
     let mut n = 0i32;
     let errors = run_statements(ctx, statements, ordered, |ctx, stmt| {
+        let _collation = collation::scope(stmt.get("collation"))?;
         let q = doc_arg(stmt, "q")?.cloned().unwrap_or_default();
         let q = super::vars::substitute_filter(&q, &lets);
         let just_one = match stmt.get("limit") {

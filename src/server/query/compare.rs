@@ -323,7 +323,10 @@ pub fn compare_values(a: &Bson, b: &Bson) -> Ordering {
     match (a, b) {
         (Bson::Int32(x), Bson::Int32(y)) => return x.cmp(y),
         (Bson::Int64(x), Bson::Int64(y)) => return x.cmp(y),
-        (Bson::String(x), Bson::String(y)) => return x.as_bytes().cmp(y.as_bytes()),
+        (Bson::String(x), Bson::String(y)) => {
+            return super::collation::compare(x, y)
+                .unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes()))
+        }
         (Bson::ObjectId(x), Bson::ObjectId(y)) => return x.bytes().cmp(&y.bytes()),
         _ => {}
     }
@@ -337,7 +340,9 @@ pub fn compare_values(a: &Bson, b: &Bson) -> Ordering {
             Ordering::Equal
         }
         _ if ta == 10 => compare_numbers(a, b),
-        (String(x) | Symbol(x), String(y) | Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (String(x) | Symbol(x), String(y) | Symbol(y)) => {
+            super::collation::compare(x, y).unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes()))
+        }
         (Document(x), Document(y)) => compare_docs(x, y),
         (Array(x), Array(y)) => compare_arrays(x, y),
         (Binary(x), Binary(y)) => x
@@ -379,7 +384,7 @@ pub struct KeyValue(pub Bson);
 
 impl PartialEq for KeyValue {
     fn eq(&self, other: &Self) -> bool {
-        values_equal(&self.0, &other.0)
+        super::collation::binary(|| values_equal(&self.0, &other.0))
     }
 }
 impl Eq for KeyValue {}
@@ -390,7 +395,8 @@ impl PartialOrd for KeyValue {
 }
 impl Ord for KeyValue {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_values(&self.0, &other.0)
+        // Index keys are binary whatever the command's collation (see collation.rs).
+        super::collation::binary(|| compare_values(&self.0, &other.0))
     }
 }
 

@@ -103,7 +103,121 @@ const OPERATORS: &[&str] = &[
     "$isArray",
     "$concatArrays",
     "$type",
+    "$setField",
+    "$getField",
+    "$unsetField",
 ];
+
+/// `$setField`, `$unsetField` and `$getField` (MongoDB 5.0: fields whose names contain `.` or
+/// start with `$`): `{field, input, value}` as `Op(op, [field, input, value])`, where `field`
+/// must be a constant string, as mongod's parser requires (expression_field.cpp).
+fn parse_field_op(op: &str, arg: &Bson) -> ServerResult<Expr> {
+    let spec = match (op, arg) {
+        // `{$getField: "name"}` (or an expression such as `{$literal: "$a"}`) reads from
+        // `$$CURRENT`.
+        ("$getField", Bson::String(_)) => {
+            let mut d = Document::new();
+            d.insert("field", arg.clone());
+            d
+        }
+        ("$getField", Bson::Document(e)) if e.keys().next().is_some_and(|k| k.starts_with('$')) => {
+            let mut d = Document::new();
+            d.insert("field", arg.clone());
+            d
+        }
+        (_, Bson::Document(d)) => d.clone(),
+        _ => {
+            return Err(ServerError::location(
+                4161100,
+                format!("{op} only supports an object as its argument"),
+            ))
+        }
+    };
+    let allowed: &[&str] = match op {
+        "$setField" => &["field", "input", "value"],
+        _ => &["field", "input"],
+    };
+    if let Some(k) = spec.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ServerError::location(
+            4161101,
+            format!("{op} found an unknown argument: {k}"),
+        ));
+    }
+    let field = match spec.get("field").map(Expr::parse).transpose()? {
+        Some(Expr::Const(Bson::String(s))) => Expr::Const(Bson::String(s)),
+        Some(_) => {
+            return Err(ServerError::location(
+                4161106,
+                format!(
+                "{op} requires 'field' to evaluate to a constant, but got a non-constant argument"
+            ),
+            ))
+        }
+        None => {
+            return Err(ServerError::location(
+                4161102,
+                format!("{op} requires 'field' to be specified"),
+            ))
+        }
+    };
+    let input = match spec.get("input") {
+        Some(v) => Expr::parse(v)?,
+        None if op == "$getField" => Expr::Var("CURRENT".into(), Vec::new()),
+        None => {
+            return Err(ServerError::location(
+                4161103,
+                format!("{op} requires 'input' to be specified"),
+            ))
+        }
+    };
+    let value = match (op, spec.get("value")) {
+        ("$setField", Some(v)) => Expr::parse(v)?,
+        ("$setField", None) => {
+            return Err(ServerError::location(
+                4161104,
+                "$setField requires 'value' to be specified",
+            ))
+        }
+        ("$unsetField", _) => Expr::Var("REMOVE".into(), Vec::new()),
+        _ => Expr::Const(Bson::Null),
+    };
+    Ok(Expr::Op(op.to_string(), vec![field, input, value]))
+}
+
+/// Evaluates `$setField`/`$unsetField`/`$getField` (see [`parse_field_op`]).
+fn eval_field_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>> {
+    let field = match &args[0] {
+        Expr::Const(Bson::String(s)) => s.as_str(),
+        _ => unreachable!("checked when parsed"),
+    };
+    let input = match args[1].eval(doc)? {
+        None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Some(Bson::Null)),
+        Some(Bson::Document(d)) => d,
+        Some(other) => {
+            let code = if op == "$getField" { 3041705 } else { 4161105 };
+            return Err(ServerError::location(
+                code,
+                format!(
+                    "{op} requires 'input' to evaluate to type Object, but got {}",
+                    type_name(&other)
+                ),
+            ));
+        }
+    };
+    if op == "$getField" {
+        return Ok(input.get(field).cloned());
+    }
+    let mut out = input;
+    match args[2].eval(doc)? {
+        Some(v) => {
+            out.insert(field, v);
+        }
+        None => {
+            out.remove(field);
+        }
+    }
+    Ok(Some(Bson::Document(out)))
+}
 
 impl Expr {
     pub fn parse(v: &Bson) -> ServerResult<Expr> {
@@ -161,6 +275,9 @@ impl Expr {
                 ));
             }
             return Ok(Expr::Op(op.clone(), Vec::new()));
+        }
+        if matches!(op.as_str(), "$setField" | "$getField" | "$unsetField") {
+            return parse_field_op(op, arg);
         }
         let args: Vec<Expr> = match arg {
             Bson::Array(items) => items.iter().map(Expr::parse).collect::<ServerResult<_>>()?,
@@ -431,6 +548,9 @@ fn eval_args(args: &[Expr], doc: &Document) -> ServerResult<Vec<Option<Bson>>> {
 }
 
 fn eval_op(op: &str, args: &[Expr], doc: &Document) -> ServerResult<Option<Bson>> {
+    if matches!(op, "$setField" | "$getField" | "$unsetField") {
+        return eval_field_op(op, args, doc);
+    }
     let vals = eval_args(args, doc)?;
     let v = match op {
         "$rand" => Bson::Double(rand::random::<f64>()),

@@ -11,6 +11,7 @@
 //! * [`json_schema`] — `$jsonSchema` for document validators.
 
 pub mod aggregate;
+pub mod collation;
 pub mod compare;
 pub mod expr;
 pub mod json_schema;
