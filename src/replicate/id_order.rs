@@ -5,6 +5,7 @@
 //! comparison such as `{_id: {$gt: 5}}` only matches values of the same type bracket. So "after
 //! 5" is `$gt: 5` for numbers, plus every `_id` whose type sorts after numbers.
 
+use crate::bson_order::canonical_type;
 use bson::{doc, Bson, Document};
 
 /// Type brackets in MongoDB's sort order: (rank, the `$type` aliases of the bracket).
@@ -29,34 +30,11 @@ const BRACKETS: &[(i32, &[&str])] = &[
     (127, &["maxKey"]),
 ];
 
-/// The rank of a value's type bracket in MongoDB's sort order.
-fn rank(v: &Bson) -> i32 {
-    match v {
-        Bson::MinKey => -1,
-        Bson::Undefined => 0,
-        Bson::Null => 5,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 10,
-        Bson::String(_) | Bson::Symbol(_) => 15,
-        Bson::Document(_) => 20,
-        Bson::Array(_) => 25,
-        Bson::Binary(_) => 30,
-        Bson::ObjectId(_) => 35,
-        Bson::Boolean(_) => 40,
-        Bson::DateTime(_) => 45,
-        Bson::Timestamp(_) => 47,
-        Bson::RegularExpression(_) => 50,
-        Bson::DbPointer(_) => 55,
-        Bson::JavaScriptCode(_) => 60,
-        Bson::JavaScriptCodeWithScope(_) => 65,
-        Bson::MaxKey => 127,
-    }
-}
-
 /// A filter matching exactly the documents whose `_id` sorts after `after`.
 pub fn after_filter(after: &Bson) -> Document {
     let later: Vec<Bson> = BRACKETS
         .iter()
-        .filter(|(r, _)| *r > rank(after))
+        .filter(|(r, _)| *r > canonical_type(after))
         .flat_map(|(_, names)| names.iter().map(|n| Bson::String(n.to_string())))
         .collect();
     let same_type = doc! {"_id": {"$gt": after.clone()}};
@@ -107,7 +85,10 @@ mod tests {
             Bson::Boolean(true),
         ];
         for s in samples {
-            assert!(BRACKETS.iter().any(|(r, _)| *r == rank(&s)), "{s:?}");
+            assert!(
+                BRACKETS.iter().any(|(r, _)| *r == canonical_type(&s)),
+                "{s:?}"
+            );
         }
     }
 }

@@ -6,32 +6,9 @@
 //! Within a bracket values compare by value; numbers compare mathematically across
 //! Int32/Int64/Double/Decimal128 and NaN sorts below every other number (NaN == NaN).
 
+pub use crate::bson_order::canonical_type;
 use bson::{Bson, Decimal128, Document};
 use std::cmp::Ordering;
-
-/// The canonical type of a value (mongod's `canonicalizeBSONType`). Values of different
-/// canonical types never compare equal; the number is only used for ordering.
-pub fn canonical_type(v: &Bson) -> i32 {
-    match v {
-        Bson::MinKey => -1,
-        Bson::Undefined => 0,
-        Bson::Null => 5,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 10,
-        Bson::String(_) | Bson::Symbol(_) => 15,
-        Bson::Document(_) => 20,
-        Bson::Array(_) => 25,
-        Bson::Binary(_) => 30,
-        Bson::ObjectId(_) => 35,
-        Bson::Boolean(_) => 40,
-        Bson::DateTime(_) => 45,
-        Bson::Timestamp(_) => 47,
-        Bson::RegularExpression(_) => 50,
-        Bson::DbPointer(_) => 55,
-        Bson::JavaScriptCode(_) => 60,
-        Bson::JavaScriptCodeWithScope(_) => 65,
-        Bson::MaxKey => 127,
-    }
-}
 
 /// The BSON type number as `$type` reports it (MinKey is -1).
 pub fn type_code(v: &Bson) -> i32 {
