@@ -233,6 +233,25 @@ pub fn kill_all_sessions(state: &mut State, body: &Document) -> ServerResult<Rep
 }
 
 /// `{setParameter: 1, <name>: <value>}` for the parameters this server has; replies `{was}`.
+/// An integer server parameter (a double is truncated, as mongod does), at least `min` and at
+/// most `i32::MAX`.
+fn int_parameter(name: &str, value: &Bson, min: i64) -> ServerResult<i64> {
+    let n = match value {
+        Bson::Int32(i) => *i as i64,
+        Bson::Int64(i) => *i,
+        Bson::Double(f) => *f as i64,
+        _ => {
+            return Err(ServerError::bad_value(format!("{name} must be a number")));
+        }
+    };
+    if n < min || n > i32::MAX as i64 {
+        return Err(ServerError::bad_value(format!(
+            "Invalid value for parameter {name}: {n} is not greater than or equal to {min}"
+        )));
+    }
+    Ok(n)
+}
+
 pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> {
     let mut was = None;
     for (name, value) in body.iter().skip(1) {
@@ -241,59 +260,17 @@ pub fn set_parameter(state: &mut State, body: &Document) -> ServerResult<Reply> 
         }
         match name.as_str() {
             "transactionLifetimeLimitSeconds" => {
-                let secs = match value {
-                    bson::Bson::Int32(i) => *i as i64,
-                    bson::Bson::Int64(i) => *i,
-                    bson::Bson::Double(f) => *f as i64,
-                    _ => {
-                        return Err(ServerError::bad_value(
-                            "transactionLifetimeLimitSeconds must be a number",
-                        ))
-                    }
-                };
-                if secs < 1 {
-                    return Err(ServerError::bad_value(format!(
-                        "Invalid value for parameter transactionLifetimeLimitSeconds: {secs} is not greater than or equal to 1"
-                    )));
-                }
+                let secs = int_parameter("transactionLifetimeLimitSeconds", value, 1)?;
                 was = Some(Bson::Int32(state.txn_lifetime_limit_secs as i32));
                 state.txn_lifetime_limit_secs = secs;
             }
             "minSnapshotHistoryWindowInSeconds" => {
-                let secs = match value {
-                    bson::Bson::Int32(i) => *i as i64,
-                    bson::Bson::Int64(i) => *i,
-                    bson::Bson::Double(f) => *f as i64,
-                    _ => {
-                        return Err(ServerError::bad_value(
-                            "minSnapshotHistoryWindowInSeconds must be a number",
-                        ))
-                    }
-                };
-                if !(0..=i32::MAX as i64).contains(&secs) {
-                    return Err(ServerError::bad_value(format!(
-                        "Invalid value for parameter minSnapshotHistoryWindowInSeconds: {secs} is not greater than or equal to 0"
-                    )));
-                }
+                let secs = int_parameter("minSnapshotHistoryWindowInSeconds", value, 0)?;
                 was = Some(Bson::Int32(state.history.window_secs as i32));
                 state.history.window_secs = secs;
             }
             "cursorTimeoutMillis" => {
-                let ms = match value {
-                    bson::Bson::Int32(i) => *i as i64,
-                    bson::Bson::Int64(i) => *i,
-                    bson::Bson::Double(f) => *f as i64,
-                    _ => {
-                        return Err(ServerError::bad_value(
-                            "cursorTimeoutMillis must be a number",
-                        ))
-                    }
-                };
-                if ms < 0 {
-                    return Err(ServerError::bad_value(format!(
-                        "Invalid value for parameter cursorTimeoutMillis: {ms} is not greater than or equal to 0"
-                    )));
-                }
+                let ms = int_parameter("cursorTimeoutMillis", value, 0)?;
                 was = Some(Bson::Int64(state.cursors.timeout.as_millis() as i64));
                 state.cursors.timeout = std::time::Duration::from_millis(ms as u64);
             }

@@ -14,6 +14,7 @@
 
 use super::catalog;
 use super::ctx::Ctx;
+use super::util::pipeline_stages;
 use super::write::{insert_one, matching, update_docs};
 use super::Reply;
 use crate::server::error::{ErrorCode, ServerError, ServerResult};
@@ -248,18 +249,7 @@ fn merge(ctx: &mut Ctx, spec: &Bson, docs: Vec<Document>) -> ServerResult<()> {
             )))
             }
         },
-        Some(Bson::Array(stages)) => WhenMatched::Pipeline(
-            stages
-                .iter()
-                .map(|s| {
-                    s.as_document().cloned().ok_or_else(|| {
-                        ServerError::type_mismatch(
-                            "Each element of the 'pipeline' array must be an object",
-                        )
-                    })
-                })
-                .collect::<ServerResult<_>>()?,
-        ),
+        Some(Bson::Array(stages)) => WhenMatched::Pipeline(pipeline_stages(stages)?),
         Some(_) => {
             return Err(ServerError::type_mismatch(
                 "BSON field '$merge.whenMatched' is the wrong type",

@@ -1,7 +1,7 @@
 //! find, getMore, killCursors, count, distinct and aggregate.
 
 use super::ctx::Ctx;
-use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative};
+use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative, pipeline_stages};
 use super::Reply;
 use crate::server::clock::ts_to_u64;
 use crate::server::collection::Collection;
@@ -471,16 +471,7 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     // $out and $merge validate what they write unless told not to.
     ctx.bypass_validation = bool_arg(body, "bypassDocumentValidation", false);
     let pipeline: Vec<Document> = match body.get("pipeline") {
-        Some(Bson::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_document().cloned().ok_or_else(|| {
-                    ServerError::type_mismatch(
-                        "Each element of the 'pipeline' array must be an object",
-                    )
-                })
-            })
-            .collect::<ServerResult<_>>()?,
+        Some(Bson::Array(a)) => pipeline_stages(a)?,
         _ => {
             return Err(ServerError::failed_to_parse(
                 "'pipeline' option must be specified as an array",

@@ -112,3 +112,15 @@ pub fn write_error(index: usize, e: &ServerError) -> Bson {
     }
     Bson::Document(d)
 }
+
+/// The stages of a `pipeline` array, each of which must be a document.
+pub fn pipeline_stages(stages: &[Bson]) -> ServerResult<Vec<Document>> {
+    stages
+        .iter()
+        .map(|s| {
+            s.as_document().cloned().ok_or_else(|| {
+                ServerError::type_mismatch("Each element of the 'pipeline' array must be an object")
+            })
+        })
+        .collect()
+}
