@@ -8,6 +8,7 @@ use mongodb::Client;
 pub mod checkpoints;
 pub mod copy_progress;
 pub mod links;
+pub mod meta;
 pub mod namespaces;
 pub mod rejected;
 

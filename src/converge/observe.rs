@@ -1,0 +1,212 @@
+//! The stamps of a server's versions, read off its oplog in order. Pure logic.
+//!
+//! The same rules run wherever a server's oplog is read: by the link that reads it (to stamp
+//! the versions it carries) and by observation on that server (to keep `__mmm.meta`). Starting
+//! from the same anchor, both compute the same stamps for every entry:
+//! - a local write (insert, update, delete on a namespace that replication may carry) ticks the
+//!   clock with its entry's wall time ([`super::stamp::tick`]); its stamp is the clock after it,
+//!   with the server's id;
+//! - a batch mmm applied names, in its `__mmm.meta` rows, the stamp of every version it
+//!   installed: the clock witnesses each ([`super::stamp::witness`]), and they are seen;
+//! - anything else (mmm's own bookkeeping, commands, no-ops) leaves the clock alone.
+
+use super::stamp::{tick, witness, Knowledge, Stamp};
+use crate::oplog::{Entry, OpKind, Unit};
+use crate::store::is_replicable_ns;
+use crate::store::meta::MetaRow;
+use bson::{Bson, RawDocument, RawDocumentBuf};
+
+/// A local write, stamped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    pub ns: String,
+    pub id: Bson,
+    pub stamp: Stamp,
+    pub deleted: bool,
+}
+
+/// A server's clock, as a reader of its oplog carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockState {
+    pub site: String,
+    pub h: i64,
+    pub know: Knowledge,
+}
+
+/// The `_id` an op writes, for inserts, updates and deletes.
+pub fn op_doc_id(entry: &Entry) -> Option<Bson> {
+    let key = match entry.op().ok()? {
+        OpKind::Insert | OpKind::Delete => entry.o().ok()?,
+        OpKind::Update => entry.o2().ok()??,
+        _ => return None,
+    };
+    let id = key.get("_id").ok()??;
+    Bson::try_from(id.to_raw_bson()).ok()
+}
+
+/// Whether an op is a local write the clock counts.
+fn counted(entry: &Entry) -> bool {
+    matches!(
+        entry.op(),
+        Ok(OpKind::Insert | OpKind::Update | OpKind::Delete)
+    ) && entry.ns().map(is_replicable_ns).unwrap_or(false)
+}
+
+fn wall_ms(raw: &RawDocument) -> i64 {
+    match raw.get_datetime("wall") {
+        Ok(w) => w.timestamp_millis(),
+        Err(_) => Entry::new(raw)
+            .ts()
+            .map(|ts| ts.time as i64 * 1000)
+            .unwrap_or(0),
+    }
+}
+
+impl ClockState {
+    pub fn new(site: impl Into<String>, h: i64, know: Knowledge) -> ClockState {
+        ClockState {
+            site: site.into(),
+            h,
+            know,
+        }
+    }
+
+    fn tick_op(&mut self, op: &RawDocument, wall: i64, out: &mut Vec<Stamped>) {
+        let entry = Entry::new(op);
+        if !counted(&entry) {
+            return;
+        }
+        let Some(id) = op_doc_id(&entry) else { return };
+        self.h = tick(self.h, wall);
+        let stamp = Stamp::new(self.h, self.site.clone());
+        self.know.see(&stamp);
+        out.push(Stamped {
+            ns: entry.ns().unwrap_or_default().to_string(),
+            id,
+            stamp,
+            deleted: entry.op().ok() == Some(OpKind::Delete),
+        });
+    }
+
+    /// A unit an application wrote on this server: the stamp of each write, in order.
+    pub fn local(&mut self, unit: &Unit) -> Vec<Stamped> {
+        let mut out = Vec::new();
+        match unit {
+            Unit::Single(raw) => self.tick_op(raw, wall_ms(raw), &mut out),
+            Unit::Transaction(txn) => {
+                let wall = txn
+                    .wall
+                    .map(|w| w.timestamp_millis())
+                    .unwrap_or(txn.ts.time as i64 * 1000);
+                for op in &txn.ops {
+                    self.tick_op(op, wall, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// A batch mmm applied on this server: the rows it wrote, which the clock witnesses.
+    pub fn applied(&mut self, ops: &[RawDocumentBuf]) -> Vec<MetaRow> {
+        let rows: Vec<MetaRow> = ops
+            .iter()
+            .filter_map(|op| MetaRow::from_oplog_op(op))
+            .collect();
+        for row in &rows {
+            self.h = witness(self.h, row.stamp.h);
+            self.know.see(&row.stamp);
+        }
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oplog::units::{Txn, TxnKind};
+    use bson::{doc, DateTime, Timestamp};
+
+    fn raw(d: bson::Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    fn ts(i: u32) -> Timestamp {
+        Timestamp {
+            time: 100,
+            increment: i,
+        }
+    }
+
+    #[test]
+    fn local_writes_tick_and_other_entries_do_not() {
+        let mut c = ClockState::new("a", 0, Knowledge::default());
+        let w = DateTime::from_millis(5_000);
+        let ins = Unit::Single(raw(
+            doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}, "ts": ts(1), "wall": w},
+        ));
+        let s = c.local(&ins);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].stamp, Stamp::new(5_000 << 16, "a"));
+        // Same millisecond: the counter moves; deletes are tombstones.
+        let del = Unit::Single(raw(
+            doc! {"op": "d", "ns": "db.c", "o": {"_id": 1}, "ts": ts(2), "wall": w},
+        ));
+        let s = c.local(&del);
+        assert_eq!(s[0].stamp.h, (5_000 << 16) + 1);
+        assert!(s[0].deleted);
+        // mmm's own collections, system collections, no-ops and commands do not count.
+        for skipped in [
+            doc! {"op": "i", "ns": "__mmm.checkpoints", "o": {"_id": 1}, "ts": ts(3), "wall": w},
+            doc! {"op": "i", "ns": "db.system.views", "o": {"_id": 1}, "ts": ts(3), "wall": w},
+            doc! {"op": "n", "ns": "", "o": {"msg": "x"}, "ts": ts(3), "wall": w},
+            doc! {"op": "c", "ns": "db.$cmd", "o": {"create": "x"}, "ts": ts(3), "wall": w},
+            doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {}}, "ts": ts(3), "wall": w},
+        ] {
+            assert!(c.local(&Unit::Single(raw(skipped))).is_empty());
+        }
+        assert_eq!(c.h, (5_000 << 16) + 1);
+        assert_eq!(c.know.0.get("a"), Some(&((5_000 << 16) + 1)));
+    }
+
+    #[test]
+    fn transactions_stamp_each_op_and_applied_batches_are_witnessed() {
+        let mut c = ClockState::new("a", 0, Knowledge::default());
+        let txn = Unit::Transaction(Txn {
+            kind: TxnKind::Unprepared,
+            ts: ts(5),
+            t: None,
+            wall: Some(DateTime::from_millis(1_000)),
+            first_ts: ts(5),
+            commit_ts: None,
+            lsid: None,
+            txn_number: None,
+            ops: vec![
+                raw(doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}}),
+                raw(doc! {"op": "u", "ns": "db.c", "o": {"$set": {"x": 1}}, "o2": {"_id": 2}}),
+            ],
+            entry_count: 1,
+        });
+        let s = c.local(&txn);
+        assert_eq!(
+            s.iter().map(|s| s.stamp.h).collect::<Vec<_>>(),
+            vec![1_000 << 16, (1_000 << 16) + 1]
+        );
+        assert_eq!(s[1].id, Bson::Int32(2));
+        let row = MetaRow {
+            ns: "db.c".into(),
+            id: Bson::Int32(1),
+            stamp: Stamp::new(9_000 << 16, "b"),
+            deleted: false,
+            through: ts(0),
+        };
+        let rows = c.applied(&[raw(
+            doc! {"op": "u", "ns": "__mmm.meta", "o": row.to_document(), "o2": {"_id": 1}},
+        )]);
+        assert_eq!(rows, vec![row]);
+        assert_eq!(c.h, 9_000 << 16);
+        assert!(c.know.covers(&Stamp::new(9_000 << 16, "b")));
+        // The next local write is later than the installed version.
+        let s = c.local(&Unit::Single(raw(doc! {"op": "i", "ns": "db.c", "o": {"_id": 3}, "ts": ts(6), "wall": DateTime::from_millis(1_001)})));
+        assert!(s[0].stamp.h > 9_000 << 16);
+    }
+}

@@ -1,0 +1,288 @@
+//! `__mmm.meta` and `__mmm.clock`: what each server knows of the versions it holds.
+//!
+//! - `meta`: one row per document written since replication began, `{_id: {n: ns, i: _id},
+//!   h, s, d, t}`: the stamp `(h, s)` of the version this server holds, `d: true` for a
+//!   tombstone (the document is deleted), and `t`, the oplog position through which the row
+//!   accounts for this server's own writes to the document. Rows of local writes are written
+//!   by observation (`apply/observe.rs`), rows of replicated versions in the transaction that
+//!   installs them. Rows are written as whole replacements, so their oplog entries carry the
+//!   whole row: readers of the oplog learn the stamp of every version a batch installed.
+//! - `clock`: one document, `{_id: "hlc", pos, h, know}`: observation has accounted for
+//!   every local write up to oplog position `pos`; `h` is the server's clock there and `know`
+//!   what it had seen of each site (see `converge/stamp.rs`).
+
+use super::{StoreError, MMM_DB};
+use crate::converge::{Knowledge, Stamp};
+use crate::oplog::{Entry, OpKind};
+use bson::{doc, Bson, Document, RawDocument, Timestamp};
+use mongodb::{Client, ClientSession, Collection};
+use std::collections::HashMap;
+
+/// `__mmm.meta`, as it appears in oplog entries.
+pub const META_NS: &str = "__mmm.meta";
+pub const META: &str = "meta";
+pub const CLOCK: &str = "clock";
+const CLOCK_ID: &str = "hlc";
+
+/// A document, as a map key: its namespace and its `_id` as BSON bytes (every entry of one
+/// document carries the same bytes).
+pub type DocKey = (String, Vec<u8>);
+
+pub fn doc_key(ns: &str, id: &Bson) -> DocKey {
+    let mut out = Vec::new();
+    let _ = doc! {"": id.clone()}.to_writer(&mut out);
+    (ns.to_string(), out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaRow {
+    pub ns: String,
+    pub id: Bson,
+    pub stamp: Stamp,
+    pub deleted: bool,
+    /// This server's own writes to the document up to here are accounted for.
+    pub through: Timestamp,
+}
+
+impl MetaRow {
+    pub fn row_id(ns: &str, id: &Bson) -> Document {
+        doc! {"n": ns, "i": id.clone()}
+    }
+
+    pub fn key(&self) -> DocKey {
+        doc_key(&self.ns, &self.id)
+    }
+
+    pub fn to_document(&self) -> Document {
+        doc! {
+            "_id": Self::row_id(&self.ns, &self.id),
+            "h": self.stamp.h, "s": &self.stamp.site, "d": self.deleted, "t": self.through,
+        }
+    }
+
+    pub fn from_document(d: &Document) -> Option<MetaRow> {
+        let key = d.get_document("_id").ok()?;
+        Some(MetaRow {
+            ns: key.get_str("n").ok()?.to_string(),
+            id: key.get("i")?.clone(),
+            stamp: Stamp::new(d.get_i64("h").ok()?, d.get_str("s").ok()?),
+            deleted: d.get_bool("d").unwrap_or(false),
+            through: d.get_timestamp("t").unwrap_or(Timestamp {
+                time: 0,
+                increment: 0,
+            }),
+        })
+    }
+
+    /// The row an oplog entry (or a transaction's inner op) wrote, if it wrote one.
+    pub fn from_oplog_op(op: &RawDocument) -> Option<MetaRow> {
+        let entry = Entry::new(op);
+        if entry.ns().ok()? != META_NS
+            || !matches!(entry.op().ok()?, OpKind::Insert | OpKind::Update)
+        {
+            return None;
+        }
+        let o = Document::try_from(entry.o().ok()?).ok()?;
+        MetaRow::from_document(&o)
+    }
+}
+
+/// The server's observation position and clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clock {
+    pub pos: Timestamp,
+    pub h: i64,
+    pub know: Knowledge,
+}
+
+impl Clock {
+    pub fn to_document(&self) -> Document {
+        doc! {"_id": CLOCK_ID, "pos": self.pos, "h": self.h, "know": self.know.to_document()}
+    }
+
+    pub fn from_document(d: &Document) -> Option<Clock> {
+        Some(Clock {
+            pos: d.get_timestamp("pos").ok()?,
+            h: d.get_i64("h").ok()?,
+            know: d
+                .get_document("know")
+                .map(Knowledge::from_document)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn store_error(what: &'static str) -> impl FnOnce(mongodb::error::Error) -> StoreError {
+    move |source| StoreError { what, source }
+}
+
+fn meta(client: &Client) -> Collection<Document> {
+    client.database(MMM_DB).collection(META)
+}
+
+fn clock(client: &Client) -> Collection<Document> {
+    client.database(MMM_DB).collection(CLOCK)
+}
+
+/// The clock, read in `session`'s transaction (the first read also fixes its snapshot).
+pub async fn read_clock(
+    client: &Client,
+    session: Option<&mut ClientSession>,
+) -> Result<Option<Clock>, StoreError> {
+    let coll = clock(client);
+    let find = coll.find_one(doc! {"_id": CLOCK_ID});
+    let found = match session {
+        Some(s) => find.session(s).await,
+        None => find.await,
+    }
+    .map_err(store_error("reading __mmm.clock"))?;
+    Ok(found.as_ref().and_then(Clock::from_document))
+}
+
+/// Writes the clock in `session`'s transaction. The transaction read it first, so a concurrent
+/// observer that moved it since is a write conflict: of two observers of one server, only one
+/// commits each stretch of its oplog; the other tries again from the new position.
+pub async fn write_clock(
+    client: &Client,
+    session: &mut ClientSession,
+    new: &Clock,
+) -> Result<(), mongodb::error::Error> {
+    clock(client)
+        .replace_one(doc! {"_id": CLOCK_ID}, new.to_document())
+        .upsert(true)
+        .session(session)
+        .await?;
+    Ok(())
+}
+
+/// Creates the clock if there is none yet, anchored at `start` (outside any transaction, so
+/// that two first observers do not fail each other's transactions).
+pub async fn ensure_clock(client: &Client, start: &Clock) -> Result<Clock, StoreError> {
+    if let Some(c) = read_clock(client, None).await? {
+        return Ok(c);
+    }
+    match clock(client).insert_one(start.to_document()).await {
+        Ok(_) => Ok(start.clone()),
+        Err(e) if is_duplicate_key(&e) => read_clock(client, None)
+            .await?
+            .ok_or_else(|| store_error("reading __mmm.clock")(e)),
+        Err(e) => Err(store_error("creating __mmm.clock")(e)),
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
+            w.code == 11000
+        }
+        mongodb::error::ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+/// The rows of `keys`, read in `session`'s transaction.
+pub async fn read_rows(
+    client: &Client,
+    session: &mut ClientSession,
+    keys: &[(String, Bson)],
+) -> Result<HashMap<DocKey, MetaRow>, mongodb::error::Error> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(10_000) {
+        let ids: Vec<Bson> = chunk
+            .iter()
+            .map(|(ns, id)| Bson::Document(MetaRow::row_id(ns, id)))
+            .collect();
+        let mut cursor = meta(client)
+            .find(doc! {"_id": {"$in": ids}})
+            .session(&mut *session)
+            .await?;
+        while let Some(d) = cursor.next(&mut *session).await {
+            if let Some(row) = MetaRow::from_document(&d?) {
+                out.insert(row.key(), row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The row of one document, outside any transaction.
+pub async fn read_row(client: &Client, ns: &str, id: &Bson) -> Result<Option<MetaRow>, StoreError> {
+    let found = meta(client)
+        .find_one(doc! {"_id": MetaRow::row_id(ns, id)})
+        .await
+        .map_err(store_error("reading __mmm.meta"))?;
+    Ok(found.as_ref().and_then(MetaRow::from_document))
+}
+
+/// Upserts `rows` (whole replacements) in `session`'s transaction.
+pub async fn write_rows(
+    client: &Client,
+    session: &mut ClientSession,
+    rows: &[MetaRow],
+) -> Result<(), mongodb::error::Error> {
+    for chunk in rows.chunks(1000) {
+        let updates: Vec<Document> = chunk
+            .iter()
+            .map(|r| doc! {"q": {"_id": MetaRow::row_id(&r.ns, &r.id)}, "u": r.to_document(), "upsert": true})
+            .collect();
+        client
+            .database(MMM_DB)
+            .run_command(doc! {"update": META, "updates": updates, "ordered": true})
+            .session(&mut *session)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_clocks_round_trip_and_rows_are_read_back_from_oplog_ops() {
+        let row = MetaRow {
+            ns: "db.c".into(),
+            id: Bson::Document(doc! {"a": 1, "b": [1, 2]}),
+            stamp: Stamp::new(42, "cloud"),
+            deleted: true,
+            through: Timestamp {
+                time: 5,
+                increment: 1,
+            },
+        };
+        assert_eq!(
+            MetaRow::from_document(&row.to_document()),
+            Some(row.clone())
+        );
+        for op in ["i", "u"] {
+            let entry = bson::RawDocumentBuf::from_document(
+                &doc! {"op": op, "ns": META_NS, "o": row.to_document(), "o2": {"_id": MetaRow::row_id("db.c", &row.id)}},
+            )
+            .unwrap();
+            assert_eq!(MetaRow::from_oplog_op(&entry), Some(row.clone()));
+        }
+        let other = bson::RawDocumentBuf::from_document(
+            &doc! {"op": "i", "ns": "db.meta", "o": row.to_document()},
+        )
+        .unwrap();
+        assert_eq!(MetaRow::from_oplog_op(&other), None);
+        let c = Clock {
+            pos: Timestamp {
+                time: 9,
+                increment: 2,
+            },
+            h: 7,
+            know: Knowledge([("a".to_string(), 3)].into_iter().collect()),
+        };
+        assert_eq!(Clock::from_document(&c.to_document()), Some(c));
+        // Hostile rows are not rows.
+        assert_eq!(
+            MetaRow::from_document(&doc! {"_id": 1, "h": 1, "s": "a"}),
+            None
+        );
+        assert_eq!(
+            MetaRow::from_document(&doc! {"_id": {"n": "a.b", "i": 1}, "h": "x", "s": "a"}),
+            None
+        );
+    }
+}
