@@ -12,6 +12,7 @@ from . import _mmm
 from ._mmm import MmmError, NotReplicaSetError, OplogFormatError, OplogRolloverError
 from .config import ConfigError, Link, Server
 from .embedded import MongoServer
+from .policies import Conflict, FieldMerge, LWW, Prefer, Resolver, Stamp
 from .replication import ConflictEvent, ReplicationError, Replicator
 from .triggers import Tailer, diff_to_update
 
@@ -21,16 +22,22 @@ logging.getLogger("mmm").addHandler(logging.NullHandler())
 
 __all__ = [
     "ConfigError",
+    "Conflict",
     "ConflictEvent",
+    "FieldMerge",
+    "LWW",
     "Link",
     "MmmError",
     "MongoServer",
     "NotReplicaSetError",
     "OplogFormatError",
     "OplogRolloverError",
+    "Prefer",
     "ReplicationError",
     "Replicator",
+    "Resolver",
     "Server",
+    "Stamp",
     "Tailer",
     "__version__",
     "diff_to_update",

@@ -191,9 +191,10 @@ class LinkStatus(_LinkStatusRequired, total=False):
     last_error: Optional[str]
     """The last error, one line, secrets hidden."""
 
-# A document changed on both sides since they last synced. ``server``: id of the server where
-# the incoming write was applied over a local change; ``from``: id of the server it came from
-# (a keyword, hence this form); ``id_bson``: ``{"_id": <the document's _id>}`` as BSON.
+# A document changed concurrently on two servers. ``server``: id of the server where the link
+# met it; ``from``: id of the server the arriving version came from (a keyword, hence this
+# form); ``id_bson``: ``{"_id": <the document's _id>}`` as BSON; ``ours``/``theirs``: the
+# versions' stamps (clock, server id); ``winner``: what the policy decided.
 ConflictEventDict = TypedDict(
     "ConflictEventDict",
     {
@@ -202,8 +203,10 @@ ConflictEventDict = TypedDict(
         "from": str,
         "namespace": str,
         "id_bson": bytes,
-        "local_ts": TimestampTuple,
-        "incoming_ts": TimestampTuple,
+        "ours": Tuple[int, str],
+        "theirs": Tuple[int, str],
+        "policy": str,
+        "winner": str,
     },
 )
 
@@ -223,7 +226,15 @@ class ReplicatorCore:
     problem: unknown server, duplicate id or link, a write that could reach a server and
     namespace by two paths, a malformed URI with its secrets hidden)."""
 
-    def __new__(cls, servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> "ReplicatorCore": ...
+    def __new__(
+        cls,
+        servers: Sequence[ServerLike],
+        links: Sequence[LinkLike],
+        policies: Optional[Dict[str, Dict[str, Tuple[str, str, str]]]] = None,
+        resolvers: Optional[Dict[str, Dict[str, Callable[..., Any]]]] = None,
+    ) -> "ReplicatorCore":
+        """``policies``: per link id, per namespace pattern, (kind, server id, deletes);
+        ``resolvers``: per link id, per pattern, the resolver function."""
     def link_ids(self) -> List[str]:
         """Link ids in declaration order."""
     def resync(self, link: str, mirror: bool = False) -> TimestampTuple:

@@ -32,10 +32,13 @@ from ._mmm import MmmError
 __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_config"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject"}
+LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject", "resolve"}
 MARKERS = ("transaction", "field")
 MAX_CONFIG_CHARS = 16 << 20  # reading stops here: `-c /dev/zero` must not exhaust memory
 ON_REJECT = ("fail", "journal")
+
+
+_UNSET: Any = None  # a link without its own policy takes the replicator's
 
 
 class ConfigError(MmmError, ValueError):
@@ -71,6 +74,9 @@ class Link:
     MongoDB's code and message); "journal" records the op in ``__mmm.rejected`` on the
     destination, in the transaction that moves the checkpoint past it, and goes on. Missing
     privileges (``Unauthorized``) and refused DDL commands always stop the link."""
+    resolve: Any = field(default=_UNSET, compare=False)
+    """This link's conflict policy (see :mod:`mmm.policies`), overriding the replicator's:
+    a policy, its name, or a mapping from namespace pattern to policy."""
 
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:
@@ -106,6 +112,8 @@ class Config:
     path: Optional[str] = None
     uri_templates: Dict[str, str] = field(default_factory=dict, repr=False)
     """Each server's uri as written in the file, before ``${VAR}`` expansion."""
+    resolve: Any = None
+    """The ``resolve:`` key: conflict policies (None when absent: last writer wins)."""
 
 
 def _where(path: str, node: yaml.Node, key: str) -> str:
@@ -183,6 +191,9 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
         k = k_node.value
         if k not in LINK_KEYS:
             raise ConfigError(f"{_where(path, k_node, key + '.' + str(k))}: unknown key (expected one of {', '.join(sorted(LINK_KEYS))})")
+        if k == "resolve":
+            values[k] = _resolve(v_node, path, f"{key}.resolve")
+            continue
         values[k] = _scalar(v_node, path, f"{key}.{k}")
     for required in ("src", "dst"):
         if not isinstance(values.get(required), str):
@@ -201,9 +212,28 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
         raise ConfigError(f"{_where(path, node, key + '.on_reject')}: on_reject is one of {', '.join(ON_REJECT)}")
     try:
         return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
-                    bool(values.get("initial_sync", False)), marker, on_reject)
+                    bool(values.get("initial_sync", False)), marker, on_reject,
+                    values.get("resolve", _UNSET))
     except ValueError as e:
         raise ConfigError(f"{_where(path, node, key)}: {e}") from None
+
+
+def _resolve(node: yaml.Node, path: str, key: str) -> Any:
+    """A ``resolve:`` value: a policy name, or a mapping from namespace pattern to policy name
+    (checked here, so a typo is reported with its line)."""
+    from .policies import normalize_resolve
+
+    if isinstance(node, yaml.MappingNode):
+        value: Any = {k.value: _scalar(v, path, f"{key}.{k.value}") for k, v in node.value}
+    else:
+        value = _scalar(node, path, key)
+        if value is None:
+            value = "none"
+    try:
+        normalize_resolve(value)
+    except ValueError as e:
+        raise ConfigError(f"{_where(path, node, key)}: {e}") from None
+    return value
 
 
 def _uri_problem(uri: str) -> Optional[str]:
@@ -239,6 +269,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{path}, line {root.start_mark.line + 1}: the file must be a mapping of server names to {{id, uri}}")
     for k_node, v_node in root.value:
         name = k_node.value
+        if name == "resolve":
+            config.resolve = _resolve(v_node, path, "resolve")
+            continue
         if name == "links":
             if not isinstance(v_node, yaml.SequenceNode):
                 raise ConfigError(f"{_where(path, v_node, 'links')}: links is a list")

@@ -32,6 +32,7 @@ from bson import Timestamp
 from . import _mmm, preflight as _preflight, redact
 from ._background import BackgroundThread
 from .config import Config, Link, Server, load_config
+from .policies import LWW, Stamp, core_policies, normalize_resolve
 
 log = logging.getLogger("mmm.replication")
 log.addFilter(redact.LogFilter())
@@ -39,32 +40,58 @@ log.addFilter(redact.LogFilter())
 __all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
 
 LINKS_COLLECTION = _mmm.LINKS_COLLECTION
+CONFLICTS_COLLECTION = "conflicts"
 
 
 class ReplicationError(_mmm.MmmError):
     """A link stopped on an error that needs attention (its message says which and why)."""
 
 
-def _core(servers: Iterable[Server], links: Iterable[Link]) -> Any:
-    """A replication core: checks the topology and every URI (ValueError without secrets)."""
+def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None) -> Any:
+    """A replication core: checks the topology and every URI (ValueError without secrets).
+    ``resolve``: the replicator's conflict policies; a link's own ``resolve`` wins over them."""
+    servers = list(servers)
+    links = list(links)
+    server_ids = {s.name: s.id for s in servers}
+    policies: Dict[str, Any] = {}
+    resolvers: Dict[str, Any] = {}
+    default = normalize_resolve(LWW() if resolve is _DEFAULT else resolve)
+    for link in links:
+        own = default if link.resolve is None else normalize_resolve(link.resolve)
+        specs, funcs = core_policies(own, server_ids)
+        link_id = link.id
+        policies[link_id] = specs
+        if funcs:
+            resolvers[link_id] = funcs
     try:
-        return _mmm.ReplicatorCore(list(servers), list(links))
+        return _mmm.ReplicatorCore(servers, links, policies, resolvers)
     except ValueError as e:
         raise ValueError(redact.text(e)) from None
 
 
+_DEFAULT: Any = object()
+
+
 @dataclass(frozen=True)
 class ConflictEvent:
-    """A document changed on both sides since they last synced."""
+    """A document changed concurrently on two servers (neither change saw the other), met by
+    a link and decided by the namespace's policy. It is also in ``__mmm.conflicts`` on
+    ``server`` (see :meth:`Replicator.conflicts`)."""
 
     server: str
-    """Server id where the incoming write was applied over a local change."""
+    """Server id where the conflict was met (the link's destination)."""
     source: str
-    """Server id the incoming write came from."""
+    """Server id the arriving version came from (the link's source)."""
     namespace: str
     id: Any
-    local_ts: Timestamp
-    incoming_ts: Timestamp
+    ours: Stamp
+    """The version ``server`` held."""
+    theirs: Stamp
+    """The arriving version."""
+    policy: str
+    winner: str
+    """``ours``, ``theirs``, ``rewrite-ours``/``rewrite-theirs`` (a new version written by a
+    delete rule or ``Prefer``), ``resolver``, ``merge``, or ``as-is`` (detection only)."""
 
 
 LinkLike = Union[Link, Tuple[str, str], Tuple[str, str, str], Mapping[str, Any]]
@@ -99,6 +126,7 @@ class Replicator:
         on_conflict: Optional[Callable[[ConflictEvent], Any]] = None,
         load_stored_links: bool = False,
         preflight: bool = True,
+        resolve: Any = _DEFAULT,
     ) -> None:
         if isinstance(servers, Mapping):
             parsed = {}
@@ -115,7 +143,11 @@ class Replicator:
         self.links: List[Link] = [_as_link(l) for l in links]
         self.on_conflict = on_conflict
         self.preflight = preflight
-        self.conflicts: List[ConflictEvent] = []
+        self.resolve = resolve
+        normalize_resolve(LWW() if resolve is _DEFAULT else resolve)  # a bad policy fails here
+        self.conflict_events: List[ConflictEvent] = []
+        """Conflicts met by links this replicator runs, since it started (the journal,
+        :meth:`conflicts`, keeps every server's)."""
         if load_stored_links:
             self.links.extend(l for l in self.stored_links() if l not in self.links)
         self._core = self._make_core()  # validates the topology now
@@ -125,17 +157,17 @@ class Replicator:
     @classmethod
     def from_file(cls, path: str, **kwargs: Any) -> "Replicator":
         """Servers and links from a YAML file, plus links stored with :meth:`replicate`."""
-        config = load_config(path)
-        kwargs.setdefault("load_stored_links", True)
-        return cls(list(config.servers.values()), config.links, **kwargs)
+        return cls.from_config(load_config(path), **kwargs)
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> "Replicator":
         kwargs.setdefault("load_stored_links", True)
+        if config.resolve is not None:
+            kwargs.setdefault("resolve", config.resolve)
         return cls(list(config.servers.values()), config.links, **kwargs)
 
     def _make_core(self) -> Any:
-        return _core(self.servers.values(), self.links)
+        return _core(self.servers.values(), self.links, self.resolve)
 
     # -- the original verbs ---------------------------------------------------------------
 
@@ -158,7 +190,7 @@ class Replicator:
     def check_new_link(self, link: Link) -> None:
         """Runs the checks :meth:`start` runs on the topology with ``link`` added (names, ids,
         URIs, one path per write and namespace); ValueError naming the problem. Writes nothing."""
-        _core(self.servers.values(), self._with_link(link))
+        _core(self.servers.values(), self._with_link(link), self.resolve)
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
                   initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:
@@ -272,6 +304,38 @@ class Replicator:
 
     # -- running --------------------------------------------------------------------------
 
+    def conflicts(self, namespace: Optional[str] = None, *, server: Optional[str] = None,
+                  since: Optional[Any] = None, limit: int = 100) -> List[Dict[str, Any]]:
+        """The conflict journal (``__mmm.conflicts``) of every server, or of ``server`` (a
+        name), newest first: per entry the namespace (``ns``) and ``id``, the ``server`` that met
+        it and the one the arriving version came ``from``, ``ours`` and ``theirs`` (``h``: the
+        clock, ``site``: the server id that wrote it, ``deleted``, ``doc``), the ``policy``, the
+        ``winner``, the ``resolution`` stamp when a new version was written, ``at`` (when), and
+        ``conflict``: an id both servers' entries share. ``since``: a datetime. A server that
+        cannot be reached is skipped with a warning."""
+        import pymongo
+
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit is a positive integer, got {limit!r}")
+        names = [server] if server is not None else list(self.servers)
+        query: Dict[str, Any] = {}
+        if namespace is not None:
+            query["ns"] = namespace
+        if since is not None:
+            query["at"] = {"$gte": since}
+        out: List[Dict[str, Any]] = []
+        for name in names:
+            client = self._client(name)
+            try:
+                cursor = client[_mmm.MMM_DB][CONFLICTS_COLLECTION].find(query).sort("at", -1).limit(limit)
+                out.extend(cursor)
+            except pymongo.errors.ConnectionFailure as e:
+                log.warning("conflicts on server %s not read: it is unreachable (%s)", name, redact.error(e))
+            finally:
+                client.close()
+        out.sort(key=lambda e: e.get("at") or 0, reverse=True)
+        return out[:limit]
+
     def status(self) -> List[Dict[str, Any]]:
         """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
         rejected (journaled in ``__mmm.rejected``), last error."""
@@ -289,9 +353,10 @@ class Replicator:
             conflict = ConflictEvent(
                 server=event["server"], source=event["from"], namespace=event["namespace"],
                 id=bson.decode(event["id_bson"])["_id"],
-                local_ts=Timestamp(*event["local_ts"]), incoming_ts=Timestamp(*event["incoming_ts"]),
+                ours=Stamp(*event["ours"]), theirs=Stamp(*event["theirs"]),
+                policy=event["policy"], winner=event["winner"],
             )
-            self.conflicts.append(conflict)
+            self.conflict_events.append(conflict)
             if self.on_conflict is not None:
                 try:
                     self.on_conflict(conflict)

@@ -9,12 +9,13 @@
 //! link that journals refusals, is left out of the batch and recorded in `__mmm.rejected` in the
 //! same transaction as the checkpoint that moves past it.
 
+use super::converge::{self, ConflictRecord, Converging, Versions};
 use super::ddl::DdlCommand;
 use super::error::{
     code_name, describe, is_transient, refusal_of, ApplyError, Refusal, UNAUTHORIZED,
 };
-use super::plan::Plan;
-use crate::store::{checkpoints, rejected, Checkpoint, Rejected, StoreError};
+use super::plan::{Plan, Tag};
+use crate::store::{checkpoints, journal, meta, rejected, Checkpoint, Rejected, StoreError};
 use bson::{Document, RawDocumentBuf, Timestamp};
 use mongodb::error::{
     Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
@@ -60,6 +61,19 @@ pub struct Applied {
     pub commit_ts: Option<Timestamp>,
     /// Ops refused and journaled instead of applied.
     pub rejected: u64,
+    /// Conflicts the batch met (versions).
+    pub conflicts: Vec<ConflictRecord>,
+}
+
+/// What a batch applies: a plan as it is, or versions decided in the transaction.
+#[derive(Clone, Copy)]
+pub enum Batch<'a> {
+    Plan(&'a Plan),
+    Versions {
+        versions: &'a Versions,
+        converging: &'a Converging,
+        tag: Option<&'a Tag>,
+    },
 }
 
 pub struct Applier {
@@ -84,6 +98,8 @@ enum Failed {
         command: usize,
         statement: Option<usize>,
         refusal: Refusal,
+        /// The journal entry for the refused statement, when it is known.
+        entry: Option<Rejected>,
     },
     Driver(Error),
 }
@@ -160,16 +176,43 @@ impl Applier {
     async fn run_once(
         &self,
         session: &mut ClientSession,
-        plan: &Plan,
+        batch: Batch<'_>,
         checkpoint: &Checkpoint,
         mode: &Mode,
-    ) -> Result<(), Failed> {
+    ) -> Result<Option<converge::Prepared>, Failed> {
         session
             .start_transaction()
             .with_options(txn_options())
             .await?;
+        let prepared = match batch {
+            Batch::Plan(_) => None,
+            Batch::Versions {
+                versions,
+                converging,
+                tag,
+            } => Some(
+                converge::prepare(
+                    &self.client,
+                    session,
+                    converging,
+                    versions,
+                    |plan, ns, op| plan.add_tagged(ns, op, tag),
+                )
+                .await?,
+            ),
+        };
+        let plan = match (&prepared, batch) {
+            (Some(p), _) => &p.plan,
+            (None, Batch::Plan(plan)) => plan,
+            (None, _) => unreachable!("versions are always prepared"),
+        };
         checkpoints::write(&self.client, &mut *session, checkpoint).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
+        if let Some(p) = &prepared {
+            meta::write_rows(&self.client, session, &p.rows).await?;
+            meta::write_clock(&self.client, session, &p.clock).await?;
+            journal::write(&self.client, session, &p.journal).await?;
+        }
         for (ci, body, statements) in bodies(plan, mode) {
             let command = &plan.commands[ci];
             let inserting = command.is_insert() && !mode.upsert_inserts;
@@ -204,23 +247,26 @@ impl Applier {
             if code == DUPLICATE_KEY && inserting {
                 return Err(Failed::Duplicate);
             }
+            let refusal = Refusal {
+                id: statement.and_then(|i| command.statement_id(i)),
+                ns,
+                code,
+                code_name,
+                message,
+            };
+            let entry = statement.map(|i| self.journal_entry(plan, ci, i, &refusal, checkpoint));
             return Err(Failed::Refused {
                 command: ci,
                 statement,
-                refusal: Refusal {
-                    id: statement.and_then(|i| command.statement_id(i)),
-                    ns,
-                    code,
-                    code_name,
-                    message,
-                },
+                refusal,
+                entry,
             });
         }
         let mut attempts = 0;
         loop {
             attempts += 1;
             match session.commit_transaction().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(prepared),
                 Err(e)
                     if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
                         && attempts < COMMIT_ATTEMPTS =>
@@ -292,6 +338,15 @@ impl Applier {
     /// (write conflicts with local writers) are retried here; refused writes stop the batch or
     /// are journaled (see [`OnReject`]).
     pub async fn apply(&self, plan: &Plan, checkpoint: &Checkpoint) -> Result<Applied, ApplyError> {
+        self.apply_batch(Batch::Plan(plan), checkpoint).await
+    }
+
+    /// [`Applier::apply`] for a plan or for versions decided in the transaction.
+    pub async fn apply_batch(
+        &self,
+        batch: Batch<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<Applied, ApplyError> {
         let mut mode = Mode::default();
         let mut attempts = 0;
         loop {
@@ -309,7 +364,7 @@ impl Applier {
                 .start_session()
                 .await
                 .map_err(|e| ApplyError::Transient(describe(&e)))?;
-            let outcome = self.run_once(&mut session, plan, &written, &mode).await;
+            let outcome = self.run_once(&mut session, batch, &written, &mode).await;
             // A refused write leaves the server reachable: end its transaction now, so its locks
             // do not stand in the way of the next attempt. (After network trouble, dropping
             // the session aborts what is left in the background.)
@@ -318,10 +373,11 @@ impl Applier {
                     tokio::time::timeout(Duration::from_secs(1), session.abort_transaction()).await;
             }
             match outcome {
-                Ok(()) => {
+                Ok(prepared) => {
                     return Ok(Applied {
                         commit_ts: session.operation_time(),
                         rejected: mode.journal.len() as u64,
+                        conflicts: prepared.map(|p| p.conflicts).unwrap_or_default(),
                     })
                 }
                 Err(Failed::Duplicate) => mode.upsert_inserts = true,
@@ -329,6 +385,7 @@ impl Applier {
                     command,
                     statement,
                     refusal,
+                    entry,
                 }) => {
                     let Some(statement) = statement else {
                         if mode.split {
@@ -344,7 +401,9 @@ impl Applier {
                         return Err(ApplyError::Refused(refusal));
                     }
                     log::warn!(target: "mmm", "link {}: journaled in __mmm.rejected: {refusal}", self.link);
-                    let entry = self.journal_entry(plan, command, statement, &refusal, checkpoint);
+                    let Some(entry) = entry else {
+                        return Err(ApplyError::Refused(refusal));
+                    };
                     mode.journal.push(entry);
                     mode.skip.insert((command, statement));
                 }

@@ -2,10 +2,12 @@
 //! and running them in one transaction together with the link's checkpoint (`applier`).
 
 mod applier;
+pub mod converge;
 pub mod ddl;
 mod error;
+pub mod observe;
 mod plan;
 
-pub use applier::{Applied, Applier, OnReject};
+pub use applier::{Applied, Applier, Batch, OnReject};
 pub use error::{describe, is_transient, ApplyError, Refusal};
 pub use plan::{Plan, PlanError, Tag};

@@ -262,6 +262,24 @@ impl Plan {
         }
     }
 
+    /// Puts a whole version in place: the document (upserted by `_id`), or its absence.
+    pub fn add_state(&mut self, dst_ns: &str, id: &Bson, doc: Option<&Document>) {
+        self.touched.push((dst_ns.to_string(), id.clone()));
+        match doc {
+            Some(d) => self.push(
+                dst_ns,
+                Kind::Update,
+                doc! {"q": {"_id": id.clone()}, "u": d.clone(), "upsert": true},
+            ),
+            None => self.push(
+                dst_ns,
+                Kind::Delete,
+                doc! {"q": {"_id": id.clone()}, "limit": 1},
+            ),
+        }
+        self.ops += 1;
+    }
+
     /// Adds one CRUD op (an oplog entry or a transaction's inner op) bound for `dst_ns`.
     pub fn add(&mut self, dst_ns: &str, op: &RawDocument) -> Result<(), PlanError> {
         self.add_tagged(dst_ns, op, None)

@@ -75,6 +75,35 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// A policy from its parts: kind (`lww`, `prefer`, `fields`, `resolver`, `none`), the
+    /// server it names (prefer, resolver) and the delete rule.
+    pub fn from_parts(kind: &str, site: &str, deletes: &str) -> Result<Policy, String> {
+        let deletes = Deletes::parse(deletes).ok_or_else(|| {
+            format!("deletes is lww, delete_wins or update_wins, got {deletes:?}")
+        })?;
+        let site = || -> Result<String, String> {
+            if site.is_empty() {
+                Err(format!("policy {kind:?} needs a server"))
+            } else {
+                Ok(site.to_string())
+            }
+        };
+        Ok(match kind {
+            "none" => Policy::Detect,
+            "lww" => Policy::Lww { deletes },
+            "fields" => Policy::Fields { deletes },
+            "prefer" => Policy::Prefer {
+                site: site()?,
+                deletes,
+            },
+            "resolver" => Policy::Resolver {
+                arbiter: site()?,
+                deletes,
+            },
+            other => return Err(format!("unknown conflict policy {other:?}")),
+        })
+    }
+
     pub fn deletes(&self) -> Deletes {
         match self {
             Policy::Detect => Deletes::Lww,
@@ -160,12 +189,21 @@ impl PolicyMap {
         Ok(PolicyMap { patterns })
     }
 
-    pub fn for_namespace(&self, ns: &str) -> Policy {
+    /// The pattern that decides for `ns`, if any.
+    pub fn pattern_for(&self, ns: &str) -> Option<&str> {
         let db = ns.split_once('.').map_or(ns, |(db, _)| db);
-        self.patterns
-            .get(ns)
-            .or_else(|| self.patterns.get(&format!("{db}.*")))
-            .or_else(|| self.patterns.get("*"))
+        if let Some((k, _)) = self.patterns.get_key_value(ns) {
+            return Some(k.as_str());
+        }
+        if let Some((k, _)) = self.patterns.get_key_value(&format!("{db}.*")) {
+            return Some(k.as_str());
+        }
+        self.patterns.get_key_value("*").map(|(k, _)| k.as_str())
+    }
+
+    pub fn for_namespace(&self, ns: &str) -> Policy {
+        self.pattern_for(ns)
+            .and_then(|p| self.patterns.get(p))
             .cloned()
             .unwrap_or(Policy::Lww {
                 deletes: Deletes::Lww,
@@ -312,7 +350,7 @@ pub fn decide(policy: &Policy, here: &str, held: &Held, theirs: &Arriving) -> De
 /// as LWW would. This is what ends an exchange of rewrites (see the module comment).
 pub fn settle_equal(decision: Decision, ours: &Stamp, theirs: &Stamp) -> Decision {
     match decision {
-        Decision::Conflict(Winner::Rewrite(Side::Ours | Side::Theirs)) => {
+        Decision::Conflict(Winner::Rewrite(_) | Winner::Merge) => {
             Decision::Conflict(by_stamp(ours, theirs))
         }
         d => d,

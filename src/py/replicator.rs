@@ -3,17 +3,69 @@
 
 use super::specs::{topology, LinkArg, ServerArg};
 use super::tailer::parse_client_options;
+use crate::apply::converge::{ConflictView, Resolve};
+use crate::converge::{Policy, PolicyMap};
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Per link id, per namespace pattern: (kind, server id, deletes).
+type PolicyArgs = HashMap<String, HashMap<String, (String, String, String)>>;
+
+/// A Python resolver function, called through `mmm.policies._call_resolver` (BSON both ways).
+struct PyResolver {
+    func: Py<PyAny>,
+}
+
+fn bson_bytes(d: &bson::Document) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    d.to_writer(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+impl Resolve for PyResolver {
+    fn resolve(&self, c: &ConflictView) -> Result<Option<bson::Document>, String> {
+        let id = bson_bytes(&bson::doc! {"_id": c.id.clone()})?;
+        let ours = c.ours.as_ref().map(bson_bytes).transpose()?;
+        let theirs = c.theirs.as_ref().map(bson_bytes).transpose()?;
+        Python::attach(|py| {
+            let call = || -> PyResult<Option<Vec<u8>>> {
+                let helper = py.import("mmm.policies")?.getattr("_call_resolver")?;
+                let out = helper.call1((
+                    self.func.bind(py),
+                    &c.namespace,
+                    pyo3::types::PyBytes::new(py, &id),
+                    ours.as_deref().map(|b| pyo3::types::PyBytes::new(py, b)),
+                    theirs.as_deref().map(|b| pyo3::types::PyBytes::new(py, b)),
+                    (c.ours_stamp.h, c.ours_stamp.site.clone()),
+                    (c.theirs_stamp.h, c.theirs_stamp.site.clone()),
+                ))?;
+                if out.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(out.extract::<Vec<u8>>()?))
+            };
+            match call() {
+                Ok(None) => Ok(None),
+                Ok(Some(bytes)) => bson::Document::from_reader(&mut bytes.as_slice())
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
 
 #[pyclass(name = "ReplicatorCore", module = "mmm._mmm")]
 pub struct PyReplicatorCore {
     servers: Vec<ServerSpec>,
     links: Vec<LinkSpec>,
+    /// Resolver functions per link id, per namespace pattern.
+    resolvers: HashMap<String, HashMap<String, Arc<dyn Resolve>>>,
     running: parking_lot::Mutex<Option<Replicator>>,
     events: std::sync::Arc<tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<LinkEvent>>>>,
 }
@@ -28,8 +80,42 @@ impl PyReplicatorCore {
     /// `dst`, `ops`, `forward`, `initial_sync`, `marker` (`mmm.Link`), endpoints written
     /// `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
-    fn new(py: Python<'_>, servers: Vec<ServerArg>, links: Vec<LinkArg>) -> PyResult<Self> {
-        let (servers, specs) = topology(servers, links)?;
+    #[pyo3(signature = (servers, links, policies = None, resolvers = None))]
+    fn new(
+        py: Python<'_>,
+        servers: Vec<ServerArg>,
+        links: Vec<LinkArg>,
+        policies: Option<PolicyArgs>,
+        resolvers: Option<HashMap<String, HashMap<String, Py<PyAny>>>>,
+    ) -> PyResult<Self> {
+        let (servers, mut specs) = topology(servers, links)?;
+        for spec in specs.iter_mut() {
+            let Some(patterns) = policies.as_ref().and_then(|p| p.get(&spec.id())) else {
+                continue;
+            };
+            let mut map = BTreeMap::new();
+            for (pattern, (kind, site, deletes)) in patterns {
+                let policy = Policy::from_parts(kind, site, deletes).map_err(|e| {
+                    PyValueError::new_err(format!("link {}: resolve {pattern:?}: {e}", spec.id()))
+                })?;
+                map.insert(pattern.clone(), policy);
+            }
+            spec.policies = PolicyMap::new(map)
+                .map_err(|e| PyValueError::new_err(format!("link {}: {e}", spec.id())))?;
+        }
+        let resolvers = resolvers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(link, funcs)| {
+                let funcs = funcs
+                    .into_iter()
+                    .map(|(pattern, func)| {
+                        (pattern, Arc::new(PyResolver { func }) as Arc<dyn Resolve>)
+                    })
+                    .collect();
+                (link, funcs)
+            })
+            .collect();
         for s in &servers {
             parse_client_options(&s.uri).map_err(|e| {
                 match e.is_instance_of::<PyValueError>(py) {
@@ -41,6 +127,7 @@ impl PyReplicatorCore {
         Ok(PyReplicatorCore {
             servers,
             links: specs,
+            resolvers,
             running: Default::default(),
             events: Default::default(),
         })
@@ -117,8 +204,14 @@ impl PyReplicatorCore {
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = crate::runtime::get()?;
         let _guard = rt.enter();
-        let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let replicator = Replicator::start(
+            &self.servers,
+            &self.links,
+            &options,
+            tx,
+            self.resolvers.clone(),
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
         *self.running.lock() = Some(replicator);
         *self.events.blocking_lock() = Some(rx);
         Ok(())
@@ -167,8 +260,10 @@ impl PyReplicatorCore {
                     .to_writer(&mut idb)
                     .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
                 d.set_item("id_bson", pyo3::types::PyBytes::new(py, &idb))?;
-                d.set_item("local_ts", (c.local_ts.time, c.local_ts.increment))?;
-                d.set_item("incoming_ts", (c.incoming_ts.time, c.incoming_ts.increment))?;
+                d.set_item("ours", (c.ours.h, c.ours.site))?;
+                d.set_item("theirs", (c.theirs.h, c.theirs.site))?;
+                d.set_item("policy", c.policy)?;
+                d.set_item("winner", c.winner)?;
             }
             LinkEvent::Failed { link, error } => {
                 d.set_item("kind", "failed")?;

@@ -18,7 +18,7 @@ mod writer;
 pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};
 
-use conflicts::ConflictTracker;
+use crate::apply::converge::Resolve;
 use mongodb::options::ClientOptions;
 use parking_lot::Mutex;
 use status::LinkStatus;
@@ -41,16 +41,10 @@ impl Replicator {
         links: &[LinkSpec],
         options: &HashMap<String, ClientOptions>,
         events: mpsc::UnboundedSender<LinkEvent>,
+        resolvers: HashMap<String, HashMap<String, Arc<dyn Resolve>>>,
     ) -> Result<Replicator, TopologyError> {
         let by_name = topology::validate(servers, links)?;
         let (stop, _) = watch::channel(false);
-        let conflicts = Arc::new(ConflictTracker::default());
-        // Every server some link reads is declared before any link runs: a batch applied on a
-        // server whose reader has not started yet must still wait for that reader's check.
-        for spec in links {
-            conflicts.observe_server(&by_name[spec.src.as_str()].id);
-            conflicts.write_server(&by_name[spec.dst.as_str()].id);
-        }
         let mut statuses = Vec::new();
         let mut tasks = Vec::new();
         for spec in links {
@@ -70,7 +64,7 @@ impl Replicator {
                 dst,
                 status,
                 events: events.clone(),
-                conflicts: conflicts.clone(),
+                resolvers: resolvers.get(&spec.id()).cloned().unwrap_or_default(),
             };
             tasks.push(tokio::spawn(link::run_link(runtime, stop.subscribe())));
         }

@@ -5,7 +5,7 @@
 //! Nothing else is touched: other links keep their checkpoints, even on the same server.
 
 use super::initial_sync;
-use super::runtime::latest_ts;
+use super::runtime::anchor;
 use super::session::require_replica_set;
 use super::topology::{LinkSpec, ServerSpec};
 use crate::apply::{Applier, Plan};
@@ -39,7 +39,9 @@ pub async fn resync(
         .map_err(|e| e.to_string())?;
     let applier = Applier::new(dst_client, &spec.id());
     let old = applier.read_checkpoint().await.map_err(|e| e.to_string())?;
-    let start = latest_ts(&src_client).await.map_err(|e| e.to_string())?;
+    let (start, _, clock) = anchor(&src_client, &src.id)
+        .await
+        .map_err(|e| e.to_string())?;
     let base = Checkpoint {
         link: spec.id(),
         origin: src.id.clone(),
@@ -52,6 +54,8 @@ pub async fn resync(
         rejected: old.as_ref().map_or(0, |c| c.rejected),
         pending_ddl: None,
         initial_sync: None,
+        src_clock: Some(clock),
+        writer_know: None,
     };
     let mut fresh = initial_sync::fresh(base, start);
     if let Some(progress) = fresh.initial_sync.as_mut() {

@@ -1,50 +1,22 @@
-//! Which ops of a unit a link carries, renamed into the destination's namespaces. Pure logic.
+//! Which ops a link carries, renamed into the destination's namespaces. Pure logic.
 
 use super::topology::LinkSpec;
-use crate::oplog::{Entry, OpKind, OplogError, Unit};
+use crate::oplog::{Entry, OpKind};
 use crate::store::is_replicable_ns;
-use bson::{RawDocument, RawDocumentBuf};
+use bson::RawDocument;
 
-/// One op to apply: the destination namespace and the source entry (or inner op), borrowed
-/// from the unit (documents are copied once, into the destination's command).
-#[derive(Debug, Clone)]
-pub struct Routed<'a> {
-    pub dst_ns: String,
-    pub op: &'a RawDocument,
-}
-
-fn route_op<'a>(
-    link: &LinkSpec,
-    op: &'a RawDocumentBuf,
-    out: &mut Vec<Routed<'a>>,
-) -> Result<(), OplogError> {
+/// The destination namespace of one op (an oplog entry or a transaction's inner op), if this
+/// link carries it. Commands are DDL, handled one at a time outside batches; no-ops carry
+/// nothing; mmm's own state, the server's databases and system collections are never carried.
+pub fn route_op(link: &LinkSpec, op: &RawDocument) -> Option<String> {
     let entry = Entry::new(op);
-    let kind = entry.op()?;
-    // Commands are DDL, handled one at a time outside batches (link.rs); no-ops carry nothing.
+    let kind = entry.op().ok()?;
     if !link.ops.contains(kind) || matches!(kind, OpKind::Command | OpKind::Noop) {
-        return Ok(());
+        return None;
     }
-    let ns = entry.ns()?;
-    // mmm's own state, the server's databases and system collections: never carried.
+    let ns = entry.ns().ok()?;
     if !is_replicable_ns(ns) {
-        return Ok(());
+        return None;
     }
-    if let Some(dst_ns) = link.src_ns.rename(ns, &link.dst_ns) {
-        out.push(Routed { dst_ns, op });
-    }
-    Ok(())
-}
-
-/// The ops of `unit` this link replicates, in order.
-pub fn route<'a>(link: &LinkSpec, unit: &'a Unit) -> Result<Vec<Routed<'a>>, OplogError> {
-    let mut out = Vec::new();
-    match unit {
-        Unit::Single(op) => route_op(link, op, &mut out)?,
-        Unit::Transaction(txn) => {
-            for op in &txn.ops {
-                route_op(link, op, &mut out)?;
-            }
-        }
-    }
-    Ok(out)
+    link.src_ns.rename(ns, &link.dst_ns)
 }

@@ -1,16 +1,19 @@
 //! What every step of a running link shares: its spec and servers, its status, where events
 //! go, the conflict tracker; how a step fails; the batch limits.
 
-use super::conflicts::{Conflict, ConflictTracker};
+use super::conflicts::Conflict;
 use super::status::{LinkState, LinkStatus};
 use super::topology::{LinkSpec, ServerSpec};
+use crate::apply::converge::Resolve;
 use crate::apply::{describe, ApplyError, Refusal};
+use crate::store::checkpoints::SrcClock;
 use crate::store::{Checkpoint, StoreError};
 use crate::tail::TailError;
-use bson::{doc, Document, Timestamp};
+use bson::Timestamp;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -33,7 +36,8 @@ pub struct LinkRuntime {
     pub dst_options: ClientOptions,
     pub status: Arc<Mutex<LinkStatus>>,
     pub events: mpsc::UnboundedSender<LinkEvent>,
-    pub conflicts: Arc<ConflictTracker>,
+    /// Resolver functions by namespace pattern (`mmm.Resolver`).
+    pub resolvers: HashMap<String, Arc<dyn Resolve>>,
 }
 
 /// Why a link session ended. Only [`LinkFailure::Transient`] is worth another session.
@@ -105,6 +109,7 @@ impl LinkRuntime {
         ts: Timestamp,
         applied: Timestamp,
         ops: usize,
+        src_clock: SrcClock,
     ) -> Checkpoint {
         let s = self.status.lock();
         Checkpoint {
@@ -118,6 +123,8 @@ impl LinkRuntime {
             rejected: s.rejected,
             pending_ddl: None,
             initial_sync: None,
+            src_clock: Some(src_clock),
+            writer_know: None,
         }
     }
 
@@ -131,25 +138,34 @@ impl LinkRuntime {
 }
 
 pub fn report_conflict(rt: &LinkRuntime, conflict: Conflict) {
-    log::warn!(target: "mmm", "conflict: {conflict}");
     rt.status.lock().conflicts += 1;
     let _ = rt.events.send(LinkEvent::Conflict(conflict));
 }
 
-/// The ts of the newest entry in the oplog of `client`'s server.
-pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Error> {
-    let oplog = client.database("local").collection::<Document>("oplog.rs");
-    let last = oplog
-        .find_one(doc! {})
-        .sort(doc! {"$natural": -1})
-        .projection(doc! {"ts": 1})
-        .await?;
-    Ok(last
-        .and_then(|d| d.get_timestamp("ts").ok())
-        .unwrap_or(Timestamp {
-            time: 0,
-            increment: 0,
-        }))
+/// Where a link starts reading `src` with no checkpoint: the position its clock was observed
+/// at (so that the link's stamps follow on from the ones observation stored), and the clock.
+/// Returns (resume after, units handled through, clock).
+pub async fn anchor(
+    src: &Client,
+    src_id: &str,
+) -> Result<(Timestamp, Timestamp, SrcClock), LinkFailure> {
+    let mut clock = crate::apply::observe::observe_and_store(src, src_id).await?;
+    // A transaction open across the position: wait until it has ended.
+    for _ in 0..100 {
+        if clock.pos == clock.applied {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        clock = crate::apply::observe::observe_and_store(src, src_id).await?;
+    }
+    Ok((
+        clock.pos,
+        clock.applied,
+        SrcClock {
+            h: clock.h,
+            know: clock.know,
+        },
+    ))
 }
 
 /// Stops a watched task (the tailer) when dropped.

@@ -8,22 +8,27 @@
 
 use super::initial_sync;
 use super::provenance::{classify, ddl_target, Provenance};
-use super::route::route;
+use super::route::route_op;
 use super::runtime::{
-    latest_ts, report_conflict, LinkFailure, LinkRuntime, StopOnDrop, MAX_BATCH_BYTES,
-    MAX_BATCH_OPS,
+    anchor, LinkFailure, LinkRuntime, StopOnDrop, MAX_BATCH_BYTES, MAX_BATCH_OPS,
 };
 use super::status::LinkState;
 use super::topology::ServerSpec;
 use super::writer::{self, AbortOnDrop, Work};
+use crate::apply::converge::{Composite, Converging, Versions};
 use crate::apply::ddl::{self, DdlCommand};
-use crate::apply::{Applier, OnReject, Plan, Tag};
-use crate::oplog::{OpKind, Unit};
-use crate::store::checkpoints::{self, DdlScope};
+use crate::apply::{observe, Applier, OnReject, Plan, Tag};
+use crate::converge::observe::{op_doc_id, ClockState};
+use crate::converge::stamp::server_of;
+use crate::converge::Knowledge;
+use crate::oplog::{Entry, OpKind, Unit};
+use crate::store::checkpoints::{self, DdlScope, SrcClock};
+use crate::store::meta::{doc_key, DocKey, MetaRow};
 use crate::store::{self, is_replicable_ns, Checkpoint};
 use crate::tail::{self, StartAt, TailError, TailOptions, UnitBatch};
-use bson::{doc, Document, Timestamp};
+use bson::{doc, RawDocumentBuf, Timestamp};
 use mongodb::Client;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,15 +40,25 @@ const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     rt.set_state(LinkState::Starting, None);
     let (src, dst) = connect(rt).await?;
-    rt.conflicts.unpin_link(&rt.spec.id());
     rt.status.lock().reset_pending();
     let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
     let checkpoint = starting_checkpoint(rt, &src, &dst, &applier).await?;
-    // Knowledge of the reverse direction serves only checks on the destination (a one-way
-    // link skips the oplog scan it costs).
-    if rt.conflicts.checks(&rt.dst.id) {
-        load_reverse_knowledge(rt, &src, checkpoint.applied).await?;
-    }
+    let clock = match &checkpoint.src_clock {
+        Some(c) => c.clone(),
+        None => {
+            // A checkpoint written before stamps existed: start from the source's observed
+            // clock (stamps of the few entries between the two may differ from observation's).
+            log::info!(target: "mmm", "link {}: starting the source's clock from its observation", rt.spec.id());
+            anchor(&src, &rt.src.id).await?.2
+        }
+    };
+    let converging = Converging {
+        site: rt.dst.id.clone(),
+        src: src.clone(),
+        src_site: rt.src.id.clone(),
+        policies: rt.spec.policies.clone(),
+        resolvers: rt.resolvers.clone(),
+    };
     {
         let mut s = rt.status.lock();
         s.checkpoint = Some(checkpoint.ts);
@@ -63,8 +78,19 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     let (tail_stop, tail_stop_rx) = watch::channel(false);
     let tailer = tokio::spawn(tail::run(tail_options, tx, tail_stop_rx));
     let _guard = StopOnDrop(tail_stop);
+    // The source's own writes are observed regularly, so that links applying to it read a
+    // short stretch of its oplog in each batch.
+    let _observer = AbortOnDrop(tokio::spawn(observe_regularly(
+        src.clone(),
+        rt.src.id.clone(),
+    )));
     rt.set_state(LinkState::Running, None);
-    let mut reader = Reader::new(rt, &checkpoint, WriterHandle::start(rt, applier));
+    let mut reader = Reader::new(
+        rt,
+        &checkpoint,
+        clock,
+        WriterHandle::start(rt, applier, converging),
+    );
     loop {
         let event = tokio::select! {
             event = rx.recv() => match event {
@@ -88,6 +114,8 @@ async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {
     require_replica_set(&dst, &rt.dst).await?;
     require_replica_set(&src, &rt.src).await?;
     store::ensure_collection(&dst, store::CHECKPOINTS).await?;
+    store::journal::ensure(&dst, store::journal::DEFAULT_TTL).await?;
+    observe::ensure_clock(&dst).await?;
     if rt.spec.on_reject == OnReject::Journal {
         store::ensure_collection(&dst, store::REJECTED).await?;
     }
@@ -122,9 +150,10 @@ async fn starting_checkpoint(
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
         None => {
-            // The position comes first, stored before any copy (see initial_sync).
-            let start = latest_ts(src).await?;
-            let mut c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
+            // The position comes first, stored before any copy (see initial_sync): where the
+            // source's clock was observed, so the link's stamps continue observation's.
+            let (start, applied, clock) = anchor(src, &rt.src.id).await?;
+            let mut c = rt.checkpoint(rt.src.id.clone(), start, applied, 0, clock);
             if rt.spec.initial_sync {
                 c = initial_sync::fresh(c, start);
             }
@@ -144,7 +173,8 @@ async fn starting_checkpoint(
         // A crash between announcing a DDL command and recording it: run it again.
         Some((ddl, ddl_ts)) => {
             applier.run_ddl(&ddl).await?;
-            let done = rt.checkpoint(checkpoint.origin.clone(), checkpoint.ts, ddl_ts, 0);
+            let clock = checkpoint.src_clock.clone().unwrap_or_default();
+            let done = rt.checkpoint(checkpoint.origin.clone(), checkpoint.ts, ddl_ts, 0, clock);
             applier.apply(&Plan::default(), &done).await?;
             Ok(done)
         }
@@ -152,24 +182,14 @@ async fn starting_checkpoint(
     }
 }
 
-/// How far `src` had applied `dst`'s writes at the point this link starts reading `src`'s
-/// oplog: the last batch the reverse link (dst -> src) committed on `src` at or before `start`,
-/// found in `src`'s oplog by its checkpoint write. Later batches are seen in order while tailing.
-async fn load_reverse_knowledge(
-    rt: &LinkRuntime,
-    src: &Client,
-    start: Timestamp,
-) -> Result<(), LinkFailure> {
-    let oplog = src.database("local").collection::<Document>("oplog.rs");
-    let filter = checkpoints::oplog_filter_for_links_from(&rt.dst.id, start);
-    let last = oplog.find_one(filter).sort(doc! {"$natural": -1}).await?;
-    let applied = last
-        .as_ref()
-        .and_then(|entry| checkpoints::applied_in_oplog_entry(entry, &rt.dst.id));
-    if let Some(applied) = applied {
-        rt.conflicts.note_known(&rt.src.id, &rt.dst.id, applied);
+/// Observes `src` every second until aborted; trouble is left to the next round.
+async fn observe_regularly(src: Client, site: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = observe::observe_and_store(&src, &site).await {
+            log::debug!(target: "mmm", "observing {site}: {e}");
+        }
     }
-    Ok(())
 }
 
 fn writer_failure(failure: Result<LinkFailure, oneshot::error::RecvError>) -> LinkFailure {
@@ -181,20 +201,24 @@ struct WriterHandle {
     work: mpsc::Sender<Work>,
     failed: oneshot::Receiver<LinkFailure>,
     _task: AbortOnDrop,
-    batches: u64,
 }
 
 impl WriterHandle {
-    fn start(rt: &Arc<LinkRuntime>, applier: Applier) -> WriterHandle {
+    fn start(rt: &Arc<LinkRuntime>, applier: Applier, converging: Converging) -> WriterHandle {
         // One batch waits while another is applied: the source is read ahead by one batch.
         let (work, work_rx) = mpsc::channel(1);
         let (failed_tx, failed) = oneshot::channel();
-        let task = tokio::spawn(writer::run(rt.clone(), applier, work_rx, failed_tx));
+        let task = tokio::spawn(writer::run(
+            rt.clone(),
+            applier,
+            converging,
+            work_rx,
+            failed_tx,
+        ));
         WriterHandle {
             work,
             failed,
             _task: AbortOnDrop(task),
-            batches: 0,
         }
     }
 
@@ -208,30 +232,55 @@ impl WriterHandle {
             failure = &mut self.failed => Err(writer_failure(failure)),
         }
     }
+}
 
-    /// A fresh pin key for the next batch.
-    fn next_pin(&mut self, link: &str) -> String {
-        self.batches += 1;
-        format!("{link}#{}", self.batches)
+/// The batch being built: versions of one origin, made with one knowledge.
+#[derive(Default)]
+struct Pending {
+    versions: Versions,
+    /// Composite per destination document.
+    index: HashMap<DocKey, usize>,
+    origin: String,
+    /// The knowledge without the origin's own entries, to tell when it changes.
+    others: Knowledge,
+    ops: usize,
+    bytes: usize,
+    last_unit: Option<Timestamp>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.versions.composites.is_empty()
     }
 }
 
-/// The batch being built: ops of one origin.
-struct Pending {
-    plan: Plan,
-    /// Per op of the plan: how far the source had applied the destination's writes when the
-    /// op was read (for conflict detection).
-    known_at: Vec<Timestamp>,
-    origin: String,
-    last_unit: Option<Timestamp>,
-    /// The conflict tracker's pin for this batch (one per batch: several can be in flight).
-    pin: String,
+/// Knowledge of every site but `server`'s own (its local and resolution sites).
+fn others(know: &Knowledge, server: &str) -> Knowledge {
+    Knowledge(
+        know.0
+            .iter()
+            .filter(|(site, _)| server_of(site) != server)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    )
+}
+
+/// One version of one document on its way: a composite's part from one unit.
+struct Version<'u> {
+    dst_ns: String,
+    src_ns: String,
+    id: bson::Bson,
+    ops: Vec<&'u RawDocumentBuf>,
+    stamp: crate::converge::Stamp,
+    deleted: bool,
 }
 
 /// The reading half of a session: turns the tailer's batches into work for the writer.
 struct Reader<'a> {
     rt: &'a Arc<LinkRuntime>,
     writer: WriterHandle,
+    /// The source's clock after the last unit read.
+    clock: ClockState,
     /// Where the link may resume from if it stopped now (the tailer's safe point).
     resume_safe: Timestamp,
     /// The last unit read: every unit up to it is applied, pending, or skipped.
@@ -244,11 +293,24 @@ struct Reader<'a> {
     idle_progress: bool,
 }
 
+fn src_clock(c: &ClockState) -> SrcClock {
+    SrcClock {
+        h: c.h,
+        know: c.know.clone(),
+    }
+}
+
 impl<'a> Reader<'a> {
-    fn new(rt: &'a Arc<LinkRuntime>, checkpoint: &Checkpoint, writer: WriterHandle) -> Self {
+    fn new(
+        rt: &'a Arc<LinkRuntime>,
+        checkpoint: &Checkpoint,
+        clock: SrcClock,
+        writer: WriterHandle,
+    ) -> Self {
         Reader {
             rt,
             writer,
+            clock: ClockState::new(rt.src.id.clone(), clock.h, clock.know),
             resume_safe: checkpoint.ts,
             prev_ts: checkpoint.applied,
             ddl_window: None,
@@ -257,21 +319,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn new_pending(&mut self) -> Pending {
-        Pending {
-            plan: Plan::default(),
-            known_at: Vec::new(),
-            origin: self.rt.src.id.clone(),
-            last_unit: None,
-            pin: self.writer.next_pin(&self.rt.spec.id()),
-        }
-    }
-
-    /// One batch from the tailer: every unit in order, then the batch's pending ops handed to
-    /// the writer (or, after a long idle stretch, only the checkpoint).
+    /// One batch from the tailer: every unit in order, then the batch's pending versions
+    /// handed to the writer (or, after a long idle stretch, only the checkpoint).
     async fn read(&mut self, batch: UnitBatch) -> Result<(), LinkFailure> {
         let read_at = Instant::now();
-        let mut pending = self.new_pending();
+        let mut pending = Pending::default();
         let mut last_unit_in_batch = None;
         for unit in &batch.units {
             let ts = unit
@@ -279,38 +331,39 @@ impl<'a> Reader<'a> {
                 .map_err(|e| LinkFailure::Source(TailError::Malformed(e.to_string())))?;
             last_unit_in_batch = Some(ts);
             let prev_ts = std::mem::replace(&mut self.prev_ts, ts);
+            let before = self.clock.clone();
             let provenance = self.provenance(unit);
-            for conflict in self
-                .rt
-                .conflicts
-                .observe(&self.rt.src.id, ts, unit, &provenance)
-            {
-                report_conflict(self.rt, conflict);
-            }
-            let Some(origin) = self.origin_to_carry(unit, provenance) else {
-                continue;
-            };
-            if let Some(ddl) = link_ddl(self.rt, unit)? {
-                self.hand_over_ddl(&mut pending, origin, ddl, prev_ts, ts)
+            let versions = self.versions_of(unit, &provenance);
+            if let Some(ddl) = self.carried_ddl(unit, &provenance)? {
+                self.hand_over_ddl(&mut pending, ddl, prev_ts, ts, &before)
                     .await?;
                 continue;
             }
-            self.add_to_batch(&mut pending, unit, origin, ts, read_at)
+            let Some((versions, know)) = versions else {
+                continue;
+            };
+            self.add_to_batch(&mut pending, versions, know, ts, prev_ts, &before, read_at)
                 .await?;
         }
         if let Some(c) = batch.checkpoint {
             self.resume_safe = c;
         }
-        if !pending.plan.is_empty() {
-            self.flush(&mut pending, last_unit_in_batch).await?;
+        if !pending.is_empty() {
+            let clock = src_clock(&self.clock);
+            self.flush(&mut pending, last_unit_in_batch, clock).await?;
             self.idle_progress = false;
         } else if self.idle_progress
             && self.last_checkpoint_write.elapsed() >= IDLE_CHECKPOINT_EVERY
         {
             if let Some(last) = last_unit_in_batch {
                 let (resume, applied) = (self.resume_safe.min(last), last);
+                let clock = src_clock(&self.clock);
                 self.writer
-                    .hand_over(Work::Checkpoint { resume, applied })
+                    .hand_over(Work::Checkpoint {
+                        resume,
+                        applied,
+                        clock,
+                    })
                     .await?;
                 self.last_checkpoint_write = Instant::now();
                 self.idle_progress = false;
@@ -351,39 +404,173 @@ impl<'a> Reader<'a> {
         provenance
     }
 
-    /// The origin of a unit this link carries; `None` for echoes (ops that came from the
-    /// destination), replicated ops on a link that does not forward, and mmm's own writes.
-    fn origin_to_carry(&mut self, unit: &Unit, provenance: Provenance) -> Option<String> {
+    /// The versions of `unit` this link carries, with what their writer knew; the clock moves
+    /// over every unit (carried or not). `None` when the link carries nothing of it.
+    fn versions_of<'u>(
+        &mut self,
+        unit: &'u Unit,
+        provenance: &Provenance,
+    ) -> Option<(Vec<Version<'u>>, Knowledge)> {
         let rt = self.rt;
+        let spec = &rt.spec;
         match provenance {
-            Provenance::Local => Some(rt.src.id.clone()),
-            Provenance::Replicated {
-                origin, has_data, ..
-            } => {
-                if origin == rt.dst.id && has_data {
-                    rt.status.lock().ops_skipped_echo += unit.op_count() as u64;
+            Provenance::Local => {
+                let know = self.clock.know.clone();
+                let ops: Vec<&RawDocumentBuf> = match unit {
+                    Unit::Single(op) => vec![op],
+                    Unit::Transaction(txn) => txn.ops.iter().collect(),
+                };
+                let stamped = self.clock.local(unit);
+                // `local` stamps, in order, exactly the ops it counts.
+                let mut stamps = stamped.into_iter();
+                let mut out = Vec::new();
+                for op in ops {
+                    let entry = Entry::new(op);
+                    let counted = matches!(
+                        entry.op(),
+                        Ok(OpKind::Insert | OpKind::Update | OpKind::Delete)
+                    ) && entry.ns().map(is_replicable_ns).unwrap_or(false)
+                        && op_doc_id(&entry).is_some();
+                    if !counted {
+                        continue;
+                    }
+                    let Some(s) = stamps.next() else { break };
+                    if let Some(dst_ns) = route_op(spec, op) {
+                        out.push(Version {
+                            dst_ns,
+                            src_ns: s.ns,
+                            id: s.id,
+                            ops: vec![op],
+                            stamp: s.stamp,
+                            deleted: s.deleted,
+                        });
+                    }
                 }
-                if origin == rt.dst.id || !rt.spec.forward || !has_data {
-                    self.idle_progress |= has_data;
+                if out.is_empty() {
+                    self.idle_progress = true;
                     return None;
                 }
-                Some(origin)
+                Some((out, know))
+            }
+            Provenance::Replicated { has_data, .. } => {
+                let Unit::Transaction(txn) = unit else {
+                    return None;
+                };
+                let rows = self.clock.applied(&txn.ops);
+                if !has_data && rows.is_empty() {
+                    return None;
+                }
+                let writer_know = checkpoints::checkpoint_in_ops(&txn.ops)
+                    .and_then(|c| c.writer_know)
+                    .unwrap_or_default();
+                self.forwarded(txn, rows, writer_know)
             }
             Provenance::Internal => None,
         }
+    }
+
+    /// The versions a batch applied on the source that this link carries: the source's own
+    /// resolutions always (they are new versions, like local writes), versions from elsewhere
+    /// when the link forwards, never back to the server they came from.
+    fn forwarded<'u>(
+        &mut self,
+        txn: &'u crate::oplog::Txn,
+        rows: Vec<MetaRow>,
+        writer_know: Knowledge,
+    ) -> Option<(Vec<Version<'u>>, Knowledge)> {
+        let rt = self.rt;
+        let here = rt.src.id.as_str();
+        let mut by_doc: HashMap<DocKey, Vec<&RawDocumentBuf>> = HashMap::new();
+        for op in &txn.ops {
+            let entry = Entry::new(op);
+            let (Ok(ns), Some(id)) = (entry.ns(), op_doc_id(&entry)) else {
+                continue;
+            };
+            if is_replicable_ns(ns) {
+                by_doc.entry(doc_key(ns, &id)).or_default().push(op);
+            }
+        }
+        let mut own = Vec::new();
+        let mut relayed = Vec::new();
+        for row in rows {
+            let maker = server_of(&row.stamp.site);
+            // Observation rows (this server's local writes, carried when they were read).
+            if row.stamp.site == here {
+                continue;
+            }
+            let resolution = maker == here;
+            if maker == rt.dst.id || (!resolution && !rt.spec.forward) {
+                if !resolution {
+                    rt.status.lock().ops_skipped_echo += 1;
+                }
+                continue;
+            }
+            let Some(dst_ns) = rt.spec.src_ns.rename(&row.ns, &rt.spec.dst_ns) else {
+                continue;
+            };
+            if !is_replicable_ns(&row.ns) {
+                continue;
+            }
+            let ops = by_doc.remove(&row.key()).unwrap_or_default();
+            let v = Version {
+                dst_ns,
+                src_ns: row.ns.clone(),
+                id: row.id.clone(),
+                ops,
+                stamp: row.stamp.clone(),
+                deleted: row.deleted,
+            };
+            if resolution {
+                own.push(v);
+            } else {
+                relayed.push(v);
+            }
+        }
+        // One knowledge per batch: resolutions were made knowing what this server knows;
+        // relayed versions keep their writer's. A unit with both is rare: resolutions go.
+        if !own.is_empty() {
+            return Some((own, self.clock.know.clone()));
+        }
+        if relayed.is_empty() {
+            self.idle_progress = true;
+            return None;
+        }
+        Some((relayed, writer_know))
+    }
+
+    /// The DDL command this link replicates for `unit`, if any: local DDL, or DDL from
+    /// elsewhere on a forwarding link (never back to its origin).
+    fn carried_ddl(
+        &mut self,
+        unit: &Unit,
+        provenance: &Provenance,
+    ) -> Result<Option<(String, DdlCommand)>, LinkFailure> {
+        let rt = self.rt;
+        let origin = match provenance {
+            Provenance::Local => rt.src.id.clone(),
+            Provenance::Replicated { origin, .. } => {
+                if *origin == rt.dst.id || !rt.spec.forward {
+                    return Ok(None);
+                }
+                origin.clone()
+            }
+            Provenance::Internal => return Ok(None),
+        };
+        Ok(link_ddl(rt, unit)?.map(|ddl| (origin, ddl)))
     }
 
     /// DDL runs alone, between two checkpoint writes: the batch before it goes first.
     async fn hand_over_ddl(
         &mut self,
         pending: &mut Pending,
-        origin: String,
-        ddl: DdlCommand,
+        (origin, ddl): (String, DdlCommand),
         prev_ts: Timestamp,
         ts: Timestamp,
+        before: &ClockState,
     ) -> Result<(), LinkFailure> {
-        if !pending.plan.is_empty() {
-            self.flush(pending, None).await?;
+        if !pending.is_empty() {
+            self.flush(pending, Some(prev_ts), src_clock(before))
+                .await?;
         }
         self.writer
             .hand_over(Work::Ddl {
@@ -392,63 +579,95 @@ impl<'a> Reader<'a> {
                 resume: self.resume_safe.min(prev_ts),
                 applied_before: prev_ts,
                 ddl_ts: ts,
+                clock: src_clock(before),
             })
             .await?;
         self.last_checkpoint_write = Instant::now();
         Ok(())
     }
 
-    /// Adds the ops of `unit` the link carries to the batch, handing the batch over first when
-    /// it is full or holds another origin's ops.
+    /// Adds versions to the batch, handing the batch over first when it is full, holds another
+    /// origin's versions or was made with other knowledge.
+    #[allow(clippy::too_many_arguments)]
     async fn add_to_batch(
         &mut self,
         pending: &mut Pending,
-        unit: &Unit,
-        origin: String,
+        versions: Vec<Version<'_>>,
+        know: Knowledge,
         ts: Timestamp,
+        prev_ts: Timestamp,
+        before: &ClockState,
         read_at: Instant,
     ) -> Result<(), LinkFailure> {
         let rt = self.rt;
-        let routed = route(&rt.spec, unit)
-            .map_err(|e| LinkFailure::Source(TailError::Malformed(e.to_string())))?;
-        if routed.is_empty() {
-            self.idle_progress = true;
-            return Ok(());
-        }
-        if !pending.plan.is_empty()
-            && (pending.origin != origin
-                || pending.plan.ops >= MAX_BATCH_OPS
-                || pending.plan.bytes >= MAX_BATCH_BYTES)
-        {
-            self.flush(pending, None).await?;
-        }
-        pending.origin = origin;
-        let known = rt.conflicts.known(&pending.pin, &rt.src.id, &rt.dst.id);
-        let tag = rt.spec.tag_documents.then(|| Tag {
-            origin: pending.origin.clone(),
-            ts,
-        });
-        for r in &routed {
-            pending.known_at.push(known);
+        let origin = server_of(&versions[0].stamp.site).to_string();
+        let others_know = others(&know, &origin);
+        let announcement_clash = versions.iter().any(|v| {
             pending
-                .plan
-                .add_tagged(&r.dst_ns, r.op, tag.as_ref())
-                .map_err(|e| LinkFailure::Unreplicable(format!("link {}: {e}", rt.spec.id())))?;
+                .index
+                .get(&doc_key(&v.dst_ns, &v.id))
+                .is_some_and(|i| v.ops.is_empty() || pending.versions.composites[*i].ops.is_empty())
+        });
+        if !pending.is_empty()
+            && (pending.origin != origin
+                || pending.others != others_know
+                || announcement_clash
+                || pending.ops >= MAX_BATCH_OPS
+                || pending.bytes >= MAX_BATCH_BYTES)
+        {
+            self.flush(pending, Some(prev_ts), src_clock(before))
+                .await?;
+        }
+        if pending.is_empty() {
+            pending.origin = origin;
+            pending.others = others_know;
+            pending.versions.know = know;
+        }
+        let mut added = 0usize;
+        for v in versions {
+            let key = doc_key(&v.dst_ns, &v.id);
+            let bytes: usize = v.ops.iter().map(|o| o.as_bytes().len()).sum();
+            pending.bytes += bytes;
+            pending.ops += v.ops.len().max(1);
+            added += v.ops.len().max(1);
+            let ops: Vec<RawDocumentBuf> = v.ops.into_iter().cloned().collect();
+            match pending.index.get(&key) {
+                Some(i) => {
+                    let c = &mut pending.versions.composites[*i];
+                    c.ops.extend(ops);
+                    c.stamp = v.stamp;
+                    c.deleted = v.deleted;
+                    c.src_ts = ts;
+                }
+                None => {
+                    pending.index.insert(key, pending.versions.composites.len());
+                    pending.versions.composites.push(Composite {
+                        ns: v.dst_ns,
+                        src_ns: v.src_ns,
+                        id: v.id,
+                        ops,
+                        stamp: v.stamp,
+                        deleted: v.deleted,
+                        src_ts: ts,
+                    });
+                }
+            }
         }
         pending.last_unit = Some(ts);
         let mut s = rt.status.lock();
-        s.lag_ops += routed.len() as u64;
+        s.lag_ops += added as u64;
         s.building_since.get_or_insert(read_at);
         Ok(())
     }
 
     /// Hands the pending batch to the writer, which applies it with its checkpoint.
-    /// `handled_through`: at the end of a tailer batch, the last unit read (everything up to it
-    /// is applied or deliberately skipped).
+    /// `handled_through`: every unit up to it is applied, pending or skipped; `clock` is the
+    /// source's clock right after it.
     async fn flush(
         &mut self,
         pending: &mut Pending,
         handled_through: Option<Timestamp>,
+        clock: SrcClock,
     ) -> Result<(), LinkFailure> {
         let rt = self.rt;
         let last = pending
@@ -460,16 +679,20 @@ impl<'a> Reader<'a> {
             let since = s.building_since.take().unwrap_or_else(Instant::now);
             s.queued_since.push_back(since);
         }
-        let next_pin = self.writer.next_pin(&rt.spec.id());
+        let taken = std::mem::take(pending);
+        let tag = rt.spec.tag_documents.then(|| Tag {
+            origin: taken.origin.clone(),
+            ts: last,
+        });
         let work = Work::Batch {
-            plan: std::mem::take(&mut pending.plan),
-            known_at: std::mem::take(&mut pending.known_at),
-            origin: pending.origin.clone(),
+            versions: taken.versions,
+            ops: taken.ops,
+            origin: taken.origin,
             resume: self.resume_safe.min(applied),
             applied,
-            pin: std::mem::replace(&mut pending.pin, next_pin),
+            clock,
+            tag,
         };
-        pending.last_unit = None;
         self.writer.hand_over(work).await?;
         self.last_checkpoint_write = Instant::now();
         Ok(())

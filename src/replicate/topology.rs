@@ -2,6 +2,7 @@
 //! at most one path. Pure logic.
 
 use crate::apply::OnReject;
+use crate::converge::PolicyMap;
 use crate::oplog::{NsPattern, OpKind, OpSet};
 use crate::store::refuse_link_namespace;
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub struct LinkSpec {
     /// What to do with a write the destination refuses: stop the link, or journal it in
     /// `__mmm.rejected` and go on.
     pub on_reject: OnReject,
+    /// Conflict policies by destination namespace pattern (last writer wins by default).
+    pub policies: PolicyMap,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +96,7 @@ impl LinkSpec {
             initial_sync: false,
             tag_documents: false,
             on_reject: OnReject::Fail,
+            policies: PolicyMap::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 
 use super::copy_progress::CopyProgress;
 use super::{StoreError, CHECKPOINTS, CHECKPOINTS_NS, MMM_DB};
+use crate::converge::Knowledge;
 use crate::oplog::{Entry, OpKind};
 use bson::{doc, DateTime, Document, RawBsonRef, RawDocument, Timestamp};
 use mongodb::{Client, ClientSession, Collection};
@@ -61,6 +62,18 @@ pub struct Checkpoint {
     pub pending_ddl: Option<(DdlCommand, Timestamp)>,
     /// An initial sync in progress (see `replicate/initial_sync.rs`).
     pub initial_sync: Option<CopyProgress>,
+    /// The source's clock after `applied` (see `converge/observe.rs`): stamps of the entries
+    /// after it are computed from here after a restart.
+    pub src_clock: Option<SrcClock>,
+    /// What the writer of the batch's versions knew (read by links that forward them).
+    pub writer_know: Option<Knowledge>,
+}
+
+/// A source's clock as a link reading it carries it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SrcClock {
+    pub h: i64,
+    pub know: Knowledge,
 }
 
 impl Checkpoint {
@@ -77,6 +90,12 @@ impl Checkpoint {
         }
         if let Some(progress) = &self.initial_sync {
             d.insert("initial_sync", progress.to_document());
+        }
+        if let Some(c) = &self.src_clock {
+            d.insert("src_clock", doc! {"h": c.h, "know": c.know.to_document()});
+        }
+        if let Some(k) = &self.writer_know {
+            d.insert("writer_know", k.to_document());
         }
         d
     }
@@ -103,6 +122,19 @@ impl Checkpoint {
                 .get_document("initial_sync")
                 .ok()
                 .map(CopyProgress::from_document),
+            src_clock: d.get_document("src_clock").ok().and_then(|c| {
+                Some(SrcClock {
+                    h: c.get_i64("h").ok()?,
+                    know: c
+                        .get_document("know")
+                        .map(Knowledge::from_document)
+                        .unwrap_or_default(),
+                })
+            }),
+            writer_know: d
+                .get_document("writer_know")
+                .ok()
+                .map(Knowledge::from_document),
         })
     }
 }
@@ -197,6 +229,35 @@ pub fn origin_of_write(op: &RawDocument) -> Option<(String, Option<DdlScope>)> {
         .ok()
         .and_then(DdlScope::of_pending);
     Some((origin, scope))
+}
+
+/// The checkpoint document a batch's transaction wrote, read from its ops.
+pub fn checkpoint_in_ops(ops: &[bson::RawDocumentBuf]) -> Option<Checkpoint> {
+    ops.iter()
+        .take_while(|op| {
+            Entry::new(op)
+                .ns()
+                .map(super::is_internal_ns)
+                .unwrap_or(false)
+        })
+        .filter(|op| origin_of_write(op).is_some())
+        .find_map(|op| {
+            let o = Entry::new(op).o().ok()?;
+            Checkpoint::from_document(&Document::try_from(o).ok()?)
+        })
+}
+
+/// Whether a transaction's ops are a batch a link applied: its checkpoint write comes first,
+/// possibly after mmm's own DDL (an implicit create).
+pub fn is_applied_batch(ops: &[bson::RawDocumentBuf]) -> bool {
+    ops.iter()
+        .take_while(|op| {
+            Entry::new(op)
+                .ns()
+                .map(super::is_internal_ns)
+                .unwrap_or(false)
+        })
+        .any(|op| origin_of_write(op).is_some())
 }
 
 /// A filter on a server's oplog for the transactions, at or before `until`, in which links

@@ -90,19 +90,25 @@ impl MetaRow {
 /// The server's observation position and clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Clock {
+    /// Observation resumes reading the oplog after this position...
     pub pos: Timestamp,
+    /// ...and skips the units up to this one, already accounted for (a transaction that was
+    /// still open at `pos` ends later than units after it).
+    pub applied: Timestamp,
     pub h: i64,
     pub know: Knowledge,
 }
 
 impl Clock {
     pub fn to_document(&self) -> Document {
-        doc! {"_id": CLOCK_ID, "pos": self.pos, "h": self.h, "know": self.know.to_document()}
+        doc! {"_id": CLOCK_ID, "pos": self.pos, "applied": self.applied, "h": self.h, "know": self.know.to_document()}
     }
 
     pub fn from_document(d: &Document) -> Option<Clock> {
+        let pos = d.get_timestamp("pos").ok()?;
         Some(Clock {
-            pos: d.get_timestamp("pos").ok()?,
+            pos,
+            applied: d.get_timestamp("applied").unwrap_or(pos),
             h: d.get_i64("h").ok()?,
             know: d
                 .get_document("know")

@@ -7,6 +7,7 @@ use mongodb::Client;
 
 pub mod checkpoints;
 pub mod copy_progress;
+pub mod journal;
 pub mod links;
 pub mod meta;
 pub mod namespaces;
@@ -15,6 +16,7 @@ pub mod rejected;
 pub use checkpoints::{Checkpoint, DdlCommand};
 pub use copy_progress::CopyProgress;
 pub use links::link_id;
+pub use meta::{CLOCK, META};
 pub use namespaces::{is_internal_ns, is_replicable_ns, refuse_link_namespace};
 pub use rejected::Rejected;
 

@@ -1,0 +1,536 @@
+//! Applying versions (see `converge/`): inside the transaction that applies a batch, what
+//! this server holds of each document is read (`__mmm.meta`, plus local writes not yet
+//! observed), each arriving version is decided by its namespace's policy, and the plan is
+//! built from the decisions, together with the rows that record them, the clock and the
+//! conflict journal, all committed with the link's checkpoint.
+
+use super::observe::{news, observe};
+use super::plan::Plan;
+use crate::converge::policy::{settle_equal, Arriving, Held, Winner};
+use crate::converge::stamp::resolution_site;
+use crate::converge::{decide, Decision, Knowledge, Policy, PolicyMap, Side, Stamp};
+use crate::oplog::{Entry, OpKind};
+use crate::store::journal::{conflict_id, JournalEntry, VersionRecord};
+use crate::store::meta::{self, doc_key, Clock, DocKey, MetaRow};
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::error::Error;
+use mongodb::{Client, ClientSession};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One document's versions in a batch, collapsed: the ops that made it, in order, and the
+/// stamp of the last one (intermediate versions never need a name: they are never compared).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Composite {
+    /// The destination namespace.
+    pub ns: String,
+    /// The namespace on the link's source (where the version can be read back).
+    pub src_ns: String,
+    pub id: Bson,
+    /// The source's ops; empty when the version is only announced (its content is read from
+    /// the source).
+    pub ops: Vec<RawDocumentBuf>,
+    pub stamp: Stamp,
+    pub deleted: bool,
+    /// Where the version is on the source: reading the source at this cluster time gives it.
+    pub src_ts: Timestamp,
+}
+
+fn is_full(op: &RawDocumentBuf) -> bool {
+    let e = Entry::new(op);
+    match e.op() {
+        Ok(OpKind::Insert | OpKind::Delete) => true,
+        // A replacement (no `$v`, no operators) carries the whole document.
+        Ok(OpKind::Update) => e
+            .o()
+            .ok()
+            .is_some_and(|o| o.iter().flatten().all(|(k, _)| !k.starts_with('$'))),
+        _ => false,
+    }
+}
+
+impl Composite {
+    /// The ops from the last one that gives the whole content (the ones before it do not
+    /// matter for the result), or None when they are changes to some base.
+    pub fn from_full(&self) -> Option<&[RawDocumentBuf]> {
+        let i = self.ops.iter().rposition(is_full)?;
+        Some(&self.ops[i..])
+    }
+}
+
+/// Versions a link hands to its destination, with what their writer knew.
+#[derive(Debug, Clone, Default)]
+pub struct Versions {
+    pub composites: Vec<Composite>,
+    pub know: Knowledge,
+}
+
+/// What a conflict looks like to a resolver function.
+#[derive(Debug, Clone)]
+pub struct ConflictView {
+    pub namespace: String,
+    pub id: Bson,
+    pub ours: Option<Document>,
+    pub theirs: Option<Document>,
+    pub ours_stamp: Stamp,
+    pub theirs_stamp: Stamp,
+}
+
+/// A resolver function (Python's `mmm.Resolver`): the merged document, or None to delete.
+pub trait Resolve: Send + Sync {
+    fn resolve(&self, conflict: &ConflictView) -> Result<Option<Document>, String>;
+}
+
+/// How a link's destination decides.
+#[derive(Clone)]
+pub struct Converging {
+    /// The destination's server id.
+    pub site: String,
+    /// The link's source, where versions are read back.
+    pub src: Client,
+    pub src_site: String,
+    pub policies: PolicyMap,
+    pub resolvers: HashMap<String, Arc<dyn Resolve>>,
+}
+
+/// A conflict this batch met, for events and status.
+#[derive(Debug, Clone)]
+pub struct ConflictRecord {
+    pub namespace: String,
+    pub id: Bson,
+    pub ours: Stamp,
+    pub theirs: Stamp,
+    pub policy: String,
+    pub winner: &'static str,
+}
+
+/// What one attempt at a batch writes besides its data.
+pub struct Prepared {
+    pub plan: Plan,
+    pub rows: Vec<MetaRow>,
+    pub clock: Clock,
+    pub journal: Vec<JournalEntry>,
+    pub conflicts: Vec<ConflictRecord>,
+}
+
+/// Field order aside, whether two versions hold the same content.
+pub fn same_content(a: &Option<Document>, b: &Option<Document>) -> bool {
+    fn canon(v: &Bson) -> Bson {
+        match v {
+            Bson::Document(d) => {
+                let mut keys: Vec<_> = d.iter().collect();
+                keys.sort_by(|x, y| x.0.cmp(y.0));
+                Bson::Document(
+                    keys.into_iter()
+                        .map(|(k, v)| (k.clone(), canon(v)))
+                        .collect(),
+                )
+            }
+            Bson::Array(a) => Bson::Array(a.iter().map(canon).collect()),
+            v => v.clone(),
+        }
+    }
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            canon(&Bson::Document(x.clone())) == canon(&Bson::Document(y.clone()))
+        }
+        _ => false,
+    }
+}
+
+/// Reads a version back from `src`: the document at `at` (a snapshot read), or, when that
+/// time has left the source's history, the document as it is now with the stamp of that
+/// later version (installing a later version of the same document is what LWW would end with
+/// anyway).
+pub async fn read_version(
+    src: &Client,
+    src_site: &str,
+    ns: &str,
+    id: &Bson,
+    at: Timestamp,
+    stamp: &Stamp,
+) -> Result<(Option<Document>, Stamp), Error> {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let reply = src
+        .database(db)
+        .run_command(doc! {
+            "find": coll, "filter": {"_id": id.clone()}, "limit": 1, "singleBatch": true,
+            "readConcern": {"level": "snapshot", "atClusterTime": at},
+        })
+        .await;
+    if let Ok(reply) = reply {
+        let first = reply
+            .get_document("cursor")
+            .ok()
+            .and_then(|c| c.get_array("firstBatch").ok())
+            .and_then(|b| b.first().and_then(|d| d.as_document().cloned()));
+        return Ok((first, stamp.clone()));
+    }
+    // Too old for a snapshot read: the current version, in one snapshot with its row.
+    let mut session = src.start_session().await?;
+    session
+        .start_transaction()
+        .with_options(
+            mongodb::options::TransactionOptions::builder()
+                .read_concern(mongodb::options::ReadConcern::snapshot())
+                .build(),
+        )
+        .await?;
+    let clock = meta::read_clock(src, Some(&mut session))
+        .await
+        .map_err(|e| e.source)?;
+    let current = src
+        .database(db)
+        .collection::<Document>(coll)
+        .find_one(doc! {"_id": id.clone()})
+        .session(&mut session)
+        .await?;
+    let stored = meta::read_rows(src, &mut session, &[(ns.to_string(), id.clone())]).await?;
+    let key = doc_key(ns, id);
+    let mut row = stored.get(&key).cloned();
+    if let Some(clock) = clock {
+        let observed = observe(src, src_site, &clock, session.operation_time()).await?;
+        if let Some(o) = observed.rows.get(&key) {
+            if row.as_ref().is_none_or(|r| r.through < o.through) {
+                row = Some(o.clone());
+            }
+        }
+    }
+    let _ = session.abort_transaction().await;
+    let found = row
+        .map(|r| r.stamp)
+        .filter(|s| s > stamp)
+        .unwrap_or_else(|| stamp.clone());
+    Ok((current, found))
+}
+
+async fn read_ours(
+    client: &Client,
+    session: &mut ClientSession,
+    ns: &str,
+    id: &Bson,
+) -> Result<Option<Document>, Error> {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    client
+        .database(db)
+        .collection::<Document>(coll)
+        .find_one(doc! {"_id": id.clone()})
+        .session(session)
+        .await
+}
+
+fn winner_name(w: Winner) -> &'static str {
+    match w {
+        Winner::Ours => "ours",
+        Winner::Theirs => "theirs",
+        Winner::Rewrite(Side::Ours) => "rewrite-ours",
+        Winner::Rewrite(Side::Theirs) => "rewrite-theirs",
+        Winner::Rewrite(Side::Custom) => "resolver",
+        Winner::Merge => "merge",
+        Winner::AsIs => "as-is",
+    }
+}
+
+fn add_state(plan: &mut Plan, ns: &str, id: &Bson, doc: &Option<Document>) {
+    plan.add_state(ns, id, doc.as_ref());
+}
+
+/// Per top-level field of both versions, the one of the later version... of the field: with
+/// no per-field history at hand, the later version's value for the fields it has, and ours
+/// for fields only we have.
+fn merge_fields(ours: &Document, theirs: &Document, theirs_later: bool) -> Document {
+    let (first, second) = if theirs_later {
+        (ours, theirs)
+    } else {
+        (theirs, ours)
+    };
+    let mut out = first.clone();
+    for (k, v) in second {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// Decides every version of `versions` in `session`'s transaction on `client`'s server.
+pub async fn prepare(
+    client: &Client,
+    session: &mut ClientSession,
+    conv: &Converging,
+    versions: &Versions,
+    tag: impl Fn(&mut Plan, &str, &RawDocumentBuf) -> Result<(), super::PlanError>,
+) -> Result<Prepared, Error> {
+    let clock = meta::read_clock(client, Some(&mut *session))
+        .await
+        .map_err(|e| e.source)?
+        .ok_or_else(|| Error::custom("__mmm.clock is missing on the destination"))?;
+    let observed = observe(client, &conv.site, &clock, session.operation_time()).await?;
+    let mut keys: Vec<(String, Bson)> = versions
+        .composites
+        .iter()
+        .map(|c| (c.ns.clone(), c.id.clone()))
+        .collect();
+    keys.extend(observed.rows.values().map(|r| (r.ns.clone(), r.id.clone())));
+    let stored = meta::read_rows(client, session, &keys).await?;
+    let mut rows: HashMap<DocKey, MetaRow> = news(&observed.rows, &stored)
+        .into_iter()
+        .map(|r| (r.key(), r))
+        .collect();
+    let through = observed.clock.applied;
+    let mut fresh = observed.clock.h;
+    let mut plan = Plan::default();
+    let mut journal = Vec::new();
+    let mut conflicts = Vec::new();
+    for c in &versions.composites {
+        let key = doc_key(&c.ns, &c.id);
+        let held_row = rows.get(&key).or_else(|| stored.get(&key)).cloned();
+        let held = Held {
+            stamp: held_row.as_ref().map(|r| r.stamp.clone()),
+            deleted: held_row.as_ref().is_some_and(|r| r.deleted),
+        };
+        let policy = conv.policies.for_namespace(&c.ns);
+        let arriving = Arriving {
+            stamp: &c.stamp,
+            know: &versions.know,
+            deleted: c.deleted,
+        };
+        let mut decision = decide(&policy, &conv.site, &held, &arriving);
+        fresh = fresh.max(c.stamp.h);
+        let row = |stamp: Stamp, deleted: bool| MetaRow {
+            ns: c.ns.clone(),
+            id: c.id.clone(),
+            stamp,
+            deleted,
+            through,
+        };
+        let install_change = |plan: &mut Plan| -> Result<bool, Error> {
+            for op in &c.ops {
+                tag(plan, &c.ns, op).map_err(|e| Error::custom(e.0))?;
+            }
+            Ok(!c.ops.is_empty())
+        };
+        match decision {
+            Decision::Duplicate => continue,
+            Decision::FastForward => {
+                if !install_change(&mut plan)? {
+                    let (doc, stamp) = read_version(
+                        &conv.src,
+                        &conv.src_site,
+                        &c.src_ns,
+                        &c.id,
+                        c.src_ts,
+                        &c.stamp,
+                    )
+                    .await?;
+                    add_state(&mut plan, &c.ns, &c.id, &doc);
+                    rows.insert(key, row(stamp, doc.is_none()));
+                    continue;
+                }
+                rows.insert(key, row(c.stamp.clone(), c.deleted));
+                continue;
+            }
+            Decision::Conflict(_) => {}
+        }
+        // A conflict: both versions' content is wanted (journal, rewrites, equality).
+        let ours_stamp = held.stamp.clone().expect("a conflict has a held version");
+        let ours_doc = read_ours(client, session, &c.ns, &c.id).await?;
+        let theirs_full = c
+            .from_full()
+            .map(|ops| ops.len() == c.ops.len() && ops.len() == 1);
+        let (theirs_doc, theirs_stamp) = match (theirs_full, c.ops.last()) {
+            // One op that is the whole version: no need to read it back.
+            (Some(true), Some(op)) => {
+                let e = Entry::new(op);
+                let doc = match e.op() {
+                    Ok(OpKind::Delete) => None,
+                    _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
+                };
+                (doc, c.stamp.clone())
+            }
+            _ => {
+                read_version(
+                    &conv.src,
+                    &conv.src_site,
+                    &c.src_ns,
+                    &c.id,
+                    c.src_ts,
+                    &c.stamp,
+                )
+                .await?
+            }
+        };
+        if same_content(&ours_doc, &theirs_doc) {
+            decision = settle_equal(decision, &ours_stamp, &theirs_stamp);
+        }
+        let Decision::Conflict(winner) = decision else {
+            unreachable!()
+        };
+        let mut resolution = None;
+        match winner {
+            Winner::Ours => {}
+            Winner::Theirs | Winner::AsIs => {
+                if winner == Winner::AsIs && !c.ops.is_empty() {
+                    install_change(&mut plan)?;
+                } else {
+                    add_state(&mut plan, &c.ns, &c.id, &theirs_doc);
+                }
+                rows.insert(key.clone(), row(theirs_stamp.clone(), theirs_doc.is_none()));
+            }
+            Winner::Merge => {
+                let merged = match (&ours_doc, &theirs_doc) {
+                    (Some(o), Some(t)) => Some(merge_fields(o, t, theirs_stamp > ours_stamp)),
+                    _ if theirs_stamp > ours_stamp => theirs_doc.clone(),
+                    _ => ours_doc.clone(),
+                };
+                fresh += 1;
+                let stamp = Stamp::new(fresh, resolution_site(&conv.site));
+                add_state(&mut plan, &c.ns, &c.id, &merged);
+                rows.insert(key.clone(), row(stamp.clone(), merged.is_none()));
+                resolution = Some(stamp);
+            }
+            Winner::Rewrite(side) => {
+                let content = match side {
+                    Side::Ours => ours_doc.clone(),
+                    Side::Theirs => theirs_doc.clone(),
+                    Side::Custom => {
+                        let view = ConflictView {
+                            namespace: c.ns.clone(),
+                            id: c.id.clone(),
+                            ours: ours_doc.clone(),
+                            theirs: theirs_doc.clone(),
+                            ours_stamp: ours_stamp.clone(),
+                            theirs_stamp: theirs_stamp.clone(),
+                        };
+                        let resolver = conv
+                            .policies
+                            .pattern_for(&c.ns)
+                            .and_then(|p| conv.resolvers.get(p));
+                        match resolver.map(|r| r.resolve(&view)) {
+                            Some(Ok(mut d)) => {
+                                if let Some(d) = d.as_mut() {
+                                    d.insert("_id", c.id.clone());
+                                }
+                                d
+                            }
+                            Some(Err(e)) => {
+                                log::error!(target: "mmm", "resolver for {} _id {}: {e}; the later version is kept", c.ns, c.id);
+                                if theirs_stamp > ours_stamp {
+                                    theirs_doc.clone()
+                                } else {
+                                    ours_doc.clone()
+                                }
+                            }
+                            None => {
+                                if theirs_stamp > ours_stamp {
+                                    theirs_doc.clone()
+                                } else {
+                                    ours_doc.clone()
+                                }
+                            }
+                        }
+                    }
+                };
+                fresh = fresh.max(ours_stamp.h).max(theirs_stamp.h) + 1;
+                let stamp = Stamp::new(fresh, resolution_site(&conv.site));
+                add_state(&mut plan, &c.ns, &c.id, &content);
+                rows.insert(key.clone(), row(stamp.clone(), content.is_none()));
+                resolution = Some(stamp);
+            }
+        }
+        let policy_name = policy.to_string();
+        let entry = JournalEntry {
+            id: conflict_id(&c.ns, &c.id, &ours_stamp, &theirs_stamp),
+            ns: c.ns.clone(),
+            doc_id: c.id.clone(),
+            server: conv.site.clone(),
+            from: conv.src_site.clone(),
+            policy: policy_name.clone(),
+            winner: winner_name(winner).to_string(),
+            ours: VersionRecord {
+                stamp: ours_stamp.clone(),
+                doc: ours_doc,
+                deleted: held.deleted,
+            },
+            theirs: VersionRecord {
+                stamp: theirs_stamp.clone(),
+                doc: theirs_doc,
+                deleted: c.deleted,
+            },
+            resolution,
+        };
+        log::warn!(target: "mmm", "conflict: {}", entry.summary());
+        conflicts.push(ConflictRecord {
+            namespace: c.ns.clone(),
+            id: c.id.clone(),
+            ours: ours_stamp,
+            theirs: theirs_stamp,
+            policy: policy_name,
+            winner: winner_name(winner),
+        });
+        journal.push(entry);
+    }
+    let _ = Policy::Detect;
+    Ok(Prepared {
+        plan,
+        rows: rows.into_values().collect(),
+        clock: observed.clock,
+        journal,
+        conflicts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    #[test]
+    fn a_composite_is_whole_from_its_last_full_op() {
+        let c = |ops: Vec<Document>| Composite {
+            ns: "db.c".into(),
+            src_ns: "db.c".into(),
+            id: Bson::Int32(1),
+            ops: ops.into_iter().map(raw).collect(),
+            stamp: Stamp::new(1, "a"),
+            deleted: false,
+            src_ts: Timestamp {
+                time: 1,
+                increment: 1,
+            },
+        };
+        let diff = doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1}}}, "o2": {"_id": 1}};
+        let ins = doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}};
+        let repl = doc! {"op": "u", "ns": "db.c", "o": {"_id": 1, "y": 2}, "o2": {"_id": 1}};
+        assert!(c(vec![diff.clone()]).from_full().is_none());
+        assert_eq!(
+            c(vec![diff.clone(), ins.clone(), diff.clone()])
+                .from_full()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(c(vec![ins, repl.clone()]).from_full().unwrap().len(), 1);
+        assert!(c(vec![]).from_full().is_none());
+    }
+
+    #[test]
+    fn equal_content_ignores_field_order_but_not_values_or_types() {
+        let a = Some(doc! {"_id": 1, "a": {"x": 1, "y": [1, {"p": 1, "q": 2}]}, "b": 2});
+        let b = Some(doc! {"b": 2, "_id": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": 1}});
+        assert!(same_content(&a, &b));
+        assert!(!same_content(
+            &a,
+            &Some(doc! {"_id": 1, "a": {"x": 1, "y": [1, {"p": 1, "q": 2}]}, "b": 2.0})
+        ));
+        assert!(!same_content(&a, &None));
+        assert!(same_content(&None, &None));
+        // Array order is content.
+        assert!(!same_content(
+            &Some(doc! {"a": [1, 2]}),
+            &Some(doc! {"a": [2, 1]})
+        ));
+    }
+}
