@@ -1,0 +1,234 @@
+"""Convergence: servers that wrote the same document concurrently end with the same version,
+decided by the namespace's policy, and every conflict is journaled on the servers that met it.
+
+Writes are made while replication is stopped (so neither side sees the other's change), then
+replication runs until the servers agree.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pymongo
+import pytest
+
+import mmm
+from conftest import wait_for
+
+
+def everything(client, db="app"):
+    return {name: sorted(client[db][name].find(), key=lambda d: str(d["_id"])) for name in client[db].list_collection_names()}
+
+
+def wait_identical(clients, db="app", timeout=30.0):
+    def same():
+        snapshots = [everything(c, db) for c in clients]
+        return all(s == snapshots[0] for s in snapshots[1:])
+
+    wait_for(same, timeout=timeout)
+    return everything(clients[0], db)
+
+
+def replicate_until_identical(r, clients, timeout=30.0):
+    with r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()), timeout=timeout)
+        result = wait_identical(clients, timeout=timeout)
+        # Let any version still in flight land, then check again.
+        time.sleep(0.5)
+        assert wait_identical(clients, timeout=timeout) == result
+    return result
+
+
+@pytest.fixture
+def pair(mongo_server_factory):
+    a, b = mongo_server_factory(), mongo_server_factory()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    yield a, b, ca, cb
+    ca.close()
+    cb.close()
+
+
+def bidirectional(a, b, **kwargs):
+    return mmm.Replicator(
+        servers={"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}},
+        links=[("factory/app.*", "cloud/app.*"), ("cloud/app.*", "factory/app.*")],
+        **kwargs,
+    )
+
+
+def start_in_sync(r, clients, docs):
+    """Inserts `docs` on the first server, replicated everywhere, then stops replication."""
+    with r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()), timeout=30)
+        clients[0].app.c.insert_many(docs)
+        wait_identical(clients)
+
+
+def later():
+    """Wall clocks move between two writes, so "later" is unambiguous."""
+    time.sleep(0.02)
+
+
+def test_the_later_write_wins_on_both_sides_and_both_journal_it(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b)
+    start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0, "x": 0}, {"_id": 2, "v": 0}])
+    ca.app.c.update_one({"_id": 1}, {"$set": {"v": "factory"}, "$inc": {"x": 1}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "cloud"}})
+    result = replicate_until_identical(r, [ca, cb])
+    # Whole-document LWW: the cloud's version, as the cloud wrote it (not a mix of both).
+    assert result["c"][0] == {"_id": 1, "v": "cloud", "x": 0}
+    journal = r.conflicts("app.c")
+    assert {e["server"] for e in journal} == {"F", "C"}
+    assert len({e["conflict"] for e in journal}) == 1
+    by_server = {e["server"]: e for e in journal}
+    assert by_server["F"]["winner"] == "theirs" and by_server["C"]["winner"] == "ours"
+    assert by_server["F"]["ours"]["doc"] == {"_id": 1, "v": "factory", "x": 1}
+    assert by_server["F"]["theirs"]["doc"] == {"_id": 1, "v": "cloud", "x": 0}
+    assert sum(s["conflicts"] for s in r.status()) == 2
+    assert [(e.server, e.winner) for e in sorted(r.conflict_events, key=lambda e: e.server)] == [("C", "ours"), ("F", "theirs")]
+
+
+def test_a_write_made_after_seeing_another_wins_whatever_the_clocks(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b)
+    start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0}])
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "cloud first"}})
+    replicate_until_identical(r, [ca, cb])
+    # The factory saw the cloud's version before writing: no conflict, its write wins.
+    ca.app.c.update_one({"_id": 1}, {"$set": {"v": "factory after"}})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"] == [{"_id": 1, "v": "factory after"}]
+    assert r.conflicts() == []
+
+
+def test_a_later_delete_wins_and_a_stale_update_never_resurrects(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b)
+    start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0}, {"_id": 2, "v": 0}])
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "stale"}})
+    cb.app.c.replace_one({"_id": 2}, {"_id": 2, "v": "stale replace"})
+    later()
+    ca.app.c.delete_one({"_id": 1})
+    ca.app.c.delete_one({"_id": 2})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result.get("c", []) == []
+    # A stale insert of the same _id arriving now is older than the tombstone: it loses too.
+    assert len(r.conflicts("app.c")) == 4
+
+
+def test_delete_wins_and_update_wins(pair):
+    a, b, ca, cb = pair
+    for deletes, expected in (("delete_wins", []), ("update_wins", [{"_id": 1, "v": "updated"}])):
+        ca.app.c.drop()
+        cb.app.c.drop()
+        r = bidirectional(a, b, resolve=mmm.LWW(deletes=deletes))
+        start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0}])
+        if deletes == "delete_wins":
+            ca.app.c.delete_one({"_id": 1})
+            later()
+            cb.app.c.update_one({"_id": 1}, {"$set": {"v": "updated"}})  # later, but loses
+        else:
+            cb.app.c.update_one({"_id": 1}, {"$set": {"v": "updated"}})
+            later()
+            ca.app.c.delete_one({"_id": 1})  # later, but loses
+        result = replicate_until_identical(r, [ca, cb])
+        assert result.get("c", []) == expected, deletes
+
+
+def test_prefer_keeps_the_preferred_servers_version(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve={"app.c": "prefer:cloud"})
+    start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0}])
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "cloud"}})
+    later()
+    ca.app.c.update_one({"_id": 1}, {"$set": {"v": "factory, later"}})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"] == [{"_id": 1, "v": "cloud"}]
+    assert any(e["winner"] == "rewrite-ours" and e["server"] == "C" for e in r.conflicts())
+
+
+def test_a_resolver_runs_once_on_its_arbiter(pair):
+    a, b, ca, cb = pair
+    calls = []
+
+    def merge(c: mmm.Conflict):
+        calls.append(c)
+        return {"tags": sorted(set(c.ours["tags"]) | set(c.theirs["tags"]))}
+
+    r = bidirectional(a, b, resolve={"app.*": mmm.Resolver(merge, arbiter="cloud")})
+    start_in_sync(r, [ca, cb], [{"_id": 1, "tags": ["a"]}])
+    ca.app.c.update_one({"_id": 1}, {"$push": {"tags": "factory"}})
+    cb.app.c.update_one({"_id": 1}, {"$push": {"tags": "cloud"}})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"] == [{"_id": 1, "tags": ["a", "cloud", "factory"]}]
+    assert len(calls) == 1
+    c = calls[0]
+    assert (c.namespace, c.id, c.ours_stamp.server, c.theirs_stamp.server) == ("app.c", 1, "C", "F")
+    assert c.base is None
+
+
+def test_detection_only_leaves_the_versions_as_applied(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve=None)
+    start_in_sync(r, [ca, cb], [{"_id": 1, "v": 0}])
+    ca.app.c.update_one({"_id": 1}, {"$set": {"v": "factory"}})
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "cloud"}})
+    with r:
+        wait_for(lambda: len(r.conflict_events) >= 2, timeout=20)
+    # Each side applied the other's change over its own: they crossed and stay different.
+    assert ca.app.c.find_one()["v"] == "cloud"
+    assert cb.app.c.find_one()["v"] == "factory"
+    assert {e.winner for e in r.conflict_events} == {"as-is"}
+
+
+@pytest.mark.parametrize("shape", ["star", "chain"])
+def test_three_servers_converge(mongo_server_factory, shape):
+    servers = [mongo_server_factory() for _ in range(3)]
+    clients = [pymongo.MongoClient(s.uri) for s in servers]
+    names = ["hub", "s1", "s2"] if shape == "star" else ["s1", "hub", "s2"]
+    spec = {n: {"id": n.upper(), "uri": s.uri} for n, s in zip(names, servers)}
+    # Star: hub in the middle, forwarding; chain s1 - hub - s2 is the same graph, declared in
+    # another order.
+    links = [
+        {"src": "s1/app.*", "dst": "hub/app.*"},
+        {"src": "s2/app.*", "dst": "hub/app.*"},
+        {"src": "hub/app.*", "dst": "s1/app.*", "forward": True},
+        {"src": "hub/app.*", "dst": "s2/app.*", "forward": True},
+    ]
+    r = mmm.Replicator(spec, links)
+    by_name = dict(zip(names, clients))
+    start_in_sync(r, [by_name["s1"], by_name["hub"], by_name["s2"]], [{"_id": i, "v": 0} for i in range(5)])
+    # The two spokes change the same documents concurrently, the hub some of them too.
+    by_name["s1"].app.c.update_one({"_id": 0}, {"$set": {"v": "s1"}})
+    by_name["hub"].app.c.update_one({"_id": 1}, {"$set": {"v": "hub"}})
+    by_name["s2"].app.c.delete_one({"_id": 2})
+    later()
+    by_name["s2"].app.c.update_one({"_id": 0}, {"$set": {"v": "s2"}})
+    by_name["s1"].app.c.update_one({"_id": 1}, {"$set": {"v": "s1"}})
+    by_name["s1"].app.c.update_one({"_id": 2}, {"$set": {"v": "s1"}})
+    result = replicate_until_identical(r, clients)
+    assert result["c"] == [{"_id": 0, "v": "s2"}, {"_id": 1, "v": "s1"}, {"_id": 2, "v": "s1"}, {"_id": 3, "v": 0}, {"_id": 4, "v": 0}]
+    for c in clients:
+        c.close()
+
+
+def test_policies_are_checked_before_anything_runs(pair):
+    a, b, ca, cb = pair
+    with pytest.raises(ValueError, match="unknown conflict policy"):
+        bidirectional(a, b, resolve="newest")
+    with pytest.raises(ValueError, match="not a server of this topology"):
+        bidirectional(a, b, resolve=mmm.Prefer("moon"))
+    with pytest.raises(ValueError, match="deletes is one of"):
+        mmm.LWW(deletes="sometimes")
+    with pytest.raises(ValueError, match="expected \"db.collection\""):
+        bidirectional(a, b, resolve={"app.c*": "lww"})
+    with pytest.raises(ValueError, match="needs a callable"):
+        mmm.Resolver("not a function", arbiter="cloud")
+    with pytest.raises(ValueError):
+        bidirectional(a, b, resolve={1: "lww"})
+    assert mmm.policies.parse_policy("prefer:cloud,deletes=delete_wins") == mmm.Prefer("cloud", deletes="delete_wins")
+    assert mmm.policies.parse_policy("none") is None
+    assert ca.list_database_names() == cb.list_database_names()
+    assert "__mmm" not in ca.list_database_names()
