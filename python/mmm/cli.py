@@ -275,11 +275,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .replication import ReplicationError, Replicator
 
     config = _config(args)
+    if args.resolve:
+        config.resolve = _resolve_args(args.resolve)
     r = Replicator.from_config(config)
     if args.server:
         if args.server not in config.servers:
             raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
-        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server])
+        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server],
+                       resolve=r.resolve, tombstone_retention=r.tombstone_retention)
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
     stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
@@ -306,6 +309,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ReplicationError as e:
         raise CliError(str(e)) from None
     return 0
+
+
+def _resolve_args(values: Sequence[str]) -> Dict[str, Any]:
+    """``--resolve POLICY`` (every namespace) or ``--resolve PATTERN=POLICY``, repeatable."""
+    from .policies import normalize_resolve
+
+    out: Dict[str, Any] = {}
+    for value in values:
+        pattern, sep, policy = value.partition("=")
+        if not sep or "," in pattern:
+            pattern, policy = "*", value
+        if pattern.strip() in out:
+            raise CliError(f"--resolve: pattern {pattern.strip()!r} given twice")
+        out[pattern.strip()] = policy.strip()
+    try:
+        normalize_resolve(out)
+    except ValueError as e:
+        raise CliError(f"--resolve: {e}") from None
+    return out
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    from .replication import Replicator
+
+    config = _config(args)
+    if args.server and args.server not in config.servers:
+        raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
+    r = Replicator(list(config.servers.values()), [], preflight=False)
+    entries = r.conflicts(args.ns, server=args.server, limit=args.limit)
+    if args.json:
+        from bson import json_util
+
+        print(json_util.dumps(entries, indent=2, json_options=json_util.RELAXED_JSON_OPTIONS))
+        return 0
+    if not entries:
+        print("no conflicts journaled")
+        return 0
+    rows = [("when", "server", "from", "namespace", "_id", "winner", "policy")]
+    for e in entries:
+        at = e.get("at")
+        rows.append((at.strftime("%Y-%m-%d %H:%M:%S") if at else "?", str(e.get("server")), str(e.get("from")),
+                     str(e.get("ns")), _short(repr(e.get("id")), 40), str(e.get("winner")), str(e.get("policy"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -398,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
+    s.add_argument("--resolve", action="append", metavar="[PATTERN=]POLICY",
+                   help="conflict policy (lww, prefer:SERVER, fields, none; ',deletes=delete_wins|update_wins'), "
+                        "for every namespace or for PATTERN (db.coll, db.*); repeatable; overrides the file's resolve:")
+
+    s = sub.add_parser("conflicts", help="list the conflict journal (__mmm.conflicts) of every server, newest first")
+    s.add_argument("--ns", help="only this namespace (db.collection)")
+    s.add_argument("-s", "--server", help="only this server's journal")
+    s.add_argument("--limit", type=_positive(int), default=50, help="at most this many entries (default 50)")
+    s.add_argument("--json", action="store_true", help="the entries as JSON (MongoDB extended JSON)")
+    s.set_defaults(func=cmd_conflicts)
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
     s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")

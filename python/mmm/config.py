@@ -114,6 +114,8 @@ class Config:
     """Each server's uri as written in the file, before ``${VAR}`` expansion."""
     resolve: Any = None
     """The ``resolve:`` key: conflict policies (None when absent: last writer wins)."""
+    tombstone_retention: Optional[float] = None
+    """The ``tombstone_retention:`` key, in seconds (``10d``, ``12h``, ``30m``, ``45s`` or a number)."""
 
 
 def _where(path: str, node: yaml.Node, key: str) -> str:
@@ -236,6 +238,19 @@ def _resolve(node: yaml.Node, path: str, key: str) -> Any:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(node: yaml.Node, path: str, key: str) -> float:
+    value = _scalar(node, path, key)
+    m = _DURATION.match(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
+    if not m or not 0 < seconds < 1e10:
+        raise ConfigError(f"{_where(path, node, key)}: a positive duration like 10d, 12h, 30m, 45s or a number of seconds, got {value!r}")
+    return seconds
+
+
 def _uri_problem(uri: str) -> Optional[str]:
     """Why PyMongo cannot parse a ``mongodb://`` URI (hosts, port, options), secrets hidden, or
     None. ``mongodb+srv://`` URIs are left to connection time: checking them needs DNS."""
@@ -271,6 +286,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         name = k_node.value
         if name == "resolve":
             config.resolve = _resolve(v_node, path, "resolve")
+            continue
+        if name == "tombstone_retention":
+            config.tombstone_retention = _duration(v_node, path, name)
             continue
         if name == "links":
             if not isinstance(v_node, yaml.SequenceNode):

@@ -47,7 +47,7 @@ class ReplicationError(_mmm.MmmError):
     """A link stopped on an error that needs attention (its message says which and why)."""
 
 
-def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None) -> Any:
+def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None, tombstone_retention: float = 864000.0) -> Any:
     """A replication core: checks the topology and every URI (ValueError without secrets).
     ``resolve``: the replicator's conflict policies; a link's own ``resolve`` wins over them."""
     servers = list(servers)
@@ -64,7 +64,7 @@ def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None)
         if funcs:
             resolvers[link_id] = funcs
     try:
-        return _mmm.ReplicatorCore(servers, links, policies, resolvers)
+        return _mmm.ReplicatorCore(servers, links, policies, resolvers, tombstone_retention)
     except ValueError as e:
         raise ValueError(redact.text(e)) from None
 
@@ -127,6 +127,7 @@ class Replicator:
         load_stored_links: bool = False,
         preflight: bool = True,
         resolve: Any = _DEFAULT,
+        tombstone_retention: float = 10 * 24 * 3600,
     ) -> None:
         if isinstance(servers, Mapping):
             parsed = {}
@@ -144,6 +145,9 @@ class Replicator:
         self.on_conflict = on_conflict
         self.preflight = preflight
         self.resolve = resolve
+        if isinstance(tombstone_retention, bool) or not isinstance(tombstone_retention, (int, float)) or not 0 < tombstone_retention < 1e10:
+            raise ValueError(f"tombstone_retention is a positive number of seconds, got {tombstone_retention!r}")
+        self.tombstone_retention = float(tombstone_retention)
         normalize_resolve(LWW() if resolve is _DEFAULT else resolve)  # a bad policy fails here
         self.conflict_events: List[ConflictEvent] = []
         """Conflicts met by links this replicator runs, since it started (the journal,
@@ -164,10 +168,12 @@ class Replicator:
         kwargs.setdefault("load_stored_links", True)
         if config.resolve is not None:
             kwargs.setdefault("resolve", config.resolve)
+        if config.tombstone_retention is not None:
+            kwargs.setdefault("tombstone_retention", config.tombstone_retention)
         return cls(list(config.servers.values()), config.links, **kwargs)
 
     def _make_core(self) -> Any:
-        return _core(self.servers.values(), self.links, self.resolve)
+        return _core(self.servers.values(), self.links, self.resolve, self.tombstone_retention)
 
     # -- the original verbs ---------------------------------------------------------------
 
@@ -190,7 +196,7 @@ class Replicator:
     def check_new_link(self, link: Link) -> None:
         """Runs the checks :meth:`start` runs on the topology with ``link`` added (names, ids,
         URIs, one path per write and namespace); ValueError naming the problem. Writes nothing."""
-        _core(self.servers.values(), self._with_link(link), self.resolve)
+        _core(self.servers.values(), self._with_link(link), self.resolve, self.tombstone_retention)
 
     def replicate(self, src: str, dst: str, ops: str = "iud", *, forward: bool = False,
                   initial_sync: bool = False, marker: str = "transaction", on_reject: str = "fail") -> Link:

@@ -252,6 +252,34 @@ fn merge_fields(ours: &Document, theirs: &Document, theirs_later: bool) -> Docum
     out
 }
 
+/// Stamps this far ahead of the wall clock here mean a server's clock is wrong: applying them
+/// would drag every server's clock forward for good (hybrid clocks never go back), so the link
+/// waits, retrying, until the clocks agree.
+pub const MAX_CLOCK_SKEW_MS: i64 = 3600 * 1000;
+
+fn refuse_clock_skew(versions: &Versions, src_site: &str) -> Result<(), Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    if let Some(c) = versions
+        .composites
+        .iter()
+        .find(|c| c.stamp.wall_ms() > now + MAX_CLOCK_SKEW_MS)
+    {
+        return Err(Error::custom(format!(
+            "clock skew: a version of {} _id {} from {src_site} is stamped {} s ahead of this host's clock \
+             (more than {} s); fix the clock of server {} (NTP); the link retries until then",
+            c.ns,
+            c.id,
+            (c.stamp.wall_ms() - now) / 1000,
+            MAX_CLOCK_SKEW_MS / 1000,
+            crate::converge::stamp::server_of(&c.stamp.site),
+        )));
+    }
+    Ok(())
+}
+
 /// Decides every version of `versions` in `session`'s transaction on `client`'s server.
 pub async fn prepare(
     client: &Client,
@@ -276,6 +304,7 @@ pub async fn prepare(
         .into_iter()
         .map(|r| (r.key(), r))
         .collect();
+    refuse_clock_skew(versions, &conv.src_site)?;
     let through = observed.clock.applied;
     let mut fresh = observed.clock.h;
     let mut plan = Plan::default();

@@ -66,6 +66,7 @@ pub struct PyReplicatorCore {
     links: Vec<LinkSpec>,
     /// Resolver functions per link id, per namespace pattern.
     resolvers: HashMap<String, HashMap<String, Arc<dyn Resolve>>>,
+    tombstone_retention: std::time::Duration,
     running: parking_lot::Mutex<Option<Replicator>>,
     events: std::sync::Arc<tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<LinkEvent>>>>,
 }
@@ -80,14 +81,20 @@ impl PyReplicatorCore {
     /// `dst`, `ops`, `forward`, `initial_sync`, `marker` (`mmm.Link`), endpoints written
     /// `server/db.coll` (or `server/db.*`, `server/*`).
     #[new]
-    #[pyo3(signature = (servers, links, policies = None, resolvers = None))]
+    #[pyo3(signature = (servers, links, policies = None, resolvers = None, tombstone_retention = 864000.0))]
     fn new(
         py: Python<'_>,
         servers: Vec<ServerArg>,
         links: Vec<LinkArg>,
         policies: Option<PolicyArgs>,
         resolvers: Option<HashMap<String, HashMap<String, Py<PyAny>>>>,
+        tombstone_retention: f64,
     ) -> PyResult<Self> {
+        if !(tombstone_retention.is_finite() && tombstone_retention > 0.0 && tombstone_retention < 1e10) {
+            return Err(PyValueError::new_err(format!(
+                "tombstone_retention is a positive number of seconds, got {tombstone_retention}"
+            )));
+        }
         let (servers, mut specs) = topology(servers, links)?;
         for spec in specs.iter_mut() {
             let Some(patterns) = policies.as_ref().and_then(|p| p.get(&spec.id())) else {
@@ -128,6 +135,7 @@ impl PyReplicatorCore {
             servers,
             links: specs,
             resolvers,
+            tombstone_retention: std::time::Duration::from_secs_f64(tombstone_retention),
             running: Default::default(),
             events: Default::default(),
         })
@@ -210,6 +218,7 @@ impl PyReplicatorCore {
             &options,
             tx,
             self.resolvers.clone(),
+            self.tombstone_retention,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
         *self.running.lock() = Some(replicator);

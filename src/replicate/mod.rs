@@ -42,11 +42,34 @@ impl Replicator {
         options: &HashMap<String, ClientOptions>,
         events: mpsc::UnboundedSender<LinkEvent>,
         resolvers: HashMap<String, HashMap<String, Arc<dyn Resolve>>>,
+        tombstone_retention: std::time::Duration,
     ) -> Result<Replicator, TopologyError> {
         let by_name = topology::validate(servers, links)?;
         let (stop, _) = watch::channel(false);
         let mut statuses = Vec::new();
         let mut tasks = Vec::new();
+        // Every server a link reads is observed regularly, whether or not its links can reach
+        // their destinations: its `__mmm.meta` then always holds what it owes (see #spool in
+        // `apply/observe.rs`), and links applying to it read a short stretch of its oplog.
+        let mut observed = std::collections::HashSet::new();
+        for spec in links {
+            let src = &by_name[spec.src.as_str()];
+            if observed.insert(src.id.clone()) {
+                // This process's links out of the server: where they record what they applied.
+                let outgoing = links
+                    .iter()
+                    .filter(|l| l.src == spec.src)
+                    .map(|l| (l.id(), options[&l.dst].clone()))
+                    .collect();
+                let keeper = MetadataKeeper {
+                    options: options[&src.name].clone(),
+                    site: src.id.clone(),
+                    outgoing,
+                    retention: tombstone_retention,
+                };
+                tasks.push(tokio::spawn(keeper.run(stop.subscribe())));
+            }
+        }
         for spec in links {
             let src = by_name[spec.src.as_str()].clone();
             let dst = by_name[spec.dst.as_str()].clone();
@@ -82,5 +105,88 @@ impl Replicator {
     /// True when every link task has ended (stopped or failed).
     pub fn finished(&self) -> bool {
         self.tasks.iter().all(|t| t.is_finished())
+    }
+}
+
+/// How often a source's own writes are accounted for in its `__mmm.meta`.
+const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often expired tombstones are looked for (sooner when the retention is shorter).
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Keeps a source server's `__mmm.meta`: observes its writes every second, and purges
+/// tombstones once nothing can still bring their document back.
+///
+/// A tombstone stops a stale version (written concurrently with the delete, before its writer
+/// received it) from reinstating the document. It may go once (1) it is older than the
+/// retention (10 days by default, like Cassandra's gc_grace_seconds: a stale version delayed
+/// longer than that is not expected), (2) every link this process runs out of the server has
+/// applied past it (the peers have the delete), and (3) every link into the server has
+/// brought what its source wrote up to a time after it (a peer's concurrent writes made before
+/// it received the delete have arrived and were decided against the tombstone). Links out of
+/// the server run by other processes are not known here: run a server's outgoing links in one
+/// process (the usual deployment, one `mmm run` per side) or keep the retention long.
+struct MetadataKeeper {
+    options: ClientOptions,
+    site: String,
+    /// (link id, destination's client options) of this process's links out of the server.
+    outgoing: Vec<(String, ClientOptions)>,
+    retention: std::time::Duration,
+}
+
+impl MetadataKeeper {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Ok(client) = mongodb::Client::with_options(self.options.clone()) else {
+            return;
+        };
+        let purge_every = PURGE_EVERY.min(self.retention / 2).max(OBSERVE_EVERY);
+        let mut last_purge = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(OBSERVE_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = crate::apply::observe::observe_and_store(&client, &self.site).await {
+                log::debug!(target: "mmm", "observing {}: {e}", self.site);
+                continue;
+            }
+            if last_purge.elapsed() >= purge_every {
+                last_purge = std::time::Instant::now();
+                match self.purge(&client).await {
+                    Ok(0) => {}
+                    Ok(n) => log::info!(target: "mmm", "{}: purged {n} tombstones past their retention", self.site),
+                    Err(e) => log::debug!(target: "mmm", "purging tombstones on {}: {e}", self.site),
+                }
+            }
+        }
+    }
+
+    async fn purge(&self, client: &mongodb::Client) -> Result<u64, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?;
+        let cutoff = now.saturating_sub(self.retention).as_secs() as u32;
+        let mut before = bson::Timestamp { time: cutoff, increment: 0 };
+        for (link, options) in &self.outgoing {
+            let dst = mongodb::Client::with_options(options.clone()).map_err(|e| e.to_string())?;
+            let Some(c) = crate::store::checkpoints::read(&dst, link).await.map_err(|e| e.to_string())? else {
+                return Ok(0);
+            };
+            before = before.min(c.applied);
+        }
+        // Links into the server: what they applied is a time on their source's clock.
+        let incoming = client
+            .database(crate::store::MMM_DB)
+            .collection::<bson::Document>(crate::store::CHECKPOINTS)
+            .find(bson::doc! {})
+            .await
+            .map_err(|e| e.to_string())?;
+        use futures_util::TryStreamExt;
+        let incoming: Vec<bson::Document> = incoming.try_collect().await.map_err(|e| e.to_string())?;
+        for c in incoming.iter().filter_map(crate::store::Checkpoint::from_document) {
+            before = before.min(bson::Timestamp { time: c.applied.time, increment: 0 });
+        }
+        crate::store::meta::purge_tombstones(client, before)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

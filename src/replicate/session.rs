@@ -78,12 +78,6 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     let (tail_stop, tail_stop_rx) = watch::channel(false);
     let tailer = tokio::spawn(tail::run(tail_options, tx, tail_stop_rx));
     let _guard = StopOnDrop(tail_stop);
-    // The source's own writes are observed regularly, so that links applying to it read a
-    // short stretch of its oplog in each batch.
-    let _observer = AbortOnDrop(tokio::spawn(observe_regularly(
-        src.clone(),
-        rt.src.id.clone(),
-    )));
     rt.set_state(LinkState::Running, None);
     let mut reader = Reader::new(
         rt,
@@ -179,16 +173,6 @@ async fn starting_checkpoint(
             Ok(done)
         }
         None => Ok(checkpoint),
-    }
-}
-
-/// Observes `src` every second until aborted; trouble is left to the next round.
-async fn observe_regularly(src: Client, site: String) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Err(e) = observe::observe_and_store(&src, &site).await {
-            log::debug!(target: "mmm", "observing {site}: {e}");
-        }
     }
 }
 

@@ -240,6 +240,16 @@ pub async fn write_rows(
     Ok(())
 }
 
+/// Deletes the tombstones that account for writes before `before` (see `replicate/mod.rs` for
+/// when that is safe). Returns how many went.
+pub async fn purge_tombstones(client: &Client, before: Timestamp) -> Result<u64, StoreError> {
+    let done = meta(client)
+        .delete_many(doc! {"d": true, "t": {"$lt": before}})
+        .await
+        .map_err(store_error("purging tombstones from __mmm.meta"))?;
+    Ok(done.deleted_count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
