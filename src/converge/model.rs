@@ -17,10 +17,32 @@
 //!   discards does not. Per-field merge (`Policy::Fields`) is not modelled.
 //!
 //! Beside the sites, the model keeps what no site can know: every version ever made, its content,
-//! and its exact causal past (every version of the document its writer's site had held before).
-//! The checks compare the sites against that truth (see [`Sim::check_final`] and the
-//! `fail` calls in [`Sim::deliver`]). A failure prints the seed, the policy and a trace of the
-//! document concerned; `MMM_MODEL_SEED=n` replays one seed, `MMM_MODEL_HISTORIES=n` runs more.
+//! and its exact causal past (every version of the document its writer's site had held before,
+//! transitively). After each history, for every policy that claims to converge:
+//! - **convergence**: every site holds the same version (stamp) with the same content;
+//! - **a join over stamps**: that version is the one with the largest stamp ever made for the
+//!   document, so a delete that is the latest write stays (no resurrection), and no site ever
+//!   replaces its version by an older one (no stale update installed over a tombstone);
+//! - **causality**: a new version (local write or rewrite) has a stamp above every version its
+//!   site held before;
+//! - **exact decisions**: `FastForward` only when the arriving version's writer had held ours,
+//!   and a diff then gives exactly the content its writer made; `Duplicate` only when we had
+//!   held theirs; `Conflict` only between truly concurrent versions. One exception is counted,
+//!   not failed: a rewrite carries its own server's knowledge, which misses the version it
+//!   resolved, so that version's server takes the rewrite for a concurrent one; the rewrite must
+//!   still win there (see
+//!   `a_rewrite_that_records_what_it_resolved_makes_every_decision_exact`);
+//! - **journal completeness**: every version the final one never saw met a `Conflict` at some
+//!   site, itself or through a version made on top of it;
+//! - **each policy's promise**: a delete rule decides every delete-against-update conflict where
+//!   it is met; under `Prefer` a version of the preferred server is lost only once a version made
+//!   on top of it exists (or after it met an equal version, counted apart); under `Resolver` with
+//!   an arbiter on every path, every lost version met the resolver; plain LWW never rewrites;
+//! - **termination**: once writes stop and links are restored, the links drain.
+//!
+//! Under detection only (`Policy::Detect`) some history must diverge: the checker can fail.
+//! A failure prints the seed, the policy and a trace of the document concerned;
+//! `MMM_MODEL_SEED=n` replays one seed, `MMM_MODEL_HISTORIES=n` runs more.
 
 use super::policy::{
     decide, settle_equal, Arriving, Decision, Deletes, Held, Policy, Side, Winner,
@@ -1012,6 +1034,11 @@ impl<'a> Sim<'a> {
                         continue;
                     }
                     if ver.settled {
+                        // Met a version of equal content from another server, which
+                        // `settle_equal` kept by stamp; a later write made on top of that one
+                        // then replaces it everywhere without having seen this one (e.g. both
+                        // deleted, the other re-inserted). Counted, not failed: the write came
+                        // after a state equal to the preferred one.
                         prefer_settled_lost += 1;
                     } else {
                         return fail(
