@@ -5,7 +5,7 @@ what it is built on. Every value going in or out is typed here: positional tuple
 for ``(time, inc)`` timestamps.
 """
 
-from typing import Awaitable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, TypedDict, Union, final
+from typing import Any, Awaitable, Callable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, TypedDict, Union, final
 
 # Names below that only exist for type checkers (aliases, TypedDicts, Protocols) are imported
 # under `if TYPE_CHECKING:`; tests/stubtest_allowlist.txt lists them for mypy's stubtest.
@@ -232,9 +232,12 @@ class ReplicatorCore:
         links: Sequence[LinkLike],
         policies: Optional[Dict[str, Dict[str, Tuple[str, str, str]]]] = None,
         resolvers: Optional[Dict[str, Dict[str, Callable[..., Any]]]] = None,
+        tombstone_retention: float = 864000.0,
     ) -> "ReplicatorCore":
         """``policies``: per link id, per namespace pattern, (kind, server id, deletes);
-        ``resolvers``: per link id, per pattern, the resolver function."""
+        ``resolvers``: per link id, per pattern, the resolver function;
+        ``tombstone_retention``: seconds a tombstone is kept at least (ValueError unless
+        positive)."""
     def link_ids(self) -> List[str]:
         """Link ids in declaration order."""
     def resync(self, link: str, mirror: bool = False) -> TimestampTuple:

@@ -452,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
     s.add_argument("--resolve", action="append", metavar="[PATTERN=]POLICY",
-                   help="conflict policy (lww, prefer:SERVER, fields, none; ',deletes=delete_wins|update_wins'), "
+                   help="conflict policy (lww, prefer:SERVER, none; ',deletes=delete_wins|update_wins'), "
                         "for every namespace or for PATTERN (db.coll, db.*); repeatable; overrides the file's resolve:")
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("conflicts", help="list the conflict journal (__mmm.conflicts) of every server, newest first")
     s.add_argument("--ns", help="only this namespace (db.collection)")
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive(int), default=50, help="at most this many entries (default 50)")
     s.add_argument("--json", action="store_true", help="the entries as JSON (MongoDB extended JSON)")
     s.set_defaults(func=cmd_conflicts)
-    s.set_defaults(func=cmd_run)
+
     s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
     s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")
     s.add_argument("--mirror", action="store_true",

@@ -12,6 +12,7 @@
 
 use super::stamp::{tick, witness, Knowledge, Stamp};
 use crate::oplog::{Entry, OpKind, Unit};
+use crate::store::checkpoints::checkpoint_in_ops;
 use crate::store::is_replicable_ns;
 use crate::store::meta::MetaRow;
 use bson::{Bson, RawDocument, RawDocumentBuf};
@@ -106,7 +107,8 @@ impl ClockState {
         out
     }
 
-    /// A batch mmm applied on this server: the rows it wrote, which the clock witnesses.
+    /// A batch mmm applied on this server: the rows it wrote, which the clock witnesses, and
+    /// every version it met (its checkpoint's `seen`), installed or not.
     pub fn applied(&mut self, ops: &[RawDocumentBuf]) -> Vec<MetaRow> {
         let rows: Vec<MetaRow> = ops
             .iter()
@@ -115,6 +117,14 @@ impl ClockState {
         for row in &rows {
             self.h = witness(self.h, row.stamp.h);
             self.know.see(&row.stamp);
+        }
+        let seen = checkpoint_in_ops(ops)
+            .and_then(|c| c.seen)
+            .unwrap_or_default();
+        for (site, h) in seen.0 {
+            let stamp = Stamp::new(h, site);
+            self.h = witness(self.h, stamp.h);
+            self.know.see(&stamp);
         }
         rows
     }

@@ -20,9 +20,17 @@
 //!   everywhere. `Prefer` and `Resolver` rewrite only on their arbiter (others keep the LWW
 //!   result until the arbiter's version arrives), so a resolver runs once per conflict. The
 //!   `deletes=` rule rewrites on every server that sees the conflict, with equal content (the
-//!   tombstone, or the surviving version); two rewrites of equal content meet as versions of
-//!   equal content, which [`settle_equal`] decides by LWW without a further rewrite, so the
-//!   exchange ends.
+//!   tombstone, or the surviving version); two such rewrites are both deletes or both live,
+//!   so the rule no longer applies between them and plain stamps decide: the exchange ends.
+//!   Where a rewrite would write content equal to what it meets ([`settle_equal`], `Prefer`
+//!   meeting an equal version) nothing new is written either.
+//! - A rewrite is sent with what its server had seen, including the version it overruled (the
+//!   batch's `seen` in its checkpoint), so where it arrives it is a fast-forward, not a new
+//!   conflict.
+//! - `Resolver` sees the conflicts its arbiter meets. Where two other servers' versions meet
+//!   first at a server that is not the arbiter (a star whose arbiter is a leaf), they are
+//!   decided there by stamp and only the winner reaches the arbiter: put the arbiter where
+//!   every path passes (the hub of a star, the middle of a chain, either side of a pair).
 //! - `Fields`: per top-level field, the larger field stamp wins, a join like LWW.
 
 use super::stamp::{server_of, Knowledge, Stamp};

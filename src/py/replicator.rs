@@ -90,7 +90,10 @@ impl PyReplicatorCore {
         resolvers: Option<HashMap<String, HashMap<String, Py<PyAny>>>>,
         tombstone_retention: f64,
     ) -> PyResult<Self> {
-        if !(tombstone_retention.is_finite() && tombstone_retention > 0.0 && tombstone_retention < 1e10) {
+        if !(tombstone_retention.is_finite()
+            && tombstone_retention > 0.0
+            && tombstone_retention < 1e10)
+        {
             return Err(PyValueError::new_err(format!(
                 "tombstone_retention is a positive number of seconds, got {tombstone_retention}"
             )));

@@ -153,8 +153,12 @@ impl MetadataKeeper {
                 last_purge = std::time::Instant::now();
                 match self.purge(&client).await {
                     Ok(0) => {}
-                    Ok(n) => log::info!(target: "mmm", "{}: purged {n} tombstones past their retention", self.site),
-                    Err(e) => log::debug!(target: "mmm", "purging tombstones on {}: {e}", self.site),
+                    Ok(n) => {
+                        log::info!(target: "mmm", "{}: purged {n} tombstones past their retention", self.site)
+                    }
+                    Err(e) => {
+                        log::debug!(target: "mmm", "purging tombstones on {}: {e}", self.site)
+                    }
                 }
             }
         }
@@ -165,10 +169,16 @@ impl MetadataKeeper {
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|e| e.to_string())?;
         let cutoff = now.saturating_sub(self.retention).as_secs() as u32;
-        let mut before = bson::Timestamp { time: cutoff, increment: 0 };
+        let mut before = bson::Timestamp {
+            time: cutoff,
+            increment: 0,
+        };
         for (link, options) in &self.outgoing {
             let dst = mongodb::Client::with_options(options.clone()).map_err(|e| e.to_string())?;
-            let Some(c) = crate::store::checkpoints::read(&dst, link).await.map_err(|e| e.to_string())? else {
+            let Some(c) = crate::store::checkpoints::read(&dst, link)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 return Ok(0);
             };
             before = before.min(c.applied);
@@ -181,9 +191,16 @@ impl MetadataKeeper {
             .await
             .map_err(|e| e.to_string())?;
         use futures_util::TryStreamExt;
-        let incoming: Vec<bson::Document> = incoming.try_collect().await.map_err(|e| e.to_string())?;
-        for c in incoming.iter().filter_map(crate::store::Checkpoint::from_document) {
-            before = before.min(bson::Timestamp { time: c.applied.time, increment: 0 });
+        let incoming: Vec<bson::Document> =
+            incoming.try_collect().await.map_err(|e| e.to_string())?;
+        for c in incoming
+            .iter()
+            .filter_map(crate::store::Checkpoint::from_document)
+        {
+            before = before.min(bson::Timestamp {
+                time: c.applied.time,
+                increment: 0,
+            });
         }
         crate::store::meta::purge_tombstones(client, before)
             .await

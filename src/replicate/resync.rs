@@ -56,6 +56,7 @@ pub async fn resync(
         initial_sync: None,
         src_clock: Some(clock),
         writer_know: None,
+        seen: None,
     };
     let mut fresh = initial_sync::fresh(base, start);
     if let Some(progress) = fresh.initial_sync.as_mut() {

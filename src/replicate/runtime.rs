@@ -125,6 +125,7 @@ impl LinkRuntime {
             initial_sync: None,
             src_clock: Some(src_clock),
             writer_know: None,
+            seen: None,
         }
     }
 

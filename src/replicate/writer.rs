@@ -81,6 +81,11 @@ async fn apply(
             // every batch applied before this one.
             let mut checkpoint = rt.checkpoint(origin, resume, applied, ops, clock);
             checkpoint.writer_know = Some(versions.know.clone());
+            let mut seen = crate::converge::Knowledge::default();
+            for c in &versions.composites {
+                seen.see(&c.stamp);
+            }
+            checkpoint.seen = Some(seen);
             let batch = Batch::Versions {
                 versions: &versions,
                 converging,

@@ -67,6 +67,10 @@ pub struct Checkpoint {
     pub src_clock: Option<SrcClock>,
     /// What the writer of the batch's versions knew (read by links that forward them).
     pub writer_know: Option<Knowledge>,
+    /// Per site, the largest stamp among the batch's versions, installed or not: the server
+    /// has seen them all (a version it discarded was still seen, and what it writes next was
+    /// made knowing it).
+    pub seen: Option<Knowledge>,
 }
 
 /// A source's clock as a link reading it carries it.
@@ -96,6 +100,9 @@ impl Checkpoint {
         }
         if let Some(k) = &self.writer_know {
             d.insert("writer_know", k.to_document());
+        }
+        if let Some(k) = &self.seen {
+            d.insert("seen", k.to_document());
         }
         d
     }
@@ -135,6 +142,7 @@ impl Checkpoint {
                 .get_document("writer_know")
                 .ok()
                 .map(Knowledge::from_document),
+            seen: d.get_document("seen").ok().map(Knowledge::from_document),
         })
     }
 }
