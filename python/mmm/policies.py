@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import bson
 
-__all__ = ["Conflict", "FieldMerge", "LWW", "Policy", "Prefer", "Resolver", "Stamp", "parse_policy", "normalize_resolve"]
+__all__ = ["Conflict", "LWW", "Policy", "Prefer", "Resolver", "Stamp", "parse_policy", "normalize_resolve"]
 
 DELETES = ("lww", "delete_wins", "update_wins")
 
@@ -91,20 +91,6 @@ class Prefer(Policy):
 
     def __repr__(self) -> str:
         return f"Prefer({self.server!r}, deletes={self.deletes!r})"
-
-
-class FieldMerge(Policy):
-    """Concurrent changes merge per top-level field: fields each side has, the later version's
-    value; fields only one side has, kept. Every server that sees the conflict writes the same
-    merged document."""
-
-    kind = "fields"
-
-    def __init__(self, deletes: str = "lww") -> None:
-        self.deletes = _check_deletes(deletes)
-
-    def __repr__(self) -> str:
-        return f"FieldMerge(deletes={self.deletes!r})"
 
 
 class Resolver(Policy):
@@ -188,13 +174,12 @@ PolicyLike = Union[Policy, str, None]
 
 
 def parse_policy(value: PolicyLike) -> Optional[Policy]:
-    """A policy from its object or its name: ``"lww"``, ``"prefer:<server>"``, ``"fields"``,
-    ``"none"`` (or ``None``: detection only). A suffix ``,deletes=delete_wins`` (or
+    """A policy from its object or its name: ``"lww"``, ``"prefer:<server>"``, ``"none"`` (or ``None``: detection only). A suffix ``,deletes=delete_wins`` (or
     ``update_wins``) sets the delete rule: ``"lww,deletes=delete_wins"``."""
     if value is None or isinstance(value, Policy):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"a conflict policy is an mmm policy object or a name like 'lww', 'prefer:cloud', 'fields', got {value!r}")
+        raise ValueError(f"a conflict policy is an mmm policy object or a name like 'lww', 'prefer:cloud', got {value!r}")
     name, _, rest = value.strip().partition(",")
     deletes = "lww"
     if rest:
@@ -209,11 +194,9 @@ def parse_policy(value: PolicyLike) -> Optional[Policy]:
         return None
     if name == "lww":
         return LWW(deletes=deletes)
-    if name == "fields":
-        return FieldMerge(deletes=deletes)
     if name.startswith("prefer:") and name[len("prefer:"):]:
         return Prefer(name[len("prefer:"):], deletes=deletes)
-    raise ValueError(f"unknown conflict policy {value!r} (expected 'lww', 'prefer:<server>', 'fields' or 'none')")
+    raise ValueError(f"unknown conflict policy {value!r} (expected 'lww', 'prefer:<server>' or 'none')")
 
 
 _MISSING = object()

@@ -91,7 +91,7 @@ class ConflictEvent:
     policy: str
     winner: str
     """``ours``, ``theirs``, ``rewrite-ours``/``rewrite-theirs`` (a new version written by a
-    delete rule or ``Prefer``), ``resolver``, ``merge``, or ``as-is`` (detection only)."""
+    delete rule or ``Prefer``), ``resolver``, or ``as-is`` (detection only)."""
 
 
 LinkLike = Union[Link, Tuple[str, str], Tuple[str, str, str], Mapping[str, Any]]

@@ -227,29 +227,12 @@ fn winner_name(w: Winner) -> &'static str {
         Winner::Rewrite(Side::Ours) => "rewrite-ours",
         Winner::Rewrite(Side::Theirs) => "rewrite-theirs",
         Winner::Rewrite(Side::Custom) => "resolver",
-        Winner::Merge => "merge",
         Winner::AsIs => "as-is",
     }
 }
 
 fn add_state(plan: &mut Plan, ns: &str, id: &Bson, doc: &Option<Document>) {
     plan.add_state(ns, id, doc.as_ref());
-}
-
-/// Per top-level field of both versions, the one of the later version... of the field: with
-/// no per-field history at hand, the later version's value for the fields it has, and ours
-/// for fields only we have.
-fn merge_fields(ours: &Document, theirs: &Document, theirs_later: bool) -> Document {
-    let (first, second) = if theirs_later {
-        (ours, theirs)
-    } else {
-        (theirs, ours)
-    };
-    let mut out = first.clone();
-    for (k, v) in second {
-        out.insert(k.clone(), v.clone());
-    }
-    out
 }
 
 /// Stamps this far ahead of the wall clock here mean a server's clock is wrong: applying them
@@ -404,18 +387,6 @@ pub async fn prepare(
                     add_state(&mut plan, &c.ns, &c.id, &theirs_doc);
                 }
                 rows.insert(key.clone(), row(theirs_stamp.clone(), theirs_doc.is_none()));
-            }
-            Winner::Merge => {
-                let merged = match (&ours_doc, &theirs_doc) {
-                    (Some(o), Some(t)) => Some(merge_fields(o, t, theirs_stamp > ours_stamp)),
-                    _ if theirs_stamp > ours_stamp => theirs_doc.clone(),
-                    _ => ours_doc.clone(),
-                };
-                fresh += 1;
-                let stamp = Stamp::new(fresh, resolution_site(&conv.site));
-                add_state(&mut plan, &c.ns, &c.id, &merged);
-                rows.insert(key.clone(), row(stamp.clone(), merged.is_none()));
-                resolution = Some(stamp);
             }
             Winner::Rewrite(side) => {
                 let content = match side {

@@ -31,7 +31,6 @@
 //!   first at a server that is not the arbiter (a star whose arbiter is a leaf), they are
 //!   decided there by stamp and only the winner reaches the arbiter: put the arbiter where
 //!   every path passes (the hub of a star, the middle of a chain, either side of a pair).
-//! - `Fields`: per top-level field, the larger field stamp wins, a join like LWW.
 
 use super::stamp::{server_of, Knowledge, Stamp};
 use std::collections::BTreeMap;
@@ -76,8 +75,6 @@ pub enum Policy {
     Lww { deletes: Deletes },
     /// The named server's version wins concurrent conflicts; that server arbitrates.
     Prefer { site: String, deletes: Deletes },
-    /// The larger stamp wins per top-level field.
-    Fields { deletes: Deletes },
     /// A function decides, once, on the arbiter.
     Resolver { arbiter: String, deletes: Deletes },
 }
@@ -99,7 +96,6 @@ impl Policy {
         Ok(match kind {
             "none" => Policy::Detect,
             "lww" => Policy::Lww { deletes },
-            "fields" => Policy::Fields { deletes },
             "prefer" => Policy::Prefer {
                 site: site()?,
                 deletes,
@@ -117,7 +113,6 @@ impl Policy {
             Policy::Detect => Deletes::Lww,
             Policy::Lww { deletes }
             | Policy::Prefer { deletes, .. }
-            | Policy::Fields { deletes }
             | Policy::Resolver { deletes, .. } => *deletes,
         }
     }
@@ -137,10 +132,6 @@ impl fmt::Display for Policy {
             }
             Policy::Prefer { site, deletes: d } => {
                 write!(f, "prefer:{site}")?;
-                deletes(f, *d)
-            }
-            Policy::Fields { deletes: d } => {
-                f.write_str("fields")?;
                 deletes(f, *d)
             }
             Policy::Resolver {
@@ -258,8 +249,6 @@ pub enum Winner {
     Theirs,
     /// A new version is written here with a fresh stamp.
     Rewrite(Side),
-    /// Per-field merge of both versions.
-    Merge,
     /// Detection only: apply the change as it came.
     AsIs,
 }
@@ -336,13 +325,6 @@ pub fn decide(policy: &Policy, here: &str, held: &Held, theirs: &Arriving) -> De
                 lww
             }
         }
-        Policy::Fields { .. } => {
-            if held.deleted || theirs.deleted {
-                by_stamp(ours, theirs.stamp)
-            } else {
-                Winner::Merge
-            }
-        }
         Policy::Resolver { arbiter, .. } => {
             if server_of(here) == arbiter {
                 Winner::Rewrite(Side::Custom)
@@ -358,7 +340,7 @@ pub fn decide(policy: &Policy, here: &str, held: &Held, theirs: &Arriving) -> De
 /// as LWW would. This is what ends an exchange of rewrites (see the module comment).
 pub fn settle_equal(decision: Decision, ours: &Stamp, theirs: &Stamp) -> Decision {
     match decision {
-        Decision::Conflict(Winner::Rewrite(_) | Winner::Merge) => {
+        Decision::Conflict(Winner::Rewrite(Side::Ours | Side::Theirs)) => {
             Decision::Conflict(by_stamp(ours, theirs))
         }
         d => d,
@@ -529,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn resolvers_run_on_their_arbiter_and_fields_merge() {
+    fn resolvers_run_on_their_arbiter() {
         let k = Knowledge::default();
         let r = Policy::Resolver {
             arbiter: "cloud".into(),
@@ -552,17 +534,6 @@ mod tests {
                 &held(10, "cloud", false),
                 &arrive(&s, &k, false)
             ),
-            Decision::Conflict(Winner::Theirs)
-        );
-        let f = Policy::Fields {
-            deletes: Deletes::Lww,
-        };
-        assert_eq!(
-            decide(&f, "a", &held(10, "a", false), &arrive(&s, &k, false)),
-            Decision::Conflict(Winner::Merge)
-        );
-        assert_eq!(
-            decide(&f, "a", &held(10, "a", true), &arrive(&s, &k, false)),
             Decision::Conflict(Winner::Theirs)
         );
         assert_eq!(

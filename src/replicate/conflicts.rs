@@ -19,7 +19,7 @@ pub struct Conflict {
     pub ours: Stamp,
     pub theirs: Stamp,
     pub policy: String,
-    /// `ours`, `theirs`, `rewrite-ours`, `rewrite-theirs`, `resolver`, `merge` or `as-is`.
+    /// `ours`, `theirs`, `rewrite-ours`, `rewrite-theirs`, `resolver` or `as-is`.
     pub winner: String,
 }
 

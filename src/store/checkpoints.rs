@@ -325,6 +325,12 @@ mod tests {
                 ts(6),
             )),
             initial_sync: None,
+            src_clock: Some(SrcClock {
+                h: 77,
+                know: Knowledge([("B".to_string(), 5)].into_iter().collect()),
+            }),
+            writer_know: Some(Knowledge([("C".to_string(), 9)].into_iter().collect())),
+            seen: Some(Knowledge([("A#r".to_string(), 11)].into_iter().collect())),
         };
         assert_eq!(Checkpoint::from_document(&c.to_document()), Some(c.clone()));
         let copying = Checkpoint {

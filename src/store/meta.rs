@@ -287,6 +287,10 @@ mod tests {
                 time: 9,
                 increment: 2,
             },
+            applied: Timestamp {
+                time: 9,
+                increment: 3,
+            },
             h: 7,
             know: Knowledge([("a".to_string(), 3)].into_iter().collect()),
         };
