@@ -257,7 +257,7 @@ def test_rollover_stops_the_link_with_a_remedy(mongo_server_factory):
     b = mongo_server_factory()
     ca = pymongo.MongoClient(a.uri)
     servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
-    links = [("a/app.*", "b/app.*")]
+    links = [mmm.Link("a/app.*", "b/app.*", on_rollover="stop")]
     with mmm.Replicator(servers, links):
         ca.app.x.insert_one({"_id": 0})
         wait_for(lambda: pymongo.MongoClient(b.uri).app.x.count_documents({}) == 1)

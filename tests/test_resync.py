@@ -24,12 +24,13 @@ def by_id(coll):
 
 @pytest.fixture
 def three(mongo_server_factory):
-    """a (a 1 MB oplog that wraps quickly), b and c; links a -> b and c -> b, both run once."""
+    """a (a 1 MB oplog that wraps quickly), b and c; links a -> b and c -> b, both run once,
+    stopping (rather than catching up) when their position leaves the oplog."""
     a = mongo_server_factory(oplog_size_mb=1)
     b, c = mongo_server_factory(), mongo_server_factory()
     ca, cb, cc = (pymongo.MongoClient(s.uri) for s in (a, b, c))
     servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}, "c": {"id": "C", "uri": c.uri}}
-    links = [("a/app.*", "b/app.*"), ("c/other.*", "b/other.*")]
+    links = [mmm.Link("a/app.*", "b/app.*", on_rollover="stop"), mmm.Link("c/other.*", "b/other.*", on_rollover="stop")]
     with mmm.Replicator(servers, links):
         ca.app.x.insert_one({"_id": 0})
         cc.other.y.insert_one({"_id": 0})
@@ -94,7 +95,7 @@ def test_mmm_resync_command(three, tmp_path):
     cfg = tmp_path / "mmm.yml"
     cfg.write_text(
         "".join(f"{name}:\n  id: {s['id']}\n  uri: '{s['uri']}'\n" for name, s in servers.items())
-        + "links:\n  - {src: a/app.*, dst: b/app.*}\n  - {src: c/other.*, dst: b/other.*}\n"
+        + "links:\n  - {src: a/app.*, dst: b/app.*, on_rollover: stop}\n  - {src: c/other.*, dst: b/other.*, on_rollover: stop}\n"
     )
     cli = [sys.executable, "-m", "mmm", "-c", str(cfg)]
     bad = subprocess.run(cli + ["resync", "a/app.*->z/app.*"], capture_output=True, text=True, timeout=60)

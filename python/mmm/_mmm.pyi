@@ -161,6 +161,9 @@ class LinkLike(Protocol):
     @property
     def on_reject(self) -> str:
         """"fail" or "journal"."""
+    @property
+    def on_rollover(self) -> str:
+        """"repair" or "stop"."""
 
 class _LinkStatusRequired(TypedDict):
     id: str

@@ -32,7 +32,8 @@ from ._mmm import MmmError
 __all__ = ["ConfigError", "Config", "Server", "Link", "load_config", "parse_config"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject", "resolve"}
+LINK_KEYS = {"src", "dst", "ops", "forward", "initial_sync", "marker", "on_reject", "resolve", "on_rollover"}
+ON_ROLLOVER = ("repair", "stop")
 MARKERS = ("transaction", "field")
 MAX_CONFIG_CHARS = 16 << 20  # reading stops here: `-c /dev/zero` must not exhaust memory
 ON_REJECT = ("fail", "journal")
@@ -78,7 +79,14 @@ class Link:
     """This link's conflict policy (see :mod:`mmm.policies`), overriding the replicator's:
     a policy, its name, or a mapping from namespace pattern to policy."""
 
+    on_rollover: str = field(default="repair", compare=False)
+    """When the link's position has left its source's oplog (an outage longer than the oplog
+    window): "repair" catches up by sending the documents the source changed since (kept in
+    the source's ``__mmm.meta``), "stop" stops the link with the remedy (``mmm resync``)."""
+
     def __post_init__(self) -> None:
+        if self.on_rollover not in ON_ROLLOVER:
+            raise ValueError(f"on_rollover is one of {', '.join(map(repr, ON_ROLLOVER))}, got {self.on_rollover!r}")
         if self.marker not in MARKERS:
             raise ValueError(f"marker is one of {', '.join(map(repr, MARKERS))}, got {self.marker!r}")
         if self.on_reject not in ON_REJECT:
@@ -215,7 +223,7 @@ def _link(node: yaml.Node, path: str, index: int) -> Link:
     try:
         return Link(values["src"], values["dst"], ops, bool(values.get("forward", False)),
                     bool(values.get("initial_sync", False)), marker, on_reject,
-                    values.get("resolve", _UNSET))
+                    values.get("resolve", _UNSET), values.get("on_rollover", "repair"))
     except ValueError as e:
         raise ConfigError(f"{_where(path, node, key)}: {e}") from None
 

@@ -56,6 +56,15 @@ pub async fn observe(
         );
     }
     let mut reply = local.run_command(find).await?;
+    // Entries after `from.pos` that rolled over before this read: rows cannot account for them.
+    let mut gap = from.gap;
+    let (oldest, _) = edge_entry(client, 1).await?;
+    if oldest > from.pos && from.pos != zero() {
+        log::warn!(target: "mmm",
+            "observing {site}: its oplog rolled over past Timestamp({}, {}) before it was read; \
+             links that fell behind it will send every document", from.pos.time, from.pos.increment);
+        gap = Some((from.pos, oldest));
+    }
     let mut state = ClockState::new(site, from.h, from.know.clone());
     let mut reassembler = Reassembler::new();
     let mut units = Vec::new();
@@ -115,10 +124,18 @@ pub async fn observe(
             applied,
             h: state.h,
             know: state.know,
+            gap,
         },
         rows,
         entries,
     })
+}
+
+fn zero() -> Timestamp {
+    Timestamp {
+        time: 0,
+        increment: 0,
+    }
 }
 
 /// The rows of `observed` that are news in a transaction that read `stored`: a row written
@@ -136,17 +153,19 @@ pub fn news(
 
 /// The newest oplog entry's ts and wall time (ms): where a server's clock starts.
 pub async fn newest_entry(client: &Client) -> Result<(Timestamp, i64), Error> {
+    edge_entry(client, -1).await
+}
+
+/// The oldest (1) or newest (-1) oplog entry's ts and wall time (ms).
+async fn edge_entry(client: &Client, direction: i32) -> Result<(Timestamp, i64), Error> {
     let last = client
         .database("local")
         .collection::<Document>("oplog.rs")
         .find_one(doc! {})
-        .sort(doc! {"$natural": -1})
+        .sort(doc! {"$natural": direction})
         .projection(doc! {"ts": 1, "wall": 1})
         .await?;
-    let zero = Timestamp {
-        time: 0,
-        increment: 0,
-    };
+    let zero = zero();
     Ok(match last {
         Some(d) => {
             let ts = d.get_timestamp("ts").unwrap_or(zero);
@@ -176,6 +195,7 @@ pub async fn ensure_clock(client: &Client) -> Result<Clock, StoreError> {
         applied: ts,
         h: crate::converge::stamp::initial(wall),
         know: Default::default(),
+        gap: None,
     };
     meta::ensure_clock(client, &start).await
 }

@@ -14,7 +14,7 @@
 //!   applies the change as it came; `Theirs` installs the version whole (its post-image travels
 //!   with it, as the real link fetches it); `Rewrite` writes a new version under
 //!   [`resolution_site`]; what a site installs or rewrites goes on to its other neighbours, what it
-//!   discards does not. 
+//!   discards does not.
 //!
 //! Beside the sites, the model keeps what no site can know: every version ever made, its content,
 //! and its exact causal past (every version of the document its writer's site had held before,

@@ -23,6 +23,7 @@ pub struct LinkArg {
     initial_sync: bool,
     marker: String,
     on_reject: String,
+    on_rollover: String,
 }
 
 /// Parses the links and checks the topology (names, ids, the single-path rule).
@@ -50,6 +51,16 @@ pub fn topology(
             other => {
                 return Err(PyValueError::new_err(format!(
                     "link {}: marker is \"transaction\" or \"field\", got {other:?}",
+                    spec.id()
+                )))
+            }
+        };
+        spec.repair_on_rollover = match l.on_rollover.as_str() {
+            "repair" => true,
+            "stop" => false,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "link {}: on_rollover is \"repair\" or \"stop\", got {other:?}",
                     spec.id()
                 )))
             }

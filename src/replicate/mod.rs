@@ -2,6 +2,7 @@
 //! applying to its destination, with echo suppression, exactly-once checkpoints, conflict
 //! detection and per-link status.
 
+mod catch_up;
 pub mod conflicts;
 mod id_order;
 mod initial_sync;

@@ -100,6 +100,25 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
     Ok(())
 }
 
+/// Catches the link up after its position left the source's oplog (see `catch_up.rs`).
+pub async fn recover_from_rollover(rt: &Arc<LinkRuntime>) -> Result<u64, LinkFailure> {
+    rt.set_state(LinkState::Starting, None);
+    let (src, dst) = connect(rt).await?;
+    let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
+    let checkpoint = applier
+        .read_checkpoint()
+        .await?
+        .ok_or_else(|| LinkFailure::Transient("the link's checkpoint is missing".into()))?;
+    let converging = Converging {
+        site: rt.dst.id.clone(),
+        src: src.clone(),
+        src_site: rt.src.id.clone(),
+        policies: rt.spec.policies.clone(),
+        resolvers: rt.resolvers.clone(),
+    };
+    super::catch_up::catch_up(rt, &src, &applier, &converging, &checkpoint).await
+}
+
 /// Clients of both servers, each checked to be a replica set member, and the checkpoint
 /// collection ready on the destination.
 async fn connect(rt: &LinkRuntime) -> Result<(Client, Client), LinkFailure> {

@@ -35,6 +35,9 @@ pub struct LinkSpec {
     pub on_reject: OnReject,
     /// Conflict policies by destination namespace pattern (last writer wins by default).
     pub policies: PolicyMap,
+    /// When the link's position has left its source's oplog: catch up from the source's
+    /// `__mmm.meta` (true, the default) or stop, naming the remedy.
+    pub repair_on_rollover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +100,7 @@ impl LinkSpec {
             tag_documents: false,
             on_reject: OnReject::Fail,
             policies: PolicyMap::default(),
+            repair_on_rollover: true,
         })
     }
 

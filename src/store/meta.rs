@@ -97,11 +97,18 @@ pub struct Clock {
     pub applied: Timestamp,
     pub h: i64,
     pub know: Knowledge,
+    /// The last stretch of oplog that rolled over before observation read it, (from, to): rows
+    /// do not account for writes between the two.
+    pub gap: Option<(Timestamp, Timestamp)>,
 }
 
 impl Clock {
     pub fn to_document(&self) -> Document {
-        doc! {"_id": CLOCK_ID, "pos": self.pos, "applied": self.applied, "h": self.h, "know": self.know.to_document()}
+        let mut d = doc! {"_id": CLOCK_ID, "pos": self.pos, "applied": self.applied, "h": self.h, "know": self.know.to_document()};
+        if let Some((from, to)) = self.gap {
+            d.insert("gap", doc! {"from": from, "to": to});
+        }
+        d
     }
 
     pub fn from_document(d: &Document) -> Option<Clock> {
@@ -114,6 +121,10 @@ impl Clock {
                 .get_document("know")
                 .map(Knowledge::from_document)
                 .unwrap_or_default(),
+            gap: d
+                .get_document("gap")
+                .ok()
+                .and_then(|g| Some((g.get_timestamp("from").ok()?, g.get_timestamp("to").ok()?))),
         })
     }
 }
@@ -293,6 +304,16 @@ mod tests {
             },
             h: 7,
             know: Knowledge([("a".to_string(), 3)].into_iter().collect()),
+            gap: Some((
+                Timestamp {
+                    time: 8,
+                    increment: 0,
+                },
+                Timestamp {
+                    time: 9,
+                    increment: 0,
+                },
+            )),
         };
         assert_eq!(Clock::from_document(&c.to_document()), Some(c));
         // Hostile rows are not rows.

@@ -1,0 +1,111 @@
+"""Outages longer than the source's oplog window: the link catches up from the source's
+``__mmm.meta`` (the documents changed since its position, each as its latest version), not by
+copying everything again, and deletes made during the outage stay deletes."""
+
+from __future__ import annotations
+
+import time
+
+import pymongo
+import pytest
+
+import mmm
+from conftest import wait_for
+
+N = 1000
+
+
+def everything(client):
+    return sorted(client.app.c.find(), key=lambda d: d["_id"])
+
+
+def roll_over(client, slowly=False):
+    """Writes outside the replicated database until the 1 MB oplog has wrapped (slowly: at
+    half a megabyte a second, which the source's observer, reading every second, keeps up with)."""
+    for _ in range(60):
+        client.filler.x.insert_many([{"blob": "z" * 10_000} for _ in range(5)])
+        if slowly:
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def pair(mongo_server_factory):
+    a, b = mongo_server_factory(oplog_size_mb=1), mongo_server_factory()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri, serverSelectionTimeoutMS=20000)
+    yield a, b, ca, cb
+    ca.close()
+    cb.close()
+
+
+def running(r):
+    return all(s["state"] == "running" for s in r.status())
+
+
+def test_an_outage_past_the_oplog_window_catches_up_with_only_the_changed_documents(pair):
+    a, b, ca, cb = pair
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    r = mmm.Replicator(servers, [("factory/app.*", "cloud/app.*"), ("cloud/app.*", "factory/app.*")])
+    with r:
+        wait_for(lambda: running(r), timeout=30)
+        ca.app.c.insert_many([{"_id": i, "v": 0} for i in range(N)])
+        wait_for(lambda: cb.app.c.count_documents({}) == N, timeout=60)
+        applied_before = r.status()[0]["ops_applied"]
+        b.pause(12)  # the cloud is unreachable; the factory keeps writing
+        time.sleep(0.3)
+        for i in range(0, 20):
+            ca.app.c.update_one({"_id": i}, {"$set": {"v": "changed"}})
+        ca.app.c.delete_many({"_id": {"$gte": 20, "$lt": 30}})
+        ca.app.c.insert_many([{"_id": N + i, "v": "new"} for i in range(10)])
+        roll_over(ca, slowly=True)
+        oldest = ca.local["oplog.rs"].find_one(sort=[("$natural", 1)])["ts"]
+        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
+        # The link's position had left the factory's oplog; it follows on after the catch-up.
+        wait_for(lambda: cb["__mmm"].checkpoints.find_one({"src": "F"})["ts"] >= oldest, timeout=30)
+        moved = r.status()[0]["ops_applied"] - applied_before
+    assert everything(ca) == everything(cb)
+    assert cb.app.c.count_documents({"_id": {"$gte": 20, "$lt": 30}}) == 0
+    assert cb.app.c.count_documents({"v": "changed"}) == 20
+    # 40 documents changed, not 1000: only those moved.
+    assert 40 <= moved < 100, moved
+
+
+def test_on_rollover_stop_keeps_the_old_behaviour(pair):
+    a, b, ca, cb = pair
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    links = [mmm.Link("factory/app.*", "cloud/app.*", on_rollover="stop")]
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: running(r), timeout=30)
+        ca.app.c.insert_one({"_id": 0})
+        wait_for(lambda: cb.app.c.count_documents({}) == 1, timeout=30)
+    roll_over(ca)
+    r = mmm.Replicator(servers, links)
+    with pytest.raises(mmm.ReplicationError, match="resync"):
+        r.run()
+    with pytest.raises(ValueError, match="on_rollover"):
+        mmm.Link("factory/app.*", "cloud/app.*", on_rollover="sometimes")
+
+
+def test_a_reader_that_was_down_too_sends_every_document(pair):
+    """Nothing observed the factory while its oplog wrapped: the rows cannot say what changed,
+    so every document of the link's namespaces is sent as a version (still no full resync by
+    hand, and the cloud's own newer versions are kept)."""
+    a, b, ca, cb = pair
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    links = [("factory/app.*", "cloud/app.*"), ("cloud/app.*", "factory/app.*")]
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: running(r), timeout=30)
+        ca.app.c.insert_many([{"_id": i, "v": 0} for i in range(50)])
+        wait_for(lambda: cb.app.c.count_documents({}) == 50, timeout=30)
+    # Both replicators are down; the factory changes and deletes documents, its oplog wraps.
+    ca.app.c.update_many({"_id": {"$lt": 5}}, {"$set": {"v": "factory"}})
+    ca.app.c.delete_many({"_id": {"$gte": 40}})
+    roll_over(ca)
+    time.sleep(0.02)
+    cb.app.c.update_one({"_id": 7}, {"$set": {"v": "cloud, later"}})
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
+        wait_for(lambda: running(r), timeout=30)
+    assert cb.app.c.count_documents({"v": "factory"}) == 5
+    assert ca.app.c.find_one({"_id": 7})["v"] == "cloud, later"
+    # Deleted on the factory while unobserved, older on the cloud: deleted on both.
+    assert cb.app.c.count_documents({"_id": {"$gte": 40}}) == 0
