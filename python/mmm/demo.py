@@ -129,6 +129,15 @@ def run_demo(seconds: float = 12.0, outage: float = 3.0) -> int:
                 state["replicator"].join()
                 state["link"] = "down"
                 screen.say(f"--- t={elapsed:.1f}s: the internet link is cut for {outage:.0f}s ---")
+                # A supervisor on the floor and a reviewer in the cloud change one inspection
+                # while neither can see the other: a conflict, resolved when the link is back.
+                shared = cc[DB].inspections.find_one({"verdict": {"$ne": "pending"}}, sort=[("_id", -1)])
+                if shared and fc[DB].inspections.find_one({"_id": shared["_id"]}):
+                    fc[DB].inspections.update_one({"_id": shared["_id"]}, {"$set": {"verdict": "hold", "reviewer": "floor"}})
+                    time.sleep(0.05)
+                    cc[DB].inspections.update_one({"_id": shared["_id"]}, {"$set": {"verdict": "fail", "reviewer": "cloud"}})
+                    state["conflict"] = shared["_id"]
+                    screen.say(f"    {shared['_id']}: the factory sets verdict 'hold', then the cloud sets 'fail' (a conflict)")
             elif state["link"] == "down" and elapsed >= restore_at:
                 state["replicator"] = Replicator(servers, links).start()
                 state["link"] = "up"
@@ -156,6 +165,17 @@ def run_demo(seconds: float = 12.0, outage: float = 3.0) -> int:
             f"OK: factory and cloud are identical: {len(a.get('fs.files', []))} frames ({chunks} GridFS chunks), "
             f"{len(a.get('inspections', []))} inspections, {docs} documents compared one by one."
         )
+        if state.get("conflict"):
+            journal = state["replicator"].conflicts(f"{DB}.inspections")
+            decided = fc[DB].inspections.find_one({"_id": state["conflict"]})
+            for entry in journal:
+                if entry["id"] == state["conflict"]:
+                    screen.say(
+                        f"Conflict on {entry['id']} met by {entry['server']}, resolved by {entry['policy']}: "
+                        f"the later change wins on both sides (verdict {decided['verdict']!r}); "
+                        f"both versions are in __mmm.conflicts (mmm conflicts lists them)."
+                    )
+                    break
         return 0
     finally:
         state["stop"] = True
