@@ -222,7 +222,7 @@ def test_policies_are_checked_before_anything_runs(pair):
         bidirectional(a, b, resolve=mmm.Prefer("moon"))
     with pytest.raises(ValueError, match="deletes is one of"):
         mmm.LWW(deletes="sometimes")
-    with pytest.raises(ValueError, match="expected \"db.collection\""):
+    with pytest.raises(ValueError, match="resolve patterns"):
         bidirectional(a, b, resolve={"app.c*": "lww"})
     with pytest.raises(ValueError, match="needs a callable"):
         mmm.Resolver("not a function", arbiter="cloud")
@@ -232,3 +232,86 @@ def test_policies_are_checked_before_anything_runs(pair):
     assert mmm.policies.parse_policy("none") is None
     assert ca.list_database_names() == cb.list_database_names()
     assert "__mmm" not in ca.list_database_names()
+
+
+def test_tombstones_are_purged_after_their_retention_and_not_before(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, tombstone_retention=3)
+    with r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()), timeout=30)
+        ca.app.c.insert_many([{"_id": 1}, {"_id": 2}])
+        wait_for(lambda: cb.app.c.count_documents({}) == 2, timeout=30)
+        ca.app.c.delete_one({"_id": 1})
+        wait_for(lambda: cb.app.c.count_documents({}) == 1, timeout=30)
+
+        def tombstones(client):
+            return client["__mmm"].meta.count_documents({"d": True})
+
+        wait_for(lambda: tombstones(ca) == 1 and tombstones(cb) == 1, timeout=10)
+        # Kept while young: a stale version arriving now still meets it.
+        time.sleep(1.0)
+        assert tombstones(ca) == 1
+        # Gone once older than the retention and applied past by every link.
+        time.sleep(2.5)
+        ca.app.c.insert_one({"_id": 3})  # moves both links' positions past the delete
+        cb.app.c.insert_one({"_id": 4})
+        wait_for(lambda: tombstones(ca) == 0 and tombstones(cb) == 0, timeout=30)
+        assert ca["__mmm"].meta.count_documents({"_id.i": 2}) == 1
+
+
+def test_mmm_conflicts_lists_the_journal(pair, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    a, b, ca, cb = pair
+    r = bidirectional(a, b)
+    start_in_sync(r, [ca, cb], [{"_id": "x", "v": 0}])
+    ca.app.c.update_one({"_id": "x"}, {"$set": {"v": 1}})
+    later()
+    cb.app.c.update_one({"_id": "x"}, {"$set": {"v": 2}})
+    replicate_until_identical(r, [ca, cb])
+    cfg = tmp_path / "mmm.yml"
+    cfg.write_text(f"factory:\n  id: F\n  uri: '{a.uri}'\ncloud:\n  id: C\n  uri: '{b.uri}'\n")
+    cli = [sys.executable, "-m", "mmm", "-c", str(cfg), "conflicts"]
+    table = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "app.c" in table.stdout and "'x'" in table.stdout and len(table.stdout.splitlines()) == 3
+    as_json = subprocess.run(cli + ["--json", "--server", "cloud"], capture_output=True, text=True, timeout=60)
+    entries = json.loads(as_json.stdout)
+    assert [(e["server"], e["id"], e["winner"]) for e in entries] == [("C", "x", "ours")]
+    bad = subprocess.run(cli + ["--server", "moon"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "unknown server" in bad.stderr
+    bad = subprocess.run(cli + ["--limit", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("resolve: {1: lww}\n", "resolve patterns are strings"),
+    ("resolve: [lww]\n", "expected a single value"),
+    ("resolve: newest\n", "unknown conflict policy"),
+    ("resolve: 'prefer:'\n", "unknown conflict policy"),
+    ("resolve: 'lww,deletes=maybe'\n", "deletes is one of"),
+    ("tombstone_retention: -1\n", "positive duration"),
+    ("tombstone_retention: 1e20\n", "positive duration"),
+    ("tombstone_retention: ten days\n", "positive duration"),
+])
+def test_bad_policies_in_the_file_name_their_line(text, message):
+    from mmm.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config("a:\n  id: A\n  uri: mongodb://h\n" + text, "mmm.yml")
+    assert "mmm.yml, line 4" in str(e.value)
+
+
+def test_resolve_on_the_command_line_is_checked(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "mmm.yml"
+    cfg.write_text("a:\n  id: A\n  uri: mongodb://127.0.0.1:1/?replicaSet=rs0\nlinks:\n  - {src: a/x.*, dst: a/y.*}\n")
+    run = [sys.executable, "-m", "mmm", "-c", str(cfg), "run"]
+    for bad, message in (("newest", "unknown conflict policy"), ("x.*=prefer:moon", "not a server")):
+        out = subprocess.run(run + ["--resolve", bad], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1

@@ -276,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.resolve:
-        config.resolve = _resolve_args(args.resolve)
+        config.resolve = _resolve_args(args.resolve, config)
     r = Replicator.from_config(config)
     if args.server:
         if args.server not in config.servers:
@@ -311,9 +311,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_args(values: Sequence[str]) -> Dict[str, Any]:
-    """``--resolve POLICY`` (every namespace) or ``--resolve PATTERN=POLICY``, repeatable."""
-    from .policies import normalize_resolve
+def _resolve_args(values: Sequence[str], config: Config) -> Dict[str, Any]:
+    """``--resolve POLICY`` (every namespace) or ``--resolve PATTERN=POLICY``, repeatable;
+    checked (servers named included) before anything connects."""
+    from .policies import core_policies, normalize_resolve
 
     out: Dict[str, Any] = {}
     for value in values:
@@ -324,7 +325,7 @@ def _resolve_args(values: Sequence[str]) -> Dict[str, Any]:
             raise CliError(f"--resolve: pattern {pattern.strip()!r} given twice")
         out[pattern.strip()] = policy.strip()
     try:
-        normalize_resolve(out)
+        core_policies(normalize_resolve(out), {n: s.id for n, s in config.servers.items()})
     except ValueError as e:
         raise CliError(f"--resolve: {e}") from None
     return out

@@ -15,6 +15,7 @@ journaled and reported, and the two versions may stay different.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
@@ -199,7 +200,7 @@ def parse_policy(value: PolicyLike) -> Optional[Policy]:
     raise ValueError(f"unknown conflict policy {value!r} (expected 'lww', 'prefer:<server>' or 'none')")
 
 
-_MISSING = object()
+_PATTERN = re.compile(r"^(\*|[^.*$\x00]+\.(\*|[^*\x00]+))$")
 
 
 def normalize_resolve(value: Any) -> Dict[str, Optional[Policy]]:
@@ -207,7 +208,7 @@ def normalize_resolve(value: Any) -> Dict[str, Optional[Policy]]:
     if isinstance(value, Mapping):
         out: Dict[str, Optional[Policy]] = {}
         for pattern, policy in value.items():
-            if not isinstance(pattern, str):
+            if not isinstance(pattern, str) or not _PATTERN.match(pattern):
                 raise ValueError(f"resolve patterns are strings like 'db.coll', 'db.*' or '*', got {pattern!r}")
             out[pattern] = parse_policy(policy)
         return out
