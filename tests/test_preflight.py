@@ -88,12 +88,17 @@ def test_missing_oplog_read_on_the_source_fails():
     assert problems_for(LINK, "factory", *granted, priv("local", "oplog.rs", ["find"])) == []
 
 
-def test_initial_sync_needs_find_on_the_source_namespaces():
+def test_a_source_needs_its_oplog_its_versions_and_find_on_its_namespaces():
     synced = Link("factory/app.*", "cloud/app.*", initial_sync=True)
-    assert problems_for(LINK, "factory", READ_OPLOG) == []
-    [problem] = problems_for(synced, "factory", READ_OPLOG)
-    assert "find on app" in problem and "initial_sync" in problem
-    assert problems_for(synced, "factory", READ_OPLOG, priv("app", "", READ)) == []
+    versions = priv("__mmm", "", READ_WRITE)
+    problems = problems_for(LINK, "factory", READ_OPLOG)
+    assert any("__mmm" in p and "versions" in p for p in problems)
+    assert any("find on app" in p and "read versions back" in p for p in problems)
+    assert problems_for(LINK, "factory", READ_OPLOG, versions, priv("app", "", READ)) == []
+    assert problems_for(synced, "factory", READ_OPLOG, versions, priv("app", "", READ)) == []
+    problems = problems_for(synced, "factory", READ_OPLOG, versions)
+    assert problems and all("find on app" in p for p in problems)
+    assert any("initial_sync" in p for p in problems)
 
 
 def test_ddl_actions_are_demanded_only_when_ops_contain_c():

@@ -73,6 +73,7 @@ def _role(base: str, target: Target) -> str:
 
 READ_OPLOG = Need(Target("local", "oplog.rs"), ("find",), "to tail the oplog", "read on local")
 WRITE_CHECKPOINTS = Need(Target(MMM_DB), WRITE, "to store checkpoints", f"readWrite on {MMM_DB}")
+WRITE_VERSIONS = Need(Target(MMM_DB), WRITE, "to keep its versions (__mmm.meta, __mmm.clock)", f"readWrite on {MMM_DB}")
 
 
 def requirements(links: Iterable[Link]) -> Dict[str, List[Need]]:
@@ -80,7 +81,9 @@ def requirements(links: Iterable[Link]) -> Dict[str, List[Need]]:
     out: Dict[str, Dict[Need, None]] = {}
     for link in links:
         src, dst = _target(link.src), _target(link.dst)
-        src_needs = [READ_OPLOG]
+        # The source's own writes are stamped in its __mmm.meta, and versions are read back
+        # from it (its documents, as they were) when a conflict needs them.
+        src_needs = [READ_OPLOG, WRITE_VERSIONS, Need(src, ("find",), "to read versions back in a conflict", _role("read", src))]
         if link.initial_sync:
             src_needs.append(Need(src, ("find",), "to copy existing documents (initial_sync)", _role("read", src)))
         dst_needs = [WRITE_CHECKPOINTS, Need(dst, WRITE, "to apply writes", _role("readWrite", dst))]

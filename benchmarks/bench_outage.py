@@ -1,0 +1,160 @@
+"""Recovery after an outage longer than the source's oplog window, against a full copy.
+
+    python benchmarks/bench_outage.py
+
+100,000 documents of 1 KB (20,000 with MMM_BENCH_QUICK=1) are replicated; then, on a fresh pair
+each time:
+
+- spool: the destination is unreachable (``MongoServer.pause``) while the replicator keeps
+  running; the source changes 1% of the documents and its 16 MB oplog wraps. The link catches up
+  from the source's ``__mmm.meta``.
+- lost: both sides change 1% of the documents while no replicator runs and both oplogs wrap; the
+  links compare documents and move those that differ.
+- reference: the time to copy every document (``initial_sync=True`` into an empty server).
+
+Reported: recovery time, bytes written to the destination's documents by the recovery (the data
+ops in its oplog) against the bytes of the changed documents, both sides identical at the end.
+Targets: identical; at most 3x the bytes of the changed documents; time well under the copy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bson
+import pymongo
+
+from _common import doc_1kb, quick, table, verdict
+
+import mmm
+from mmm.pytest_plugin import start_test_server
+
+N = 20_000 if quick() else 100_000
+OPLOG_MB = 16
+
+
+def wait(predicate, timeout: float = 900, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {what}")
+        time.sleep(0.05)
+
+
+def data_bytes_since(client, after) -> int:
+    """Bytes of the documents the batches after `after` wrote in user namespaces."""
+    total = 0
+    for e in client.local["oplog.rs"].find({"ts": {"$gt": after}}):
+        ops = e["o"].get("applyOps", []) if e["op"] == "c" else [e]
+        for op in ops:
+            if op.get("ns", "").startswith("bench."):
+                total += len(bson.encode(op["o"]))
+    return total
+
+
+def last_ts(client):
+    return client.local["oplog.rs"].find_one(sort=[("$natural", -1)])["ts"]
+
+
+def roll(client) -> None:
+    for _ in range(OPLOG_MB * 2):
+        client.filler.x.insert_many([{"blob": "z" * 10_000} for _ in range(100)])
+
+
+def load(ca, cb, r) -> None:
+    with r:
+        wait(lambda: all(s["state"] == "running" for s in r.status()), 60, "links")
+        for start in range(0, N, 1000):
+            ca.bench.c.insert_many([doc_1kb(i) for i in range(start, start + 1000)])
+        wait(lambda: cb.bench.c.estimated_document_count() == N, what="initial load")
+
+
+def changed_bytes(client, ids) -> int:
+    return sum(len(bson.encode(d)) for d in client.bench.c.find({"_id": {"$in": list(ids)}}))
+
+
+def spool() -> tuple:
+    a, b = start_test_server(oplog_size_mb=OPLOG_MB), start_test_server()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri, serverSelectionTimeoutMS=60000)
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    r = mmm.Replicator(servers, [("a/bench.*", "b/bench.*")])
+    try:
+        load(ca, cb, r)
+        with r:
+            wait(lambda: r.status()[0]["state"] == "running", 60, "link")
+            before = last_ts(cb)
+            ids = range(0, N, 100)
+            outage = 20
+            b.pause(outage)
+            start = time.monotonic()
+            for i in ids:
+                ca.bench.c.update_one({"_id": i}, {"$set": {"payload": "y" * 960}})
+            for _ in range(OPLOG_MB * 2):
+                ca.filler.x.insert_many([{"blob": "z" * 10_000} for _ in range(50)])
+                time.sleep(0.02)
+            time.sleep(max(0.0, outage - (time.monotonic() - start)) + 0.5)
+            t0 = time.monotonic()
+            wait(lambda: cb.bench.c.count_documents({"payload": "y" * 960}) == len(ids), what="spool recovery")
+            took = time.monotonic() - t0
+            same = list(ca.bench.c.find().sort("_id", 1)) == list(cb.bench.c.find().sort("_id", 1))
+        return took, data_bytes_since(cb, before), changed_bytes(ca, ids), same
+    finally:
+        a.stop()
+        b.stop()
+
+
+def lost() -> tuple:
+    a, b = start_test_server(oplog_size_mb=OPLOG_MB), start_test_server(oplog_size_mb=OPLOG_MB)
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    links = [("a/bench.*", "b/bench.*"), ("b/bench.*", "a/bench.*")]
+    try:
+        load(ca, cb, mmm.Replicator(servers, links))
+        a_ids, b_ids = range(0, N, 100), range(50, N, 100)
+        for i in a_ids:
+            ca.bench.c.update_one({"_id": i}, {"$set": {"payload": "a" * 960}})
+        for i in b_ids:
+            cb.bench.c.update_one({"_id": i}, {"$set": {"payload": "b" * 960}})
+        roll(ca)
+        roll(cb)
+        before_a, before_b = last_ts(ca), last_ts(cb)
+        changed = changed_bytes(ca, a_ids) + changed_bytes(cb, b_ids)
+        t0 = time.monotonic()
+        with mmm.Replicator(servers, links):
+            wait(lambda: list(ca.bench.c.find().sort("_id", 1)) == list(cb.bench.c.find().sort("_id", 1)), what="lost recovery")
+            took = time.monotonic() - t0
+        moved = data_bytes_since(ca, before_a) + data_bytes_since(cb, before_b)
+        return took, moved, changed, True
+    finally:
+        a.stop()
+        b.stop()
+
+
+def full_copy() -> float:
+    a, b = start_test_server(), start_test_server()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    try:
+        for start in range(0, N, 1000):
+            ca.bench.c.insert_many([doc_1kb(i) for i in range(start, start + 1000)])
+        servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+        t0 = time.monotonic()
+        with mmm.Replicator(servers, [mmm.Link("a/bench.*", "b/bench.*", initial_sync=True)]):
+            wait(lambda: cb.bench.c.estimated_document_count() == N, what="full copy")
+            return time.monotonic() - t0
+    finally:
+        a.stop()
+        b.stop()
+
+
+def main() -> None:
+    copy = full_copy()
+    rows = [("case", "recovery s", "x copy time", "bytes moved", "changed bytes", "ratio", "identical", "target <= 3x")]
+    for name, fn in (("spool (reader alive)", spool), ("lost (reader down too)", lost)):
+        took, moved, changed, same = fn()
+        rows.append((name, f"{took:.1f}", f"{took / copy:.2f}", f"{moved:,}", f"{changed:,}", f"{moved / changed:.2f}",
+                     str(same), verdict(same and moved <= 3 * changed)))
+    table(f"Outage past the oplog window, {N:,} documents, 1% changed per side (full copy: {copy:.1f} s)", rows)
+
+
+if __name__ == "__main__":
+    main()
