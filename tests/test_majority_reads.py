@@ -6,9 +6,11 @@ secondary would; a one-member ``mongod`` commits every write at once, so the tes
 frozen point skip there. Expected behaviour is mongod's: hello's ``lastWrite.majorityOpTime``
 and replSetGetStatus's ``lastCommittedOpTime``/``readConcernMajorityOpTime`` name the commit
 point, majority reads report it as their ``operationTime`` (jstests/replsets/
-operation_time_read_and_write_concern.js), ``w: "majority"`` times out with WriteConcernFailed 64
-and ``errInfo.wtimeout`` or with MaxTimeMSExpired 50 (jstests/replsets/wtimeout_maxtimems... in
-mongodb/mongo), the implicit default write concern is ``{w: "majority"}`` (MongoDB 5.0+).
+operation_time_read_and_write_concern.js in mongodb/mongo), ``w: "majority"`` times out with
+WriteConcernFailed 64 and ``errInfo.wtimeout`` or, when ``maxTimeMS`` comes first, with
+MaxTimeMSExpired 50 (the replsets jstest "timeout behavior of waiting for write concern as well as
+its interaction with maxTimeMs"), and the implicit default write concern is ``{w: "majority"}``
+(MongoDB 5.0+, "Implicit Default Write Concern" in the manual).
 """
 
 from __future__ import annotations
