@@ -329,6 +329,37 @@ def test_a_held_write_is_neither_replicated_nor_triggered_until_release(pair):
     assert ids(cb.app.c.find()) == [1, 2]
 
 
+def test_a_held_destination_holds_the_links_commit_until_release(pair):
+    a, b, ca, cb = pair
+    holdable(b)
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    r = mmm.Replicator(servers, [("a/app.*", "b/app.*")])
+    r.start()
+    try:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()))
+        ca.app.c.insert_one({"_id": 1})
+        wait_for(lambda: cb.app.c.find_one({"_id": 1}) is not None)
+        b.hold_majority()
+        ca.app.c.insert_one({"_id": 2})
+        # The batch commits on b (w: "majority"): applied at once, acknowledged on release.
+        wait_for(lambda: cb.app.c.find_one({"_id": 2}) is not None)
+        assert majority(cb.app.c).find_one({"_id": 2}) is None
+        b.release_majority()
+        ca.app.c.insert_one({"_id": 3})
+        wait_for(lambda: cb.app.c.find_one({"_id": 3}) is not None)
+        # Held again with a commit waiting: stopping the replicator does not hang on it.
+        b.hold_majority()
+        ca.app.c.insert_one({"_id": 4})
+        wait_for(lambda: cb.app.c.find_one({"_id": 4}) is not None)
+    finally:
+        started = time.monotonic()
+        r.stop()
+        r.join()
+        assert time.monotonic() - started < 15
+    b.release_majority()
+    assert ids(majority(cb.app.c).find()) == [1, 2, 3, 4]
+
+
 # -------------------------------------------------------------------------------------------------
 # Hostile use
 # -------------------------------------------------------------------------------------------------
