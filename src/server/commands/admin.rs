@@ -34,6 +34,15 @@ fn date_of(ts: bson::Timestamp) -> DateTime {
     DateTime::from_millis(ts.time as i64 * 1000)
 }
 
+/// `hello`'s `lastWrite`.
+fn last_write(state: &State) -> Document {
+    doc! {
+        "opTime": op_time(state), "lastWriteDate": date_of(state.last_write.0),
+        "majorityOpTime": majority_op_time(state),
+        "majorityWriteDate": date_of(state.majority_point().ts),
+    }
+}
+
 pub fn hello(
     state: &State,
     info: &ServerInfo,
@@ -58,11 +67,7 @@ pub fn hello(
         "primary": me.clone(),
         "me": me,
         "electionId": election_id(),
-        "lastWrite": {
-            "opTime": op_time(state), "lastWriteDate": date_of(state.last_write.0),
-            "majorityOpTime": majority_op_time(state),
-            "majorityWriteDate": date_of(state.majority_point().ts),
-        },
+        "lastWrite": last_write(state),
         "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
         "maxMessageSizeBytes": crate::server::wire::MAX_MESSAGE_SIZE as i32,
         "maxWriteBatchSize": 100_000,
