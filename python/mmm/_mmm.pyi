@@ -70,6 +70,12 @@ class MongoServer:
         """Closes every client connection (the listener stays): a network failure for clients."""
     def pause(self, seconds: float) -> None:
         """Holds every reply for ``seconds``: a slow or hung server for clients."""
+    def hold_majority(self) -> None:
+        """Freezes the majority commit point at the last write (idempotent)."""
+    def release_majority(self) -> None:
+        """Lets the majority commit point catch up (nothing happens without a hold)."""
+    @property
+    def majority_held(self) -> bool: ...
 
 @final
 class Batch:

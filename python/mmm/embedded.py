@@ -141,6 +141,29 @@ class MongoServer(ReplicaSetMember):
         """For ``seconds``, refuses new connections and closes open ones (an outage); data is kept."""
         self._server.pause(seconds)
 
+    def hold_majority(self) -> None:
+        """Freezes the majority commit point where it is, as a lagging secondary would.
+
+        Until :meth:`release_majority`: ``readConcern: "majority"`` reads (mmm's tailers and
+        replicators read sources that way) see no later write; ``hello`` and
+        ``replSetGetStatus`` report the frozen point; writes with ``w: "majority"`` (the
+        implicit default when a write names no ``w``) are applied but their acknowledgement waits
+        for the release, their ``wtimeout`` or their ``maxTimeMS``. Holding again changes nothing.
+        """
+        self._server.hold_majority()
+        log.info("embedded MongoDB server %s: majority commit point held", self.address)
+
+    def release_majority(self) -> None:
+        """Lets the majority commit point catch up with every write; without a hold, does nothing."""
+        if self._server.majority_held:
+            self._server.release_majority()
+            log.info("embedded MongoDB server %s: majority commit point released", self.address)
+
+    @property
+    def majority_held(self) -> bool:
+        """Whether :meth:`hold_majority` froze the majority commit point."""
+        return self._server.majority_held
+
     def __enter__(self) -> "MongoServer":
         return self
 

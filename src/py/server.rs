@@ -84,6 +84,19 @@ impl PyMongoServer {
         self.inner.drop_connections();
     }
 
+    fn hold_majority(&self) {
+        self.inner.hold_majority();
+    }
+
+    fn release_majority(&self) {
+        self.inner.release_majority();
+    }
+
+    #[getter]
+    fn majority_held(&self) -> bool {
+        self.inner.majority_held()
+    }
+
     fn pause(&self, seconds: f64) -> PyResult<()> {
         if !(seconds >= 0.0) {
             return Err(PyValueError::new_err(format!(

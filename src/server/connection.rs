@@ -185,7 +185,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, connection_id: i64) {
                 Some(e) => error_reply(&shared.state.lock(), e),
                 None => {
                     let mut reply = tokio::select! {
-                        r = run_request(shared, &request.body, connection_id) => r,
+                        r = serve_request(shared, &request.body, connection_id) => r,
                         _ = drops.changed() => return,
                         _ = shutdown.wait_for(|s| *s) => return,
                     };
@@ -293,6 +293,22 @@ fn awaitable_hello_wait(cmd: &str, body: &Document, shared: &Shared) -> Option<D
     Some(Duration::from_millis(ms.max(0) as u64))
 }
 
+/// Runs a request between the waits its read and write concerns ask for (`afterClusterTime`
+/// before, `w: "majority"` after), none of them holding the server lock.
+async fn serve_request(
+    shared: &Shared,
+    body: &crate::server::wire::Command,
+    connection_id: i64,
+) -> bson::RawDocumentBuf {
+    let started = Instant::now();
+    if let Err(e) = super::read_concern::wait_for_read_concern(shared, body, started).await {
+        return error_reply(&shared.state.lock(), e);
+    }
+    let mut reply = run_request(shared, body, connection_id).await;
+    super::write_concern::wait_for_majority(shared, body, &mut reply, started).await;
+    reply
+}
+
 /// Runs a request; an awaitData getMore waits (without the lock) for new capped inserts.
 async fn run_request(
     shared: &Shared,
@@ -330,6 +346,7 @@ async fn run_request(
                     shared.appends.send_replace(state.capped_appends);
                 }
                 state.record_history();
+                shared.publish_commit_point(&state);
                 outcome
             }
         };

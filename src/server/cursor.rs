@@ -56,6 +56,8 @@ pub struct Cursor {
     pub limit_remaining: Option<u64>,
     pub batch_size: Option<usize>,
     pub life: crate::server::cursor_table::CursorLife,
+    /// Opened by a `readConcern: "majority"` read: its getMores read at the commit point.
+    pub majority: bool,
 }
 
 pub struct Batch {

@@ -178,6 +178,7 @@ mod pinned_tests {
             limit_remaining: None,
             batch_size: None,
             life: CursorLife::default(),
+            majority: false,
         }
     }
 

@@ -104,7 +104,8 @@ error_codes! {
     UnknownError = 8,
     UserNotFound = 11,
     AuthenticationFailed = 18,
-    WriteConcernTimeout = 64,
+    // 7.0's name, as this server reports 7.0; releases after 8.0 call it WriteConcernTimeout.
+    WriteConcernFailed = 64,
     UnknownReplWriteConcern = 79,
     NetworkTimeout = 89,
     UnsatisfiableWriteConcern = 100,

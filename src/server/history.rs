@@ -92,6 +92,9 @@ pub struct History {
     log_bytes: u64,
     /// The server's write counter when the newest version was recorded.
     recorded_version: u64,
+    /// A time whose version must stay however old it gets: the held majority commit point,
+    /// which majority reads keep reading (as mongod keeps history back to the commit point).
+    pub pinned: Option<Timestamp>,
 }
 
 impl Default for History {
@@ -102,6 +105,7 @@ impl Default for History {
             superseded: 0,
             log_bytes: 0,
             recorded_version: u64::MAX,
+            pinned: None,
         }
     }
 }
@@ -166,12 +170,21 @@ impl History {
     /// history holds more than [`MAX_HISTORY_BYTES`]. The newest version always stays.
     fn trim(&mut self) {
         let oldest_needed = now_secs() - self.window_secs;
-        while self.versions.len() > 1 && (self.versions[1].ts.time as i64) <= oldest_needed {
+        while self.may_pop_oldest() && (self.versions[1].ts.time as i64) <= oldest_needed {
             self.pop(true);
         }
-        while self.versions.len() > 1 && self.held_bytes() > MAX_HISTORY_BYTES {
+        while self.may_pop_oldest() && self.held_bytes() > MAX_HISTORY_BYTES {
             self.pop(true);
         }
+    }
+
+    /// Whether the oldest version may go: one newer stays, and the pinned time (if any) is still
+    /// served by a version after it.
+    fn may_pop_oldest(&self) -> bool {
+        self.versions.len() > 1
+            && self
+                .pinned
+                .is_none_or(|p| ts_to_u64(self.versions[1].ts) <= ts_to_u64(p))
     }
 
     fn pop(&mut self, oldest: bool) -> Option<Version> {
@@ -314,6 +327,41 @@ mod tests {
         assert!(h.at(ts(t, 9), now).unwrap().contains_key("b"));
         assert_eq!(h.at(ts(t, 0), now).unwrap_err().code, 239);
         assert_eq!(h.at(ts(t, 10), now).unwrap_err().code, 72);
+    }
+
+    #[test]
+    fn a_pinned_time_outlives_the_window_and_the_memory_bound() {
+        let t = now_secs() as u32;
+        let mut h = History {
+            window_secs: 10,
+            pinned: Some(ts(t - 100, 1)),
+            ..History::default()
+        };
+        h.record(1, ts(t - 100, 1), &catalog("held"), 0, ChangeLog::default());
+        h.record(
+            2,
+            ts(t - 50, 1),
+            &catalog("mid"),
+            MAX_HISTORY_BYTES,
+            ChangeLog::default(),
+        );
+        h.record(
+            3,
+            ts(t, 1),
+            &catalog("new"),
+            2 * MAX_HISTORY_BYTES,
+            ChangeLog::default(),
+        );
+        assert!(h.at(ts(t - 100, 1), ts(t, 1)).unwrap().contains_key("held"));
+        h.pinned = None;
+        h.record(
+            4,
+            ts(t, 2),
+            &catalog("newer"),
+            2 * MAX_HISTORY_BYTES,
+            ChangeLog::default(),
+        );
+        assert_eq!(h.at(ts(t - 100, 1), ts(t, 2)).unwrap_err().code, 239);
     }
 
     #[test]

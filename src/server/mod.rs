@@ -12,8 +12,10 @@ pub mod error_labels;
 pub mod fail_point;
 pub mod history;
 pub mod limits;
+pub mod majority;
 pub mod oplog_writer;
 pub mod query;
+pub mod read_concern;
 pub mod session;
 pub mod session_cache;
 pub mod shell;
@@ -82,10 +84,23 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Bumped by `drop_connections`: every open connection closes.
     pub drops: watch::Sender<u64>,
+    /// The majority commit point (`ts_to_u64`): w:majority writes and majority reads with
+    /// `afterClusterTime` wait on it.
+    pub commit_point: watch::Sender<u64>,
     pub paused_until: Mutex<Option<Instant>>,
 }
 
 impl Shared {
+    /// Tells waiters where the majority commit point is now (after a write or a release).
+    pub fn publish_commit_point(&self, state: &State) {
+        let point = majority::point_key(state.majority_point());
+        self.commit_point.send_if_modified(|p| {
+            let moved = *p != point;
+            *p = point;
+            moved
+        });
+    }
+
     pub fn paused(&self) -> Option<Instant> {
         let until = *self.paused_until.lock();
         until.filter(|u| *u > Instant::now())
@@ -220,8 +235,10 @@ impl MongoServer {
             appends: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             drops: watch::channel(0).0,
+            commit_point: watch::channel(0).0,
             paused_until: Mutex::new(None),
         });
+        shared.publish_commit_point(&shared.state.lock());
         tokio::spawn(connection::accept_loop(listener, shared.clone()));
         tokio::spawn(reap_idle_cursors(shared.clone()));
         Ok(MongoServer { shared, port })
@@ -250,6 +267,33 @@ impl MongoServer {
     /// Closes every open client connection (data is kept; clients reconnect).
     pub fn drop_connections(&self) {
         self.shared.drops.send_modify(|g| *g += 1);
+    }
+
+    /// Freezes the majority commit point where it is, as a lagging secondary would: majority
+    /// reads see no later write and w:majority writes wait (see [`majority`]). Holding it again
+    /// changes nothing.
+    pub fn hold_majority(&self) {
+        let mut state = self.shared.state.lock();
+        state.hold_majority();
+        self.shared.publish_commit_point(&state);
+    }
+
+    /// Lets the majority commit point catch up with every write: waiting writes are
+    /// acknowledged, majority tailers see the entries written meanwhile. Without a hold,
+    /// nothing happens.
+    pub fn release_majority(&self) {
+        let mut state = self.shared.state.lock();
+        if state.release_majority() {
+            // Wake awaitData getMores, as mongod signals oplog waiters when the point moves.
+            state.capped_appends += 1;
+            self.shared.appends.send_replace(state.capped_appends);
+        }
+        self.shared.publish_commit_point(&state);
+    }
+
+    /// Whether the majority commit point is held.
+    pub fn majority_held(&self) -> bool {
+        self.shared.state.lock().majority.held().is_some()
     }
 
     /// For `duration`, new connections are refused and open ones get no answers (data is kept).

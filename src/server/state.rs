@@ -55,6 +55,11 @@ pub struct State {
     pub superseded_count: (u64, u32),
     /// On a read view running a getMore: the cursor it took out of the server's table.
     pub pinned_cursor: Option<i64>,
+    /// The majority commit point (normally the last write; frozen by `hold_majority`).
+    pub majority: crate::server::majority::MajorityPoint,
+    /// Set on a read view of a `readConcern: "majority"` read: the cursors it opens are majority
+    /// cursors (their getMores read at the commit point too).
+    pub read_majority: bool,
 }
 
 pub fn split_ns(ns: &str) -> (&str, &str) {
@@ -119,6 +124,8 @@ impl State {
             command_has_ddl: false,
             superseded_count: (0, 15),
             pinned_cursor: None,
+            majority: Default::default(),
+            read_majority: false,
         };
         // A freshly initiated replica set's first oplog entry (a tailable cursor on an empty
         // capped collection would die at once, so the oplog is never empty).
@@ -190,6 +197,39 @@ impl State {
             command_has_ddl: false,
             superseded_count: (0, 0),
             pinned_cursor: None,
+            majority: self.majority.clone(),
+            read_majority: false,
+        }
+    }
+
+    /// The majority commit point.
+    pub fn majority_point(&self) -> crate::server::majority::Committed {
+        self.majority.get(self.last_write)
+    }
+
+    /// Freezes the majority commit point at the last write; the snapshot history keeps the
+    /// catalog as of that point until [`State::release_majority`].
+    pub fn hold_majority(&mut self) -> crate::server::majority::Committed {
+        let point = self.majority.hold(self.last_write);
+        self.history.pinned = Some(point.ts);
+        point
+    }
+
+    /// Lets the majority commit point catch up with the last write. False when it was not held.
+    pub fn release_majority(&mut self) -> bool {
+        self.history.pinned = None;
+        self.majority.release()
+    }
+
+    /// The catalog a majority read sees: the current one unless the commit point is held behind
+    /// the last write, then the version of the snapshot history at the point.
+    pub fn majority_catalog(&mut self) -> ServerResult<Catalog> {
+        match self.majority.held() {
+            Some(point) if point.ts != self.last_write.0 => {
+                let now = self.clock.last();
+                Ok(self.history.at(point.ts, now)?.as_ref().clone())
+            }
+            _ => Ok(self.dbs.clone()),
         }
     }
 

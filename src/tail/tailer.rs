@@ -1,12 +1,18 @@
 //! The cursor loop: connect, check, open a tailable awaitData cursor on `local.oplog.rs` after
 //! the current position, reassemble and select, hand on deliveries; on network errors back off
 //! and resume from the last safe position, so no op is ever skipped.
+//!
+//! Every read of the oplog is at `readConcern: "majority"`, as MongoDB's change streams read it:
+//! the server hands out only entries at or below its majority commit point, and wakes the
+//! awaitData getMore when the point moves. So an entry that a failover later rolls back is never
+//! replicated nor given to a trigger, at no cost in round trips: on a one-member set, or a set
+//! whose secondaries keep up, the point is the newest entry.
 
 use crate::oplog::{Reassembler, Unit};
 use bson::{doc, Document, RawDocumentBuf, Timestamp};
 use futures_util::StreamExt;
-use mongodb::options::{ClientOptions, CursorType};
-use mongodb::Client;
+use mongodb::options::{ClientOptions, CollectionOptions, CursorType, ReadConcern};
+use mongodb::{Client, Collection};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -110,8 +116,18 @@ impl From<mongodb::error::Error> for Failure {
     }
 }
 
+/// `local.oplog.rs`, read at majority: only entries a majority of the set has.
+fn majority_oplog<T: Send + Sync>(client: &Client) -> Collection<T> {
+    let options = CollectionOptions::builder()
+        .read_concern(ReadConcern::majority())
+        .build();
+    client
+        .database("local")
+        .collection_with_options("oplog.rs", options)
+}
+
 async fn edge_entry_ts(client: &Client, direction: i32) -> Result<Option<Timestamp>, Failure> {
-    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let oplog = majority_oplog::<Document>(client);
     let entry = oplog
         .find_one(doc! {})
         .sort(doc! {"$natural": direction})
@@ -210,9 +226,7 @@ async fn follow(
         }
     };
     progress.start = StartAt::After(after);
-    let oplog = client
-        .database("local")
-        .collection::<RawDocumentBuf>("oplog.rs");
+    let oplog = majority_oplog::<RawDocumentBuf>(&client);
     let mut cursor = oplog
         .find(doc! {"ts": {"$gt": after}})
         .cursor_type(CursorType::TailableAwait)

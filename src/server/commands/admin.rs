@@ -24,6 +24,25 @@ fn op_time(state: &State) -> Document {
     doc! {"ts": state.last_write.0, "t": TERM}
 }
 
+/// The majority commit point as an optime.
+fn majority_op_time(state: &State) -> Document {
+    doc! {"ts": state.majority_point().ts, "t": TERM}
+}
+
+/// `hello`'s write dates: the optime's seconds (mongod passes `getTimestamp().getSecs()`).
+fn date_of(ts: bson::Timestamp) -> DateTime {
+    DateTime::from_millis(ts.time as i64 * 1000)
+}
+
+/// `hello`'s `lastWrite`.
+fn last_write(state: &State) -> Document {
+    doc! {
+        "opTime": op_time(state), "lastWriteDate": date_of(state.last_write.0),
+        "majorityOpTime": majority_op_time(state),
+        "majorityWriteDate": date_of(state.majority_point().ts),
+    }
+}
+
 pub fn hello(
     state: &State,
     info: &ServerInfo,
@@ -43,16 +62,12 @@ pub fn hello(
     } else {
         d.insert("ismaster", true);
     }
-    let last_date = state.last_write.1;
     d.extend(doc! {
         "secondary": false,
         "primary": me.clone(),
         "me": me,
         "electionId": election_id(),
-        "lastWrite": {
-            "opTime": op_time(state), "lastWriteDate": last_date,
-            "majorityOpTime": op_time(state), "majorityWriteDate": last_date,
-        },
+        "lastWrite": last_write(state),
         "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
         "maxMessageSizeBytes": crate::server::wire::MAX_MESSAGE_SIZE as i32,
         "maxWriteBatchSize": 100_000,
@@ -121,6 +136,10 @@ pub fn server_status(state: &State, info: &ServerInfo) -> Reply {
 pub fn repl_set_get_status(state: &State, info: &ServerInfo) -> Reply {
     let (ts, wall) = state.last_write;
     let optime = op_time(state);
+    // The commit point (lastCommitted) and the snapshot majority reads use (readConcernMajority)
+    // are one point here: both held by `hold_majority`.
+    let committed = majority_op_time(state);
+    let committed_wall = state.majority_point().wall;
     Reply::Doc(doc! {
         "set": info.replset.clone(),
         "date": DateTime::now(),
@@ -134,8 +153,8 @@ pub fn repl_set_get_status(state: &State, info: &ServerInfo) -> Reply {
         "votingMembersCount": 1,
         "writableVotingMembersCount": 1,
         "optimes": {
-            "lastCommittedOpTime": optime.clone(), "lastCommittedWallTime": wall,
-            "readConcernMajorityOpTime": optime.clone(), "readConcernMajorityWallTime": wall,
+            "lastCommittedOpTime": committed.clone(), "lastCommittedWallTime": committed_wall,
+            "readConcernMajorityOpTime": committed, "readConcernMajorityWallTime": committed_wall,
             "appliedOpTime": optime.clone(), "durableOpTime": optime.clone(),
             "lastAppliedWallTime": wall, "lastDurableWallTime": wall,
         },

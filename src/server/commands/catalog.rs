@@ -285,6 +285,7 @@ fn list_reply(ctx: &mut Ctx, ns: String, docs: Vec<Document>) -> ServerResult<Re
         limit_remaining: None,
         batch_size: None,
         life: Default::default(),
+        majority: false,
     };
     cursor_reply(ctx.state, cursor, usize::MAX, false)
 }

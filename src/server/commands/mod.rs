@@ -106,12 +106,7 @@ pub enum Detach {
     Reply(RawDocumentBuf),
 }
 
-/// `readConcern.level` of a command.
-fn read_concern_level(body: &Document) -> Option<&str> {
-    body.get_document("readConcern")
-        .ok()
-        .and_then(|rc| rc.get_str("level").ok())
-}
+use crate::server::read_concern::level as read_concern_level;
 
 /// Reads run on a copy of the catalog taken under the lock and are evaluated without it, so a
 /// long scan never holds up other clients (mongod's reads yield their locks likewise). A read
@@ -142,6 +137,27 @@ pub fn detach_read(state: &mut State, body: &Command) -> Detach {
     if cmd == "aggregate" && (aggregate_writes(body) || lists_sessions(body)) {
         return Detach::Locked;
     }
+    if cmd == "getMore" {
+        // A getMore opens no cursor, so the cap below does not concern it.
+        let Some(id) = body.get("getMore").and_then(as_i64) else {
+            return Detach::Locked;
+        };
+        let Some(cursor) = state.cursors.pin(id) else {
+            return Detach::Locked;
+        };
+        // A majority cursor reads at the commit point on each getMore (its newest version).
+        let catalog = match cursor.majority {
+            true => state
+                .majority_catalog()
+                .unwrap_or_else(|_| state.dbs.clone()),
+            false => state.dbs.clone(),
+        };
+        let mut view = state.read_view(catalog, None);
+        view.read_majority = cursor.majority;
+        view.pinned_cursor = Some(id);
+        view.cursors.hold(id, cursor);
+        return Detach::View(Box::new(view));
+    }
     if state.cursors.len() >= crate::server::cursor_table::MAX_OPEN_CURSORS {
         return Detach::Locked; // the cap is checked against the server's own table
     }
@@ -149,17 +165,15 @@ pub fn detach_read(state: &mut State, body: &Command) -> Detach {
         Some(Bson::String(db)) => db.clone(),
         _ => return Detach::Locked,
     };
-    if cmd == "getMore" {
-        let Some(id) = body.get("getMore").and_then(as_i64) else {
-            return Detach::Locked;
+    if read_concern_level(body) == Some("majority") {
+        return match state.majority_catalog() {
+            Ok(catalog) => {
+                let mut view = state.read_view(catalog, None);
+                view.read_majority = true;
+                Detach::View(Box::new(view))
+            }
+            Err(e) => Detach::Reply(finish(state, Err(e), None)),
         };
-        let Some(cursor) = state.cursors.pin(id) else {
-            return Detach::Locked;
-        };
-        let mut view = state.read_view(state.dbs.clone(), None);
-        view.pinned_cursor = Some(id);
-        view.cursors.hold(id, cursor);
-        return Detach::View(Box::new(view));
     }
     if read_concern_level(body) != Some("snapshot") {
         return Detach::View(Box::new(state.read_view(state.dbs.clone(), None)));
@@ -244,7 +258,11 @@ pub fn execute(
     };
     if cmd == "getMore" {
         return match read::get_more(state, &db, body, final_attempt) {
-            Ok(Some(reply)) => Execution::Done(finish(state, Ok(reply), None)),
+            // A majority cursor's getMores read at the commit point, their operationTime.
+            Ok(Some((reply, majority))) => {
+                let op_time = majority.then(|| state.majority_point().ts);
+                Execution::Done(finish(state, Ok(reply), op_time))
+            }
             Ok(None) => Execution::Wait {
                 seen: state.capped_appends,
             },
@@ -292,6 +310,12 @@ pub fn execute(
                 let mut ctx = Ctx::new(state, &db);
                 let r = run(&mut ctx, info, &cmd, body, connection_id);
                 let t = ctx.last_op;
+                // A read at majority (it wrote nothing) reports the commit point it read at,
+                // as mongod's computeOperationTime does.
+                let t = t.or_else(|| {
+                    (read_concern_level(body) == Some("majority"))
+                        .then(|| ctx.state.majority_point().ts)
+                });
                 (r, t)
             }
         }

@@ -88,6 +88,7 @@ pub fn cursor_reply(
     first_batch: usize,
     single_batch: bool,
 ) -> ServerResult<Reply> {
+    cursor.majority = state.read_majority;
     let batch = cursor.next_batch(state, first_batch)?;
     let keep = !single_batch && (!batch.exhausted || cursor.is_tailable());
     let ns = cursor.ns.clone();
@@ -254,6 +255,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             no_timeout: bool_arg(body, "noCursorTimeout", false),
             ..CursorLife::default()
         },
+        majority: false,
     };
     let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     cursor_reply(ctx.state, cursor, first, single_batch)
@@ -269,13 +271,14 @@ fn simple_collation(body: &Document) -> bool {
     }
 }
 
-/// One attempt at a getMore. `Ok(None)`: an awaitData cursor has nothing yet (caller waits).
+/// One attempt at a getMore: the reply, and whether the cursor reads at majority.
+/// `Ok(None)`: an awaitData cursor has nothing yet (caller waits).
 pub fn get_more(
     state: &mut State,
     db: &str,
     body: &Document,
     final_attempt: bool,
-) -> ServerResult<Option<Reply>> {
+) -> ServerResult<Option<(Reply, bool)>> {
     let id = body.get("getMore").and_then(as_i64).ok_or_else(|| {
         ServerError::type_mismatch("BSON field 'getMore' is the wrong type, expected type 'long'")
     })?;
@@ -323,10 +326,11 @@ pub fn get_more(
     } else {
         id
     };
+    let majority = cursor.majority;
     if id_out != 0 {
         state.cursors.put_back(id, cursor);
     }
-    batch_reply("nextBatch", batch.docs, id_out, &ns).map(Some)
+    batch_reply("nextBatch", batch.docs, id_out, &ns).map(|r| Some((r, majority)))
 }
 
 /// `killCursors` as jstests/core/killcursors.js checks it: a cursor of another namespace (or of
@@ -634,6 +638,7 @@ fn finish_aggregate(
         limit_remaining: None,
         batch_size,
         life: CursorLife::default(),
+        majority: false,
     };
     cursor_reply(
         ctx.state,
