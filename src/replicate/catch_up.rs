@@ -218,22 +218,39 @@ async fn send_differing(
         .unwrap_or(0);
     let mut versions = Versions::default();
     let mut rows = Vec::new();
+    // Both sides' documents of the batch, two reads (the keys of one batch share a namespace).
+    let fetch = |client: Client, ns: String, ids: Vec<Bson>| async move {
+        let (db, coll) = ns.split_once('.').unwrap_or((&ns, ""));
+        let found: Vec<Document> = client
+            .database(db)
+            .collection::<Document>(coll)
+            .find(doc! {"_id": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok::<_, mongodb::error::Error>(
+            found
+                .into_iter()
+                .filter_map(|d| Some((doc_key("", d.get("_id")?).1, d)))
+                .collect::<HashMap<_, _>>(),
+        )
+    };
+    let Some((first_ns, _)) = keys.first() else {
+        return Ok(0);
+    };
+    let Some(first_dst) = rt.spec.src_ns.rename(first_ns, &rt.spec.dst_ns) else {
+        return Ok(0);
+    };
+    let ids: Vec<Bson> = keys.iter().map(|(_, id)| id.clone()).collect();
+    let src_docs = fetch(src.clone(), first_ns.clone(), ids.clone()).await?;
+    let dst_docs = fetch(dst.clone(), first_dst, ids).await?;
     for (ns, id) in keys {
         let Some(dst_ns) = rt.spec.src_ns.rename(ns, &rt.spec.dst_ns) else {
             continue;
         };
-        let (sdb, scoll) = ns.split_once('.').unwrap_or((ns, ""));
-        let (ddb, dcoll) = dst_ns.split_once('.').unwrap_or((&dst_ns, ""));
-        let ours = src
-            .database(sdb)
-            .collection::<Document>(scoll)
-            .find_one(doc! {"_id": id.clone()})
-            .await?;
-        let theirs = dst
-            .database(ddb)
-            .collection::<Document>(dcoll)
-            .find_one(doc! {"_id": id.clone()})
-            .await?;
+        let k = doc_key("", id).1;
+        let ours = src_docs.get(&k).cloned();
+        let theirs = dst_docs.get(&k).cloned();
         if crate::apply::converge::same_content(&ours, &theirs) {
             continue;
         }
