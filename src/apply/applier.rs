@@ -210,7 +210,6 @@ impl Applier {
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         if let Some(p) = &prepared {
             meta::write_rows(&self.client, session, &p.rows).await?;
-            meta::write_clock(&self.client, session, &p.clock).await?;
             journal::write(&self.client, session, &p.journal).await?;
         }
         for (ci, body, statements) in bodies(plan, mode) {

@@ -283,10 +283,15 @@ pub async fn prepare(
         .collect();
     keys.extend(observed.rows.values().map(|r| (r.ns.clone(), r.id.clone())));
     let stored = meta::read_rows(client, session, &keys).await?;
-    let mut rows: HashMap<DocKey, MetaRow> = news(&observed.rows, &stored)
+    // What this server holds: stored rows, overridden by local writes observation has not
+    // stored yet. Those are not written here (observation stores them, and skips any a row
+    // written here already accounts for): the transaction stays clear of the clock that
+    // observation moves, so the two never fail each other.
+    let observed_rows: HashMap<DocKey, MetaRow> = news(&observed.rows, &stored)
         .into_iter()
         .map(|r| (r.key(), r))
         .collect();
+    let mut rows: HashMap<DocKey, MetaRow> = HashMap::new();
     refuse_clock_skew(versions, &conv.src_site)?;
     let through = observed.clock.applied;
     let mut fresh = observed.clock.h;
@@ -295,7 +300,10 @@ pub async fn prepare(
     let mut conflicts = Vec::new();
     for c in &versions.composites {
         let key = doc_key(&c.ns, &c.id);
-        let held_row = rows.get(&key).or_else(|| stored.get(&key)).cloned();
+        let held_row = observed_rows
+            .get(&key)
+            .or_else(|| stored.get(&key))
+            .cloned();
         let held = Held {
             stamp: held_row.as_ref().map(|r| r.stamp.clone()),
             deleted: held_row.as_ref().is_some_and(|r| r.deleted),

@@ -49,22 +49,23 @@ impl Replicator {
         let (stop, _) = watch::channel(false);
         let mut statuses = Vec::new();
         let mut tasks = Vec::new();
-        // Every server a link reads is observed regularly, whether or not its links can reach
-        // their destinations: its `__mmm.meta` then always holds what it owes (see #spool in
-        // `apply/observe.rs`), and links applying to it read a short stretch of its oplog.
+        // Every server a link reads or writes is observed regularly, whether or not its links
+        // can reach the other end: a source's `__mmm.meta` then always holds what it owes (the
+        // spool, see `catch_up.rs`), and batches applied to a destination read only the short
+        // stretch of its oplog observation has not stored yet.
         let mut observed = std::collections::HashSet::new();
-        for spec in links {
-            let src = &by_name[spec.src.as_str()];
-            if observed.insert(src.id.clone()) {
+        for server in links.iter().flat_map(|l| [&l.src, &l.dst]) {
+            let spec = &by_name[server.as_str()];
+            if observed.insert(spec.id.clone()) {
                 // This process's links out of the server: where they record what they applied.
                 let outgoing = links
                     .iter()
-                    .filter(|l| l.src == spec.src)
+                    .filter(|l| &l.src == server)
                     .map(|l| (l.id(), options[&l.dst].clone()))
                     .collect();
                 let keeper = MetadataKeeper {
-                    options: options[&src.name].clone(),
-                    site: src.id.clone(),
+                    options: options[&spec.name].clone(),
+                    site: spec.id.clone(),
                     outgoing,
                     retention: tombstone_retention,
                 };
