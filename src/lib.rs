@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod bson_bytes;
 pub mod bson_order;
+pub mod doc_hash;
 pub mod oplog;
 pub mod redact;
 pub mod replicate;

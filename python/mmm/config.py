@@ -12,6 +12,7 @@ unchanged; links may be declared under a ``links`` key::
     links:
       - {src: factory/vision.*, dst: cloud/vision.*, ops: iud}
       - {src: cloud/vision.results, dst: factory/vision.results}
+    verify_every: 3600      # optional: mmm run verifies the servers agree every hour
 
 ``${VAR}`` in a URI is replaced from the environment, so passwords stay out of the file.
 Mistakes are reported with the file, line and key.
@@ -106,6 +107,8 @@ class Config:
     path: Optional[str] = None
     uri_templates: Dict[str, str] = field(default_factory=dict, repr=False)
     """Each server's uri as written in the file, before ``${VAR}`` expansion."""
+    verify_every: Optional[float] = None
+    """``verify_every:`` seconds between verifications while ``mmm run`` runs (None: never)."""
 
 
 def _where(path: str, node: yaml.Node, key: str) -> str:
@@ -239,6 +242,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{path}, line {root.start_mark.line + 1}: the file must be a mapping of server names to {{id, uri}}")
     for k_node, v_node in root.value:
         name = k_node.value
+        if name == "verify_every":
+            value = _scalar(v_node, path, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"{_where(path, v_node, name)}: verify_every is a number of seconds > 0")
+            config.verify_every = float(value)
+            continue
         if name == "links":
             if not isinstance(v_node, yaml.SequenceNode):
                 raise ConfigError(f"{_where(path, v_node, 'links')}: links is a list")

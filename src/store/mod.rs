@@ -10,6 +10,7 @@ pub mod copy_progress;
 pub mod links;
 pub mod namespaces;
 pub mod rejected;
+pub mod verify;
 
 pub use checkpoints::{Checkpoint, DdlCommand};
 pub use copy_progress::CopyProgress;
@@ -27,6 +28,8 @@ pub const LINKS: &str = "links";
 pub const REJECTED: &str = "rejected";
 /// Named positions of Python tailers that store their checkpoint in MongoDB.
 pub const TAILER_CHECKPOINTS: &str = "tailer_checkpoints";
+/// Where each verification (`mmm verify`) stands, to resume it, and its last result.
+pub const VERIFY: &str = "verify";
 
 /// `__mmm.checkpoints`, as it appears in oplog entries.
 pub const CHECKPOINTS_NS: &str = "__mmm.checkpoints";
