@@ -306,3 +306,34 @@ def test_verify_every_runs_while_replicating_and_status_shows_it(pair, tmp_path)
     cfg.write_text(cfg.read_text().replace("verify_every: 60", "verify_every: soon"))
     with pytest.raises(mmm.ConfigError, match="verify_every"):
         mmm.Replicator.from_file(str(cfg))
+
+
+def test_mmm_run_verifies_every_so_often_from_the_yaml_file(pair, tmp_path):
+    a, b, ca, cb = pair
+    ca.app.c.insert_many([{"_id": i} for i in range(10)])
+    cb.app.c.insert_many([{"_id": i} for i in range(10)])
+    cfg = config(tmp_path, a, b, [("a/app.c", "b/app.c")])
+    cfg.write_text(cfg.read_text() + "verify_every: 0.5\n")
+    proc = subprocess.Popen(MMM + ["-v", "-c", str(cfg), "run"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "verify: consistent as of" in line:
+                break
+        else:
+            pytest.fail("".join(lines))
+        cb.app.c.delete_one({"_id": 3})  # behind mmm's back: the next round says so
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "document(s) differ: " in line:
+                break
+        else:
+            pytest.fail("".join(lines))
+        assert "WARNING" in line and "a/app.c vs b/app.c: 1" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0

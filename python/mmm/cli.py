@@ -353,7 +353,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.server:
         if args.server not in config.servers:
             raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
-        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server])
+        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server],
+                       verify_every=r.verify_every)
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
     stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
