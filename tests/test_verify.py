@@ -274,10 +274,18 @@ def test_exit_codes_and_bad_namespaces(pair, tmp_path):
     assert "(0 documents)" in ok.stdout
     for ns, why in [("other.c", "no link carries"), ("admin.system.users", "does not replicate"),
                     ("app.system.views", "does not replicate"), ("__mmm.verify", "does not replicate"),
-                    ("local.oplog.rs", "does not replicate"), ("app", "db.collection"), ("", "db.collection")]:
+                    ("local.oplog.rs", "does not replicate"), ("app", "db.collection"), ("", "db.collection"),
+                    ("app.*", "db.collection"), ("*", "db.collection"),
+                    ("app." + "c" * 10_000, "--ns"), ("Admin.c", "does not replicate")]:
         out = run_cli("-c", str(cfg), "verify", "--ns", ns)
         assert out.returncode == 2, (ns, out)
         assert why in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    r = replicator(a, b, [("a/app.*", "b/app.*")])
+    for ns in ("app.c\u0000x", "app.\ud800"):
+        with pytest.raises(ValueError):
+            r.verify(ns)
+    with pytest.raises(TypeError):
+        r.verify(5)
     missing = run_cli("-c", str(tmp_path / "nope.yml"), "verify")
     assert missing.returncode == 2 and "no such configuration file" in missing.stderr
     down = tmp_path / "down.yml"
