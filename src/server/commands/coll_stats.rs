@@ -36,8 +36,8 @@ fn storage_stats(ctx: &Ctx, db: &str, coll: &str, spec: &Document) -> ServerResu
     };
     let count = c.len() as u64;
     let mut out = doc! {"size": number(c.data_size / scale), "count": number(count)};
-    if count > 0 {
-        out.insert("avgObjSize", number(c.data_size / count));
+    if let Some(average) = c.data_size.checked_div(count) {
+        out.insert("avgObjSize", number(average));
     }
     out.insert("numOrphanDocs", 0);
     out.insert("storageSize", number(c.data_size / scale));
