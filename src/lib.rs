@@ -5,6 +5,7 @@ pub mod apply;
 pub mod bson_bytes;
 pub mod bson_order;
 pub mod converge;
+pub mod doc_hash;
 pub mod oplog;
 pub mod redact;
 pub mod replicate;

@@ -199,6 +199,47 @@ class LinkStatus(_LinkStatusRequired, total=False):
     """(documents copied, documents to copy)."""
     last_error: Optional[str]
     """The last error, one line, secrets hidden."""
+    oplog: Optional[Dict[str, Any]]
+    """The source's oplog headroom (:func:`oplog_headroom`'s first item, plus this link's
+    ``margin_seconds`` and ``near_rollover``); None until it was first read."""
+
+class VerifyProgress(TypedDict):
+    """What :meth:`ReplicatorCore.verify` passes to its ``progress`` callback."""
+
+    pair: str
+    pairs_done: int
+    pairs: int
+    phase: str
+    """"survey", "re-check N" or "done"."""
+    compared: int
+    estimate: int
+    """About how many documents the pair holds (the larger side)."""
+    ranges_differing: int
+
+class VerifyDifference(TypedDict):
+    id_bson: bytes
+    """``{"_id": ...}`` as BSON."""
+    a: Optional[bytes]
+    """The document on the pair's first end (BSON), None when absent there."""
+    b: Optional[bytes]
+
+class VerifyPair(TypedDict):
+    """One pair of namespaces in :meth:`ReplicatorCore.verify`'s result."""
+
+    key: str
+    a: Tuple[str, str]
+    """(server, namespace) of the first end."""
+    b: Tuple[str, str]
+    as_of_ms: int
+    """When its survey began (milliseconds since the epoch, UTC)."""
+    compared: int
+    suspect_ranges: int
+    differences: int
+    listed: List[VerifyDifference]
+    unsettled: List[bytes]
+    """``{"_id": ...}`` as BSON of documents still changing at every re-check."""
+    lagging_links: List[str]
+    resumed: Optional[str]
 
 # A document changed concurrently on two servers. ``server``: id of the server where the link
 # met it; ``from``: id of the server the arriving version came from (a keyword, hence this
@@ -255,6 +296,20 @@ class ReplicatorCore:
         copy also deletes destination documents the source does not have. ValueError for an
         unknown id (listing the known ones), RuntimeError while running or when a server
         cannot be reached or written."""
+    def verify(
+        self,
+        ns: Optional[str] = None,
+        range_size: int = 1000,
+        catch_up_timeout: float = 30.0,
+        max_rounds: int = 4,
+        max_listed: int = 100,
+        restart: bool = False,
+        progress: Optional[Callable[[VerifyProgress], Any]] = None,
+        progress_every: float = 1.0,
+    ) -> List[VerifyPair]:
+        """Compares every pair of namespaces the links join (or those naming ``ns``), resuming
+        a saved run unless ``restart``. ValueError for a bad ``ns``, RuntimeError when a server
+        cannot be read (secrets hidden)."""
     def start(self) -> None:
         """Starts every link on the background runtime; RuntimeError if running already."""
     def stop(self) -> None:
@@ -279,6 +334,13 @@ class Reach(TypedDict):
     ``False`` when only part of the namespace gets there."""
     warnings: List[str]
     """A server whose writes reach some servers of the namespace but not others."""
+
+def oplog_headroom(uri: str, positions: Sequence[TimestampTuple] = ...) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """A source's oplog: ``oldest``, ``newest``, ``size_bytes``, ``max_size_bytes``,
+    ``window_seconds``, ``capacity_seconds`` (history held at the current write rate, None
+    while unknown), ``bytes_per_second``; and per position ``margin_seconds`` (before the oplog
+    rolls over it) and ``near_rollover`` (within 20% of the capacity). RuntimeError when the
+    server cannot be read."""
 
 def reach(servers: Sequence[ServerLike], links: Sequence[LinkLike]) -> List[Reach]:
     """Per namespace a link reads, whose writes reach whom (ValueError as

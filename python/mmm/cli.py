@@ -161,7 +161,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.config}: {len(config.servers)} server(s) reachable replica sets, configuration valid")
     for line in _reach_report(config, links):
         print(line)
+    for line in _headroom_report(config, links):
+        print(line)
     return 0
+
+
+def _headroom_report(config: Config, links: Sequence[Link]) -> List[str]:
+    """Per source: how much history its oplog holds at the current write rate; per link that
+    has run: how long before its position falls off (a warning within 20%)."""
+    out: List[str] = []
+    sources = list(dict.fromkeys(l.src_server for l in links))
+    for name in sources:
+        from_here = [l for l in links if l.src_server == name]
+        positions, ids = [], []
+        for l in from_here:
+            try:
+                checkpoint = _mmm.read_checkpoint(config.servers[l.dst_server].uri, l.id)
+            except Exception as e:  # noqa: BLE001 - a destination down: its link is skipped here
+                log.warning("checkpoint of %s not read: %s", l.id, redact.error(e))
+                checkpoint = None
+            if checkpoint is not None:
+                positions.append(tuple(checkpoint["ts"]))
+                ids.append(l.id)
+        try:
+            source, margins = _mmm.oplog_headroom(config.servers[name].uri, positions)
+        except RuntimeError as e:
+            out.append(f"warning: oplog headroom of {name} not read: {redact.error(e)}")
+            continue
+        out.append("")
+        out.append(
+            f"oplog of {name}: holds {_duration(source['capacity_seconds'])} of history at the current write rate "
+            f"({source['size_bytes'] / 1e6:.1f} of {source['max_size_bytes'] / 1e6:.1f} MB used, "
+            f"{_duration(source['window_seconds'])} held now)"
+        )
+        for link_id, m in zip(ids, margins):
+            out.append(f"  {link_id}: position {_duration(m['margin_seconds'])} from falling off")
+            if m["near_rollover"]:
+                out.append(f"warning: link {link_id} is within 20% of falling off the oplog of {name}; "
+                           "if it does, the link stops (see mmm resync)")
+    return out
 
 
 def _state_cell(s: Dict[str, Any]) -> str:
@@ -202,8 +240,32 @@ def _reach_report(config: Config, links: Sequence[Link]) -> List[str]:
     return out
 
 
+def _duration(seconds: Optional[float]) -> str:
+    """``3725`` -> ``1h02m``: oplog windows are hours to days."""
+    if seconds is None:
+        return "?"
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _headroom_cell(s: Dict[str, Any]) -> str:
+    """The link's margin before its position falls off its source's oplog, of the oplog's
+    capacity at the current write rate (``!`` within 20%)."""
+    oplog = s.get("oplog")
+    if not oplog:
+        return "-"
+    cell = f"{_duration(oplog.get('margin_seconds'))} of {_duration(oplog.get('capacity_seconds'))}"
+    return cell + (" !" if oplog.get("near_rollover") else "")
+
+
 def _format_status(rows: List[Dict[str, Any]]) -> str:
-    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "last error"]
+    headers = ["link", "state", "checkpoint", "lag s", "lag ops", "applied", "conflicts", "rejected", "oplog margin", "last error"]
     table = [headers]
     for s in rows:
         ck = s.get("checkpoint")
@@ -212,7 +274,7 @@ def _format_status(rows: List[Dict[str, Any]]) -> str:
             f"{ck.time}.{ck.inc}" if ck is not None else "-",
             f"{s.get('lag_seconds', 0):.1f}", str(s.get("lag_ops", 0)),
             str(s.get("ops_applied", 0)), str(s.get("conflicts", 0)), str(s.get("rejected", 0)),
-            (s.get("last_error") or "")[:60],
+            _headroom_cell(s), (s.get("last_error") or "")[:60],
         ])
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
@@ -248,6 +310,11 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                 )
                 if checkpoint["initial_sync"] is not None:  # a copy in progress, resumed by the next run
                     row.update(state="initial-sync", initial_sync=list(checkpoint["initial_sync"]))
+                try:
+                    source, (margin,) = _mmm.oplog_headroom(config.servers[link.src_server].uri, [tuple(checkpoint["ts"])])
+                    row["oplog"] = {**source, **margin}
+                except RuntimeError as e:  # an oplog without stats: shown as unknown
+                    log.warning("oplog headroom of %s not read: %s", link.src_server, redact.error(e))
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)
@@ -265,7 +332,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     links = Replicator.from_config(config).links
     rows = link_status_from_servers(config, links)
     if args.json:
-        print(json.dumps([{k: ([v.time, v.inc] if hasattr(v, "inc") else v) for k, v in r.items()} for r in rows], indent=2))
+        def plain(v: Any) -> Any:
+            if hasattr(v, "inc"):
+                return [v.time, v.inc]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        print(json.dumps([plain(r) for r in rows], indent=2, default=str))
     else:
         print(_format_status(rows) if rows else "no links configured")
     return 0
@@ -282,7 +356,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.server not in config.servers:
             raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
         r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server],
-                       resolve=r.resolve, tombstone_retention=r.tombstone_retention)
+                       resolve=r.resolve, tombstone_retention=r.tombstone_retention,
+                       verify_every=r.verify_every)
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
     stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
@@ -360,6 +435,111 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+class _VerifyProgress:
+    """The progress of ``mmm verify`` on stderr: one line rewritten in place on a terminal,
+    a line a second otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, p: Dict[str, Any]) -> None:
+        if not p.get("pair"):
+            return
+        if not self.tty and time.monotonic() - self.last < 1.0:
+            return
+        self.last = time.monotonic()
+        about = f" of about {p['estimate']}" if p["estimate"] and p["phase"] == "survey" else ""
+        line = (f"mmm: verify {p['pairs_done'] + 1}/{p['pairs']} {p['pair']}: {p['phase']}, "
+                f"{p['compared']}{about} documents compared, {p['ranges_differing']} range(s) differ")
+        if self.tty:
+            print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+            self.shown = True
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _verify_json(result: Any) -> Dict[str, Any]:
+    """The result as JSON: documents and ``_id``s in canonical Extended JSON, so that types
+    (1 vs 1.0 vs "1") show."""
+    from bson import json_util
+
+    def ext(v: Any) -> Any:
+        return json.loads(json_util.dumps(v, json_options=json_util.CANONICAL_JSON_OPTIONS))
+
+    return {
+        "consistent": result.consistent,
+        "as_of": result.as_of.isoformat() if result.as_of else None,
+        "pairs": [
+            {
+                "ends": list(p.ends), "consistent": p.consistent, "as_of": p.as_of.isoformat(),
+                "compared": p.compared, "suspect_ranges": p.suspect_ranges, "differences": p.differences,
+                "listed": [{"_id": ext(d.id), "versions": {k: ext(v) for k, v in d.versions.items()}}
+                           for d in p.listed],
+                "unsettled": [ext(i) for i in p.unsettled],
+                "lagging_links": p.lagging_links, "resumed": p.resumed,
+            }
+            for p in result.pairs
+        ],
+    }
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0: consistent; 1: differences; 2: could not verify (like diff)."""
+    import pymongo.errors
+
+    from .replication import ReplicationError, Replicator
+
+    progress = _VerifyProgress()
+    try:
+        config = _config(args)
+        r = Replicator.from_config(config)
+        if not r.links:
+            raise CliError(f"no links to verify: declare links in {args.config} or add them with 'mmm replicate'")
+        result = r.verify(args.ns, range_size=args.range_size, wait=args.wait, max_listed=args.max_listed,
+                          restart=args.restart, progress=progress)
+    except (CliError, ConfigError, MmmError, ValueError, ReplicationError, pymongo.errors.PyMongoError) as e:
+        progress.end()
+        print(f"mmm: {redact.text(e)}", file=sys.stderr)
+        return 2
+    progress.end()
+    for p in result.pairs:
+        if p.resumed:
+            print(f"mmm: {p.resumed}", file=sys.stderr)
+        for note in p.lagging_links:
+            print(f"mmm: warning: {p.ends[0]} <-> {p.ends[1]}: link {note}; differences may be writes it has not applied",
+                  file=sys.stderr)
+    if args.json:
+        print(json.dumps(_verify_json(result), indent=2))
+        return 0 if result.consistent else 1
+    from bson import json_util
+
+    def show(v: Any) -> str:
+        return "(absent)" if v is None else json_util.dumps(v, json_options=json_util.CANONICAL_JSON_OPTIONS)
+
+    if not result.pairs:
+        print("nothing to verify: the links carry no collection yet")
+    for p in result.pairs:
+        pair = f"{p.ends[0]} <-> {p.ends[1]}"
+        if p.consistent:
+            print(f"consistent as of {p.as_of.isoformat()}: {pair} ({p.compared} documents)")
+        else:
+            print(f"{pair}: {p.differences} document(s) differ (as of {p.as_of.isoformat()})")
+            for d in p.listed:
+                print(f"  _id {show(d.id)}")
+                for end, doc in d.versions.items():
+                    print(f"    {end}: {show(doc)}")
+            if p.differences > len(p.listed):
+                print(f"  ... and {p.differences - len(p.listed)} more (--max-listed)")
+        if p.unsettled:
+            print(f"  {len(p.unsettled)} document(s) kept changing during the check (not counted): "
+                  + ", ".join(show(i) for i in p.unsettled[:10]))
+    return 0 if result.consistent else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -472,6 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="table of links: state, lag, applied, conflicts")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+    s = sub.add_parser("verify", help="compare the servers of every link, document by document (exit 0 same, 1 different, 2 error)")
+    s.add_argument("--ns", help="only this namespace (db.collection), by its name at either end")
+    s.add_argument("--json", action="store_true", help="the result as JSON (documents in canonical Extended JSON)")
+    s.add_argument("--restart", action="store_true", help="ignore the position an interrupted run saved")
+    s.add_argument("--wait", type=_positive(float, zero=True), default=30.0,
+                   help="seconds to wait for the links to catch up before each re-check (default 30)")
+    s.add_argument("--range-size", type=_positive(int), default=1000, help="_ids per compared range (default 1000)")
+    s.add_argument("--max-listed", type=_positive(int, zero=True), default=100,
+                   help="differences shown with both versions per pair (default 100; all are counted)")
+    s.set_defaults(func=cmd_verify)
     s = sub.add_parser("validate", help="check the file and every server, writing nothing")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")

@@ -12,6 +12,7 @@ unchanged; links may be declared under a ``links`` key::
     links:
       - {src: factory/vision.*, dst: cloud/vision.*, ops: iud}
       - {src: cloud/vision.results, dst: factory/vision.results}
+    verify_every: 3600      # optional: mmm run verifies the servers agree every hour
 
 ``${VAR}`` in a URI is replaced from the environment, so passwords stay out of the file.
 Mistakes are reported with the file, line and key.
@@ -124,6 +125,8 @@ class Config:
     """The ``resolve:`` key: conflict policies (None when absent: last writer wins)."""
     tombstone_retention: Optional[float] = None
     """The ``tombstone_retention:`` key, in seconds (``10d``, ``12h``, ``30m``, ``45s`` or a number)."""
+    verify_every: Optional[float] = None
+    """``verify_every:`` seconds between verifications while ``mmm run`` runs (None: never)."""
 
 
 def _where(path: str, node: yaml.Node, key: str) -> str:
@@ -297,6 +300,11 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             continue
         if name == "tombstone_retention":
             config.tombstone_retention = _duration(v_node, path, name)
+        if name == "verify_every":
+            value = _scalar(v_node, path, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"{_where(path, v_node, name)}: verify_every is a number of seconds > 0")
+            config.verify_every = float(value)
             continue
         if name == "links":
             if not isinstance(v_node, yaml.SequenceNode):

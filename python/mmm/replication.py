@@ -20,6 +20,7 @@ and never sent back to their origin. No field is added to user documents.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 import time
@@ -37,7 +38,7 @@ from .policies import LWW, Stamp, core_policies, normalize_resolve
 log = logging.getLogger("mmm.replication")
 log.addFilter(redact.LogFilter())
 
-__all__ = ["ConflictEvent", "ReplicationError", "Replicator"]
+__all__ = ["ConflictEvent", "Difference", "PairResult", "ReplicationError", "Replicator", "VerifyResult"]
 
 LINKS_COLLECTION = _mmm.LINKS_COLLECTION
 CONFLICTS_COLLECTION = "conflicts"
@@ -94,6 +95,92 @@ class ConflictEvent:
     delete rule or ``Prefer``), ``resolver``, or ``as-is`` (detection only)."""
 
 
+@dataclass(frozen=True)
+class Difference:
+    """An ``_id`` whose documents differ between the two ends of a pair."""
+
+    id: Any
+    versions: Dict[str, Optional[Dict[str, Any]]]
+    """Per end (``server/db.coll``): the document there, None when it is absent."""
+
+
+@dataclass
+class PairResult:
+    """The verification of one pair of namespaces (``server/db.coll`` at each end)."""
+
+    ends: Tuple[str, str]
+    as_of: datetime.datetime
+    """When its survey began (UTC): writes made before then and replicated are reflected."""
+    compared: int
+    """``_id``s compared."""
+    suspect_ranges: int
+    """Ranges whose hashes differed at the first read (lag included) and were re-checked."""
+    differences: int
+    """Documents that differ after the links caught up (counted; see ``listed``)."""
+    listed: List[Difference]
+    """The first ``max_listed`` of them, with both versions."""
+    unsettled: List[Any]
+    """``_id``s that kept changing through every re-check (their differences may be lag)."""
+    lagging_links: List[str]
+    """Links that had not caught up when a re-check stopped waiting (their writes may be the
+    differences), or had never run."""
+    resumed: Optional[str]
+    """Set when this run resumed one that was interrupted: what it resumed."""
+
+    @property
+    def consistent(self) -> bool:
+        return self.differences == 0
+
+
+@dataclass
+class VerifyResult:
+    """What :meth:`Replicator.verify` found, pair by pair."""
+
+    pairs: List[PairResult]
+
+    @property
+    def consistent(self) -> bool:
+        return all(p.consistent for p in self.pairs)
+
+    @property
+    def as_of(self) -> Optional[datetime.datetime]:
+        """The earliest survey start: every pair is consistent at least as of then."""
+        return min((p.as_of for p in self.pairs), default=None)
+
+    @property
+    def differences(self) -> List[Difference]:
+        return [d for p in self.pairs for d in p.listed]
+
+    def summary(self) -> Dict[str, Any]:
+        """What :meth:`Replicator.status` shows as the last result."""
+        return {
+            "consistent": self.consistent, "as_of": self.as_of,
+            "differences": sum(p.differences for p in self.pairs),
+            "unsettled": sum(len(p.unsettled) for p in self.pairs),
+            "pairs": len(self.pairs),
+            "at": datetime.datetime.now(datetime.timezone.utc),
+        }
+
+
+def _pair_result(raw: Dict[str, Any]) -> PairResult:
+    a, b = "/".join(raw["a"]), "/".join(raw["b"])
+    listed = [
+        Difference(
+            id=bson.decode(d["id_bson"])["_id"],
+            versions={a: bson.decode(d["a"]) if d["a"] is not None else None,
+                      b: bson.decode(d["b"]) if d["b"] is not None else None},
+        )
+        for d in raw["listed"]
+    ]
+    return PairResult(
+        ends=(a, b),
+        as_of=datetime.datetime.fromtimestamp(raw["as_of_ms"] / 1000, datetime.timezone.utc),
+        compared=raw["compared"], suspect_ranges=raw["suspect_ranges"], differences=raw["differences"], listed=listed,
+        unsettled=[bson.decode(u)["_id"] for u in raw["unsettled"]],
+        lagging_links=list(raw["lagging_links"]), resumed=raw["resumed"],
+    )
+
+
 LinkLike = Union[Link, Tuple[str, str], Tuple[str, str, str], Mapping[str, Any]]
 
 
@@ -128,6 +215,7 @@ class Replicator:
         preflight: bool = True,
         resolve: Any = _DEFAULT,
         tombstone_retention: float = 10 * 24 * 3600,
+        verify_every: Optional[float] = None,
     ) -> None:
         if isinstance(servers, Mapping):
             parsed = {}
@@ -152,6 +240,12 @@ class Replicator:
         self.conflict_events: List[ConflictEvent] = []
         """Conflicts met by links this replicator runs, since it started (the journal,
         :meth:`conflicts`, keeps every server's)."""
+        if verify_every is not None and (isinstance(verify_every, bool) or not isinstance(verify_every, (int, float))
+                                         or not verify_every > 0 or verify_every != verify_every or verify_every == float("inf")):
+            raise ValueError(f"verify_every is a number of seconds > 0, got {verify_every!r}")
+        self.verify_every = verify_every
+        self.last_verify: Optional[VerifyResult] = None
+        self._verify_thread: Optional[threading.Thread] = None
         if load_stored_links:
             self.links.extend(l for l in self.stored_links() if l not in self.links)
         self._core = self._make_core()  # validates the topology now
@@ -170,6 +264,8 @@ class Replicator:
             kwargs.setdefault("resolve", config.resolve)
         if config.tombstone_retention is not None:
             kwargs.setdefault("tombstone_retention", config.tombstone_retention)
+        if config.verify_every is not None:
+            kwargs.setdefault("verify_every", config.verify_every)
         return cls(list(config.servers.values()), config.links, **kwargs)
 
     def _make_core(self) -> Any:
@@ -308,6 +404,55 @@ class Replicator:
                 return i
         raise ValueError(f"unknown link {wanted_link.src}->{wanted_link.dst} {known}")
 
+    def verify(self, ns: Optional[str] = None, *, range_size: int = 1000, wait: float = 30.0,
+               max_rounds: int = 4, max_listed: int = 100, restart: bool = False,
+               progress: Optional[Callable[[Dict[str, Any]], Any]] = None) -> VerifyResult:
+        """Compares the documents of every namespace the links carry, server against server
+        (both directions of a pair are one comparison; renamed namespaces are compared under
+        their two names), or only the pairs naming ``ns`` (``db.coll``) at either end.
+
+        Reads only, with no lock, while writes and the links go on: both sides are read in
+        ``_id`` order and compared by ranges of ``range_size`` ``_id``s with hashes that ignore
+        field order but not BSON types; ranges that differ are re-read, down to the documents,
+        after every link between the two servers has caught up (waiting up to ``wait`` seconds
+        each time), so lag is not reported as a difference. Progress is saved in ``__mmm.verify``
+        on each pair's home server: after an interruption the next call resumes from there
+        (``PairResult.resumed`` says so) unless ``restart=True``. ``progress(dict)`` is called
+        about once a second while it runs; progress is also logged (``mmm`` logger).
+
+        Raises ValueError for an ``ns`` no link carries or that mmm never replicates,
+        ReplicationError when a server cannot be read.
+        """
+        if ns is not None and not isinstance(ns, str):
+            raise TypeError(f"ns is a namespace db.collection, got {type(ns).__name__}")
+        try:
+            raw = self._core.verify(ns, range_size, wait, max_rounds, max_listed, restart, progress)
+        except RuntimeError as e:
+            raise ReplicationError(redact.text(f"verify: {e}")) from None
+        except ValueError as e:
+            raise ValueError(redact.text(e)) from None
+        result = VerifyResult([_pair_result(p) for p in raw])
+        self.last_verify = result
+        for p in result.pairs:
+            if p.resumed:
+                log.info("%s", p.resumed)
+        return result
+
+    def _verify_periodically(self) -> None:
+        """``verify_every``: a verification every so many seconds while the links run."""
+        assert self.verify_every is not None
+        while not self._stop.wait(self.verify_every):
+            try:
+                result = self.verify()
+            except Exception as e:  # noqa: BLE001 - logged; the next round tries again
+                log.warning("periodic verify failed: %s", redact.error(e))
+                continue
+            if result.consistent:
+                log.info("verify: consistent as of %s", result.as_of)
+            else:
+                log.warning("verify: %d document(s) differ: %s", result.summary()["differences"],
+                            ", ".join(f"{p.ends[0]} vs {p.ends[1]}: {p.differences}" for p in result.pairs if p.differences))
+
     # -- running --------------------------------------------------------------------------
 
     def conflicts(self, namespace: Optional[str] = None, *, server: Optional[str] = None,
@@ -344,13 +489,18 @@ class Replicator:
 
     def status(self) -> List[Dict[str, Any]]:
         """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
-        rejected (journaled in ``__mmm.rejected``), last error."""
+        rejected (journaled in ``__mmm.rejected``), last error, ``oplog`` (the source's oplog
+        headroom: ``capacity_seconds`` of history at the current write rate, this link's
+        ``margin_seconds`` before its position falls off, ``near_rollover`` within 20%), and
+        ``last_verify`` (the last :meth:`verify` result's summary) once there is one."""
         out = []
         for s in self._core.status():
             if s.get("last_error"):
                 s["last_error"] = redact.error(Exception(s["last_error"]))
             if s.get("checkpoint") is not None:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
+            if self.last_verify is not None:
+                s["last_verify"] = self.last_verify.summary()
             out.append(s)
         return out
 
@@ -390,6 +540,9 @@ class Replicator:
             self._check_servers()  # before the core starts: a failed check leaves no trace
         self._core.start()
         log.info("replicating %d link(s)", len(self.links))
+        if self.verify_every is not None:
+            self._verify_thread = threading.Thread(target=self._verify_periodically, name="mmm-verify", daemon=True)
+            self._verify_thread.start()
         # Wait until every link has its starting position, so writes made after this returns
         # are replicated (a link with no checkpoint starts at the source's newest entry).
         deadline = time.monotonic() + ready_timeout

@@ -42,6 +42,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PyMongoServer>()?;
     m.add_class::<tailer::PyTailerCore>()?;
     m.add_class::<replicator::PyReplicatorCore>()?;
+    m.add_function(wrap_pyfunction!(replicator::oplog_headroom, m)?)?;
     m.add_function(wrap_pyfunction!(functions::diff_to_update, m)?)?;
     m.add_class::<tailer::PyBatch>()?;
     m.add_function(wrap_pyfunction!(topology::reach, m)?)?;

@@ -5,6 +5,8 @@ use super::specs::{topology, LinkArg, ServerArg};
 use super::tailer::parse_client_options;
 use crate::apply::converge::{ConflictView, Resolve};
 use crate::converge::{Policy, PolicyMap};
+use crate::replicate::headroom::read_oplog_stats;
+use crate::replicate::verify::{self, PairReport, VerifyOptions, VerifyProgressView};
 use crate::replicate::{LinkEvent, LinkSpec, Replicator, ServerSpec};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,7 +23,7 @@ struct PyResolver {
     func: Py<PyAny>,
 }
 
-fn bson_bytes(d: &bson::Document) -> Result<Vec<u8>, String> {
+fn resolver_bson(d: &bson::Document) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     d.to_writer(&mut out).map_err(|e| e.to_string())?;
     Ok(out)
@@ -29,9 +31,9 @@ fn bson_bytes(d: &bson::Document) -> Result<Vec<u8>, String> {
 
 impl Resolve for PyResolver {
     fn resolve(&self, c: &ConflictView) -> Result<Option<bson::Document>, String> {
-        let id = bson_bytes(&bson::doc! {"_id": c.id.clone()})?;
-        let ours = c.ours.as_ref().map(bson_bytes).transpose()?;
-        let theirs = c.theirs.as_ref().map(bson_bytes).transpose()?;
+        let id = resolver_bson(&bson::doc! {"_id": c.id.clone()})?;
+        let ours = c.ours.as_ref().map(resolver_bson).transpose()?;
+        let theirs = c.theirs.as_ref().map(resolver_bson).transpose()?;
         Python::attach(|py| {
             let call = || -> PyResult<Option<Vec<u8>>> {
                 let helper = py.import("mmm.policies")?.getattr("_call_resolver")?;
@@ -202,6 +204,102 @@ impl PyReplicatorCore {
         Ok((start.time, start.increment))
     }
 
+    /// Compares every pair of namespaces the links join (or those naming `ns`): see
+    /// `replicate/verify.rs`. Returns one dict per pair; documents and `_id`s as BSON bytes.
+    /// `progress(dict)` is called about every `progress_every` seconds while it runs.
+    #[pyo3(signature = (ns=None, range_size=1000, catch_up_timeout=30.0, max_rounds=4, max_listed=100, restart=false, progress=None, progress_every=1.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn verify<'py>(
+        &self,
+        py: Python<'py>,
+        ns: Option<String>,
+        range_size: usize,
+        catch_up_timeout: f64,
+        max_rounds: usize,
+        max_listed: usize,
+        restart: bool,
+        progress: Option<Bound<'py, PyAny>>,
+        progress_every: f64,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        if !(catch_up_timeout.is_finite() && catch_up_timeout >= 0.0) {
+            return Err(PyValueError::new_err(
+                "catch_up_timeout is a number of seconds >= 0",
+            ));
+        }
+        if range_size == 0 {
+            return Err(PyValueError::new_err("range_size must be at least 1"));
+        }
+        let mut options = HashMap::new();
+        for s in &self.servers {
+            let mut o = parse_client_options(&s.uri)?;
+            o.server_selection_timeout
+                .get_or_insert(std::time::Duration::from_secs(10));
+            o.app_name = Some(format!("mmm verify {}", s.name));
+            options.insert(s.name.clone(), o);
+        }
+        let opts = VerifyOptions {
+            ns,
+            range_size,
+            catch_up_timeout: std::time::Duration::from_secs_f64(catch_up_timeout),
+            max_rounds,
+            max_listed,
+            restart,
+        };
+        let shared = std::sync::Arc::new(parking_lot::Mutex::new(VerifyProgressView::default()));
+        let (servers, links) = (self.servers.clone(), self.links.clone());
+        let rt = crate::runtime::get()?;
+        let task = {
+            let shared = shared.clone();
+            rt.spawn(async move { verify::verify(&servers, &links, &options, &opts, shared).await })
+        };
+        // Stopped (Ctrl-C, an exception in `progress`): the task ends with the handle; what
+        // it saved in `__mmm.verify` lets the next run resume.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _abort = AbortOnDrop(task.abort_handle());
+        let mut task = Some(task);
+        let result = loop {
+            let done = super::wait_detached(py, progress_every.max(0.05), |slice| {
+                let t = task.as_mut()?;
+                rt.block_on(async { tokio::time::timeout(slice, t).await.ok() })
+                    .map(Some)
+            })?;
+            if let Some(joined) = done {
+                break joined;
+            }
+            if let Some(callback) = &progress {
+                let view = shared.lock().clone();
+                let d = PyDict::new(py);
+                d.set_item("pair", view.pair)?;
+                d.set_item("pairs_done", view.pairs_done)?;
+                d.set_item("pairs", view.pairs)?;
+                d.set_item("phase", view.phase)?;
+                d.set_item("compared", view.compared)?;
+                d.set_item("estimate", view.estimate)?;
+                d.set_item("ranges_differing", view.suspects)?;
+                callback.call1((d,))?;
+            }
+        };
+        let reports = result
+            .map_err(|e| PyRuntimeError::new_err(format!("verify stopped: {e}")))?
+            .map_err(|e| {
+                let mut secrets = Vec::new();
+                for s in &self.servers {
+                    secrets.extend(crate::redact::secrets(&s.uri));
+                }
+                let text = crate::redact::text(&e.to_string(), &secrets);
+                match e {
+                    verify::VerifyError::Usage(_) => PyValueError::new_err(text),
+                    _ => PyRuntimeError::new_err(text),
+                }
+            })?;
+        reports.iter().map(|r| pair_report(py, r)).collect()
+    }
+
     fn start(&self) -> PyResult<()> {
         if self.running.lock().is_some() {
             return Err(PyRuntimeError::new_err("the replicator is already running"));
@@ -323,8 +421,100 @@ impl PyReplicatorCore {
                 (s.initial_sync_copied, s.initial_sync_total),
             )?;
             d.set_item("last_error", s.last_error)?;
+            let headroom = s
+                .oplog
+                .as_ref()
+                .map(|o| o.to_document(s.checkpoint))
+                .map(|h| doc_to_py(py, &h))
+                .transpose()?;
+            d.set_item("oplog", headroom)?;
             out.push(d);
         }
         Ok(out)
     }
+}
+
+fn bson_bytes(d: &bson::Document) -> PyResult<Vec<u8>> {
+    let mut out = Vec::new();
+    d.to_writer(&mut out)
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(out)
+}
+
+/// A document as a Python dict (through its BSON bytes, decoded by PyMongo's `bson`).
+fn doc_to_py<'py>(py: Python<'py>, d: &bson::Document) -> PyResult<Bound<'py, PyAny>> {
+    let bytes = pyo3::types::PyBytes::new(py, &bson_bytes(d)?);
+    py.import("bson")?.call_method1("decode", (bytes,))
+}
+
+fn pair_report<'py>(py: Python<'py>, r: &PairReport) -> PyResult<Bound<'py, PyDict>> {
+    use pyo3::types::PyBytes;
+    let d = PyDict::new(py);
+    d.set_item("key", &r.key)?;
+    d.set_item("a", (&r.a_server, &r.a_ns))?;
+    d.set_item("b", (&r.b_server, &r.b_ns))?;
+    d.set_item("as_of_ms", r.as_of.timestamp_millis())?;
+    d.set_item("compared", r.compared)?;
+    d.set_item("differences", r.differences)?;
+    d.set_item("suspect_ranges", r.suspect_ranges)?;
+    let mut listed = Vec::new();
+    for diff in &r.listed {
+        let item = PyDict::new(py);
+        item.set_item(
+            "id_bson",
+            PyBytes::new(py, &bson_bytes(&bson::doc! {"_id": diff.id.clone()})?),
+        )?;
+        item.set_item("a", diff.a.as_ref().map(|a| PyBytes::new(py, a.as_bytes())))?;
+        item.set_item("b", diff.b.as_ref().map(|b| PyBytes::new(py, b.as_bytes())))?;
+        listed.push(item);
+    }
+    d.set_item("listed", listed)?;
+    let mut unsettled = Vec::new();
+    for id in &r.unsettled {
+        unsettled.push(PyBytes::new(
+            py,
+            &bson_bytes(&bson::doc! {"_id": id.clone()})?,
+        ));
+    }
+    d.set_item("unsettled", unsettled)?;
+    d.set_item("lagging_links", r.lagging_links.clone())?;
+    d.set_item("resumed", r.resumed.clone())?;
+    Ok(d)
+}
+
+/// `oplog_headroom(uri, positions)`: a source's oplog headroom as `status()` shows it (see
+/// `replicate/headroom.rs`), with the margin of each position `(time, inc)` in `positions`
+/// (a list of dicts with `margin_seconds` and `near_rollover`, in order).
+#[pyfunction]
+#[pyo3(signature = (uri, positions=Vec::new()))]
+pub fn oplog_headroom<'py>(
+    py: Python<'py>,
+    uri: &str,
+    positions: Vec<(u32, u32)>,
+) -> PyResult<(Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>)> {
+    let mut o = parse_client_options(uri)?;
+    o.server_selection_timeout
+        .get_or_insert(std::time::Duration::from_secs(10));
+    let rt = crate::runtime::get()?;
+    let stats = py
+        .detach(|| {
+            rt.block_on(async {
+                let client = mongodb::Client::with_options(o).map_err(|e| e.to_string())?;
+                read_oplog_stats(&client).await
+            })
+        })
+        .map_err(|e| {
+            PyRuntimeError::new_err(crate::redact::text(&e, &crate::redact::secrets(uri)))
+        })?;
+    let source = doc_to_py(py, &stats.to_document(None))?;
+    let mut links = Vec::new();
+    for (time, increment) in positions {
+        let full = stats.to_document(Some(bson::Timestamp { time, increment }));
+        let d = bson::doc! {
+            "margin_seconds": full.get("margin_seconds").cloned().unwrap_or(bson::Bson::Null),
+            "near_rollover": full.get_bool("near_rollover").unwrap_or(false),
+        };
+        links.push(doc_to_py(py, &d)?);
+    }
+    Ok((source, links))
 }

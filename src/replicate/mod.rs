@@ -4,6 +4,7 @@
 
 mod catch_up;
 pub mod conflicts;
+pub mod headroom;
 mod id_order;
 mod initial_sync;
 mod link;
@@ -14,6 +15,7 @@ mod runtime;
 mod session;
 pub mod status;
 pub mod topology;
+pub mod verify;
 mod writer;
 
 pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
@@ -28,11 +30,16 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// How often each source's oplog headroom is read while links run.
+const HEADROOM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running set of links.
 pub struct Replicator {
     pub statuses: Vec<Arc<Mutex<LinkStatus>>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The headroom monitor (ends with the stop signal; not a link).
+    _headroom: JoinHandle<()>,
 }
 
 impl Replicator {
@@ -93,10 +100,24 @@ impl Replicator {
             };
             tasks.push(tokio::spawn(link::run_link(runtime, stop.subscribe())));
         }
+        // Each source's oplog headroom, shown by status() and warned about in the log.
+        let mut sources: Vec<(ClientOptions, Vec<Arc<Mutex<LinkStatus>>>)> = Vec::new();
+        let mut source_names: Vec<&str> = Vec::new();
+        for (spec, status) in links.iter().zip(&statuses) {
+            match source_names.iter().position(|n| *n == spec.src) {
+                Some(i) => sources[i].1.push(status.clone()),
+                None => {
+                    source_names.push(&spec.src);
+                    sources.push((options[&spec.src].clone(), vec![status.clone()]));
+                }
+            }
+        }
+        let headroom = tokio::spawn(headroom::monitor(sources, HEADROOM_EVERY, stop.subscribe()));
         Ok(Replicator {
             statuses,
             stop,
             tasks,
+            _headroom: headroom,
         })
     }
 

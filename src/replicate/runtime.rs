@@ -143,6 +143,11 @@ pub fn report_conflict(rt: &LinkRuntime, conflict: Conflict) {
     let _ = rt.events.send(LinkEvent::Conflict(conflict));
 }
 
+/// The ts of the newest entry in the oplog of `client`'s server.
+pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Error> {
+    Ok(crate::apply::observe::newest_entry(client).await?.0)
+}
+
 /// Where a link starts reading `src` with no checkpoint: the position its clock was observed
 /// at (so that the link's stamps follow on from the ones observation stored), and the clock.
 /// Returns (resume after, units handled through, clock).

@@ -55,6 +55,8 @@ pub struct LinkStatus {
     pub queued_since: VecDeque<Instant>,
     /// When the first op of the batch being built was read.
     pub building_since: Option<Instant>,
+    /// The source's oplog as last read (headroom: see `headroom.rs`).
+    pub oplog: Option<super::headroom::OplogStats>,
 }
 
 impl LinkStatus {
@@ -77,6 +79,7 @@ impl LinkStatus {
             last_error: None,
             queued_since: VecDeque::new(),
             building_since: None,
+            oplog: None,
         }
     }
 

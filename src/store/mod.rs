@@ -12,6 +12,7 @@ pub mod links;
 pub mod meta;
 pub mod namespaces;
 pub mod rejected;
+pub mod verify;
 
 pub use checkpoints::{Checkpoint, DdlCommand};
 pub use copy_progress::CopyProgress;
@@ -30,6 +31,8 @@ pub const LINKS: &str = "links";
 pub const REJECTED: &str = "rejected";
 /// Named positions of Python tailers that store their checkpoint in MongoDB.
 pub const TAILER_CHECKPOINTS: &str = "tailer_checkpoints";
+/// Where each verification (`mmm verify`) stands, to resume it, and its last result.
+pub const VERIFY: &str = "verify";
 
 /// `__mmm.checkpoints`, as it appears in oplog entries.
 pub const CHECKPOINTS_NS: &str = "__mmm.checkpoints";

@@ -2,6 +2,7 @@
 
 mod admin;
 mod catalog;
+mod coll_stats;
 mod ctx;
 mod explain;
 mod hint;

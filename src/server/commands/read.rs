@@ -508,8 +508,8 @@ pub fn aggregate(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
                     return Err(ServerError::invalid_namespace("$listLocalSessions must be run against the database with {aggregate: 1}, not a collection"))
                 }
                 Some("$collStats") => {
-                    let count = ctx.view(&db, coll).map(|c| c.len()).unwrap_or(0);
-                    return finish_aggregate(ctx, ns.clone(), vec![doc! {"ns": ns, "count": count as i64}], &pipeline[1..], batch_size);
+                    let stats = super::coll_stats::coll_stats(ctx, &db, coll, &pipeline[0]["$collStats"])?;
+                    return finish_aggregate(ctx, ns.clone(), vec![stats], &pipeline[1..], batch_size);
                 }
                 _ => ctx.view(&db, coll).map(|c| c.records.values().map(|r| r.document()).collect()).unwrap_or_default(),
             };
