@@ -91,6 +91,41 @@ pub struct Converging {
     pub src_site: String,
     pub policies: PolicyMap,
     pub resolvers: HashMap<String, Arc<dyn Resolve>>,
+    /// The last observation of the destination, continued by the next batch instead of
+    /// reading again from the stored position (a cache: any batch may start over from the
+    /// stored clock and gets the same result, since observation is a function of the oplog).
+    pub observed: Arc<parking_lot::Mutex<Option<super::observe::Observed>>>,
+}
+
+impl Converging {
+    /// Observes the destination from the stored clock `stored`, continuing the cached
+    /// observation when it started at or before that position.
+    async fn observe_from(
+        &self,
+        client: &Client,
+        stored: &Clock,
+        after: Option<Timestamp>,
+    ) -> Result<super::observe::Observed, Error> {
+        let cached = self.observed.lock().clone();
+        let mut base = match cached {
+            Some(c) if c.clock.pos >= stored.pos && c.clock.applied >= stored.applied => c,
+            _ => super::observe::Observed {
+                clock: stored.clone(),
+                rows: HashMap::new(),
+                entries: 0,
+            },
+        };
+        // Rows observation has stored since are no longer needed from the cache.
+        base.rows.retain(|_, r| r.through > stored.applied);
+        let more = observe(client, &self.site, &base.clock, after).await?;
+        for (k, r) in more.rows {
+            base.rows.insert(k, r);
+        }
+        base.clock = more.clock;
+        base.entries += more.entries;
+        *self.observed.lock() = Some(base.clone());
+        Ok(base)
+    }
 }
 
 /// A conflict this batch met, for events and status.
@@ -275,7 +310,9 @@ pub async fn prepare(
         .await
         .map_err(|e| e.source)?
         .ok_or_else(|| Error::custom("__mmm.clock is missing on the destination"))?;
-    let observed = observe(client, &conv.site, &clock, session.operation_time()).await?;
+    let observed = conv
+        .observe_from(client, &clock, session.operation_time())
+        .await?;
     let mut keys: Vec<(String, Bson)> = versions
         .composites
         .iter()

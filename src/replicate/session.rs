@@ -58,6 +58,7 @@ pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
         src_site: rt.src.id.clone(),
         policies: rt.spec.policies.clone(),
         resolvers: rt.resolvers.clone(),
+        observed: Default::default(),
     };
     {
         let mut s = rt.status.lock();
@@ -115,6 +116,7 @@ pub async fn recover_from_rollover(rt: &Arc<LinkRuntime>) -> Result<u64, LinkFai
         src_site: rt.src.id.clone(),
         policies: rt.spec.policies.clone(),
         resolvers: rt.resolvers.clone(),
+        observed: Default::default(),
     };
     super::catch_up::catch_up(rt, &src, &applier, &converging, &checkpoint).await
 }
@@ -342,11 +344,10 @@ impl<'a> Reader<'a> {
                     .await?;
                 continue;
             }
-            let Some((versions, know)) = versions else {
-                continue;
-            };
-            self.add_to_batch(&mut pending, versions, know, ts, prev_ts, &before, read_at)
-                .await?;
+            for (versions, know) in versions {
+                self.add_to_batch(&mut pending, versions, know, ts, prev_ts, &before, read_at)
+                    .await?;
+            }
         }
         if let Some(c) = batch.checkpoint {
             self.resume_safe = c;
@@ -407,13 +408,13 @@ impl<'a> Reader<'a> {
         provenance
     }
 
-    /// The versions of `unit` this link carries, with what their writer knew; the clock moves
-    /// over every unit (carried or not). `None` when the link carries nothing of it.
+    /// The versions of `unit` this link carries, in groups made with one knowledge each; the
+    /// clock moves over every unit (carried or not). Empty when the link carries nothing of it.
     fn versions_of<'u>(
         &mut self,
         unit: &'u Unit,
         provenance: &Provenance,
-    ) -> Option<(Vec<Version<'u>>, Knowledge)> {
+    ) -> Vec<(Vec<Version<'u>>, Knowledge)> {
         let rt = self.rt;
         let spec = &rt.spec;
         match provenance {
@@ -451,24 +452,24 @@ impl<'a> Reader<'a> {
                 }
                 if out.is_empty() {
                     self.idle_progress = true;
-                    return None;
+                    return Vec::new();
                 }
-                Some((out, know))
+                vec![(out, know)]
             }
             Provenance::Replicated { has_data, .. } => {
                 let Unit::Transaction(txn) = unit else {
-                    return None;
+                    return Vec::new();
                 };
                 let rows = self.clock.applied(&txn.ops);
                 if !has_data && rows.is_empty() {
-                    return None;
+                    return Vec::new();
                 }
                 let writer_know = checkpoints::checkpoint_in_ops(&txn.ops)
                     .and_then(|c| c.writer_know)
                     .unwrap_or_default();
                 self.forwarded(txn, rows, writer_know)
             }
-            Provenance::Internal => None,
+            Provenance::Internal => Vec::new(),
         }
     }
 
@@ -480,7 +481,7 @@ impl<'a> Reader<'a> {
         txn: &'u crate::oplog::Txn,
         rows: Vec<MetaRow>,
         writer_know: Knowledge,
-    ) -> Option<(Vec<Version<'u>>, Knowledge)> {
+    ) -> Vec<(Vec<Version<'u>>, Knowledge)> {
         let rt = self.rt;
         let here = rt.src.id.as_str();
         let mut by_doc: HashMap<DocKey, Vec<&RawDocumentBuf>> = HashMap::new();
@@ -529,16 +530,19 @@ impl<'a> Reader<'a> {
                 relayed.push(v);
             }
         }
-        // One knowledge per batch: resolutions were made knowing what this server knows;
-        // relayed versions keep their writer's. A unit with both is rare: resolutions go.
+        // Relayed versions keep their writer's knowledge; resolutions were made knowing what
+        // this server knows (after this unit): two groups, each batched with its own.
+        let mut groups = Vec::new();
+        if !relayed.is_empty() {
+            groups.push((relayed, writer_know));
+        }
         if !own.is_empty() {
-            return Some((own, self.clock.know.clone()));
+            groups.push((own, self.clock.know.clone()));
         }
-        if relayed.is_empty() {
+        if groups.is_empty() {
             self.idle_progress = true;
-            return None;
         }
-        Some((relayed, writer_know))
+        groups
     }
 
     /// The DDL command this link replicates for `unit`, if any: local DDL, or DDL from
