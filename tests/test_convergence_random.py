@@ -17,7 +17,13 @@ Environment:
 - ``MMM_CONVERGENCE_HISTORIES``: how many histories (default 18: each topology and each way of
   running with each policy);
 - ``MMM_CONVERGENCE_SEED``: the first seed (the others follow it). To replay one history:
-  ``MMM_CONVERGENCE_SEED=<seed> MMM_CONVERGENCE_HISTORIES=1 pytest tests/test_convergence_random.py``.
+  ``MMM_CONVERGENCE_SEED=<seed> MMM_CONVERGENCE_HISTORIES=1 pytest tests/test_convergence_random.py``;
+- ``MMM_CONVERGENCE_LOG=<lines>`` (with ``-s``): print each history's log and that many lines of
+  each ``mmm run`` log even when it passes; ``MMM_CONVERGENCE_VERBOSITY=-vv``: debug logs there.
+
+Every history ends with a final partition (every replicator down) in which the servers write
+a few documents in turn, including resolution probes (a change on one server, a delete of the
+same document a little later on another, or the other way round), then a final heal.
 
 After every heal (every replicator up, writes stopped, quiescent: see :meth:`History.settle`):
 
@@ -30,10 +36,13 @@ After every heal (every replicator up, writes stopped, quiescent: see :meth:`His
 4. ``delete_wins``: such a last write that is a delete leaves the document absent; in the final
    partition, a server that deleted the document makes it absent everywhere;
 5. ``Prefer``: in the final partition, a document the preferred server wrote holds its version;
-6. the journal: for each stretch between heals in which two servers wrote a document while
-   every replicator was stopped, the servers' journals hold a distinct conflict for it; for the
-   final partition, each such writer's version is in an entry (as ``ours`` or ``theirs``); every
-   entry names the namespace's policy.
+6. the journal: for each full partition in which two servers wrote a document, the servers'
+   journals hold an entry for it made between the partition's start and the heal that followed;
+   for the final partition, each such writer's version is in an entry (as ``ours`` or
+   ``theirs``); every entry names the namespace's policy.
+
+A failure prints the seed, the command that replays it, the log of the history's steps (each op
+with its server and outcome) and the end of each ``mmm run`` process's log.
 """
 
 from __future__ import annotations
@@ -560,7 +569,6 @@ class History:
         return dict(after[self.names[0]])
 
     def fail_identical(self, snap: Dict[str, Dict[DocKey, bytes]]) -> None:
-        first = self.names[0]
         lines = ["servers are not identical after healing:"]
         keys = sorted(set().union(*[set(s) for s in snap.values()]))
         for key in keys:
@@ -570,7 +578,6 @@ class History:
                 for n in self.names:
                     lines.append(f"    {n:<5} {fmt_doc(versions[n])}")
                 lines.append("    ops on it: " + self.ops_on(key))
-        del first
         raise AssertionError("\n".join(lines))
 
     def ops_on(self, key: DocKey) -> str:
