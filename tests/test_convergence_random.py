@@ -797,33 +797,11 @@ class History:
             c.close()
 
 
-# Known bugs, each with a minimized reproduction below. Histories of the shapes they affect may
-# fail because of them (how often depends on the history), so they are expected failures, not
-# strict ones; the reproductions are strict.
-RUN_S_IGNORES_RESOLVE = (
-    "mmm run -s SERVER ignores the file's resolve: (cmd_run builds its Replicator without "
-    "resolve=): see test_mmm_run_per_server_applies_the_files_policy")
-FORWARD_DROPS_RELAYED = (
-    "a forwarding link drops the versions from elsewhere that an applied batch holds when that "
-    "batch also holds a resolution: see test_a_hub_forwards_the_versions_it_applied_with_a_resolution")
-
-
-def known_bug(seed: int) -> Optional[str]:
-    shape, policy, mode = history_shape(seed)
-    if policy != "lww" and mode == "procs":
-        return RUN_S_IGNORES_RESOLVE
-    if policy != "lww" and shape != "pair":
-        return FORWARD_DROPS_RELAYED
-    return None
-
-
 SEEDS = [FIRST_SEED + i for i in range(HISTORIES)]
 
 
 def _history_param(seed: int) -> Any:
-    bug = known_bug(seed)
-    marks = [pytest.mark.xfail(strict=False, reason=bug)] if bug else []
-    return pytest.param(seed, marks=marks, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
+    return pytest.param(seed, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
 
 
 @pytest.mark.parametrize("seed", [_history_param(s) for s in SEEDS])
@@ -866,7 +844,6 @@ def _settled(clients, a="hub", b="s2", timeout=30.0):
     return {n: docs(n) for n in clients}
 
 
-@pytest.mark.xfail(strict=True, reason=FORWARD_DROPS_RELAYED)
 @pytest.mark.parametrize("policy", [mmm.Prefer("hub"), mmm.LWW(deletes="delete_wins")], ids=["prefer", "delete_wins"])
 def test_a_hub_forwards_the_versions_it_applied_with_a_resolution(mongo_server_factory, policy):
     """Seed 7215, minimized: s2's batch reaches the hub with a conflict the hub resolves by
@@ -899,7 +876,6 @@ def test_a_hub_forwards_the_versions_it_applied_with_a_resolution(mongo_server_f
             c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=RUN_S_IGNORES_RESOLVE)
 def test_mmm_run_per_server_applies_the_files_policy(mongo_server_factory, tmp_path):
     """The procs histories with delete_wins and Prefer (seeds 7206, 7212), minimized: one
     ``mmm run -s SERVER`` per side, ``resolve: lww,deletes=delete_wins`` in the file. A delete
