@@ -288,6 +288,10 @@ class ReplicatorCore:
         ``resolvers``: per link id, per pattern, the resolver function;
         ``tombstone_retention``: seconds a tombstone is kept at least (ValueError unless
         positive)."""
+    def repair_document(self, a_server: str, a_ns: str, b_server: str, b_ns: str, id_bson: bytes) -> Optional[Tuple[str, int, str]]:
+        """Brings one ``_id`` into agreement between two servers; (winner, clock, site) of the
+        version both now hold, or None when they agreed. ValueError for an unknown server or a
+        malformed ``id_bson``; RuntimeError when a server cannot be read or written."""
     def link_ids(self) -> List[str]:
         """Link ids in declaration order."""
     def resync(self, link: str, mirror: bool = False) -> TimestampTuple:

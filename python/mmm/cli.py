@@ -489,6 +489,38 @@ def _verify_json(result: Any) -> Dict[str, Any]:
     }
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Exit 0: consistent after the repair; 1: still different; 2: could not repair."""
+    import pymongo.errors
+
+    from .replication import ReplicationError, Replicator
+
+    progress = _VerifyProgress()
+    try:
+        config = _config(args)
+        r = Replicator.from_config(config)
+        if not r.links:
+            raise CliError(f"no links to repair: declare links in {args.config} or add them with 'mmm replicate'")
+        out = r.repair(args.ns, wait=args.wait, progress=progress)
+    except (CliError, ConfigError, MmmError, ValueError, ReplicationError, pymongo.errors.PyMongoError) as e:
+        progress.end()
+        print(f"mmm: {redact.text(e)}", file=sys.stderr)
+        return 2
+    progress.end()
+    if args.json:
+        from bson import json_util
+
+        print(json_util.dumps({"repaired": out["repaired"], "consistent": out["verify"].consistent,
+                               "decisions": [{**d, "stamp": [d["stamp"].clock, d["stamp"].server]} for d in out["decisions"]]},
+                              indent=2, json_options=json_util.RELAXED_JSON_OPTIONS))
+    else:
+        for d in out["decisions"]:
+            print(f"{d['namespace']} _id {d['id']!r}: {d['winner']}'s version kept on both")
+        state = "consistent" if out["verify"].consistent else "still different (writes going on? run it again)"
+        print(f"repaired {out['repaired']} document(s); now {state}")
+    return 0 if out["verify"].consistent else 1
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0: consistent; 1: differences; 2: could not verify (like diff)."""
     import pymongo.errors
@@ -662,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-listed", type=_positive(int, zero=True), default=100,
                    help="differences shown with both versions per pair (default 100; all are counted)")
     s.set_defaults(func=cmd_verify)
+    s = sub.add_parser("repair", help="bring the servers of every link into agreement, moving only the documents that differ")
+    s.add_argument("--ns", help="only this namespace (db.collection), by its name at either end")
+    s.add_argument("--json", action="store_true", help="the decisions as JSON")
+    s.add_argument("--wait", type=_positive(float, zero=True), default=30.0,
+                   help="seconds to wait for the links to catch up before deciding (default 30)")
+    s.set_defaults(func=cmd_repair)
     s = sub.add_parser("validate", help="check the file and every server, writing nothing")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("serve", help="run an embedded MongoDB-compatible server")

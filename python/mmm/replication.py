@@ -404,6 +404,33 @@ class Replicator:
                 return i
         raise ValueError(f"unknown link {wanted_link.src}->{wanted_link.dst} {known}")
 
+    def repair(self, ns: Optional[str] = None, *, wait: float = 30.0,
+               progress: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Dict[str, Any]:
+        """Brings the servers of every link (or the pairs naming ``ns``) into agreement, moving
+        only the documents that differ: :meth:`verify` finds them, then each is decided by the
+        namespace's policy (a delete rule between a present and an absent document,
+        ``Prefer``'s server, else the later stamp; with no metadata on either side, the larger
+        server id) and the winner's content is written on both servers as a new version, so no
+        link sends it back. Every decision is journaled in ``__mmm.conflicts`` on both servers
+        (winner ``repair:<server id>``). Returns ``{"repaired": n, "decisions": [...],
+        "verify": VerifyResult}`` where the last is a verification run after the repair.
+        Writes go on meanwhile; run it when the links are caught up (``verify`` waits for them)."""
+        found = self.verify(ns, wait=wait, max_listed=1_000_000_000, progress=progress)
+        decisions = []
+        for pair in found.pairs:
+            (a_server, a_ns), (b_server, b_ns) = (end.split("/", 1) for end in pair.ends)
+            for d in pair.listed:
+                try:
+                    done = self._core.repair_document(a_server, a_ns, b_server, b_ns, bson.encode({"_id": d.id}))
+                except RuntimeError as e:
+                    raise ReplicationError(redact.text(e)) from None
+                if done is not None:
+                    winner, clock, site = done
+                    decisions.append({"namespace": b_ns, "id": d.id, "winner": winner, "stamp": Stamp(clock, site)})
+                    log.info("repair: %s _id %r: %s's version kept on both", b_ns, d.id, winner)
+        after = self.verify(ns, wait=wait, progress=progress) if decisions else found
+        return {"repaired": len(decisions), "decisions": decisions, "verify": after}
+
     def verify(self, ns: Optional[str] = None, *, range_size: int = 1000, wait: float = 30.0,
                max_rounds: int = 4, max_listed: int = 100, restart: bool = False,
                progress: Optional[Callable[[Dict[str, Any]], Any]] = None) -> VerifyResult:

@@ -204,6 +204,74 @@ impl PyReplicatorCore {
         Ok((start.time, start.increment))
     }
 
+    /// Brings one `_id` into agreement between `a_server/a_ns` and `b_server/b_ns` (see
+    /// `replicate/repair.rs`); returns (winning server name, clock, site) of the version both
+    /// now hold, or None when they already agreed.
+    fn repair_document(
+        &self,
+        py: Python<'_>,
+        a_server: &str,
+        a_ns: &str,
+        b_server: &str,
+        b_ns: &str,
+        id_bson: &[u8],
+    ) -> PyResult<Option<(String, i64, String)>> {
+        let id = bson::Document::from_reader(&mut &id_bson[..])
+            .ok()
+            .and_then(|d| d.get("_id").cloned())
+            .ok_or_else(|| PyValueError::new_err("id_bson is {\"_id\": <id>} as BSON"))?;
+        let server = |name: &str| {
+            self.servers
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| PyValueError::new_err(format!("unknown server {name:?}")))
+        };
+        let (a, b) = (server(a_server)?, server(b_server)?);
+        let policies = self
+            .links
+            .iter()
+            .find(|l| l.dst == b.name && l.src == a.name)
+            .or_else(|| {
+                self.links
+                    .iter()
+                    .find(|l| l.dst == a.name && l.src == b.name)
+            })
+            .map(|l| l.policies.clone())
+            .unwrap_or_default();
+        let options = |s: &ServerSpec| -> PyResult<_> {
+            let mut o = parse_client_options(&s.uri)?;
+            o.server_selection_timeout
+                .get_or_insert(std::time::Duration::from_secs(10));
+            o.app_name = Some(format!("mmm repair {}", s.name));
+            Ok(o)
+        };
+        let (ao, bo) = (options(a)?, options(b)?);
+        let rt = crate::runtime::get()?;
+        let out = py
+            .detach(|| {
+                rt.block_on(crate::replicate::repair::repair_document(
+                    crate::replicate::repair::End {
+                        server: a,
+                        options: ao,
+                        ns: a_ns,
+                    },
+                    crate::replicate::repair::End {
+                        server: b,
+                        options: bo,
+                        ns: b_ns,
+                    },
+                    &policies,
+                    &id,
+                ))
+            })
+            .map_err(|e| {
+                let mut secrets = crate::redact::secrets(&a.uri);
+                secrets.extend(crate::redact::secrets(&b.uri));
+                PyRuntimeError::new_err(format!("repair: {}", crate::redact::text(&e, &secrets)))
+            })?;
+        Ok(out.map(|(w, s)| (w, s.h, s.site)))
+    }
+
     /// Compares every pair of namespaces the links join (or those naming `ns`): see
     /// `replicate/verify.rs`. Returns one dict per pair; documents and `_id`s as BSON bytes.
     /// `progress(dict)` is called about every `progress_every` seconds while it runs.

@@ -9,6 +9,7 @@ mod id_order;
 mod initial_sync;
 mod link;
 pub mod provenance;
+pub mod repair;
 pub mod resync;
 mod route;
 mod runtime;
