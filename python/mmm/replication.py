@@ -273,8 +273,8 @@ class Replicator:
     # -- running --------------------------------------------------------------------------
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
-        rejected (journaled in ``__mmm.rejected``), last error."""
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, batches applied,
+        conflicts, retries, ops rejected (journaled in ``__mmm.rejected``), last error."""
         out = []
         for s in self._core.status():
             if s.get("last_error"):
@@ -283,6 +283,16 @@ class Replicator:
                 s["checkpoint"] = Timestamp(*s["checkpoint"])
             out.append(s)
         return out
+
+    def serve_http(self, address: Any = "127.0.0.1:9108", **kwargs: Any) -> Any:
+        """Serves this replicator's Prometheus metrics (``/metrics``), status as JSON
+        (``/status``) and a status page (``/``) over HTTP from a background thread, whether or
+        not it runs yet (see :mod:`mmm.monitoring`). ``address`` is ``"host:port"``, port 0
+        picking a free one. Returns the server: ``.address``, ``.url``, ``.stop()``, and a
+        context manager. ValueError for a malformed address, OSError when it cannot listen."""
+        from .monitoring import serve
+
+        return serve(address, replicators=[self], **kwargs)
 
     def _handle(self, event: Dict[str, Any]) -> None:
         if event["kind"] == "conflict":
