@@ -463,3 +463,48 @@ def test_status_page_in_a_headless_browser(pair):
     tail = page.tables["tailers"]["<img src=x onerror=alert(1)>"]  # shown as text, not markup
     assert tail["ops_delivered"] == "7" and tail["trigger_errors"] == "0" and tail["state"] == "running"
     assert "img" not in page.tags
+
+
+class OddReplicator:
+    """Something with a ``status()`` whose rows carry what a newer core may add (the oplog
+    headroom) and values no core should send: the server reads them defensively."""
+
+    servers: dict = {}
+
+    def status(self):
+        return [
+            {"id": 'a/x."q"\\->b/x', "src": "a", "dst": "b\nc", "state": "running", "lag_seconds": 0.5,
+             "lag_ops": 3, "ops_applied": 7, "oplog_headroom_seconds": 3600.0},
+            {"id": "h2", "src": "a", "dst": "b", "state": "novel-state", "lag_seconds": float("nan"),
+             "lag_ops": "many", "ops_applied": True, "oplog_headroom": {"seconds": 12}, "extra": b"\x00\xff",
+             "nested": {"deep": [[[{"x": float("inf")}]]]}},
+            {"id": "h3", "src": "a", "dst": "b", "state": "running", "oplog_headroom": "soon"},
+        ]
+
+
+class BrokenTailer:
+    def status(self):
+        raise RuntimeError(f"cannot tell: mongodb://u:{SECRET}x@h/")
+
+
+def test_odd_status_values_are_read_defensively():
+    with monitoring.serve("127.0.0.1:0", replicators=[OddReplicator()], tailers=[BrokenTailer()],
+                          sample_interval=0.05) as http:
+        time.sleep(0.2)
+        samples = metrics(http)
+        body = status_json(http)
+        page_status = get(http.url)[0]
+    first = link_labels('a/x."q"\\->b/x', "a", "b\nc")  # label values survive escaping
+    assert samples[("mmm_link_oplog_headroom_seconds", first)] == 3600
+    assert samples[("mmm_link_current_lag_seconds", first)] == 0.5
+    assert samples[("mmm_link_ops_applied_total", first)] == 7
+    assert samples[("mmm_link_oplog_headroom_seconds", link_labels("h2", "a", "b"))] == 12
+    assert ("mmm_link_oplog_headroom_seconds", link_labels("h3", "a", "b")) not in samples
+    assert samples[("mmm_link_current_lag_seconds", link_labels("h2", "a", "b"))] == 0  # NaN is no number
+    assert samples[("mmm_link_current_lag_ops", link_labels("h2", "a", "b"))] == 0
+    assert samples[("mmm_link_state", link_labels("h2", "a", "b", state="novel-state"))] == 1
+    assert histogram(samples, "mmm_link_lag_seconds", first)[1] >= 2
+    assert [row["id"] for row in body["links"]] == ['a/x."q"\\->b/x', "h2", "h3"]
+    assert body["links"][1]["lag_seconds"] is None and body["links"][1]["extra"] is None
+    assert body["links"][1]["oplog_headroom_seconds"] == 12
+    assert body["tailers"] == [] and page_status == 200
