@@ -326,6 +326,18 @@ def test_port_zero_reports_the_port_and_a_busy_port_is_an_error():
         monitoring.serve("no-such-host.invalid:0")
 
 
+def test_ipv6_and_default_hosts():
+    with monitoring.serve(":0") as http:
+        assert http.address.startswith("127.0.0.1:")  # no host: loopback, never every interface
+    try:
+        http = monitoring.serve("[::1]:0")
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with http:
+        assert http.address == f"[::1]:{http.port}" and http.url == f"http://[::1]:{http.port}/"
+        assert get(http.url + "status")[0] == 200
+
+
 # -- mmm run --http ------------------------------------------------------------------------------
 
 def test_cli_run_serves_metrics_until_sigterm(pair, tmp_path):
@@ -371,7 +383,8 @@ def test_cli_bad_http_address_is_a_usage_error(pair, tmp_path, address, code, me
                    "links:\n  - {src: a/app.*, dst: b/app.*}\n")
     out = subprocess.run(MMM + ["-c", str(cfg), "run", "--http", address], capture_output=True, text=True, timeout=60)
     assert out.returncode == code and message in out.stderr and "Traceback" not in out.stderr
-    assert "__mmm" not in pymongo.MongoClient(b.uri).list_database_names()
+    with pymongo.MongoClient(b.uri) as cb:
+        assert "__mmm" not in cb.list_database_names()
 
 
 def test_cli_busy_http_port_fails_before_replicating(pair, tmp_path):
