@@ -168,6 +168,31 @@ def test_tailer_ops_delivered_trigger_errors_and_state(mongo_server):
     client.close()
 
 
+def test_tailer_lag_grows_while_a_trigger_is_busy(mongo_server):
+    import threading
+
+    client = pymongo.MongoClient(mongo_server.uri)
+    release = threading.Event()
+    tailer = mmm.Tailer(mongo_server.uri, "oldest", name="slow")
+    tailer.register("app.jobs", "i", lambda op: release.wait(20))
+    label = (("tailer", "slow"),)
+    with tailer.serve_http("127.0.0.1:0", sample_interval=0.05) as http, tailer:
+        client.app.jobs.insert_many([{"_id": i} for i in range(3)])
+        wait_for(lambda: tailer.status()["lag_ops"] == 3)
+        time.sleep(0.5)
+        busy = metrics(http)
+        release.set()
+        wait_for(lambda: tailer.ops_delivered == 3)
+        time.sleep(0.2)
+        done = metrics(http)
+    client.close()
+    assert busy[("mmm_tailer_current_lag_ops", label)] == 3
+    assert busy[("mmm_tailer_current_lag_seconds", label)] >= 0.5
+    assert done[("mmm_tailer_current_lag_seconds", label)] == 0 and done[("mmm_tailer_current_lag_ops", label)] == 0
+    buckets, count, total = histogram(done, "mmm_tailer_lag_seconds", label)
+    assert dict(buckets)[0.25] < count and total >= 0.5
+
+
 def test_a_password_never_appears_and_retries_are_counted(mongo_server, caplog):
     caplog.set_level("DEBUG")
     r = mmm.Replicator({"a": {"id": "A", "uri": mongo_server.uri}, "down": {"id": "D", "uri": UNREACHABLE}},
