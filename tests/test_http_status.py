@@ -546,3 +546,21 @@ def test_odd_status_values_are_read_defensively():
     assert body["links"][1]["lag_seconds"] is None and body["links"][1]["extra"] is None
     assert body["links"][1]["oplog_headroom_seconds"] == 12
     assert body["tailers"] == [] and page_status == 200
+
+
+def test_a_failure_while_answering_goes_to_the_log_not_stderr(idle_http, monkeypatch, caplog, capfd):
+    from wsgiref.simple_server import ServerHandler
+
+    def broken(self):
+        raise RuntimeError(f"write failed for mongodb://u:{SECRET}x@h/")
+
+    monkeypatch.setattr(ServerHandler, "finish_response", broken)
+    answer = raw(idle_http.port, b"GET /status HTTP/1.0\r\n\r\n")
+    monkeypatch.undo()
+    assert status_line(answer) in (0, 500)  # its error answer fails the same way: closed
+    wait_for(lambda: any("answering an HTTP request failed" in r.getMessage() for r in caplog.records))
+    record = next(r for r in caplog.records if "answering an HTTP request failed" in r.getMessage())
+    assert record.name == "mmm.monitoring" and "RuntimeError" in record.getMessage()
+    assert SECRET not in record.getMessage()
+    assert "Traceback" not in capfd.readouterr().err
+    assert get(idle_http.url + "status")[0] == 200

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import ipaddress
 import json
 import logging
@@ -512,10 +513,31 @@ def _make_app(sources: _Sources, registry: CollectorRegistry) -> Callable[..., I
     return app
 
 
+class _ErrorsToLog(io.TextIOBase):
+    """``wsgi.errors`` for the WSGI handler: what it would print on stderr (a failure while
+    answering, e.g. a client that stops reading) becomes one log record per flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: List[str] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        text, self._parts = "".join(self._parts).strip(), []
+        if text:
+            log.warning("answering an HTTP request failed: %s", redact.text(text)[-2000:])
+
+
 class _Handler(WSGIRequestHandler):
     timeout = CLIENT_TIMEOUT
     server_version = "mmm"
     sys_version = ""
+
+    def get_stderr(self) -> Any:
+        return _ErrorsToLog()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), redact.text(format % args)[:500])
