@@ -193,6 +193,8 @@ class LinkStatus(_LinkStatusRequired, total=False):
     echoes_skipped: int
     """Ops not sent back to the server they were replicated from."""
     conflicts: int
+    retries: int
+    """Sessions ended by transient trouble (unreachable server, failover) and started again."""
     rejected: int
     """Ops the destination refused, journaled in ``__mmm.rejected`` (``on_reject="journal"``)."""
     initial_sync: Tuple[int, int]

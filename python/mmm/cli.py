@@ -368,6 +368,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    http = None
+    if args.http is not None:
+        try:
+            http = r.serve_http(args.http)
+        except OSError as e:
+            raise CliError(str(e.strerror or e)) from None
+        print(f"mmm: metrics on {http.url}metrics, status page on {http.url}", file=sys.stderr, flush=True)
     print(f"mmm: replicating {len(r.links)} link(s); SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
     last_status = time.monotonic()
     try:
@@ -383,6 +390,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         r.join()
     except ReplicationError as e:
         raise CliError(str(e)) from None
+    finally:
+        if http is not None:
+            http.stop()
     return 0
 
 
@@ -626,6 +636,16 @@ def _positive(kind: Any, zero: bool = False) -> Any:
     return parse
 
 
+def _http_address(text: str) -> str:
+    from .monitoring import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -667,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolve", action="append", metavar="[PATTERN=]POLICY",
                    help="conflict policy (lww, prefer:SERVER, none; ',deletes=delete_wins|update_wins'), "
                         "for every namespace or for PATTERN (db.coll, db.*); repeatable; overrides the file's resolve:")
+    s.add_argument("--http", metavar="HOST:PORT", type=_http_address,
+                   help="serve Prometheus /metrics, /status (JSON) and a status page, e.g. 127.0.0.1:9108")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("conflicts", help="list the conflict journal (__mmm.conflicts) of every server, newest first")

@@ -515,7 +515,8 @@ class Replicator:
         return out[:limit]
 
     def status(self) -> List[Dict[str, Any]]:
-        """Per link: state, checkpoint, lag (seconds and ops), ops applied, conflicts, ops
+        """Per link: state, checkpoint, lag (seconds and ops), ops applied, batches applied,
+        conflicts, retries, ops
         rejected (journaled in ``__mmm.rejected``), last error, ``oplog`` (the source's oplog
         headroom: ``capacity_seconds`` of history at the current write rate, this link's
         ``margin_seconds`` before its position falls off, ``near_rollover`` within 20%), and
@@ -530,6 +531,16 @@ class Replicator:
                 s["last_verify"] = self.last_verify.summary()
             out.append(s)
         return out
+
+    def serve_http(self, address: Any = "127.0.0.1:9108", **kwargs: Any) -> Any:
+        """Serves this replicator's Prometheus metrics (``/metrics``), status as JSON
+        (``/status``) and a status page (``/``) over HTTP from a background thread, whether or
+        not it runs yet (see :mod:`mmm.monitoring`). ``address`` is ``"host:port"``, port 0
+        picking a free one. Returns the server: ``.address``, ``.url``, ``.stop()``, and a
+        context manager. ValueError for a malformed address, OSError when it cannot listen."""
+        from .monitoring import serve
+
+        return serve(address, replicators=[self], **kwargs)
 
     def _handle(self, event: Dict[str, Any]) -> None:
         if event["kind"] == "conflict":

@@ -147,6 +147,12 @@ class Tailer:
         self._running = False
         self.ops_delivered = 0
         self.entries_read = 0
+        self.trigger_errors = 0
+        self._state = "not started"
+        self._last_error: Optional[str] = None
+        # The batch being handled: when it was read, and how many of its ops are left.
+        self._batch_read_at: Optional[float] = None
+        self._batch_left = 0
         self._last_save = time.monotonic()
 
     # -- registration ---------------------------------------------------------------------
@@ -176,6 +182,32 @@ class Tailer:
         """Timestamp of the last op whose triggers all returned (resume point)."""
         return self._checkpoint
 
+    def status(self) -> Dict[str, Any]:
+        """name, uri (redacted), state (``not started``, ``running``, ``stopped``, ``failed``),
+        checkpoint, ops_delivered (ops whose triggers all ran), entries_read, trigger_errors,
+        lag_seconds (age of the oldest op read and not handled yet, 0 when caught up), lag_ops
+        (ops of the batch being handled still to go) and last_error (secrets hidden)."""
+        read_at, left = self._batch_read_at, self._batch_left
+        return {
+            "name": self.name or f"tailer-{id(self):x}",
+            "uri": redact.uri(self.uri),
+            "state": self._state,
+            "checkpoint": self._checkpoint,
+            "ops_delivered": self.ops_delivered,
+            "entries_read": self.entries_read,
+            "trigger_errors": self.trigger_errors,
+            "lag_seconds": time.monotonic() - read_at if read_at is not None and left else 0.0,
+            "lag_ops": left,
+            "last_error": self._last_error,
+        }
+
+    def serve_http(self, address: Any = "127.0.0.1:9108", **kwargs: Any) -> Any:
+        """Serves this tailer's metrics, status and status page over HTTP (see
+        :mod:`mmm.monitoring`); returns the server (``.address``, ``.stop()``, a context manager)."""
+        from .monitoring import serve
+
+        return serve(address, tailers=[self], **kwargs)
+
     def _make_core(self) -> Any:
         start: Any = self._start
         if self._store is not None and start is None:
@@ -202,13 +234,36 @@ class Tailer:
         self.entries_read += batch.entries_read
         ops = bson.decode_all(batch.ops) if batch.ops else []
         checkpoint = batch.checkpoint
+        self._batch_read_at, self._batch_left = time.monotonic(), len(ops)
         for op, ids, ts, end in zip(ops, batch.subscriptions, batch.ts, batch.unit_end):
             yield op, [self._triggers[i] for i in ids]
             self.ops_delivered += 1
+            self._batch_left -= 1
             if end:
                 self._checkpoint = Timestamp(*ts)
         if checkpoint is not None:
             self._checkpoint = Timestamp(*checkpoint)
+
+    def _enter_running(self) -> Any:
+        try:
+            core = self._make_core()
+        except BaseException as exc:
+            self._fail(exc)
+            self._running = False
+            raise
+        self._state = "running"
+        return core
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            return  # a way of stopping, not a failure
+        self._state = "failed"
+        self._last_error = redact.error(exc)
+
+    def _leave_running(self) -> None:
+        self._batch_read_at, self._batch_left = None, 0
+        if self._state == "running":
+            self._state = "stopped"
 
     def _save_due(self) -> bool:
         if time.monotonic() - self._last_save < self.save_interval:
@@ -217,6 +272,8 @@ class Tailer:
         return True
 
     def _handle_error(self, exc: BaseException, op: Op) -> None:
+        self.trigger_errors += 1
+        self._last_error = redact.error(exc)
         if self.on_error == "log":
             log.exception("trigger failed on op %s %s at %s", op.get("op"), op.get("ns"), op.get("ts"))
             return
@@ -231,7 +288,7 @@ class Tailer:
         """Follows the oplog and calls triggers on this thread until :meth:`stop` (or Ctrl-C)."""
         self._running = True
         self._stop.clear()
-        core = self._core = self._make_core()
+        core = self._core = self._enter_running()
         try:
             while not self._stop.is_set():
                 batch = core.next_batch(0.2)
@@ -245,16 +302,20 @@ class Tailer:
                             self._handle_error(exc, op)
                 if self._save_due():
                     self._save()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         finally:
             core.stop()
             self._save()
             self._running = False
+            self._leave_running()
 
     async def run_async(self) -> None:
         """:meth:`run` for asyncio: ``async def`` triggers are awaited, in order."""
         self._running = True
         self._stop.clear()
-        core = self._core = self._make_core()
+        core = self._core = self._enter_running()
         try:
             while not self._stop.is_set():
                 batch = await core.next_batch_async()
@@ -270,10 +331,14 @@ class Tailer:
                             self._handle_error(exc, op)
                 if self._save_due():
                     await asyncio.get_running_loop().run_in_executor(None, self._save)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         finally:
             core.stop()
             self._save()
             self._running = False
+            self._leave_running()
 
     # -- background thread ----------------------------------------------------------------
 

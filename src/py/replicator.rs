@@ -453,7 +453,7 @@ impl PyReplicatorCore {
     }
 
     /// One dict per link: id, src, dst, state, checkpoint, lag_seconds, lag_ops, ops_applied,
-    /// batches_applied, echoes_skipped, conflicts, rejected, initial_sync (copied, total),
+    /// batches_applied, echoes_skipped, conflicts, retries, rejected, initial_sync (copied, total),
     /// last_error.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let mut out = Vec::new();
@@ -483,6 +483,7 @@ impl PyReplicatorCore {
             d.set_item("batches_applied", s.batches_applied)?;
             d.set_item("echoes_skipped", s.ops_skipped_echo)?;
             d.set_item("conflicts", s.conflicts)?;
+            d.set_item("retries", s.retries)?;
             d.set_item("rejected", s.rejected)?;
             d.set_item(
                 "initial_sync",

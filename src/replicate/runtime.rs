@@ -130,11 +130,7 @@ impl LinkRuntime {
     }
 
     pub fn set_state(&self, state: LinkState, error: Option<String>) {
-        let mut s = self.status.lock();
-        s.state = state;
-        if error.is_some() {
-            s.last_error = error;
-        }
+        self.status.lock().set_state(state, error);
     }
 }
 

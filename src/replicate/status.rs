@@ -44,6 +44,9 @@ pub struct LinkStatus {
     pub batches_applied: u64,
     pub ops_skipped_echo: u64,
     pub conflicts: u64,
+    /// Sessions ended by transient trouble (network, failover) and started again after a
+    /// backoff.
+    pub retries: u64,
     /// Ops the destination refused, journaled in `__mmm.rejected` (links with
     /// `on_reject="journal"`).
     pub rejected: u64,
@@ -73,6 +76,7 @@ impl LinkStatus {
             batches_applied: 0,
             ops_skipped_echo: 0,
             conflicts: 0,
+            retries: 0,
             rejected: 0,
             initial_sync_copied: 0,
             initial_sync_total: 0,
@@ -80,6 +84,18 @@ impl LinkStatus {
             queued_since: VecDeque::new(),
             building_since: None,
             oplog: None,
+        }
+    }
+
+    /// Moves to `state`, keeping the last error unless a new one is given; entering
+    /// `Retrying` counts one retry.
+    pub fn set_state(&mut self, state: LinkState, error: Option<String>) {
+        if state == LinkState::Retrying {
+            self.retries += 1;
+        }
+        self.state = state;
+        if error.is_some() {
+            self.last_error = error;
         }
     }
 
@@ -97,5 +113,23 @@ impl LinkStatus {
         self.queued_since.clear();
         self.building_since = None;
         self.lag_ops = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_retry_is_counted_and_the_last_error_kept() {
+        let mut s = LinkStatus::new("a->b", "a", "b");
+        s.set_state(LinkState::Retrying, Some("unreachable".into()));
+        s.set_state(LinkState::Running, None);
+        s.set_state(LinkState::Retrying, Some("failover".into()));
+        assert_eq!(s.retries, 2);
+        s.set_state(LinkState::Stopped, None);
+        assert_eq!(s.retries, 2);
+        assert_eq!(s.last_error.as_deref(), Some("failover"));
+        assert_eq!(s.state, LinkState::Stopped);
     }
 }
