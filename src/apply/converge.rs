@@ -34,6 +34,10 @@ pub struct Composite {
     pub deleted: bool,
     /// Where the version is on the source: reading the source at this cluster time gives it.
     pub src_ts: Timestamp,
+    /// What its writer knew, when that differs from the batch's [`Versions::know`] (a batch
+    /// is not cut where its writer learned of another version: only the versions made after
+    /// carry their own).
+    pub know: Option<Knowledge>,
 }
 
 fn is_full(op: &RawDocumentBuf) -> bool {
@@ -348,7 +352,7 @@ pub async fn prepare(
         let policy = conv.policies.for_namespace(&c.ns);
         let arriving = Arriving {
             stamp: &c.stamp,
-            know: &versions.know,
+            know: c.know.as_ref().unwrap_or(&versions.know),
             deleted: c.deleted,
         };
         let mut decision = decide(&policy, &conv.site, &held, &arriving);

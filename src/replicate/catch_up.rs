@@ -287,6 +287,7 @@ async fn send_differing(
             stamp,
             deleted: ours.is_none(),
             src_ts: gap_from,
+            know: None,
         });
     }
     if versions.composites.is_empty() {
@@ -384,6 +385,7 @@ async fn remove_vanished(
                     stamp: Stamp::new(crate::converge::stamp::initial(gap_ms), rt.src.id.clone()),
                     deleted: true,
                     src_ts: gap_from,
+                    know: None,
                 });
             }
             if !versions.composites.is_empty() {
@@ -496,6 +498,7 @@ async fn send(
             stamp,
             deleted,
             src_ts: clock.pos,
+            know: None,
         });
     }
     let n = versions.composites.len() as u64;

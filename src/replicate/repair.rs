@@ -128,6 +128,7 @@ pub async fn repair_document(
                     time: now,
                     increment: 0,
                 },
+                know: None,
             }],
             know: know.clone(),
         };

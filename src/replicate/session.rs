@@ -239,14 +239,15 @@ impl WriterHandle {
     }
 }
 
-/// The batch being built: versions of one origin, made with one knowledge.
+/// The batch being built: versions of one origin.
 #[derive(Default)]
 struct Pending {
     versions: Versions,
     /// Composite per destination document.
     index: HashMap<DocKey, usize>,
     origin: String,
-    /// The knowledge without the origin's own entries, to tell when it changes.
+    /// The batch's knowledge without the origin's own entries, to tell which versions were
+    /// made with another.
     others: Knowledge,
     ops: usize,
     bytes: usize,
@@ -593,8 +594,8 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Adds versions to the batch, handing the batch over first when it is full, holds another
-    /// origin's versions or was made with other knowledge.
+    /// Adds versions to the batch, handing the batch over first when it is full or holds
+    /// another origin's versions.
     #[allow(clippy::too_many_arguments)]
     async fn add_to_batch(
         &mut self,
@@ -617,7 +618,6 @@ impl<'a> Reader<'a> {
         });
         if !pending.is_empty()
             && (pending.origin != origin
-                || pending.others != others_know
                 || announcement_clash
                 || pending.ops >= MAX_BATCH_OPS
                 || pending.bytes >= MAX_BATCH_BYTES)
@@ -627,9 +627,11 @@ impl<'a> Reader<'a> {
         }
         if pending.is_empty() {
             pending.origin = origin;
-            pending.others = others_know;
-            pending.versions.know = know;
+            pending.others = others_know.clone();
+            pending.versions.know = know.clone();
         }
+        // Versions made after their writer learned of others carry their own knowledge.
+        let own_know = (pending.others != others_know).then_some(know);
         let mut added = 0usize;
         for v in versions {
             let key = doc_key(&v.dst_ns, &v.id);
@@ -656,6 +658,7 @@ impl<'a> Reader<'a> {
                         stamp: v.stamp,
                         deleted: v.deleted,
                         src_ts: ts,
+                        know: own_know.clone(),
                     });
                 }
             }
