@@ -800,8 +800,15 @@ class History:
 SEEDS = [FIRST_SEED + i for i in range(HISTORIES)]
 
 
+# An open bug this test found: the servers end with equal fields and equal values but, on one
+# server, in another order (seed 7215: a star under Prefer, after a transaction and a delete on
+# the hub). Kept as a strict expected failure until it is fixed, so the fix shows.
+FIELD_ORDER = {7215: "one server holds the winning version with its fields in another order"}
+
+
 def _history_param(seed: int) -> Any:
-    return pytest.param(seed, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
+    marks = [pytest.mark.xfail(strict=True, reason=FIELD_ORDER[seed])] if seed in FIELD_ORDER else []
+    return pytest.param(seed, marks=marks, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
 
 
 @pytest.mark.parametrize("seed", [_history_param(s) for s in SEEDS])
