@@ -23,7 +23,9 @@ pub struct LinkArg {
     initial_sync: bool,
     marker: String,
     on_reject: String,
-    on_rollover: String,
+    /// Optional: objects written before it existed are read as "repair".
+    #[pyo3(default)]
+    on_rollover: Option<String>,
 }
 
 /// Parses the links and checks the topology (names, ids, the single-path rule).
@@ -55,7 +57,7 @@ pub fn topology(
                 )))
             }
         };
-        spec.repair_on_rollover = match l.on_rollover.as_str() {
+        spec.repair_on_rollover = match l.on_rollover.as_deref().unwrap_or("repair") {
             "repair" => true,
             "stop" => false,
             other => {
