@@ -15,7 +15,7 @@ __version__: str
 OpLetter = Literal["i", "u", "d", "c", "n"]
 """An oplog entry's ``op``: insert, update, delete, command (DDL, transactions), no-op."""
 
-LinkState = Literal["not started", "starting", "initial-sync", "running", "retrying", "stopped", "failed"]
+LinkState = Literal["not started", "starting", "initial-sync", "running", "retrying", "stopped", "failed", "standby"]
 """A replication link's state in :meth:`ReplicatorCore.status`."""
 
 TimestampTuple = Tuple[int, int]
@@ -115,6 +115,7 @@ class TailerCore:
         start: Union[None, Literal["now", "oldest"], TimestampTuple] = None,
         batch_size: int = 5000,
         max_await_ms: int = 500,
+        skip_through: Optional[TimestampTuple] = None,
     ) -> "TailerCore": ...
     def start(self) -> None:
         """Starts following; RuntimeError if already started."""
@@ -162,6 +163,23 @@ class LinkLike(Protocol):
     def on_reject(self) -> str:
         """"fail" or "journal"."""
 
+class LeaseHolder(TypedDict):
+    id: str
+    """Random per lease keeper (one per tailer or link in a process)."""
+    host: str
+    pid: int
+
+class LeaseInfo(TypedDict):
+    held: bool
+    """This process holds the lease and works."""
+    term: Optional[int]
+    """The lease's term as last read (grows by one at each takeover)."""
+    holder: Optional[LeaseHolder]
+    expires_ms: Optional[int]
+    """When the lease lapses unless renewed, in ms since the epoch, by its server's clock."""
+    error: Optional[str]
+    """The last error talking to the lease's server."""
+
 class _LinkStatusRequired(TypedDict):
     id: str
     """The link's id, also its checkpoint's ``_id``: ``src->dst`` with the endpoints normalised."""
@@ -190,6 +208,8 @@ class LinkStatus(_LinkStatusRequired, total=False):
     """(documents copied, documents to copy)."""
     last_error: Optional[str]
     """The last error, one line, secrets hidden."""
+    lease: Optional[LeaseInfo]
+    """The link's lease, when the core was started with one."""
 
 # A document changed on both sides since they last synced. ``server``: id of the server where
 # the incoming write was applied over a local change; ``from``: id of the server it came from
@@ -232,8 +252,10 @@ class ReplicatorCore:
         copy also deletes destination documents the source does not have. ValueError for an
         unknown id (listing the known ones), RuntimeError while running or when a server
         cannot be reached or written."""
-    def start(self) -> None:
-        """Starts every link on the background runtime; RuntimeError if running already."""
+    def start(self, lease_ttl: Optional[float] = None) -> None:
+        """Starts every link on the background runtime; RuntimeError if running already.
+        ``lease_ttl`` (seconds): each link works only while this process holds its lease, on
+        its destination (ValueError for a TTL outside 0.1 to 86400 s)."""
     def stop(self) -> None:
         """Asks every link to stop after its current batch."""
     @property
@@ -292,6 +314,40 @@ REJECTED_COLLECTION: str
 """Ops a destination refused, journaled by links with ``on_reject="journal"``."""
 TAILER_CHECKPOINTS_COLLECTION: str
 """Named positions of tailers that keep their checkpoint in MongoDB."""
+
+LEASES_COLLECTION: str
+"""One lease per tailer name (``tailer:<name>``) or link (``link:<link id>``)."""
+DEFAULT_LEASE_TTL: float
+"""Seconds a lease lasts without renewal unless told otherwise (10)."""
+
+@final
+class LeaseCore:
+    """Keeps the lease ``name`` (a full lease id) in ``__mmm.leases`` of the server at ``uri``:
+    takes it when free or expired, renews it every ``ttl / 3`` seconds. ValueError for an empty
+    name, one over 64 KiB or with NUL, a TTL outside 0.1 to 86400 s, or a bad URI."""
+
+    def __new__(cls, uri: str, name: str, ttl: float) -> "LeaseCore": ...
+    def start(self) -> None:
+        """Starts keeping the lease in the background; RuntimeError if started already."""
+    @property
+    def term(self) -> Optional[int]:
+        """The term this process holds while its lease is valid, else None."""
+    def wait(self, timeout: float) -> Optional[int]:
+        """Waits up to ``timeout`` s for this process to hold the lease: its term, or None."""
+    def info(self) -> Optional[LeaseInfo]:
+        """Who holds the lease (None before :meth:`start`)."""
+    def stop(self) -> None:
+        """Stops renewing and releases the lease if held."""
+
+def fence_filter(id: str, term: int) -> bytes:
+    """The filter (BSON) of a checkpoint write fenced by lease term ``term``: written with
+    upsert, it fails with DuplicateKey once a greater term has claimed document ``id``."""
+
+def tailer_lease_id(name: str) -> str:
+    """The lease id of a tailer name; ValueError for a name no lease can have."""
+
+def validate_lease(name: str, ttl: float) -> None:
+    """ValueError for a lease name or TTL (seconds) no lease can have."""
 
 def link_id(src: str, dst: str) -> str:
     """The id of the link ``src -> dst`` (the ``_id`` of its checkpoint and stored document).

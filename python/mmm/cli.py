@@ -275,11 +275,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .replication import ReplicationError, Replicator
 
     config = _config(args)
-    r = Replicator.from_config(config)
+    lease = {"lease": not args.no_lease, "lease_ttl": args.lease_ttl}
+    try:
+        r = Replicator.from_config(config, **lease)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if args.server:
         if args.server not in config.servers:
             raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
-        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server])
+        r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server], **lease)
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
     stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
@@ -398,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="replicate until SIGTERM/SIGINT")
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
+    s.add_argument("--no-lease", action="store_true",
+                   help="run every link here even if another 'mmm run' runs it (default: one process per link holds its lease)")
+    s.add_argument("--lease-ttl", type=_positive(float), default=_mmm.DEFAULT_LEASE_TTL,
+                   help="seconds a link's lease lasts without renewal (default 10; renewed every third of it)")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("resync", help="start one link over with an initial sync (after an oplog rollover)")
     s.add_argument("link", help="the link's id as 'mmm status' shows it, e.g. 'factory/vision.*->cloud/vision.*'")

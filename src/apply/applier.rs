@@ -66,6 +66,8 @@ pub struct Applier {
     client: Client,
     link: String,
     on_reject: OnReject,
+    /// The link's lease term: every checkpoint write is fenced by it (see `store/leases.rs`).
+    fence: Option<i64>,
 }
 
 fn txn_options() -> TransactionOptions {
@@ -145,7 +147,14 @@ impl Applier {
             client,
             link: link.to_string(),
             on_reject: OnReject::Fail,
+            fence: None,
         }
+    }
+
+    /// Every checkpoint this applier writes is conditional on lease term `term`.
+    pub fn fenced(mut self, term: Option<i64>) -> Applier {
+        self.fence = term;
+        self
     }
 
     pub fn on_reject(mut self, on_reject: OnReject) -> Applier {
@@ -168,7 +177,7 @@ impl Applier {
             .start_transaction()
             .with_options(txn_options())
             .await?;
-        checkpoints::write(&self.client, &mut *session, checkpoint).await?;
+        checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         for (ci, body, statements) in bodies(plan, mode) {
             let command = &plan.commands[ci];
@@ -353,6 +362,12 @@ impl Applier {
                         && attempts < local_attempts(&e) =>
                 {
                     tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
+                }
+                Err(Failed::Driver(e)) if e.get_custom::<checkpoints::Fenced>().is_some() => {
+                    let fenced = e
+                        .get_custom::<checkpoints::Fenced>()
+                        .expect("checked above");
+                    return Err(ApplyError::Transient(format!("lost the lease: {fenced}")));
                 }
                 Err(Failed::Driver(e)) => {
                     return Err(match refusal_of(&e, crate::store::CHECKPOINTS_NS) {

@@ -104,7 +104,13 @@ impl PyReplicatorCore {
         Ok((start.time, start.increment))
     }
 
-    fn start(&self) -> PyResult<()> {
+    /// `lease_ttl` (seconds): each link works only while this process holds the link's lease
+    /// on its destination; None runs every link unconditionally.
+    #[pyo3(signature = (lease_ttl = None))]
+    fn start(&self, lease_ttl: Option<f64>) -> PyResult<()> {
+        let lease_ttl = lease_ttl
+            .map(|ttl| super::lease::ttl_from_seconds("lease_ttl", ttl))
+            .transpose()?;
         if self.running.lock().is_some() {
             return Err(PyRuntimeError::new_err("the replicator is already running"));
         }
@@ -117,7 +123,7 @@ impl PyReplicatorCore {
         let (tx, rx) = mpsc::unbounded_channel();
         let rt = crate::runtime::get()?;
         let _guard = rt.enter();
-        let replicator = Replicator::start(&self.servers, &self.links, &options, tx)
+        let replicator = Replicator::start(&self.servers, &self.links, &options, tx, lease_ttl)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         *self.running.lock() = Some(replicator);
         *self.events.blocking_lock() = Some(rx);
@@ -216,6 +222,13 @@ impl PyReplicatorCore {
                 (s.initial_sync_copied, s.initial_sync_total),
             )?;
             d.set_item("last_error", s.last_error)?;
+            let lease = s.lease.as_ref().map(|l| l.borrow().clone());
+            d.set_item(
+                "lease",
+                lease
+                    .map(|l| super::lease::state_to_py(py, &l))
+                    .transpose()?,
+            )?;
             out.push(d);
         }
         Ok(out)

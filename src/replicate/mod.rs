@@ -18,6 +18,8 @@ mod writer;
 pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};
 
+use crate::store::lease_keeper::LeaseKeeper;
+use crate::store::leases::Holder;
 use conflicts::ConflictTracker;
 use mongodb::options::ClientOptions;
 use parking_lot::Mutex;
@@ -35,12 +37,14 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Validates the topology and starts every link on the current runtime.
+    /// Validates the topology and starts every link on the current runtime. `lease_ttl`: each
+    /// link works only while this process holds its lease (see `store/leases.rs`).
     pub fn start(
         servers: &[ServerSpec],
         links: &[LinkSpec],
         options: &HashMap<String, ClientOptions>,
         events: mpsc::UnboundedSender<LinkEvent>,
+        lease_ttl: Option<std::time::Duration>,
     ) -> Result<Replicator, TopologyError> {
         let by_name = topology::validate(servers, links)?;
         let (stop, _) = watch::channel(false);
@@ -61,6 +65,21 @@ impl Replicator {
                 &src.name,
                 &dst.name,
             )));
+            let lease = match lease_ttl {
+                Some(ttl) => {
+                    let client = mongodb::Client::with_options(options[&dst.name].clone())
+                        .map_err(|e| TopologyError(format!("server {:?}: {e}", dst.name)))?;
+                    let keeper = LeaseKeeper::start(
+                        client,
+                        crate::store::leases::link_lease(&spec.id()),
+                        Holder::this_process(),
+                        ttl,
+                    );
+                    status.lock().lease = Some(keeper.subscribe());
+                    Some(keeper)
+                }
+                None => None,
+            };
             statuses.push(status.clone());
             let runtime = LinkRuntime {
                 spec: spec.clone(),
@@ -72,7 +91,11 @@ impl Replicator {
                 events: events.clone(),
                 conflicts: conflicts.clone(),
             };
-            tasks.push(tokio::spawn(link::run_link(runtime, stop.subscribe())));
+            tasks.push(tokio::spawn(link::run_link(
+                runtime,
+                lease,
+                stop.subscribe(),
+            )));
         }
         Ok(Replicator {
             statuses,

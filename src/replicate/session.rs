@@ -32,12 +32,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// the source's oplog window while only echoes or no-ops pass by).
 const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
-pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
+/// `fence`: the link's lease term, which every checkpoint write of this session is
+/// conditional on (see `store/leases.rs`).
+pub async fn session(rt: &Arc<LinkRuntime>, fence: Option<i64>) -> Result<(), LinkFailure> {
     rt.set_state(LinkState::Starting, None);
     let (src, dst) = connect(rt).await?;
     rt.conflicts.unpin_link(&rt.spec.id());
     rt.status.lock().reset_pending();
-    let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
+    let applier = Applier::new(dst.clone(), &rt.spec.id())
+        .on_reject(rt.spec.on_reject)
+        .fenced(fence);
     let checkpoint = starting_checkpoint(rt, &src, &dst, &applier).await?;
     // Knowledge of the reverse direction serves only checks on the destination (a one-way
     // link skips the oplog scan it costs).
@@ -123,11 +127,7 @@ async fn starting_checkpoint(
         Some(c) => c,
         None => {
             // The position comes first, stored before any copy (see initial_sync).
-            let start = latest_ts(src).await?;
-            let mut c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
-            if rt.spec.initial_sync {
-                c = initial_sync::fresh(c, start);
-            }
+            let c = first_checkpoint(rt, src).await?;
             applier.apply(&Plan::default(), &c).await?;
             c
         }
@@ -150,6 +150,20 @@ async fn starting_checkpoint(
         }
         None => Ok(checkpoint),
     }
+}
+
+/// The checkpoint of a link that never ran: the source's newest entry, with an initial sync
+/// to run first when the link asks for one.
+pub(super) async fn first_checkpoint(
+    rt: &LinkRuntime,
+    src: &Client,
+) -> Result<Checkpoint, LinkFailure> {
+    let start = latest_ts(src).await?;
+    let c = rt.checkpoint(rt.src.id.clone(), start, start, 0);
+    Ok(match rt.spec.initial_sync {
+        true => initial_sync::fresh(c, start),
+        false => c,
+    })
 }
 
 /// How far `src` had applied `dst`'s writes at the point this link starts reading `src`'s

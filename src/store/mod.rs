@@ -7,6 +7,8 @@ use mongodb::Client;
 
 pub mod checkpoints;
 pub mod copy_progress;
+pub mod lease_keeper;
+pub mod leases;
 pub mod links;
 pub mod namespaces;
 pub mod rejected;
@@ -27,6 +29,8 @@ pub const LINKS: &str = "links";
 pub const REJECTED: &str = "rejected";
 /// Named positions of Python tailers that store their checkpoint in MongoDB.
 pub const TAILER_CHECKPOINTS: &str = "tailer_checkpoints";
+/// One document per tailer name or link: who may work (see `leases.rs`).
+pub const LEASES: &str = leases::LEASES;
 
 /// `__mmm.checkpoints`, as it appears in oplog entries.
 pub const CHECKPOINTS_NS: &str = "__mmm.checkpoints";
