@@ -385,3 +385,24 @@ def test_a_fenced_link_cannot_apply_a_batch(pair):
     finally:
         r.stop()
         r.join()
+
+
+def test_mmm_status_names_each_links_lease_holder(pair, tmp_path):
+    import json
+
+    a, b, ca, cb = pair
+    config = tmp_path / "mmm.yml"
+    config.write_text(f"a:\n  id: A\n  uri: '{a.uri}'\nb:\n  id: B\n  uri: '{b.uri}'\n"
+                      "links:\n  - {src: a/app.*, dst: b/app.*}\n")
+    r = mmm.Replicator.from_file(str(config), lease=True, lease_ttl=30.0).start()
+    try:
+        wait_for(lambda: r.status()[0]["state"] == "running", timeout=30)
+        out = subprocess.run([sys.executable, "-m", "mmm", "-c", str(config), "status", "--json"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        lease = json.loads(out.stdout)[0]["lease"]
+        assert lease["holder"]["pid"] == os.getpid() and not lease["expired"]
+        assert lease["term"] == r.status()[0]["lease"]["term"]
+    finally:
+        r.stop()
+        r.join()

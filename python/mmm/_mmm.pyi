@@ -346,6 +346,17 @@ def fence_filter(id: str, term: int) -> bytes:
 def tailer_lease_id(name: str) -> str:
     """The lease id of a tailer name; ValueError for a name no lease can have."""
 
+class StoredLease(TypedDict):
+    term: Optional[int]
+    holder: Optional[LeaseHolder]
+    expires_ms: Optional[int]
+    expired: bool
+    """Expired by the server's clock: nobody works until another process takes it."""
+
+def read_lease(uri: str, name: str, timeout: float = 5.0) -> Optional[StoredLease]:
+    """The lease ``name`` (a full lease id) stored on the server at ``uri``, or None. Raises
+    MmmError when the server cannot be read within ``timeout`` seconds."""
+
 def validate_lease(name: str, ttl: float) -> None:
     """ValueError for a lease name or TTL (seconds) no lease can have."""
 

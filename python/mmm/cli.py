@@ -248,6 +248,11 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                 )
                 if checkpoint["initial_sync"] is not None:  # a copy in progress, resumed by the next run
                     row.update(state="initial-sync", initial_sync=list(checkpoint["initial_sync"]))
+            # Who runs the link, when it runs with a lease (``mmm run``'s default).
+            lease = _mmm.read_lease(config.servers[link.dst_server].uri, "link:" + link_id)
+            if lease is not None:
+                row["lease"] = {"term": lease["term"], "holder": lease["holder"], "expired": lease["expired"],
+                                "expires_ms": lease["expires_ms"]}
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)

@@ -162,6 +162,54 @@ fn fence_filter<'py>(py: Python<'py>, id: &str, term: i64) -> PyResult<Bound<'py
     Ok(PyBytes::new(py, &out))
 }
 
+/// The lease `name` (a full lease id) stored on the server at `uri`, as a dict (`term`, `holder`
+/// with `id`, `host`, `pid`, `expires_ms`, `expired` by the server's clock), or None. Raises
+/// MmmError when the server cannot be read within `timeout` seconds.
+#[pyfunction]
+#[pyo3(signature = (uri, name, timeout = 5.0))]
+fn read_lease<'py>(
+    py: Python<'py>,
+    uri: &str,
+    name: &str,
+    timeout: f64,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let mut options = parse_client_options(uri)?;
+    let limit = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+    options.server_selection_timeout = Some(limit);
+    options.connect_timeout = Some(limit);
+    let rt = crate::runtime::get()?;
+    let found = py.detach(|| {
+        rt.block_on(async {
+            let client = mongodb::Client::with_options(options).map_err(|e| e.to_string())?;
+            let lease = leases::read(&client, name).await;
+            let now = leases::server_now(&client).await;
+            client.shutdown().await;
+            Ok::<_, String>((
+                lease.map_err(|e| e.to_string())?,
+                now.map_err(|e| e.to_string())?,
+            ))
+        })
+    });
+    let (lease, now) = found.map_err(|e| {
+        let e = crate::redact::text(&e, &crate::redact::secrets(uri));
+        MmmError::new_err(format!(
+            "cannot read {}.{}: {e}",
+            crate::store::MMM_DB,
+            leases::LEASES
+        ))
+    })?;
+    let Some(lease) = lease else { return Ok(None) };
+    let state = KeeperState {
+        lease: Some(lease.clone()),
+        ..Default::default()
+    };
+    let d = state_to_py(py, &state)?;
+    d.del_item("held")?;
+    d.del_item("error")?;
+    d.set_item("expired", lease.expired_at(now))?;
+    Ok(Some(d))
+}
+
 /// ValueError for a lease name or TTL (seconds) no lease can have.
 #[pyfunction]
 fn validate_lease(name: &str, ttl: f64) -> PyResult<()> {
@@ -183,5 +231,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fence_filter, m)?)?;
     m.add_function(wrap_pyfunction!(tailer_lease_id, m)?)?;
     m.add_function(wrap_pyfunction!(validate_lease, m)?)?;
+    m.add_function(wrap_pyfunction!(read_lease, m)?)?;
     Ok(())
 }
