@@ -248,13 +248,18 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                 )
                 if checkpoint["initial_sync"] is not None:  # a copy in progress, resumed by the next run
                     row.update(state="initial-sync", initial_sync=list(checkpoint["initial_sync"]))
+        except Exception as e:  # noqa: BLE001 - reported per link
+            row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
+        if row["state"] != "unreachable":
             # Who runs the link, when it runs with a lease (``mmm run``'s default).
-            lease = _mmm.read_lease(config.servers[link.dst_server].uri, "link:" + link_id)
+            try:
+                lease = _mmm.read_lease(config.servers[link.dst_server].uri, "link:" + link_id)
+            except Exception as e:  # noqa: BLE001 - the checkpoint's status stands without it
+                log.warning("lease of link %s not read: %s", link_id, redact.error(e))
+                lease = None
             if lease is not None:
                 row["lease"] = {"term": lease["term"], "holder": lease["holder"], "expired": lease["expired"],
                                 "expires_ms": lease["expires_ms"]}
-        except Exception as e:  # noqa: BLE001 - reported per link
-            row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
         rows.append(row)
     return rows
 
