@@ -218,9 +218,10 @@ def test_a_paused_holder_that_wakes_up_cannot_save_and_stands_by(workers, client
     a_term = a.term
     b = workers()
     wait_for(lambda: "standby" in b.lines, timeout=30)
-    client.app.jobs.insert_many([{"_id": 0}, {"_id": 1, "slow": 2}, {"_id": 2}])
+    client.app.jobs.insert_many([{"_id": 0}, {"_id": 1, "slow": 0.6 * TTL}, {"_id": 2}])
     wait_for(lambda: "in-trigger 1" in a.lines, timeout=30)
-    # Paused inside a trigger, with its transaction open: it can renew nothing.
+    # Paused inside a trigger (shorter than the TTL), with its transaction open: it can renew
+    # nothing.
     a.signal(signal.SIGSTOP)
     wait_for(lambda: b.holds, timeout=30)
     b_term = b.term
@@ -239,6 +240,24 @@ def test_a_paused_holder_that_wakes_up_cannot_save_and_stands_by(workers, client
     assert after["term"] == b_term and after["ts"] >= committed["ts"]
     effects = {d["job"]: d["pid"] for d in client.app.effects.find()}
     assert effects[1] == effects[2] == b.proc.pid, "no effect of the paused holder"
+
+
+def test_a_holder_stuck_in_a_trigger_lets_its_lease_lapse_and_is_replaced(workers, client):
+    a = workers()
+    wait_for(lambda: a.holds, timeout=30)
+    b = workers(slow=False)
+    wait_for(lambda: "standby" in b.lines, timeout=30)
+    # Job 1's trigger takes far longer than the TTL while the process is otherwise healthy.
+    client.app.jobs.insert_many([{"_id": 0}, {"_id": 1, "slow": 8 * TTL}, {"_id": 2}])
+    wait_for(lambda: "in-trigger 1" in a.lines, timeout=30)
+    wait_for(lambda: b.holds, timeout=30)
+    wait_for(lambda: len(effects_per_job(client)) == 3, timeout=30)
+    # The stuck trigger returns, its transaction is refused, and it stands by.
+    wait_for(lambda: a.lines[-1] == "standby", timeout=60)
+    time.sleep(8 * TTL)
+    effects = {d["job"]: d["pid"] for d in client.app.effects.find()}
+    assert effects_per_job(client) == {0: 1, 1: 1, 2: 1}
+    assert effects[1] == effects[2] == b.proc.pid
 
 
 # -- replication links -------------------------------------------------------------------------

@@ -333,7 +333,11 @@ class LeaseCore:
     def term(self) -> Optional[int]:
         """The term this process holds while its lease is valid, else None."""
     def wait(self, timeout: float) -> Optional[int]:
-        """Waits up to ``timeout`` s for this process to hold the lease: its term, or None."""
+        """Waits up to ``timeout`` s for this process to hold the lease: its term, or None.
+        Counts as a :meth:`beat`."""
+    def beat(self) -> None:
+        """The working loop's sign of life: the lease is renewed or taken only while this is
+        called at least once per TTL, so stuck work lets the lease lapse."""
     def info(self) -> Optional[LeaseInfo]:
         """Who holds the lease (None before :meth:`start`)."""
     def stop(self) -> None:

@@ -173,6 +173,8 @@ class Tailer:
     ``checkpoint_store`` (default: the server followed, database ``__mmm``), which must then be
     a URI. Every checkpoint save is fenced by the lease's term: a holder paused past its lease
     cannot move the checkpoint or commit a transactional trigger's writes; it stops and waits.
+    A single trigger call that lasts longer than ``lease_ttl`` counts as hung: the lease is not
+    renewed meanwhile, so choose a TTL above your slowest trigger.
     """
 
     def __init__(
@@ -332,7 +334,10 @@ class Tailer:
         ends its unit (a checkpoint may then move past it)."""
         self.entries_read += batch.entries_read
         ops = bson.decode_all(batch.ops) if batch.ops else []
+        lease = self._lease
         for op, ids, ts, end in zip(ops, batch.subscriptions, batch.ts, batch.unit_end):
+            if lease is not None:
+                lease.beat()  # a trigger stuck longer than the TTL lets the lease lapse
             yield op, list(ids), Timestamp(*ts) if end else None
             self.ops_delivered += 1
 
@@ -436,8 +441,10 @@ class Tailer:
         core = self._core = self._make_core(term)
         try:
             while not self._stop.is_set():
-                if term is not None and self._lease is not None and self._lease.term != term:
-                    raise _Fenced(f"tailer {self.name}: lease term {term} lapsed")
+                if term is not None and self._lease is not None:
+                    self._lease.beat()
+                    if self._lease.term != term:
+                        raise _Fenced(f"tailer {self.name}: lease term {term} lapsed")
                 batch = core.next_batch(0.2)
                 if batch is None:
                     continue

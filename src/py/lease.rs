@@ -3,7 +3,7 @@
 
 use super::errors::MmmError;
 use super::tailer::parse_client_options;
-use crate::store::lease_keeper::{KeeperState, LeaseKeeper};
+use crate::store::lease_keeper::{Heartbeat, KeeperState, LeaseKeeper};
 use crate::store::leases::{self, Holder};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -52,6 +52,7 @@ pub struct PyLeaseCore {
     ttl: Duration,
     keeper: Mutex<Option<LeaseKeeper>>,
     pid: Mutex<Option<u32>>,
+    heartbeat: std::sync::Arc<Heartbeat>,
 }
 
 impl PyLeaseCore {
@@ -80,6 +81,7 @@ impl PyLeaseCore {
             ttl,
             keeper: Mutex::new(None),
             pid: Mutex::new(None),
+            heartbeat: Heartbeat::new(),
         })
     }
 
@@ -93,8 +95,14 @@ impl PyLeaseCore {
         let _guard = rt.enter();
         let client = mongodb::Client::with_options(options)
             .map_err(|e| MmmError::new_err(format!("lease {}: {e}", self.name)))?;
-        let keeper =
-            LeaseKeeper::start(client, self.name.clone(), Holder::this_process(), self.ttl);
+        self.heartbeat.beat();
+        let keeper = LeaseKeeper::start_with(
+            client,
+            self.name.clone(),
+            Holder::this_process(),
+            self.ttl,
+            Some(self.heartbeat.clone()),
+        );
         *self.keeper.lock() = Some(keeper);
         *self.pid.lock() = Some(std::process::id());
         Ok(())
@@ -106,8 +114,15 @@ impl PyLeaseCore {
         Ok(self.with_keeper(|k| k.state().valid_term())?.flatten())
     }
 
+    /// The working loop's sign of life: the lease is renewed (or taken) only while this is
+    /// called at least once per TTL (`wait` counts as one).
+    fn beat(&self) {
+        self.heartbeat.beat();
+    }
+
     /// Waits up to `timeout` seconds for this process to hold the lease; its term, or None.
     fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<i64>> {
+        self.heartbeat.beat();
         let Some(state) = self.with_keeper(|k| k.subscribe())? else {
             return Err(PyRuntimeError::new_err("the lease is not started"));
         };

@@ -1,9 +1,13 @@
 //! A task that keeps one lease (see `leases.rs`): takes it when free or expired, renews it
 //! every `ttl / 3`, and publishes whether this process may work, with which term. Holders wait
-//! on [`LeaseKeeper::held`] and watch [`LeaseKeeper::lost`] while they work.
+//! on [`LeaseKeeper::held`] and watch [`LeaseKeeper::lost`] while they work. A keeper may also
+//! follow a [`Heartbeat`] of the working loop, so that a process whose work is stuck, not only
+//! one that is dead or paused, gives its lease up.
 
 use super::leases::{self, Attempt, Holder, Lease};
 use mongodb::Client;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -32,6 +36,34 @@ impl KeeperState {
     }
 }
 
+/// The working loop's sign of life: milliseconds since `base` of its last beat. A keeper with
+/// one renews (or takes) its lease only while the loop beat within the TTL, so a process whose
+/// work is stuck (a trigger that never returns) lets its lease lapse like a dead one.
+#[derive(Debug)]
+pub struct Heartbeat {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new() -> Arc<Heartbeat> {
+        Arc::new(Heartbeat {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn beat(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn fresh_within(&self, limit: Duration) -> bool {
+        let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed() < limit
+    }
+}
+
 pub struct LeaseKeeper {
     pub name: String,
     pub holder: Holder,
@@ -44,6 +76,17 @@ pub struct LeaseKeeper {
 impl LeaseKeeper {
     /// Starts keeping lease `name` on the server of `client` (on the current tokio runtime).
     pub fn start(client: Client, name: String, holder: Holder, ttl: Duration) -> LeaseKeeper {
+        LeaseKeeper::start_with(client, name, holder, ttl, None)
+    }
+
+    /// The same, renewing only while `heartbeat` beats (see [`Heartbeat`]).
+    pub fn start_with(
+        client: Client,
+        name: String,
+        holder: Holder,
+        ttl: Duration,
+        heartbeat: Option<Arc<Heartbeat>>,
+    ) -> LeaseKeeper {
         let (state_tx, state) = watch::channel(KeeperState::default());
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(keep(
@@ -51,6 +94,7 @@ impl LeaseKeeper {
             name.clone(),
             holder.clone(),
             ttl,
+            heartbeat,
             state_tx,
             stop_rx,
         ));
@@ -115,11 +159,14 @@ impl LeaseKeeper {
     }
 }
 
+const STUCK: &str = "this process's work made no progress for a whole lease TTL (a trigger that does not return?): not renewing";
+
 async fn keep(
     client: Client,
     name: String,
     holder: Holder,
     ttl: Duration,
+    heartbeat: Option<Arc<Heartbeat>>,
     state: watch::Sender<KeeperState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -128,11 +175,17 @@ async fn keep(
     let mut was_held = None;
     loop {
         let sent = Instant::now();
-        let attempt = tokio::time::timeout(
-            interval,
-            leases::acquire_or_renew(&client, &name, &holder, ttl, current.term),
-        )
-        .await;
+        let alive = heartbeat.as_ref().is_none_or(|h| h.fresh_within(ttl));
+        let attempt = match alive {
+            true => tokio::time::timeout(
+                interval,
+                leases::acquire_or_renew(&client, &name, &holder, ttl, current.term),
+            )
+            .await
+            .map(|r| r.map_err(|e| e.to_string())),
+            // Stuck work: no renewal, so the lease lapses and another process takes over.
+            false => Ok(Err(STUCK.to_string())),
+        };
         match attempt {
             Ok(Ok(Attempt::Held(term))) => {
                 current.term = Some(term);
@@ -152,7 +205,7 @@ async fn keep(
                 current.error = None;
                 current.lease = lease;
             }
-            Ok(Err(e)) => current.error = Some(e.to_string()),
+            Ok(Err(e)) => current.error = Some(e),
             Err(_) => current.error = Some("the lease's server did not answer in time".into()),
         }
         let held = current.valid_term();
