@@ -15,7 +15,7 @@ __version__: str
 OpLetter = Literal["i", "u", "d", "c", "n"]
 """An oplog entry's ``op``: insert, update, delete, command (DDL, transactions), no-op."""
 
-LinkState = Literal["not started", "starting", "initial-sync", "running", "retrying", "stopped", "failed"]
+LinkState = Literal["not started", "starting", "initial-sync", "running", "retrying", "stopped", "failed", "standby"]
 """A replication link's state in :meth:`ReplicatorCore.status`."""
 
 TimestampTuple = Tuple[int, int]
@@ -121,6 +121,7 @@ class TailerCore:
         start: Union[None, Literal["now", "oldest"], TimestampTuple] = None,
         batch_size: int = 5000,
         max_await_ms: int = 500,
+        skip_through: Optional[TimestampTuple] = None,
     ) -> "TailerCore": ...
     def start(self) -> None:
         """Starts following; RuntimeError if already started."""
@@ -171,6 +172,23 @@ class LinkLike(Protocol):
     def on_rollover(self) -> str:
         """"repair" or "stop"."""
 
+class LeaseHolder(TypedDict):
+    id: str
+    """Random per lease keeper (one per tailer or link in a process)."""
+    host: str
+    pid: int
+
+class LeaseInfo(TypedDict):
+    held: bool
+    """This process holds the lease and works."""
+    term: Optional[int]
+    """The lease's term as last read (grows by one at each takeover)."""
+    holder: Optional[LeaseHolder]
+    expires_ms: Optional[int]
+    """When the lease lapses unless renewed, in ms since the epoch, by its server's clock."""
+    error: Optional[str]
+    """The last error talking to the lease's server."""
+
 class _LinkStatusRequired(TypedDict):
     id: str
     """The link's id, also its checkpoint's ``_id``: ``src->dst`` with the endpoints normalised."""
@@ -204,6 +222,8 @@ class LinkStatus(_LinkStatusRequired, total=False):
     oplog: Optional[Dict[str, Any]]
     """The source's oplog headroom (:func:`oplog_headroom`'s first item, plus this link's
     ``margin_seconds`` and ``near_rollover``); None until it was first read."""
+    lease: Optional[LeaseInfo]
+    """The link's lease, when the core was started with one."""
 
 class VerifyProgress(TypedDict):
     """What :meth:`ReplicatorCore.verify` passes to its ``progress`` callback."""
@@ -316,8 +336,10 @@ class ReplicatorCore:
         """Compares every pair of namespaces the links join (or those naming ``ns``), resuming
         a saved run unless ``restart``. ValueError for a bad ``ns``, RuntimeError when a server
         cannot be read (secrets hidden)."""
-    def start(self) -> None:
-        """Starts every link on the background runtime; RuntimeError if running already."""
+    def start(self, lease_ttl: Optional[float] = None) -> None:
+        """Starts every link on the background runtime; RuntimeError if running already.
+        ``lease_ttl`` (seconds): each link works only while this process holds its lease, on
+        its destination (ValueError for a TTL outside 0.1 to 86400 s)."""
     def stop(self) -> None:
         """Asks every link to stop after its current batch."""
     @property
@@ -383,6 +405,55 @@ REJECTED_COLLECTION: str
 """Ops a destination refused, journaled by links with ``on_reject="journal"``."""
 TAILER_CHECKPOINTS_COLLECTION: str
 """Named positions of tailers that keep their checkpoint in MongoDB."""
+
+LEASES_COLLECTION: str
+"""One lease per tailer name (``tailer:<name>``) or link (``link:<link id>``)."""
+DEFAULT_LEASE_TTL: float
+"""Seconds a lease lasts without renewal unless told otherwise (10)."""
+
+@final
+class LeaseCore:
+    """Keeps the lease ``name`` (a full lease id) in ``__mmm.leases`` of the server at ``uri``:
+    takes it when free or expired, renews it every ``ttl / 3`` seconds. ValueError for an empty
+    name, one over 64 KiB or with NUL, a TTL outside 0.1 to 86400 s, or a bad URI."""
+
+    def __new__(cls, uri: str, name: str, ttl: float) -> "LeaseCore": ...
+    def start(self) -> None:
+        """Starts keeping the lease in the background; RuntimeError if started already."""
+    @property
+    def term(self) -> Optional[int]:
+        """The term this process holds while its lease is valid, else None."""
+    def wait(self, timeout: float) -> Optional[int]:
+        """Waits up to ``timeout`` s for this process to hold the lease: its term, or None.
+        Counts as a :meth:`beat`."""
+    def beat(self) -> None:
+        """The working loop's sign of life: the lease is renewed or taken only while this is
+        called at least once per TTL, so stuck work lets the lease lapse."""
+    def info(self) -> Optional[LeaseInfo]:
+        """Who holds the lease (None before :meth:`start`)."""
+    def stop(self) -> None:
+        """Stops renewing and releases the lease if held."""
+
+def fence_filter(id: str, term: int) -> bytes:
+    """The filter (BSON) of a checkpoint write fenced by lease term ``term``: written with
+    upsert, it fails with DuplicateKey once a greater term has claimed document ``id``."""
+
+def tailer_lease_id(name: str) -> str:
+    """The lease id of a tailer name; ValueError for a name no lease can have."""
+
+class StoredLease(TypedDict):
+    term: Optional[int]
+    holder: Optional[LeaseHolder]
+    expires_ms: Optional[int]
+    expired: bool
+    """Expired by the server's clock: nobody works until another process takes it."""
+
+def read_lease(uri: str, name: str, timeout: float = 5.0) -> Optional[StoredLease]:
+    """The lease ``name`` (a full lease id) stored on the server at ``uri``, or None. Raises
+    MmmError when the server cannot be read within ``timeout`` seconds."""
+
+def validate_lease(name: str, ttl: float) -> None:
+    """ValueError for a lease name or TTL (seconds) no lease can have."""
 
 def link_id(src: str, dst: str) -> str:
     """The id of the link ``src -> dst`` (the ``_id`` of its checkpoint and stored document).

@@ -317,6 +317,16 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                     log.warning("oplog headroom of %s not read: %s", link.src_server, redact.error(e))
         except Exception as e:  # noqa: BLE001 - reported per link
             row.update(state="unreachable", checkpoint=None, last_error=redact.error(e))
+        if row["state"] != "unreachable":
+            # Who runs the link, when it runs with a lease (``mmm run``'s default).
+            try:
+                lease = _mmm.read_lease(config.servers[link.dst_server].uri, "link:" + link_id)
+            except Exception as e:  # noqa: BLE001 - the checkpoint's status stands without it
+                log.warning("lease of link %s not read: %s", link_id, redact.error(e))
+                lease = None
+            if lease is not None:
+                row["lease"] = {"term": lease["term"], "holder": lease["holder"], "expired": lease["expired"],
+                                "expires_ms": lease["expires_ms"]}
         rows.append(row)
     return rows
 
@@ -351,13 +361,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.resolve:
         config.resolve = _resolve_args(args.resolve, config)
-    r = Replicator.from_config(config)
+    lease = {"lease": not args.no_lease, "lease_ttl": args.lease_ttl}
+    try:
+        r = Replicator.from_config(config, **lease)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if args.server:
         if args.server not in config.servers:
             raise CliError(f"unknown server {args.server!r} (known: {', '.join(config.servers)})")
         r = Replicator(list(config.servers.values()), [l for l in r.links if l.dst_server == args.server],
                        resolve=r.resolve, tombstone_retention=r.tombstone_retention,
-                       verify_every=r.verify_every)
+                       verify_every=r.verify_every, **lease)
     if not r.links:
         raise CliError(f"no links to run: declare links in {args.config} or add them with 'mmm replicate'")
     stopping: List[int] = []  # signal handlers only append: no locks shared with the main loop
@@ -689,6 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for every namespace or for PATTERN (db.coll, db.*); repeatable; overrides the file's resolve:")
     s.add_argument("--http", metavar="HOST:PORT", type=_http_address,
                    help="serve Prometheus /metrics, /status (JSON) and a status page, e.g. 127.0.0.1:9108")
+    s.add_argument("--no-lease", action="store_true",
+                   help="run every link here even if another 'mmm run' runs it (default: one process per link holds its lease)")
+    s.add_argument("--lease-ttl", type=_positive(float), default=_mmm.DEFAULT_LEASE_TTL,
+                   help="seconds a link's lease lasts without renewal (default 10; renewed every third of it)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("conflicts", help="list the conflict journal (__mmm.conflicts) of every server, newest first")

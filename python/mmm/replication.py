@@ -203,6 +203,14 @@ class Replicator:
     :class:`ReplicationError` listing every such problem before any link starts. An unreachable
     server is only logged (warning on ``mmm.replication``): its links retry until it is back.
     ``preflight=False`` skips the check.
+
+    ``lease=True``: each link works only while this process holds the link's lease, kept in
+    ``__mmm.leases`` on the link's destination (one lease per link, beside the checkpoint it
+    fences): start the same replicator in several processes or hosts and one of them runs each
+    link; the others show it as ``standby`` and take over within ``lease_ttl`` plus one renewal
+    interval (``lease_ttl / 3``) when its holder stops, dies or hangs. A holder paused past its
+    lease cannot apply a batch or move a checkpoint (every checkpoint write is fenced by the
+    lease's term). :meth:`status` shows each link's ``lease``.
     """
 
     def __init__(
@@ -216,7 +224,13 @@ class Replicator:
         resolve: Any = _DEFAULT,
         tombstone_retention: float = 10 * 24 * 3600,
         verify_every: Optional[float] = None,
+        lease: bool = False,
+        lease_ttl: float = _mmm.DEFAULT_LEASE_TTL,
     ) -> None:
+        if lease:
+            _mmm.validate_lease("link", float(lease_ttl))
+        self.lease = lease
+        self.lease_ttl = float(lease_ttl)
         if isinstance(servers, Mapping):
             parsed = {}
             for name, spec in servers.items():
@@ -520,9 +534,15 @@ class Replicator:
         rejected (journaled in ``__mmm.rejected``), last error, ``oplog`` (the source's oplog
         headroom: ``capacity_seconds`` of history at the current write rate, this link's
         ``margin_seconds`` before its position falls off, ``near_rollover`` within 20%), and
-        ``last_verify`` (the last :meth:`verify` result's summary) once there is one."""
+        ``last_verify`` (the last :meth:`verify` result's summary) once there is one, and ``lease``
+        (None without one): ``held`` (this process runs the link), ``term``, ``holder`` (``id``,
+        ``host``, ``pid``), ``expires`` (UTC datetime, by the destination's clock), ``error``."""
+        from .triggers import _utc
+
         out = []
         for s in self._core.status():
+            if s.get("lease") is not None:
+                s["lease"]["expires"] = _utc(s["lease"].pop("expires_ms"))
             if s.get("last_error"):
                 s["last_error"] = redact.error(Exception(s["last_error"]))
             if s.get("checkpoint") is not None:
@@ -576,15 +596,21 @@ class Replicator:
         self._core = self._make_core()
         if self.preflight:
             self._check_servers()  # before the core starts: a failed check leaves no trace
-        self._core.start()
-        log.info("replicating %d link(s)", len(self.links))
+        self._core.start(self.lease_ttl if self.lease else None)
+        log.info("replicating %d link(s)%s", len(self.links), " (with leases)" if self.lease else "")
         if self.verify_every is not None:
             self._verify_thread = threading.Thread(target=self._verify_periodically, name="mmm-verify", daemon=True)
             self._verify_thread.start()
         # Wait until every link has its starting position, so writes made after this returns
         # are replicated (a link with no checkpoint starts at the source's newest entry).
         deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline and any(s["state"] == "starting" for s in self._core.status()):
+        # A leased link waits for its lease's first answer (held, or standby behind a holder).
+        def deciding(s: Dict[str, Any]) -> bool:
+            lease = s.get("lease")
+            undecided = lease is not None and lease["holder"] is None and lease["error"] is None
+            return s["state"] == "starting" or (s["state"] == "standby" and undecided)
+
+        while time.monotonic() < deadline and any(deciding(s) for s in self._core.status()):
             time.sleep(0.02)
 
     def _loop(self) -> None:

@@ -80,6 +80,8 @@ pub struct Applier {
     client: Client,
     link: String,
     on_reject: OnReject,
+    /// The link's lease term: every checkpoint write is fenced by it (see `store/leases.rs`).
+    fence: Option<i64>,
 }
 
 fn txn_options() -> TransactionOptions {
@@ -161,7 +163,14 @@ impl Applier {
             client,
             link: link.to_string(),
             on_reject: OnReject::Fail,
+            fence: None,
         }
+    }
+
+    /// Every checkpoint this applier writes is conditional on lease term `term`.
+    pub fn fenced(mut self, term: Option<i64>) -> Applier {
+        self.fence = term;
+        self
     }
 
     pub fn on_reject(mut self, on_reject: OnReject) -> Applier {
@@ -206,7 +215,7 @@ impl Applier {
             (None, Batch::Plan(plan)) => plan,
             (None, _) => unreachable!("versions are always prepared"),
         };
-        checkpoints::write(&self.client, &mut *session, checkpoint).await?;
+        checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         if let Some(p) = &prepared {
             meta::write_rows(&self.client, session, &p.rows).await?;
@@ -411,6 +420,12 @@ impl Applier {
                         && attempts < local_attempts(&e) =>
                 {
                     tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
+                }
+                Err(Failed::Driver(e)) if e.get_custom::<checkpoints::Fenced>().is_some() => {
+                    let fenced = e
+                        .get_custom::<checkpoints::Fenced>()
+                        .expect("checked above");
+                    return Err(ApplyError::Transient(format!("lost the lease: {fenced}")));
                 }
                 Err(Failed::Driver(e)) => {
                     return Err(match refusal_of(&e, crate::store::CHECKPOINTS_NS) {

@@ -2,6 +2,7 @@
 
 mod errors;
 mod functions;
+mod lease;
 mod redact;
 mod replicator;
 mod server;
@@ -51,5 +52,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(redact::redact_text, m)?)?;
     m.add_function(wrap_pyfunction!(redact::uri_userinfo_problem, m)?)?;
     store::register(m)?;
+    lease::register(m)?;
     Ok(())
 }

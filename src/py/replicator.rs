@@ -368,7 +368,13 @@ impl PyReplicatorCore {
         reports.iter().map(|r| pair_report(py, r)).collect()
     }
 
-    fn start(&self) -> PyResult<()> {
+    /// `lease_ttl` (seconds): each link works only while this process holds the link's lease
+    /// on its destination; None runs every link unconditionally.
+    #[pyo3(signature = (lease_ttl = None))]
+    fn start(&self, lease_ttl: Option<f64>) -> PyResult<()> {
+        let lease_ttl = lease_ttl
+            .map(|ttl| super::lease::ttl_from_seconds("lease_ttl", ttl))
+            .transpose()?;
         if self.running.lock().is_some() {
             return Err(PyRuntimeError::new_err("the replicator is already running"));
         }
@@ -388,6 +394,7 @@ impl PyReplicatorCore {
             tx,
             self.resolvers.clone(),
             self.tombstone_retention,
+            lease_ttl,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
         *self.running.lock() = Some(replicator);
@@ -497,6 +504,13 @@ impl PyReplicatorCore {
                 .map(|h| doc_to_py(py, &h))
                 .transpose()?;
             d.set_item("oplog", headroom)?;
+            let lease = s.lease.as_ref().map(|l| l.borrow().clone());
+            d.set_item(
+                "lease",
+                lease
+                    .map(|l| super::lease::state_to_py(py, &l))
+                    .transpose()?,
+            )?;
             out.push(d);
         }
         Ok(out)

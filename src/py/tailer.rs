@@ -152,15 +152,17 @@ fn receive(
 #[pymethods]
 impl PyTailerCore {
     /// `subscriptions`: a list of `(namespace pattern, op letters)`; an op's subscription ids
-    /// are indexes into this list.
+    /// are indexes into this list. `skip_through` `(time, inc)`: units at or before it were
+    /// handled already (a stored checkpoint's `applied`), so a resume does not hand them on.
     #[new]
-    #[pyo3(signature = (uri, subscriptions, start = None, batch_size = 5000, max_await_ms = 500))]
+    #[pyo3(signature = (uri, subscriptions, start = None, batch_size = 5000, max_await_ms = 500, skip_through = None))]
     fn new(
         uri: &str,
         subscriptions: Vec<(String, String)>,
         start: Option<Bound<'_, PyAny>>,
         batch_size: u32,
         max_await_ms: u64,
+        skip_through: Option<(u32, u32)>,
     ) -> PyResult<Self> {
         let mut subs = Subscriptions::new();
         for (ns, ops) in &subscriptions {
@@ -180,7 +182,7 @@ impl PyTailerCore {
             start,
             batch_size,
             max_await: Duration::from_millis(max_await_ms.max(1)),
-            skip_through: None,
+            skip_through: skip_through.map(|(time, increment)| Timestamp { time, increment }),
         };
         Ok(PyTailerCore {
             options: Some(options),

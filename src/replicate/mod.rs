@@ -23,6 +23,8 @@ pub use runtime::{LinkEvent, LinkFailure, LinkRuntime};
 pub use topology::{LinkSpec, ServerSpec, TopologyError};
 
 use crate::apply::converge::Resolve;
+use crate::store::lease_keeper::LeaseKeeper;
+use crate::store::leases::Holder;
 use mongodb::options::ClientOptions;
 use parking_lot::Mutex;
 use status::LinkStatus;
@@ -44,7 +46,8 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Validates the topology and starts every link on the current runtime.
+    /// Validates the topology and starts every link on the current runtime. `lease_ttl`: each
+    /// link works only while this process holds its lease (see `store/leases.rs`).
     pub fn start(
         servers: &[ServerSpec],
         links: &[LinkSpec],
@@ -52,6 +55,7 @@ impl Replicator {
         events: mpsc::UnboundedSender<LinkEvent>,
         resolvers: HashMap<String, HashMap<String, Arc<dyn Resolve>>>,
         tombstone_retention: std::time::Duration,
+        lease_ttl: Option<std::time::Duration>,
     ) -> Result<Replicator, TopologyError> {
         let by_name = topology::validate(servers, links)?;
         let (stop, _) = watch::channel(false);
@@ -88,6 +92,21 @@ impl Replicator {
                 &src.name,
                 &dst.name,
             )));
+            let lease = match lease_ttl {
+                Some(ttl) => {
+                    let client = mongodb::Client::with_options(options[&dst.name].clone())
+                        .map_err(|e| TopologyError(format!("server {:?}: {e}", dst.name)))?;
+                    let keeper = LeaseKeeper::start(
+                        client,
+                        crate::store::leases::link_lease(&spec.id()),
+                        Holder::this_process(),
+                        ttl,
+                    );
+                    status.lock().lease = Some(keeper.subscribe());
+                    Some(keeper)
+                }
+                None => None,
+            };
             statuses.push(status.clone());
             let runtime = LinkRuntime {
                 spec: spec.clone(),
@@ -99,7 +118,11 @@ impl Replicator {
                 events: events.clone(),
                 resolvers: resolvers.get(&spec.id()).cloned().unwrap_or_default(),
             };
-            tasks.push(tokio::spawn(link::run_link(runtime, stop.subscribe())));
+            tasks.push(tokio::spawn(link::run_link(
+                runtime,
+                lease,
+                stop.subscribe(),
+            )));
         }
         // Each source's oplog headroom, shown by status() and warned about in the log.
         let mut sources: Vec<(ClientOptions, Vec<Arc<Mutex<LinkStatus>>>)> = Vec::new();

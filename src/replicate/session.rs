@@ -37,11 +37,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// the source's oplog window while only echoes or no-ops pass by).
 const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
-pub async fn session(rt: &Arc<LinkRuntime>) -> Result<(), LinkFailure> {
+/// `fence`: the link's lease term, which every checkpoint write of this session is
+/// conditional on (see `store/leases.rs`).
+pub async fn session(rt: &Arc<LinkRuntime>, fence: Option<i64>) -> Result<(), LinkFailure> {
     rt.set_state(LinkState::Starting, None);
     let (src, dst) = connect(rt).await?;
     rt.status.lock().reset_pending();
-    let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
+    let applier = Applier::new(dst.clone(), &rt.spec.id())
+        .on_reject(rt.spec.on_reject)
+        .fenced(fence);
     let checkpoint = starting_checkpoint(rt, &src, &dst, &applier).await?;
     let clock = match &checkpoint.src_clock {
         Some(c) => c.clone(),
@@ -165,13 +169,8 @@ async fn starting_checkpoint(
     let checkpoint = match applier.read_checkpoint().await? {
         Some(c) => c,
         None => {
-            // The position comes first, stored before any copy (see initial_sync): where the
-            // source's clock was observed, so the link's stamps continue observation's.
-            let (start, applied, clock) = anchor(src, &rt.src.id).await?;
-            let mut c = rt.checkpoint(rt.src.id.clone(), start, applied, 0, clock);
-            if rt.spec.initial_sync {
-                c = initial_sync::fresh(c, start);
-            }
+            // The position comes first, stored before any copy (see initial_sync).
+            let c = first_checkpoint(rt, src).await?;
             applier.apply(&Plan::default(), &c).await?;
             c
         }
@@ -195,6 +194,21 @@ async fn starting_checkpoint(
         }
         None => Ok(checkpoint),
     }
+}
+
+/// The checkpoint of a link that never ran: where the source's clock was observed (so the
+/// link's stamps continue observation's), with an initial sync to run first when the link
+/// asks for one.
+pub(super) async fn first_checkpoint(
+    rt: &LinkRuntime,
+    src: &Client,
+) -> Result<Checkpoint, LinkFailure> {
+    let (start, applied, clock) = anchor(src, &rt.src.id).await?;
+    let c = rt.checkpoint(rt.src.id.clone(), start, applied, 0, clock);
+    Ok(match rt.spec.initial_sync {
+        true => initial_sync::fresh(c, start),
+        false => c,
+    })
 }
 
 fn writer_failure(failure: Result<LinkFailure, oneshot::error::RecvError>) -> LinkFailure {

@@ -14,6 +14,8 @@ pub enum LinkState {
     /// Stopped on an error that needs a person (rollover, a refused write).
     Failed,
     Stopped,
+    /// Another process holds the link's lease; this one waits to take over.
+    Standby,
 }
 
 impl LinkState {
@@ -25,6 +27,7 @@ impl LinkState {
             LinkState::Retrying => "retrying",
             LinkState::Failed => "failed",
             LinkState::Stopped => "stopped",
+            LinkState::Standby => "standby",
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct LinkStatus {
     pub building_since: Option<Instant>,
     /// The source's oplog as last read (headroom: see `headroom.rs`).
     pub oplog: Option<super::headroom::OplogStats>,
+    /// The link's lease, when it runs with one (who holds it, with which term, until when).
+    pub lease: Option<tokio::sync::watch::Receiver<crate::store::lease_keeper::KeeperState>>,
 }
 
 impl LinkStatus {
@@ -84,6 +89,7 @@ impl LinkStatus {
             queued_since: VecDeque::new(),
             building_since: None,
             oplog: None,
+            lease: None,
         }
     }
 

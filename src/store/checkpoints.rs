@@ -164,18 +164,56 @@ pub async fn read(client: &Client, link: &str) -> Result<Option<Checkpoint>, Sto
 }
 
 /// Writes `checkpoint` in the transaction of `session` (as a replacement, so the oplog entry's
-/// `o` is the whole document and names the origin).
+/// `o` is the whole document and names the origin). `fence`: the lease term of the writer; the
+/// write then fails with [`Fenced`] once a greater term has claimed the checkpoint (see
+/// `leases.rs`), and the whole transaction with it.
 pub async fn write(
     client: &Client,
     session: &mut ClientSession,
     checkpoint: &Checkpoint,
+    fence: Option<i64>,
 ) -> Result<(), mongodb::error::Error> {
-    collection(client)
-        .replace_one(doc! {"_id": &checkpoint.link}, checkpoint.to_document())
+    let (filter, mut document) = (doc! {"_id": &checkpoint.link}, checkpoint.to_document());
+    let filter = match fence {
+        Some(term) => {
+            document.insert("term", term);
+            super::leases::fence_filter(&checkpoint.link, term)
+        }
+        None => filter,
+    };
+    match collection(client)
+        .replace_one(filter, document)
         .upsert(true)
         .session(session)
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if fence.is_some() && super::leases::is_duplicate_key(&e) => {
+            Err(mongodb::error::Error::custom(Fenced {
+                checkpoint: checkpoint.link.clone(),
+                term: fence.unwrap_or_default(),
+            }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A checkpoint write refused because a newer lease term claimed the checkpoint: this process
+/// lost its lease and must stop working.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fenced {
+    pub checkpoint: String,
+    pub term: i64,
+}
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was claimed by a newer lease term than {}: another process took over",
+            self.checkpoint, self.term
+        )
+    }
 }
 
 /// What a DDL command announced by a checkpoint (`pending_ddl`) changes: the namespaces its oplog

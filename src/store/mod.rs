@@ -8,6 +8,8 @@ use mongodb::Client;
 pub mod checkpoints;
 pub mod copy_progress;
 pub mod journal;
+pub mod lease_keeper;
+pub mod leases;
 pub mod links;
 pub mod meta;
 pub mod namespaces;
@@ -33,6 +35,8 @@ pub const REJECTED: &str = "rejected";
 pub const TAILER_CHECKPOINTS: &str = "tailer_checkpoints";
 /// Where each verification (`mmm verify`) stands, to resume it, and its last result.
 pub const VERIFY: &str = "verify";
+/// One document per tailer name or link: who may work (see `leases.rs`).
+pub const LEASES: &str = leases::LEASES;
 
 /// `__mmm.checkpoints`, as it appears in oplog entries.
 pub const CHECKPOINTS_NS: &str = "__mmm.checkpoints";
