@@ -162,6 +162,8 @@ def test_a_stopped_holder_hands_over_at_once_and_the_next_resumes_from_the_check
     first.register("app.frames", "i", first_seen.append)
     first.start()
     wait_for(lambda: (first.status()["lease"] or {}).get("held"), timeout=30)
+    # The holder's first position is stored with its claim: writes after it are delivered.
+    wait_for(lambda: stored_checkpoint(client, "handover") is not None, timeout=30)
     client.app.frames.insert_many([{"_id": n} for n in range(5)])
     wait_for(lambda: len(first_seen) == 5)
     first.stop()

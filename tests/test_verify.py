@@ -184,10 +184,12 @@ def test_lag_is_not_a_difference(pair):
 
 def test_an_interrupted_verify_resumes_from_its_saved_position(pair, tmp_path):
     a, b, ca, cb = pair
-    n = 200_000
+    # Large enough that the survey outlasts its first saves (every 200 ms) even in a release
+    # build, which surveys 200,000 documents in about that time.
+    n = 1_000_000
     for coll in (ca.app.big, cb.app.big):
-        for start in range(0, n, 20_000):
-            coll.insert_many([{"_id": i, "v": i} for i in range(start, start + 20_000)])
+        for start in range(0, n, 50_000):
+            coll.insert_many([{"_id": i, "v": i} for i in range(start, start + 50_000)])
     cfg = config(tmp_path, a, b, [("a/app.big", "b/app.big")])
     proc = subprocess.Popen(MMM + ["-c", str(cfg), "verify", "--range-size", "20", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
