@@ -549,6 +549,7 @@ mod tests {
                 time: 1,
                 increment: 1,
             },
+            know: None,
         };
         let diff = doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1}}}, "o2": {"_id": 1}};
         let ins = doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}};
