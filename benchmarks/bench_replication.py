@@ -8,7 +8,10 @@ of servers, with its references run in the same run on the same servers:
 
 - op-by-op: the original algorithm on current PyMongo (tail the source oplog, one round trip per
   op on the destination);
-- ceiling: PyMongo ``insert_many`` of the same documents straight into the destination.
+- ceiling: PyMongo ``insert_many`` of the same documents straight into the destination;
+- mmm with ``resolve=None`` (detection only) beside the default ``lww``, on the same servers: what
+  convergence costs (``bench_convergence.py`` measures both ways, conflicts and lag against a
+  previous release).
 
 Targets: mmm >= 10x op-by-op, >= 50% of the ceiling, p99 lag < 100 ms at 5,000 ops/s, peak RSS
 < 300 MB (the lag phase runs the replicator as ``mmm run`` in its own process, to measure that).
@@ -50,16 +53,16 @@ def wait_count(coll, n: int, timeout: float = 600) -> None:
         time.sleep(0.002)
 
 
-def replicate_backlog(src_uri: str, dst_uri: str, db: str, load) -> float:
+def replicate_backlog(src_uri: str, dst_uri: str, db: str, load, resolve="lww") -> float:
     """Seconds mmm needs to apply a backlog written while its link was stopped."""
     servers = {"a": {"id": "A", "uri": src_uri}, "b": {"id": "B", "uri": dst_uri}}
     links = [(f"a/{db}.*", f"b/{db}.*")]
-    with mmm.Replicator(servers, links):
+    with mmm.Replicator(servers, links, resolve=resolve):
         pass  # creates the link's checkpoint "now"
-    expected = load()
+    expected = load(db)
     dst = pymongo.MongoClient(dst_uri)
     start = time.perf_counter()
-    with mmm.Replicator(servers, links):
+    with mmm.Replicator(servers, links, resolve=resolve):
         wait_count(dst[db]["c"], expected)
     elapsed = time.perf_counter() - start
     dst.close()
@@ -93,19 +96,20 @@ def throughput(items: list, batch: int, amount: float):
 
 
 def _throughput(src_uri: str, dst_uri: str, ca, cb, db: str, items: list, batch: int, amount: float):
-    def load() -> int:
+    def load(into: str) -> int:
         for s in range(0, len(items), batch):
-            ca[db]["c"].insert_many(items[s:s + batch])
+            ca[into]["c"].insert_many(items[s:s + batch])
         return len(items)
 
     t_mmm = replicate_backlog(src_uri, dst_uri, db, load)
+    t_none = replicate_backlog(src_uri, dst_uri, f"{db}none", load, resolve=None)
     start_ts = ca.local["oplog.rs"].find_one({"ns": f"{db}.c"}, sort=[("$natural", 1)])["ts"]
     n, t_obo = op_by_op(ca, cb, db, start_ts)
     begin = time.perf_counter()
     for s in range(0, len(items), batch):
         cb[f"{db}ceiling"]["c"].insert_many(items[s:s + batch])
     t_ceiling = time.perf_counter() - begin
-    return amount / t_mmm, amount * n / len(items) / t_obo, amount / t_ceiling
+    return amount / t_mmm, amount * n / len(items) / t_obo, amount / t_ceiling, amount / t_none
 
 
 def main() -> None:
@@ -116,7 +120,8 @@ def main() -> None:
         # The script's own 100,000 dicts would otherwise be walked by every garbage collection
         # of this process, where the replicator and the references all run.
         gc.freeze()
-        rows = [("measure", "mmm", "op-by-op", "ceiling", "vs op-by-op", "vs ceiling", "")]
+        rows = [("measure", "mmm", "op-by-op", "ceiling", "vs op-by-op", "vs ceiling", "",
+                 "mmm, resolve=None", "lww / none")]
         payload = os.urandom(CHUNK)
         chunks = [{"_id": i, "files_id": 1, "n": i, "data": payload} for i in range(N_CHUNKS)]
         cases = [
@@ -126,13 +131,14 @@ def main() -> None:
         runs = []
         for label, db, items, batch, amount, fmt, needs_10x in cases:
             rates = [throughput(items, batch, amount) for _ in range(REPEATS)]
-            r_mmm, r_obo, r_ceil = (statistics.median(r[i] for r in rates) for i in range(3))
+            r_mmm, r_obo, r_ceil, r_none = (statistics.median(r[i] for r in rates) for i in range(4))
             ok = r_mmm >= 0.5 * r_ceil and (r_mmm >= 10 * r_obo or not needs_10x)
             rows.append((label, fmt.format(r_mmm), fmt.format(r_obo), fmt.format(r_ceil),
-                         f"{r_mmm / r_obo:.1f}x", f"{100 * r_mmm / r_ceil:.0f}%", verdict(ok)))
+                         f"{r_mmm / r_obo:.1f}x", f"{100 * r_mmm / r_ceil:.0f}%", verdict(ok),
+                         fmt.format(r_none), f"{r_mmm / r_none:.2f}"))
             runs.append(f"{db}: " + ", ".join("/".join(fmt.format(x) for x in r) for r in rates))
         table(f"one-way apply throughput (median of {REPEATS} runs)", rows)
-        print("  all runs (mmm/op-by-op/ceiling): " + "; ".join(runs))
+        print("  all runs (mmm/op-by-op/ceiling/mmm resolve=None): " + "; ".join(runs))
 
         # Lag at a steady rate.
         lags = []
