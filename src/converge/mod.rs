@@ -28,6 +28,7 @@
 //!    a deterministic rule that gives equal content; a resolution is itself a version like any
 //!    other, so point 4 applies to it, and resolutions of equal content end the exchange.
 
+pub mod fields;
 #[cfg(test)]
 mod model;
 pub mod observe;
