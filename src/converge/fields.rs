@@ -23,10 +23,11 @@
 //! the same stamp; nothing else is ever dropped.
 //!
 //! **Existence.** The merged document exists when its base is not a delete and the base side
-//! held it, or when some field written after the base is present. So an update made after
-//! (by the clock) a concurrent delete brings the document back with only the fields that
-//! update wrote (as Cassandra does for a row deleted concurrently with a column write); an
-//! update made before it is lost with the document.
+//! held it, or when some field was written after the base. So an update made after (by the
+//! clock) a concurrent delete brings the document back with only the fields that update wrote
+//! (as Cassandra does for a row deleted concurrently with a column write): `_id` alone if it
+//! only removed fields; an update made before the delete is lost with the document. This is
+//! what a server that holds such a document and updates it sees too: an update never deletes.
 //!
 //! **Partial versions.** A link carries, for a local write, only the fields its ops wrote
 //! (a [`FieldStamps`] with `base: None` when no op wrote the whole document). Merging such a
@@ -127,6 +128,43 @@ impl FieldStamps {
     }
 }
 
+/// Whether applying an arriving composite's ops to our content, as they came, gives exactly the
+/// merge, so that the writer's content need not be read back. `plain` is what the ops write
+/// with values that do not depend on the content they meet: `Whole` when one of them gives
+/// the whole document (insert, replacement, delete) and the later ones only `Fields`;
+/// `Fields` when they set or remove whole top-level fields; `None` when some op changes part
+/// of a field (a sub-diff, a dotted path), whose result depends on the value it meets.
+/// `ours_exists`: we hold the document (updates match nothing on a missing one).
+pub fn ops_give_merge(
+    ours: &FieldStamps,
+    ours_exists: bool,
+    theirs: &FieldStamps,
+    plain: Option<&Touched>,
+) -> bool {
+    match plain {
+        None => false,
+        // The ops give the writer's whole content: exact when theirs wins every field, and
+        // no update follows a delete (it matches nothing where the ops are applied, while the
+        // writer held the document again, through fields a merge brought back).
+        Some(Touched::Whole) => {
+            !(theirs.deleted && !theirs.fields.is_empty()) && ours.merge(theirs) == *theirs
+        }
+        // Exact when the fields theirs wins are the ones the ops write, and only those.
+        // Updates apply to a document that exists through its base (one revived by fields
+        // written after a delete may vanish when those fields go).
+        Some(Touched::Fields(written)) => {
+            ours_exists
+                && !ours.deleted
+                && !ours.theirs_base(theirs)
+                && written.iter().all(|f| theirs.fields.contains_key(f))
+                && theirs
+                    .fields
+                    .keys()
+                    .all(|f| ours.theirs_wins(theirs, f) == written.contains(f))
+        }
+    }
+}
+
 /// Two versions' contents merged by their stamps: `None` for a deleted document. Values are
 /// taken whole per top-level field; the order is that of the side with the larger base, then
 /// the other side's fields (`_id` stays where that side has it; a document that exists only
@@ -155,22 +193,18 @@ pub fn merge_content<V: Clone>(
     };
     let mut out: Vec<(String, V)> = Vec::new();
     let mut placed = BTreeSet::new();
-    let mut after_base = false;
     for (doc, _) in [(first, first_is_theirs), (second, !first_is_theirs)] {
         for (k, _) in doc.unwrap_or(&[]) {
             if !placed.insert(k.as_str()) {
                 continue;
             }
             if let Some(v) = value_of(k) {
-                if merged.fields.contains_key(k) {
-                    after_base = true;
-                }
                 out.push((k.clone(), v.clone()));
             }
         }
     }
     let base_doc_held = !merged.deleted && first.is_some();
-    if !base_doc_held && !after_base {
+    if !base_doc_held && merged.fields.is_empty() {
         return None;
     }
     // Only fields written after the base survive a deleted base.
@@ -278,10 +312,14 @@ mod tests {
         early.write(&touched(&["x"]), &s(15, "b"), false);
         assert_eq!(merged(&del, None, &early, Some(&du)), None);
         assert_eq!(merged(&early, Some(&du), &del, None), None);
-        // An $unset after the delete does not bring the document back.
+        // An $unset after the delete brings back the document, without the field.
         let mut unset = base.clone();
-        unset.write(&touched(&["q"]), &s(30, "b"), false);
-        assert_eq!(merged(&del, None, &unset, Some(&du)), None);
+        unset.write(&touched(&["y"]), &s(30, "b"), false);
+        let dun = [("_id", 0), ("x", 5)];
+        assert_eq!(
+            merged(&del, None, &unset, Some(&dun)),
+            Some(doc(&[("_id", 0)]))
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@
 pub mod fields;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod model_fields;
 pub mod observe;
 pub mod policy;
 pub mod stamp;
