@@ -147,7 +147,7 @@ pub fn ops_give_merge(
         // no update follows a delete (it matches nothing where the ops are applied, while the
         // writer held the document again, through fields a merge brought back).
         Some(Touched::Whole) => {
-            !(theirs.deleted && !theirs.fields.is_empty()) && ours.merge(theirs) == *theirs
+            (!theirs.deleted || theirs.fields.is_empty()) && ours.merge(theirs) == *theirs
         }
         // Exact when the fields theirs wins are the ones the ops write, and only those.
         // Updates apply to a document that exists through its base (one revived by fields
