@@ -42,15 +42,41 @@
 //! swallowed most of them, does not, and folding raises old fields above writes the later one
 //! holds. Folding before or after a merge then gives different values, so servers would
 //! disagree. Dropping entries is worse (a field falls back to an older base stamp). Field
-//! stamps are kept whole; their size is bounded by the document's own top-level names.
+//! stamps are kept whole: one entry per top-level name written since the last whole-document
+//! write, grouped by stamp when stored ([`FieldStamps::to_document`]); a document with 10,000
+//! such fields needs about 300 KB. Stamps that do not fit in a row ([`FieldStamps::fits`])
+//! cannot be kept exactly, so the version must be refused with an error, not cut down.
+//!
+//! **How a server applies an arriving version** (checked by `model_fields.rs`):
+//! - It always merges: the document-level shortcuts of [`super::decide`] are not exact here.
+//!   A merged version is new content under an old stamp (the merge's largest stamp is one of
+//!   its inputs'), so "equal stamp: already here" is false: a hub that merges a leaf's version
+//!   into the one it holds relays a version whose largest stamp other leaves already hold, yet
+//!   which carries fields they never saw. The merge is idempotent, so merging what is already
+//!   here changes nothing and writes nothing. `decide` still says whether the two versions
+//!   were concurrent, for the journal.
+//! - A link carries, for the source's own writes, the stamps of its ops
+//!   ([`FieldStamps::of_ops`]); for a version the source installed from elsewhere, the whole
+//!   row it wrote (read from the oplog entry of that row), never one stamp for all fields.
+//! - Values come from the source's version as read back at the version's position, except
+//!   where [`ops_give_merge`] shows that applying the source's own ops as they came gives the
+//!   merge. Not for relayed versions: their ops miss what the relay installed from the
+//!   destination itself (links never send a version back), so a replacement among them would
+//!   bring back values the destination has since overwritten.
 //!
 //! **Order of fields.** Values converge; the top-level order of fields in a merged document is
 //! that of the side with the larger base, then the other side's fields. A server that applied
 //! the same updates as they came (no conflict) may hold the fields in another order.
 
 use super::stamp::Stamp;
-use crate::oplog::fields::Touched;
+use crate::oplog::entry::{Entry, OpKind};
+use crate::oplog::fields::{touched_fields, Touched};
+use bson::{doc, Bson, Document, RawDocument};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The largest encoded field stamps ([`FieldStamps::to_document`]) that leave room for the
+/// rest of a row under MongoDB's 16 MiB document limit.
+pub const MAX_ENCODED_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 
 /// The per-field stamps of one version of a document (see the module comment).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +117,108 @@ impl FieldStamps {
                 }
             }
         }
+    }
+
+    /// The stamps a composite of ops carries: each op's stamp on the fields it wrote, the last
+    /// op writing each field winning, and `base` from the last op that wrote the whole document
+    /// (`None` when none did: the other fields are not carried). Ops that write no document
+    /// (commands, no-ops) are skipped. Not one stamp for the whole composite: links batch ops
+    /// differently, and every reader must compute the same stamps.
+    pub fn of_ops<'a>(ops: impl IntoIterator<Item = (&'a RawDocument, &'a Stamp)>) -> FieldStamps {
+        let mut out = FieldStamps::default();
+        for (op, stamp) in ops {
+            if let Some(touched) = touched_fields(op) {
+                let delete = Entry::new(op).op().ok() == Some(OpKind::Delete);
+                out.write(&touched, stamp, delete);
+            }
+        }
+        out
+    }
+
+    /// The stamps as stored beside a document's row: `{b: [h, site] | null, d, f: [[h, site,
+    /// [names...]], ...]}`, fields grouped by stamp (one update usually writes several), names
+    /// kept as values (a name may start with `$` or hold dots).
+    pub fn to_document(&self) -> Document {
+        let mut by_stamp: BTreeMap<&Stamp, Vec<Bson>> = BTreeMap::new();
+        for (name, s) in &self.fields {
+            by_stamp
+                .entry(s)
+                .or_default()
+                .push(Bson::String(name.clone()));
+        }
+        let stamp = |s: &Stamp| Bson::Array(vec![Bson::Int64(s.h), Bson::String(s.site.clone())]);
+        doc! {
+            "b": self.base.as_ref().map_or(Bson::Null, stamp),
+            "d": self.deleted,
+            "f": by_stamp
+                .into_iter()
+                .map(|(s, names)| {
+                    Bson::Array(vec![Bson::Int64(s.h), Bson::String(s.site.clone()), Bson::Array(names)])
+                })
+                .collect::<Vec<_>>(),
+        }
+    }
+
+    /// The stamps [`to_document`](Self::to_document) wrote, or `None` when `d` is not that
+    /// (a row from a peer is checked, not trusted).
+    pub fn from_document(d: &Document) -> Option<FieldStamps> {
+        let stamp = |v: &Bson| -> Option<Stamp> {
+            match v {
+                Bson::Array(a) if a.len() == 2 => Some(Stamp::new(
+                    match a[0] {
+                        Bson::Int64(h) => h,
+                        _ => return None,
+                    },
+                    a[1].as_str()?,
+                )),
+                _ => None,
+            }
+        };
+        let base = match d.get("b")? {
+            Bson::Null => None,
+            v => Some(stamp(v)?),
+        };
+        let mut fields = BTreeMap::new();
+        for group in d.get_array("f").ok()? {
+            let Bson::Array(g) = group else { return None };
+            let [h, site, Bson::Array(names)] = g.as_slice() else {
+                return None;
+            };
+            let s = stamp(&Bson::Array(vec![h.clone(), site.clone()]))?;
+            if Some(&s) <= base.as_ref() {
+                return None;
+            }
+            for n in names {
+                if fields.insert(n.as_str()?.to_string(), s.clone()).is_some() {
+                    return None;
+                }
+            }
+        }
+        Some(FieldStamps {
+            base,
+            deleted: d.get_bool("d").ok()?,
+            fields,
+        })
+    }
+
+    /// Whether the encoded stamps fit in a row (an upper bound on their size: each field
+    /// written since the last whole-document write costs its name's length plus 16 bytes).
+    /// Only documents with hundreds of thousands of such fields come near the limit; dropping
+    /// or folding entries to fit would break the join (see the module comment).
+    pub fn fits(&self) -> bool {
+        let mut bytes = 64usize;
+        let mut stamps = BTreeSet::new();
+        for (name, s) in &self.fields {
+            // A string element in an array: type, index key, length, bytes, NUL.
+            bytes += name.len() + 16;
+            if stamps.insert(s) {
+                bytes += s.site.len() + 48;
+            }
+            if bytes > MAX_ENCODED_BYTES {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether `theirs` wins field `f` against `self`. Equal stamps are one write: ours stays.
@@ -333,6 +461,81 @@ mod tests {
         let mut partial = FieldStamps::default();
         partial.write(&touched(&["x"]), &s(13, "b"), false);
         assert_eq!(ours.merge(&writer), ours.merge(&partial));
+    }
+
+    #[test]
+    fn the_stamps_of_a_composite_are_those_of_its_ops() {
+        use bson::RawDocumentBuf;
+        let raw = |d: bson::Document| RawDocumentBuf::from_document(&d).unwrap();
+        let ops = [
+            raw(
+                doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1, "y": 1}}}, "o2": {"_id": 1}},
+            ),
+            raw(doc! {"op": "n", "ns": "", "o": {"msg": "x"}}),
+            raw(
+                doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"sy": {"u": {"z": 1}}}}, "o2": {"_id": 1}},
+            ),
+        ];
+        let stamps = [s(1, "a"), s(2, "a"), s(3, "a")];
+        let f = FieldStamps::of_ops(ops.iter().map(|o| o.as_ref()).zip(&stamps));
+        assert_eq!(f.base, None);
+        assert_eq!(f.fields.get("x"), Some(&s(1, "a")));
+        assert_eq!(f.fields.get("y"), Some(&s(3, "a")));
+        let del = raw(doc! {"op": "d", "ns": "db.c", "o": {"_id": 1}});
+        let after =
+            raw(doc! {"op": "u", "ns": "db.c", "o": {"$set": {"q.r": 1}}, "o2": {"_id": 1}});
+        let ops = [ops[0].clone(), del, after];
+        let f = FieldStamps::of_ops(ops.iter().map(|o| o.as_ref()).zip(&stamps));
+        assert_eq!(f.base, Some(s(2, "a")));
+        assert!(f.deleted);
+        assert_eq!(f.fields.keys().collect::<Vec<_>>(), vec!["q"]);
+    }
+
+    #[test]
+    fn stamps_round_trip_and_hostile_rows_are_refused() {
+        let mut st = FieldStamps::whole(s(10, "cloud"), true);
+        for (i, name) in ["$x", "a.b", "", "x"].iter().enumerate() {
+            st.fields
+                .insert(name.to_string(), s(11 + (i as i64 % 2), "factory"));
+        }
+        let d = st.to_document();
+        assert_eq!(d.get_array("f").unwrap().len(), 2);
+        assert_eq!(FieldStamps::from_document(&d), Some(st.clone()));
+        let partial = FieldStamps::default();
+        assert_eq!(
+            FieldStamps::from_document(&partial.to_document()),
+            Some(partial)
+        );
+        for bad in [
+            doc! {"b": null, "d": false},
+            doc! {"b": 5, "d": false, "f": []},
+            doc! {"b": [1i64, "a"], "d": false, "f": [[1i64, "a", ["x"]]]},
+            doc! {"b": null, "d": false, "f": [[2i64, "a", ["x"]], [3i64, "a", ["x"]]]},
+            doc! {"b": null, "d": false, "f": [[2i64, "a", [5]]]},
+            doc! {"b": null, "d": false, "f": [[2i32, "a", ["x"]]]},
+            doc! {"b": null, "d": "no", "f": []},
+            doc! {"b": null, "d": false, "f": [5]},
+        ] {
+            assert_eq!(FieldStamps::from_document(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ten_thousand_fields_fit_and_the_limit_is_seen() {
+        let mut st = FieldStamps::whole(s(1, "a"), false);
+        for i in 0..10_000 {
+            st.fields
+                .insert(format!("field_{i:05}"), s(2 + i, "factory"));
+        }
+        assert!(st.fits());
+        let bytes = bson::to_vec(&st.to_document()).unwrap().len();
+        assert!(bytes < 1_000_000, "{bytes}");
+        let mut huge = FieldStamps::default();
+        let long = "n".repeat(1000);
+        for i in 0..17_000 {
+            huge.fields.insert(format!("{long}{i}"), s(2, "a"));
+        }
+        assert!(!huge.fits());
     }
 
     #[test]
