@@ -30,12 +30,15 @@
 //! - **causality**: a local write's stamp is above every field stamp its server held.
 //!
 //! Under detection only (ops applied as they came, relays forwarding them), some history must
-//! diverge; each [`Mutant`] must be caught.
+//! diverge; each [`Mutant`] must be caught. With `deletes=delete_wins` or `update_wins`, a
+//! delete that meets a concurrent live version where the merge does not give what the rule
+//! wants is rewritten as a whole-document version above both (as `policy.rs` does for the
+//! other policies); the same checks hold, rewrites counted as writes.
 
 use super::fields::{merge_content, ops_give_merge, FieldStamps};
 use super::model::{histories, show_stamp, Rng, Setup, T0};
 use super::policy::{decide, Arriving, Decision, Deletes, Held, Policy};
-use super::stamp::{tick, witness, Knowledge, Stamp};
+use super::stamp::{resolution_site, tick, witness, Knowledge, Stamp};
 use crate::oplog::fields::Touched;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -223,6 +226,8 @@ struct Stats {
     /// Conflicts whose merge took fields from both sides.
     mixed: u64,
     fast_path: u64,
+    /// Versions written by a delete rule.
+    rewrites: u64,
     /// Documents that exist at the end only through fields written after a delete.
     revived: u64,
 }
@@ -236,12 +241,15 @@ impl Stats {
         self.conflicts += o.conflicts;
         self.mixed += o.mixed;
         self.fast_path += o.fast_path;
+        self.rewrites += o.rewrites;
         self.revived += o.revived;
     }
 }
 
 struct Sim {
     detect: bool,
+    /// The `deletes=` rule.
+    rule: Deletes,
     mutant: Mutant,
     sites: Vec<Site>,
     links: Vec<Link>,
@@ -256,7 +264,7 @@ struct Sim {
 type Failed = (Option<usize>, String);
 
 impl Sim {
-    fn new(setup: &Setup, detect: bool, mutant: Mutant, traced: bool) -> Sim {
+    fn new(setup: &Setup, detect: bool, rule: Deletes, mutant: Mutant, traced: bool) -> Sim {
         let initial: Vec<Content> = setup
             .initial
             .iter()
@@ -298,6 +306,7 @@ impl Sim {
         }
         Sim {
             detect,
+            rule,
             mutant,
             sites,
             links,
@@ -530,6 +539,21 @@ impl Sim {
                     ),
                 ));
             }
+            // A delete rule decides a delete met by a concurrent live version: where the merge
+            // does not give what it wants, a new whole version above both is written (a rewrite,
+            // as for the other policies: it wins by stamps everywhere).
+            if self.rule != Deletes::Lww
+                && matches!(decision, Decision::Conflict(_))
+                && ours.content.is_none() != c.content.is_none()
+            {
+                let wanted = match self.rule {
+                    Deletes::DeleteWins => None,
+                    _ => ours.content.clone().or_else(|| c.content.clone()),
+                };
+                if as_map(&wanted) != as_map(&merged_doc) {
+                    return self.rewrite(r, &ours, &c, wanted);
+                }
+            }
             let fast = match self.mutant {
                 Mutant::FastPathOnCovered => decision == Decision::FastForward,
                 Mutant::FastPathOnRelays => ops_give_merge(
@@ -631,6 +655,69 @@ impl Sim {
                 changes,
                 know,
                 relayed: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Site `r` writes `content` whole, under its resolution site, above both versions.
+    fn rewrite(&mut self, r: usize, ours: &Copy, c: &Msg, content: Content) -> Result<(), Failed> {
+        let doc = c.doc;
+        let here = self.sites[r].name.clone();
+        let above = [ours.stamps.max(), c.whole.max()]
+            .into_iter()
+            .flatten()
+            .max()
+            .cloned()
+            .expect("a conflict has stamps");
+        let h = tick(witness(self.sites[r].h, above.h), self.wall(r));
+        let stamp = Stamp::new(h, resolution_site(&here));
+        if stamp <= above {
+            return Err((
+                Some(doc),
+                format!(
+                    "causality: {here} rewrote as {} below {}",
+                    show_stamp(&stamp),
+                    show_stamp(&above)
+                ),
+            ));
+        }
+        let delete = content.is_none();
+        let stamps = FieldStamps::whole(stamp.clone(), delete);
+        self.note(Some(doc), |_| {
+            format!(
+                "{here} rewrites d{doc} as {} {}",
+                show_stamp(&stamp),
+                show(&content)
+            )
+        });
+        self.writes.push(Write {
+            doc,
+            stamp: stamp.clone(),
+            touched: Touched::Whole,
+            delete,
+            content: content.clone(),
+        });
+        self.stats.rewrites += 1;
+        let site = &mut self.sites[r];
+        site.h = h;
+        site.know.see(&stamp);
+        site.docs[doc] = Copy {
+            stamps: stamps.clone(),
+            content: content.clone(),
+        };
+        let know = Rc::new(site.know.clone());
+        self.send(
+            r,
+            None,
+            Msg {
+                doc,
+                stamps: stamps.clone(),
+                whole: stamps,
+                content: content.clone(),
+                changes: vec![Change::State(content)],
+                know,
+                relayed: false,
             },
         );
         Ok(())
@@ -789,25 +876,27 @@ fn random_doc(rng: &mut Rng) -> Doc {
 fn run_one(
     seed: u64,
     detect: bool,
+    rule: Deletes,
     mutant: Mutant,
     traced: bool,
 ) -> (Result<(), Failed>, Stats, Vec<(Option<usize>, String)>) {
     let setup = Setup::new(seed);
-    let mut sim = Sim::new(&setup, detect, mutant, traced);
+    let mut sim = Sim::new(&setup, detect, rule, mutant, traced);
     let mut rng = Rng::new(seed.wrapping_add(0xF1E1D5));
     let r = sim.run(&mut rng);
     (r, sim.stats, sim.trace.unwrap_or_default())
 }
 
-fn report(seed: u64, f: &Failed) -> String {
-    let (_, _, trace) = run_one(seed, false, Mutant::None, true);
+fn report(seed: u64, rule: Deletes, f: &Failed) -> String {
+    let (_, _, trace) = run_one(seed, false, rule, Mutant::None, true);
     let lines: Vec<&str> = trace
         .iter()
         .filter(|(d, _)| d.is_none() || f.0.is_none() || *d == f.0)
         .map(|(_, l)| l.as_str())
         .collect();
     format!(
-        "seed {seed} (replay: MMM_MODEL_SEED={seed}), policy fields: {}\n{}\n{}",
+        "seed {seed} (replay: MMM_MODEL_SEED={seed}), policy fields,deletes={}: {}\n{}\n{}",
+        rule.name(),
         f.1,
         Setup::new(seed).describe(),
         lines.join("\n")
@@ -822,13 +911,16 @@ fn random_histories_converge_under_fields() {
     let mut diverged_detect = 0;
     let mut topologies = BTreeSet::new();
     for seed in seeds {
-        let (r, stats, _) = run_one(seed, false, Mutant::None, false);
+        let (r, stats, _) = run_one(seed, false, Deletes::Lww, Mutant::None, false);
         if let Err(f) = r {
-            panic!("{}", report(seed, &f));
+            panic!("{}", report(seed, Deletes::Lww, &f));
         }
         total.add(&stats);
         topologies.insert(Setup::new(seed).topology);
-        if run_one(seed, true, Mutant::None, false).0.is_err() {
+        if run_one(seed, true, Deletes::Lww, Mutant::None, false)
+            .0
+            .is_err()
+        {
             diverged_detect += 1;
         }
     }
@@ -852,7 +944,35 @@ fn the_checks_catch_broken_field_rules() {
         Mutant::RelayWhole,
         Mutant::FastPathOnRelays,
     ] {
-        let caught = (0..600).find(|seed| run_one(*seed, false, mutant, false).0.is_err());
+        let caught = (0..600).find(|seed| {
+            run_one(*seed, false, Deletes::Lww, mutant, false)
+                .0
+                .is_err()
+        });
         assert!(caught.is_some(), "{mutant:?} went unnoticed");
+    }
+}
+
+/// With a delete rule, a delete met by a concurrent live version ends as the rule says wherever
+/// the merge would not give it: a rewrite, itself a whole-document write, which every server
+/// then merges like any other. Checked as above: convergence, and each field's value from its
+/// latest write (rewrites included).
+#[test]
+fn delete_rules_converge_under_fields() {
+    for rule in [Deletes::DeleteWins, Deletes::UpdateWins] {
+        let seeds = histories(300);
+        let many = seeds.end - seeds.start >= 100;
+        let mut total = Stats::default();
+        for seed in seeds {
+            let (r, stats, _) = run_one(seed, false, rule, Mutant::None, false);
+            if let Err(f) = r {
+                panic!("{}", report(seed, rule, &f));
+            }
+            total.add(&stats);
+        }
+        println!("fields,deletes={}: {total:?}", rule.name());
+        if many {
+            assert!(total.rewrites > 20, "{total:?}");
+        }
     }
 }
