@@ -347,6 +347,23 @@ pub fn merge_content<V: Clone>(
     Some(out)
 }
 
+/// [`merge_content`] for stored documents: `_id` is `id` (a document that comes back only
+/// through fields written after a delete gets it first).
+pub fn merge_documents(
+    ours: &FieldStamps,
+    ours_doc: Option<&Document>,
+    theirs: &FieldStamps,
+    theirs_doc: Option<&Document>,
+    id: &Bson,
+) -> Option<Document> {
+    let pairs = |d: Option<&Document>| -> Option<Vec<(String, Bson)>> {
+        d.map(|d| d.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    };
+    let (o, t) = (pairs(ours_doc), pairs(theirs_doc));
+    merge_content(ours, o.as_deref(), theirs, t.as_deref(), Some(("_id", id)))
+        .map(|fields| fields.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +553,34 @@ mod tests {
             huge.fields.insert(format!("{long}{i}"), s(2, "a"));
         }
         assert!(!huge.fits());
+    }
+
+    #[test]
+    fn stored_documents_merge_with_values_kept_whole_per_field() {
+        let base = FieldStamps::whole(s(10, "a"), false);
+        let mut ours = base.clone();
+        ours.write(&touched(&["cfg"]), &s(20, "a"), false);
+        let mut theirs = base.clone();
+        theirs.write(&touched(&["n", "gone"]), &s(30, "b"), false);
+        let o = doc! {"_id": 7, "cfg": {"x": 1, "y": [1, 2]}, "n": 1, "gone": true};
+        let th = doc! {"_id": 7, "cfg": {"x": 0}, "n": 2};
+        let want = doc! {"_id": 7, "cfg": {"x": 1, "y": [1, 2]}, "n": 2};
+        let id = Bson::Int32(7);
+        assert_eq!(
+            merge_documents(&ours, Some(&o), &theirs, Some(&th), &id),
+            Some(want.clone())
+        );
+        assert_eq!(
+            merge_documents(&theirs, Some(&th), &ours, Some(&o), &id),
+            Some(want)
+        );
+        // Back through a field written after a concurrent delete: `_id` first.
+        let del = FieldStamps::whole(s(25, "b"), true);
+        assert_eq!(
+            merge_documents(&del, None, &theirs, Some(&th), &id),
+            Some(doc! {"_id": 7, "n": 2})
+        );
+        assert_eq!(merge_documents(&del, None, &ours, Some(&o), &id), None);
     }
 
     #[test]
