@@ -43,8 +43,8 @@
 //! holds. Folding before or after a merge then gives different values, so servers would
 //! disagree. Dropping entries is worse (a field falls back to an older base stamp). Field
 //! stamps are kept whole: one entry per top-level name written since the last whole-document
-//! write, grouped by stamp when stored ([`FieldStamps::to_document`]); a document with 10,000
-//! such fields needs about 300 KB. Stamps that do not fit in a row ([`FieldStamps::fits`])
+//! write, grouped by stamp when stored ([`FieldStamps::to_document`]); 10,000 such fields
+//! need at most about 650 KB (when each was written by an update of its own). Stamps that do not fit in a row ([`FieldStamps::fits`])
 //! cannot be kept exactly, so the version must be refused with an error, not cut down.
 //!
 //! **How a server applies an arriving version** (checked by `model_fields.rs`):
@@ -67,6 +67,10 @@
 //! **Order of fields.** Values converge; the top-level order of fields in a merged document is
 //! that of the side with the larger base, then the other side's fields. A server that applied
 //! the same updates as they came (no conflict) may hold the fields in another order.
+//!
+//! **Not offered yet.** Links do not use this module: `__mmm.meta` rows, the composites a link
+//! builds and the versions a catch-up sends carry document stamps only, and the policy is not
+//! accepted by `resolve=` until they carry field stamps as described above.
 
 use super::stamp::Stamp;
 use crate::oplog::entry::{Entry, OpKind};
@@ -546,7 +550,7 @@ mod tests {
         }
         assert!(st.fits());
         let bytes = bson::to_vec(&st.to_document()).unwrap().len();
-        assert!(bytes < 1_000_000, "{bytes}");
+        assert!(bytes < 650_000, "{bytes}");
         let mut huge = FieldStamps::default();
         let long = "n".repeat(1000);
         for i in 0..17_000 {
