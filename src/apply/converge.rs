@@ -363,6 +363,7 @@ pub async fn prepare(
             stamp,
             deleted,
             through,
+            fields: None,
         };
         let install_change = |plan: &mut Plan| -> Result<bool, Error> {
             for op in &c.ops {

@@ -102,6 +102,7 @@ pub async fn observe(
                                 stamp: w.stamp,
                                 deleted: w.deleted,
                                 through: ts,
+                                fields: None,
                             };
                             rows.insert(row.key(), row);
                         }

@@ -208,6 +208,7 @@ mod tests {
             stamp: Stamp::new(9_000 << 16, "b"),
             deleted: false,
             through: ts(0),
+            fields: None,
         };
         let rows = c.applied(&[raw(
             doc! {"op": "u", "ns": "__mmm.meta", "o": row.to_document(), "o2": {"_id": 1}},

@@ -278,6 +278,7 @@ async fn send_differing(
             stamp: stamp.clone(),
             deleted: ours.is_none(),
             through: gap_from,
+            fields: None,
         });
         versions.composites.push(Composite {
             ns: dst_ns,
