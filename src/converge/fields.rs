@@ -68,9 +68,17 @@
 //! that of the side with the larger base, then the other side's fields. A server that applied
 //! the same updates as they came (no conflict) may hold the fields in another order.
 //!
-//! **Not offered yet.** Links do not use this module: `__mmm.meta` rows, the composites a link
-//! builds and the versions a catch-up sends carry document stamps only, and the policy is not
-//! accepted by `resolve=` until they carry field stamps as described above.
+//! **Where it is wired.** Rows of namespaces under `fields` hold their field stamps (`fs` in
+//! `__mmm.meta`), written by observation (the stored row joined with the stamps of the local
+//! ops observed, `apply/observe.rs`) and by the apply transaction; a link's composites carry
+//! [`FieldStamps::of_ops`] for the source's own ops and the installed row for relayed versions,
+//! which go everywhere but back to the server whose batch made them (a merged row's largest
+//! stamp may be anyone's, the relay's own included, so the stamp's site does not tell);
+//! catch-up sends the source's row, or a whole write for the versions it makes. The apply
+//! (`apply/converge.rs`, `merge_fields`) always merges, and reads the source's version back
+//! unless the composite is one op that gives the whole document ([`ops_give_merge`] is not
+//! used yet: reading back is always exact, only slower). Delete rules other than `lww` are
+//! not offered with `fields` yet (the model covers them; the apply does not).
 
 use super::stamp::Stamp;
 use crate::oplog::entry::{Entry, OpKind};

@@ -32,7 +32,8 @@
 //!    pointwise maximum of field stamps. Merged versions are new content under old stamps, so
 //!    a server applying them merges every arriving version instead of trusting the
 //!    document-level shortcuts of point 3 (the merge is idempotent). Stamps of fields are
-//!    functions of the oplog, like those of documents, and links carry them per op.
+//!    functions of the oplog, like those of documents, and links carry them per op; rows
+//!    hold them only for namespaces under `fields`, so other namespaces cost what they did.
 
 pub mod fields;
 #[cfg(test)]
