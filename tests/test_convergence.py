@@ -274,6 +274,26 @@ def test_fields_a_delete_and_a_later_concurrent_update_leave_the_updated_fields(
     assert result["c"] == [{"_id": 1, "b": "cloud"}]
 
 
+def test_fields_a_document_with_ten_thousand_fields_converges(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve="fields")
+    start_in_sync(r, [ca, cb], [{"_id": 1, **{f"f{i}": 0 for i in range(10_000)}}])
+    # All of them in one update, then 300 by an update of their own (as many field stamps
+    # to keep) on one side; one of them, and a field through a dotted path with a space in
+    # its name, on the other.
+    ca.app.c.update_one({"_id": 1}, {"$set": {f"f{i}": "all" for i in range(10_000)}})
+    with ca.start_session() as s, s.start_transaction():
+        for j in range(300):
+            ca.app.c.update_one({"_id": 1}, {"$set": {f"f{j}": "factory"}}, session=s)
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"f7": "cloud", "odd name.x": 1}})
+    result = replicate_until_identical(r, [ca, cb], timeout=120)
+    doc = result["c"][0]
+    assert doc["f7"] == "cloud" and doc["odd name"] == {"x": 1}
+    assert sum(1 for v in doc.values() if v == "factory") == 299
+    assert sum(1 for v in doc.values() if v == "all") == 9_700
+
+
 @pytest.mark.parametrize("shape", ["star", "chain"])
 def test_fields_three_servers_keep_every_field_written(mongo_server_factory, shape):
     servers = [mongo_server_factory() for _ in range(3)]

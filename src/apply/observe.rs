@@ -121,7 +121,7 @@ pub async fn observe(
                             };
                             if fields(&row.ns) {
                                 row.fields = Some(observed_fields(
-                                    rows.get(&row.key()).and_then(|r| r.fields.as_ref()),
+                                    rows.remove(&row.key()).and_then(|r| r.fields),
                                     op,
                                     &row.stamp,
                                     row.deleted,
@@ -167,12 +167,12 @@ fn zero() -> Timestamp {
 /// (a [`FieldStamps`] whose `base` is `None` unless an op wrote the whole document), completed
 /// by the stored row when stored ([`with_stored_fields`]).
 pub fn observed_fields(
-    prior: Option<&FieldStamps>,
+    prior: Option<FieldStamps>,
     op: &bson::RawDocument,
     stamp: &crate::converge::Stamp,
     deleted: bool,
 ) -> FieldStamps {
-    let mut out = prior.cloned().unwrap_or_default();
+    let mut out = prior.unwrap_or_default();
     let touched = touched_fields(op).unwrap_or(Touched::Whole);
     out.write(&touched, stamp, deleted);
     out
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(changes.stamp_of("x"), Some(&s2));
         assert_eq!(changes.stamp_of("y"), Some(&s2));
         assert_eq!(changes.stamp_of("v"), None);
-        let changes = observed_fields(Some(&changes), &unset_w, &s3, false);
+        let changes = observed_fields(Some(changes.clone()), &unset_w, &s3, false);
         assert_eq!(changes.stamp_of("w"), Some(&s3));
         // Joined with the stored row: its other fields keep their stamps.
         let stored = row(s1.clone(), Some(FieldStamps::whole(s1.clone(), false)));
@@ -408,7 +408,7 @@ mod tests {
         // A whole write replaces everything; a stored row without field stamps is one whole
         // write at its stamp; no stored row: nothing older.
         let replaced = observed_fields(
-            Some(&changes),
+            Some(changes.clone()),
             &raw(doc! {"op": "u", "ns": "db.c", "o": {"_id": 1, "k": 1}, "o2": {"_id": 1}}),
             &Stamp::new(40, "a"),
             false,

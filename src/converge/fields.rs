@@ -244,6 +244,22 @@ impl FieldStamps {
         theirs.base > self.base
     }
 
+    /// [`merge`](Self::merge) in place, costing the size of `theirs` (plus ours when the base
+    /// moves): a composite of many ops on one document joins each op's stamps as it comes.
+    pub fn join(&mut self, theirs: FieldStamps) {
+        if self.theirs_base(&theirs) {
+            self.base = theirs.base;
+            self.deleted = theirs.deleted;
+            let base = self.base.clone();
+            self.fields.retain(|_, s| Some(&*s) > base.as_ref());
+        }
+        for (f, s) in theirs.fields {
+            if self.stamp_of(&f) < Some(&s) {
+                self.fields.insert(f, s);
+            }
+        }
+    }
+
     /// The merged stamps: the pointwise maximum, normalized (see the module comment).
     pub fn merge(&self, theirs: &FieldStamps) -> FieldStamps {
         let (base, deleted) = if self.theirs_base(theirs) {
@@ -380,6 +396,30 @@ pub fn merge_documents(
 mod tests {
     use super::*;
     use crate::oplog::fields::Touched;
+
+    #[test]
+    fn joining_in_place_is_the_merge() {
+        let st = |h: i64| Stamp::new(h, "a");
+        let mk = |base: Option<i64>, deleted: bool, f: &[(&str, i64)]| FieldStamps {
+            base: base.map(st),
+            deleted,
+            fields: f.iter().map(|(n, h)| (n.to_string(), st(*h))).collect(),
+        };
+        let cases = [
+            mk(Some(1), false, &[("a", 3), ("b", 5)]),
+            mk(None, false, &[("a", 4), ("c", 2)]),
+            mk(Some(4), true, &[("b", 6)]),
+            mk(Some(7), false, &[]),
+            FieldStamps::default(),
+        ];
+        for x in &cases {
+            for y in &cases {
+                let mut j = x.clone();
+                j.join(y.clone());
+                assert_eq!(j, x.merge(y), "{x:?} joined with {y:?}");
+            }
+        }
+    }
 
     fn s(h: i64, site: &str) -> Stamp {
         Stamp::new(h, site)

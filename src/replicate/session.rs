@@ -681,7 +681,10 @@ impl<'a> Reader<'a> {
                     c.src_ts = ts;
                     // Later ops' stamps are larger: the join is their sequence.
                     c.fields = match (c.fields.take(), v.fields) {
-                        (Some(a), Some(b)) => Some(a.merge(&b)),
+                        (Some(mut a), Some(b)) => {
+                            a.join(b);
+                            Some(a)
+                        }
                         (_, b) => b,
                     };
                 }
