@@ -812,15 +812,8 @@ class History:
 SEEDS = [FIRST_SEED + i for i in range(HISTORIES)]
 
 
-# An open bug this test found: the servers end with equal fields and equal values but, on one
-# server, in another order (seed 7215: a star under Prefer, after a transaction and a delete on
-# the hub). Kept as a strict expected failure until it is fixed, so the fix shows.
-FIELD_ORDER = {7215: "one server holds the winning version with its fields in another order"}
-
-
 def _history_param(seed: int) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=FIELD_ORDER[seed])] if seed in FIELD_ORDER else []
-    return pytest.param(seed, marks=marks, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
+    return pytest.param(seed, id=f"seed{seed}-{'-'.join(history_shape(seed))}")
 
 
 @pytest.mark.parametrize("seed", [_history_param(s) for s in SEEDS])
@@ -934,5 +927,47 @@ def test_mmm_run_per_server_applies_the_files_policy(mongo_server_factory, tmp_p
         assert [list(c[DB].c.find()) for c in clients.values()] == [[], []], sides.tails()
     finally:
         sides.close()
+        for c in clients.values():
+            c.close()
+
+
+def test_fields_a_diff_creates_or_moves_keep_their_order_on_the_peer(mongo_server_factory):
+    """Seed 7215, minimized: a pipeline update creates two fields in an order that is not
+    alphabetical (its ``$v:2`` diff inserts ``v`` then ``n``), and another moves a field to the
+    end. The peer must hold the same bytes, not the fields in alphabetical order (which is how
+    one ``$set`` would create them) nor the moved field left in place."""
+    names, links = topology("pair")
+    servers = {n: mongo_server_factory() for n in names}
+    clients = {n: pymongo.MongoClient(s.uri) for n, s in servers.items()}
+    spec = {n: {"id": n.upper(), "uri": s.uri} for n, s in servers.items()}
+    raw = {n: c[DB].get_collection("c", codec_options=RAW) for n, c in clients.items()}
+    # Large enough that the source logs diffs rather than whole documents.
+    pad = "p" * 200
+
+    def agreed(timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            docs = {n: [d.raw for d in raw[n].find(sort=[("_id", 1)])] for n in names}
+            if docs["a"] == docs["b"] and docs["a"]:
+                return docs
+            time.sleep(0.05)
+        return docs
+
+    try:
+        with mmm.Replicator(spec, links):
+            clients["a"][DB].c.insert_one({"_id": 1, "a": 1, "pad": pad})
+            agreed()
+            clients["a"][DB].c.update_one({"_id": 1}, [{"$set": {"v": "v", "n": 1}}])
+            clients["a"][DB].c.update_one({"_id": 1}, [{"$unset": "a"}, {"$set": {"a": 2}}])
+            clients["a"][DB].c.update_one({"_id": 1}, {"$inc": {"n": 2}})
+            docs = agreed()
+        logged = [e["o"] for e in clients["a"].local.oplog.rs.find({"ns": f"{DB}.c", "op": "u"})]
+        assert any(o.get("$v") == 2 and list(o["diff"].get("i", {})) == ["v", "n"] for o in logged), logged
+        want = [list(d) for d in (bson.decode(r) for r in docs["a"])]
+        got = [list(d) for d in (bson.decode(r) for r in docs["b"])]
+        assert want == [["_id", "pad", "v", "n", "a"]], want
+        assert got == want
+        assert docs["b"] == docs["a"]
+    finally:
         for c in clients.values():
             c.close()

@@ -109,3 +109,35 @@ def test_a_reader_that_was_down_too_sends_every_document(pair):
     assert ca.app.c.find_one({"_id": 7})["v"] == "cloud, later"
     # Deleted on the factory while unobserved, older on the cloud: deleted on both.
     assert cb.app.c.count_documents({"_id": {"$gte": 40}}) == 0
+
+
+def test_both_sides_lost_their_history_and_still_end_identical(mongo_server_factory):
+    """Both oplogs wrapped while nothing observed either side, and each side changed its own
+    documents: both links catch up by comparing at the same time. They must not leave the
+    servers different (each records a version it reads in the transaction that records it, so
+    a version the other link installed meanwhile is not claimed with stale content). Neither
+    side's rows can say which side changed a document that differs: one content wins on both
+    (see the README on lost history)."""
+    a, b = mongo_server_factory(oplog_size_mb=1), mongo_server_factory(oplog_size_mb=1)
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    links = [("factory/app.*", "cloud/app.*"), ("cloud/app.*", "factory/app.*")]
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: running(r), timeout=30)
+        ca.app.c.insert_many([{"_id": i, "v": 0} for i in range(N)])
+        wait_for(lambda: cb.app.c.count_documents({}) == N, timeout=30)
+    for i in range(0, N, 4):
+        ca.app.c.update_one({"_id": i}, {"$set": {"v": "factory"}})
+        cb.app.c.update_one({"_id": i + 1}, {"$set": {"v": "cloud"}})
+    roll_over(ca)
+    roll_over(cb)
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
+        wait_for(lambda: running(r), timeout=30)
+        time.sleep(1)
+        assert everything(ca) == everything(cb)
+    changed = set(range(0, N, 4)) | set(range(1, N, 4))
+    for i in changed:
+        assert ca.app.c.find_one({"_id": i})["v"] in ("factory", "cloud", 0)
+    # Documents neither side changed were not touched.
+    assert all(d["v"] == 0 for d in ca.app.c.find({"_id": {"$nin": list(changed)}}))

@@ -285,3 +285,34 @@ def test_sort_by_id_alone_follows_bson_order_with_filter_skip_limit_and_batches(
     # A sort on _id and another key is not "_id alone": still the full BSON order.
     assert [d["n"] for d in coll.find({}, sort=[("_id", 1), ("n", -1)])] == expected
 
+
+
+def test_id_equality_and_in_find_what_a_scan_finds(coll):
+    """Filters on `_id` values (answered from the `_id` index) find exactly the documents a
+    collection scan would, whatever the value types, duplicates and other predicates."""
+    docs = [
+        {"_id": 1, "x": 1},
+        {"_id": 2.5, "x": 2},
+        {"_id": "a", "x": 3},
+        {"_id": {"n": "db.c", "i": 7}, "x": 4},
+        {"_id": Int64(9), "x": 5},
+        {"_id": ObjectId(), "x": 6},
+    ]
+    coll.insert_many(docs)
+    filters = [
+        {"_id": 1},
+        {"_id": 1.0},
+        {"_id": {"$eq": "a"}},
+        {"_id": {"$in": [9, 1, 1.0, "a", "zz", {"n": "db.c", "i": 7}]}},
+        {"_id": {"$in": []}},
+        {"_id": {"$in": [1, 2.5]}, "x": {"$gt": 1}},
+        {"$and": [{"x": {"$lt": 6}}, {"_id": {"$in": [2.5, {"i": 7, "n": "db.c"}]}}]},
+        {"_id": {"i": 7, "n": "db.c"}},
+    ]
+    for f in filters:
+        # The same filter under `$or` cannot use a point lookup: a scan answers it.
+        scanned = sorted(d["x"] for d in coll.find({"$or": [f]}))
+        assert sorted(d["x"] for d in coll.find(f)) == scanned, f
+        assert coll.count_documents(f) == len(scanned), f
+    found = list(coll.find({"_id": {"$in": [9, 1, "a"]}}).sort("_id", -1).skip(1).limit(1))
+    assert [d["x"] for d in found] == [5]

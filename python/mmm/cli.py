@@ -11,6 +11,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import sys
 import time
@@ -198,7 +199,7 @@ def _headroom_report(config: Config, links: Sequence[Link]) -> List[str]:
             out.append(f"  {link_id}: position {_duration(m['margin_seconds'])} from falling off")
             if m["near_rollover"]:
                 out.append(f"warning: link {link_id} is within 20% of falling off the oplog of {name}; "
-                           "if it does, the link stops (see mmm resync)")
+                           "if it does, it catches up from the source's __mmm.meta (or stops, with on_rollover: stop)")
     return out
 
 
@@ -296,7 +297,12 @@ def link_status_from_servers(config: Config, links: Sequence[Link]) -> List[Dict
                 src = _client(config.servers[link.src_server].uri)
                 try:
                     newest = src.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})["ts"]
-                    behind = src.local["oplog.rs"].count_documents({"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}})
+                    # mmm's own bookkeeping on the source (its observation of the source's
+                    # writes, batches applied there) is not something the link owes.
+                    own = {"$not": re.compile(r"^__mmm\.")}
+                    behind = src.local["oplog.rs"].count_documents(
+                        {"ts": {"$gt": ts}, "op": {"$in": ["i", "u", "d", "c"]}, "ns": own, "o.applyOps.ns": own}
+                    )
                 finally:
                     src.close()
                 row.update(

@@ -218,7 +218,7 @@ impl Applier {
         checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         if let Some(p) = &prepared {
-            meta::write_rows(&self.client, session, &p.rows).await?;
+            meta::write_rows_over(&self.client, session, &p.rows, Some(&p.stored)).await?;
             journal::write(&self.client, session, &p.journal).await?;
         }
         for (ci, body, statements) in bodies(plan, mode) {

@@ -113,8 +113,11 @@ impl Converging {
         client: &Client,
         stored: &Clock,
         after: Option<Timestamp>,
+        keys: &[(String, Bson)],
     ) -> Result<super::observe::Observed, Error> {
-        let cached = self.observed.lock().clone();
+        // Taken, not cloned: the cache can hold a second of local writes, and batches come
+        // by the hundred per second. A batch that finds it taken starts from `stored`.
+        let cached = self.observed.lock().take();
         let mut base = match cached {
             Some(c) if c.clock.pos >= stored.pos && c.clock.applied >= stored.applied => c,
             _ => super::observe::Observed {
@@ -132,17 +135,30 @@ impl Converging {
         .await?;
         for (k, mut r) in more.rows {
             // Field stamps observed are changes: the later stretch's add to the earlier's.
-            if let (Some(before), Some(now)) =
-                (base.rows.get(&k).and_then(|o| o.fields.as_ref()), &r.fields)
-            {
-                r.fields = Some(before.merge(now));
+            if let Some(now) = r.fields.take() {
+                r.fields = Some(match base.rows.remove(&k).and_then(|o| o.fields) {
+                    Some(mut before) => {
+                        before.join(now);
+                        before
+                    }
+                    None => now,
+                });
             }
             base.rows.insert(k, r);
         }
         base.clock = more.clock;
         base.entries += more.entries;
-        *self.observed.lock() = Some(base.clone());
-        Ok(base)
+        let wanted = super::observe::Observed {
+            clock: base.clock.clone(),
+            rows: keys
+                .iter()
+                .filter_map(|(ns, id)| base.rows.get_key_value(&doc_key(ns, id)))
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+            entries: base.entries,
+        };
+        *self.observed.lock() = Some(base);
+        Ok(wanted)
     }
 }
 
@@ -161,6 +177,8 @@ pub struct ConflictRecord {
 pub struct Prepared {
     pub plan: Plan,
     pub rows: Vec<MetaRow>,
+    /// The rows of the batch's documents the transaction read (rows not there are inserted).
+    pub stored: HashMap<DocKey, MetaRow>,
     pub clock: Clock,
     pub journal: Vec<JournalEntry>,
     pub conflicts: Vec<ConflictRecord>,
@@ -482,15 +500,15 @@ pub async fn prepare(
         .await
         .map_err(|e| e.source)?
         .ok_or_else(|| Error::custom("__mmm.clock is missing on the destination"))?;
-    let observed = conv
-        .observe_from(client, &clock, session.operation_time())
-        .await?;
-    let mut keys: Vec<(String, Bson)> = versions
+    let keys: Vec<(String, Bson)> = versions
         .composites
         .iter()
         .map(|c| (c.ns.clone(), c.id.clone()))
         .collect();
-    keys.extend(observed.rows.values().map(|r| (r.ns.clone(), r.id.clone())));
+    // Only the batch's documents matter (observation may hold a second of local writes).
+    let observed = conv
+        .observe_from(client, &clock, session.operation_time(), &keys)
+        .await?;
     let stored = meta::read_rows(client, session, &keys).await?;
     // What this server holds: stored rows, overridden by local writes observation has not
     // stored yet. Those are not written here (observation stores them, and skips any a row
@@ -746,6 +764,7 @@ pub async fn prepare(
     Ok(Prepared {
         plan,
         rows: rows.into_values().collect(),
+        stored,
         clock: observed.clock,
         journal,
         conflicts,

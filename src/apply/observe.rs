@@ -58,19 +58,35 @@ pub async fn observe(
     after: Option<Timestamp>,
     fields: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Observed, Error> {
-    let local = client.database("local");
-    let mut find = doc! {
-        "find": "oplog.rs",
-        "filter": {"ts": {"$gt": from.pos}},
-        "batchSize": 10_000,
-    };
+    observe_some(client, site, from, after, None, fields).await
+}
+
+/// [`observe`], stopping after about `limit` entries (at the end of a unit: the position
+/// says where the next observation resumes).
+pub async fn observe_some(
+    client: &Client,
+    site: &str,
+    from: &Clock,
+    after: Option<Timestamp>,
+    limit: Option<u64>,
+    fields: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Observed, Error> {
+    // Raw documents: entries go to the reassembler as the bytes the server sent, never parsed
+    // into documents (observation reads every entry of the server's oplog, payloads included).
+    let oplog = client
+        .database("local")
+        .collection::<RawDocumentBuf>("oplog.rs");
+    let mut session = client.start_session().await?;
     if let Some(t) = after {
-        find.insert(
-            "readConcern",
-            doc! {"level": "local", "afterClusterTime": t},
-        );
+        // A causally consistent read at `t`: the driver sends `afterClusterTime`.
+        session.advance_operation_time(t);
     }
-    let mut reply = local.run_command(find).await?;
+    let mut cursor = oplog
+        .find(doc! {"ts": {"$gt": from.pos}})
+        .batch_size(10_000)
+        .read_concern(ReadConcern::local())
+        .session(&mut session)
+        .await?;
     // Entries after `from.pos` that rolled over before this read: rows cannot account for them.
     let mut gap = from.gap;
     let (oldest, _) = edge_entry(client, 1).await?;
@@ -86,60 +102,47 @@ pub async fn observe(
     let mut rows: HashMap<DocKey, MetaRow> = HashMap::new();
     let mut applied = from.applied;
     let mut entries = 0u64;
-    loop {
-        let cursor = reply.get_document("cursor").map_err(malformed)?;
-        let batch = cursor
-            .get_array("firstBatch")
-            .or_else(|_| cursor.get_array("nextBatch"))
+    while let Some(entry) = cursor.next(&mut session).await {
+        if limit.is_some_and(|l| entries >= l) && reassembler.resume_ts().is_some() {
+            break;
+        }
+        entries += 1;
+        reassembler
+            .push_into(entry?, &mut units)
             .map_err(malformed)?;
-        for entry in batch {
-            let Bson::Document(entry) = entry else {
-                return Err(malformed("not a document"));
-            };
-            entries += 1;
-            let raw = RawDocumentBuf::from_document(entry).map_err(malformed)?;
-            reassembler.push_into(raw, &mut units).map_err(malformed)?;
-            for unit in units.drain(..) {
-                let ts = unit.ts().map_err(malformed)?;
-                if ts <= applied {
-                    continue;
+        for unit in units.drain(..) {
+            let ts = unit.ts().map_err(malformed)?;
+            if ts <= applied {
+                continue;
+            }
+            applied = ts;
+            match &unit {
+                Unit::Transaction(txn) if is_applied_batch(&txn.ops) => {
+                    state.applied(&txn.ops);
                 }
-                applied = ts;
-                match &unit {
-                    Unit::Transaction(txn) if is_applied_batch(&txn.ops) => {
-                        state.applied(&txn.ops);
-                    }
-                    _ => {
-                        for (w, op) in state.local_ops(&unit) {
-                            let mut row = MetaRow {
-                                ns: w.ns,
-                                id: w.id,
-                                stamp: w.stamp,
-                                deleted: w.deleted,
-                                through: ts,
-                                fields: None,
-                            };
-                            if fields(&row.ns) {
-                                row.fields = Some(observed_fields(
-                                    rows.remove(&row.key()).and_then(|r| r.fields),
-                                    op,
-                                    &row.stamp,
-                                    row.deleted,
-                                ));
-                            }
-                            rows.insert(row.key(), row);
+                _ => {
+                    for (w, op) in state.local_ops(&unit) {
+                        let mut row = MetaRow {
+                            ns: w.ns,
+                            id: w.id,
+                            stamp: w.stamp,
+                            deleted: w.deleted,
+                            through: ts,
+                            fields: None,
+                        };
+                        if fields(&row.ns) {
+                            row.fields = Some(observed_fields(
+                                rows.remove(&row.key()).and_then(|r| r.fields),
+                                op,
+                                &row.stamp,
+                                row.deleted,
+                            ));
                         }
+                        rows.insert(row.key(), row);
                     }
                 }
             }
         }
-        let id = cursor.get_i64("id").unwrap_or(0);
-        if id == 0 {
-            break;
-        }
-        reply = local
-            .run_command(doc! {"getMore": id, "collection": "oplog.rs", "batchSize": 10_000})
-            .await?;
     }
     let pos = reassembler.resume_ts().unwrap_or(from.pos).max(from.pos);
     Ok(Observed {
@@ -266,20 +269,37 @@ fn txn_options() -> TransactionOptions {
         .build()
 }
 
+/// Entries one stored observation reads at most: a second of a busy server's writes is stored
+/// by several short transactions instead of one long one that holds every other client up.
+const STORE_EVERY_ENTRIES: u64 = 1_000;
+
 /// Observes `client`'s server up to now and stores the result: the rows of its local writes
-/// and its clock, in one transaction. Returns the clock.
+/// and its clock, a stretch at a time, each in one transaction. Returns the clock.
 pub async fn observe_and_store(
     client: &Client,
     site: &str,
     fields: &FieldsNs,
 ) -> Result<Clock, Error> {
     ensure_clock(client).await.map_err(|e| e.source)?;
+    loop {
+        let (clock, entries) = observe_and_store_some(client, site, fields).await?;
+        if entries < STORE_EVERY_ENTRIES {
+            return Ok(clock);
+        }
+    }
+}
+
+async fn observe_and_store_some(
+    client: &Client,
+    site: &str,
+    fields: &FieldsNs,
+) -> Result<(Clock, u64), Error> {
     let mut attempts = 0;
     loop {
         attempts += 1;
         let mut session = client.start_session().await?;
         match observe_once(client, site, fields, &mut session).await {
-            Ok(clock) => return Ok(clock),
+            Ok(done) => return Ok(done),
             Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 20 => {
                 let _ = session.abort_transaction().await;
                 tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
@@ -294,7 +314,7 @@ async fn observe_once(
     site: &str,
     fields: &FieldsNs,
     session: &mut ClientSession,
-) -> Result<Clock, Error> {
+) -> Result<(Clock, u64), Error> {
     session
         .start_transaction()
         .with_options(txn_options())
@@ -303,17 +323,18 @@ async fn observe_once(
         .await
         .map_err(|e| e.source)?
         .ok_or_else(|| Error::custom("__mmm.clock is missing"))?;
-    let observed = observe(
+    let observed = observe_some(
         client,
         site,
         &stored_clock,
         session.operation_time(),
+        Some(STORE_EVERY_ENTRIES),
         fields.as_ref(),
     )
     .await?;
     if observed.clock == stored_clock {
         session.abort_transaction().await?;
-        return Ok(stored_clock);
+        return Ok((stored_clock, 0));
     }
     let keys: Vec<(String, Bson)> = observed
         .rows
@@ -321,10 +342,16 @@ async fn observe_once(
         .map(|r| (r.ns.clone(), r.id.clone()))
         .collect();
     let stored = meta::read_rows(client, session, &keys).await?;
-    meta::write_rows(client, session, &news(&observed.rows, &stored)).await?;
+    meta::write_rows_over(
+        client,
+        session,
+        &news(&observed.rows, &stored),
+        Some(&stored),
+    )
+    .await?;
     meta::write_clock(client, session, &observed.clock).await?;
     session.commit_transaction().await?;
-    Ok(observed.clock)
+    Ok((observed.clock, observed.entries))
 }
 
 /// The row of a document on `client`'s server as of now, accounting for local writes not yet

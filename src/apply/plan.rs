@@ -2,9 +2,15 @@
 //! `delete` command with many statements, in op order, so a batch costs a few round trips
 //! however many ops it holds. Every statement is idempotent (inserts and replacements are
 //! upserts by `_id`, `$v:2` diffs set absolute values, deletes by `_id`). Pure logic.
+//!
+//! `$v:2` diffs are translated with their exact field order: servers that agree must hold the
+//! same bytes, and one `$set` would create a diff's new fields in alphabetical order (a pipeline
+//! update inserts them in its own order) and leave in place a field the diff moves to the end.
 
 use crate::bson_bytes::{document, DocArray};
-use crate::oplog::{diff_to_update, Entry, OpKind, OplogError, UpdateTranslation};
+use crate::oplog::{
+    diff_to_update_with, Entry, OpKind, OplogError, TranslateOptions, UpdateTranslation,
+};
 use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,7 +322,10 @@ impl Plan {
                     }
                 };
                 self.touched.push((dst_ns.to_string(), id_of(&key)));
-                match diff_to_update(&to_doc(entry.o()?)?)? {
+                let exact = TranslateOptions {
+                    exact_field_order: true,
+                };
+                match diff_to_update_with(&to_doc(entry.o()?)?, exact)? {
                     UpdateTranslation::Replacement(doc) => {
                         let doc = match tag {
                             Some(tag) => tag.on_document(doc),
@@ -473,6 +482,30 @@ mod tests {
                     {"q": {"_id": 1}, "u": {"_id": 1, "b": 1, "__mmm": t.clone()}, "upsert": true},
                 ], "ordered": true},
                 doc! {"delete": "c", "deletes": [{"q": {"_id": 1}, "limit": 1}], "ordered": true},
+            ]
+        );
+    }
+
+    #[test]
+    fn a_diff_creates_fields_in_its_own_order_and_moves_the_ones_it_reinserts() {
+        // A pipeline update's diff: `v` then `n` are new (one `$set` would create `n` first),
+        // `a` existed and moves to the end.
+        let mut p = Plan::default();
+        p.add("db.c", &raw(doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"i": {"v": 1, "n": 2, "a": 3}}}, "o2": {"_id": 1}}))
+            .unwrap();
+        let updates: Vec<Document> = bodies(&p)[0]
+            .get_array("updates")
+            .unwrap()
+            .iter()
+            .map(|u| u.as_document().unwrap().get_document("u").unwrap().clone())
+            .collect();
+        assert_eq!(
+            updates,
+            vec![
+                doc! {"$unset": {"v": "", "n": "", "a": ""}},
+                doc! {"$set": {"v": 1}},
+                doc! {"$set": {"n": 2}},
+                doc! {"$set": {"a": 3}},
             ]
         );
     }

@@ -243,7 +243,37 @@ async fn send_differing(
         return Ok(0);
     };
     let ids: Vec<Bson> = keys.iter().map(|(_, id)| id.clone()).collect();
-    let src_docs = fetch(src.clone(), first_ns.clone(), ids.clone()).await?;
+    // The source's documents and rows are read in the transaction that records the new
+    // versions: a version that arrived on the source meanwhile (the link the other way
+    // catching up too) makes the transaction fail with a write conflict and the batch is
+    // decided again, instead of recording a version whose content the source no longer holds.
+    let mut session = src.start_session().await?;
+    session
+        .start_transaction()
+        .with_options(
+            mongodb::options::TransactionOptions::builder()
+                .read_concern(mongodb::options::ReadConcern::snapshot())
+                .build(),
+        )
+        .await?;
+    let src_docs: HashMap<Vec<u8>, Document> = {
+        let (db, coll) = first_ns.split_once('.').unwrap_or((first_ns, ""));
+        let mut cursor = src
+            .database(db)
+            .collection::<Document>(coll)
+            .find(doc! {"_id": {"$in": ids.clone()}})
+            .session(&mut session)
+            .await?;
+        let mut found = HashMap::new();
+        while let Some(d) = cursor.next(&mut session).await {
+            let d = d?;
+            if let Some(id) = d.get("_id") {
+                found.insert(doc_key("", id).1, d.clone());
+            }
+        }
+        found
+    };
+    let src_rows = meta::read_rows(src, &mut session, keys).await?;
     let dst_docs = fetch(dst.clone(), first_dst, ids).await?;
     for (ns, id) in keys {
         let Some(dst_ns) = rt.spec.src_ns.rename(ns, &rt.spec.dst_ns) else {
@@ -262,7 +292,7 @@ async fn send_differing(
         {
             continue;
         }
-        let src_row = meta::read_row(src, ns, id).await?;
+        let src_row = src_rows.get(&doc_key(ns, id)).cloned();
         let floor = [src_row.as_ref(), dst_row.as_ref()]
             .into_iter()
             .flatten()
@@ -300,12 +330,11 @@ async fn send_differing(
         });
     }
     if versions.composites.is_empty() {
+        let _ = session.abort_transaction().await;
         return Ok(0);
     }
     // The source records the versions first: if the destination's batch fails, they are sent
     // again (a duplicate there), never lost.
-    let mut session = src.start_session().await?;
-    session.start_transaction().await?;
     meta::write_rows(src, &mut session, &rows).await?;
     session.commit_transaction().await?;
     versions.know.see(&versions.composites[0].stamp);

@@ -236,7 +236,7 @@ pub async fn monitor(
                 if due {
                     warned.insert(s.id.clone(), Instant::now());
                     log::warn!(target: "mmm",
-                        "link {}: its position is {:.0} s from falling off the oplog of {} (which holds about {:.0} s of history at the current write rate); if it does, the link stops",
+                        "link {}: its position is {:.0} s from falling off the oplog of {} (which holds about {:.0} s of history at the current write rate); if it does, it catches up from the source's __mmm.meta (or stops, with on_rollover=\"stop\")",
                         s.id,
                         stats.margin_seconds(position).unwrap_or(0.0).max(0.0),
                         s.src,

@@ -159,7 +159,7 @@ impl Replicator {
 }
 
 /// How often a source's own writes are accounted for in its `__mmm.meta`.
-const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often expired tombstones are looked for (sooner when the retention is shorter).
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 

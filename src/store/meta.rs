@@ -254,14 +254,35 @@ pub async fn write_rows(
     session: &mut ClientSession,
     rows: &[MetaRow],
 ) -> Result<(), mongodb::error::Error> {
-    for chunk in rows.chunks(1000) {
+    write_rows_over(client, session, rows, None).await
+}
+
+/// Writes `rows` in a transaction that read `stored` (the rows of the same documents, in its
+/// snapshot): rows of documents it found none for are inserted, which costs the server less
+/// than an upsert. A row that another transaction stored since the snapshot makes the insert
+/// fail with a write conflict, as an upsert would, and the transaction runs again.
+pub async fn write_rows_over(
+    client: &Client,
+    session: &mut ClientSession,
+    rows: &[MetaRow],
+    stored: Option<&HashMap<DocKey, MetaRow>>,
+) -> Result<(), mongodb::error::Error> {
+    let (fresh, known): (Vec<&MetaRow>, Vec<&MetaRow>) = rows
+        .iter()
+        .partition(|r| stored.is_some_and(|s| !s.contains_key(&r.key())));
+    let db = client.database(MMM_DB);
+    for chunk in fresh.chunks(1000) {
+        let documents: Vec<Document> = chunk.iter().map(|r| r.to_document()).collect();
+        db.run_command(doc! {"insert": META, "documents": documents, "ordered": true})
+            .session(&mut *session)
+            .await?;
+    }
+    for chunk in known.chunks(1000) {
         let updates: Vec<Document> = chunk
             .iter()
             .map(|r| doc! {"q": {"_id": MetaRow::row_id(&r.ns, &r.id)}, "u": r.to_document(), "upsert": true})
             .collect();
-        client
-            .database(MMM_DB)
-            .run_command(doc! {"update": META, "updates": updates, "ordered": true})
+        db.run_command(doc! {"update": META, "updates": updates, "ordered": true})
             .session(&mut *session)
             .await?;
     }

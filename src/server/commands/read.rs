@@ -195,6 +195,15 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
             await_data,
             skip: skip as u64,
         }
+    } else if let Some(docs) = view
+        .filter(|c| c.has_id_index && simple_collation(body) && bounds.is_none())
+        .filter(|_| natural.is_none() && hinted_index.is_none() && ns != OPLOG_NS)
+        .filter(|_| sort.as_ref().is_none_or(|s| s.only_id() == Some(true)))
+        .and_then(|c| id_lookup(c, &matcher))
+    {
+        // `_id` equality or `$in`: read from the `_id` index, in its order, as mongod's
+        // IXSCAN on `_id` does, instead of scanning the collection.
+        Source::Buffered(docs.into_iter().skip(skip).collect::<VecDeque<_>>())
     } else if (sort.is_none() || natural.is_some()) && skip == 0 && hinted_index.is_none() {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
         let reverse = natural == Some(-1);
@@ -263,6 +272,28 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
 
 /// True unless the command asks for a collation other than the simple one: under the simple
 /// collation strings compare by bytes, which is the `_id` index's order.
+/// The documents a filter on `_id` values finds, in `_id` order; `None` when the filter does
+/// not confine `_id` to values.
+fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Arc<Document>>> {
+    let points = matcher.id_points()?;
+    let mut found = std::collections::BTreeMap::new();
+    for id in points {
+        if let Some(rid) = c.find_id(id) {
+            found.insert(crate::server::query::compare::KeyValue(id.clone()), rid);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    Some(
+        found
+            .into_values()
+            .filter(|rid| seen.insert(*rid))
+            .filter_map(|rid| c.get(rid))
+            .filter(|d| matcher.matches(d))
+            .map(Arc::new)
+            .collect(),
+    )
+}
+
 fn simple_collation(body: &Document) -> bool {
     match body.get("collation") {
         None | Some(Bson::Null) => true,

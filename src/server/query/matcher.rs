@@ -495,6 +495,33 @@ impl Matcher {
         }
         find(&self.root)
     }
+
+    /// The `_id` values a filter confines matches to, when it is a top-level `_id` equality or
+    /// `$in` of plain values (what mongod answers from the `_id` index): every match has one
+    /// of them as `_id`. The filter must still be applied to what they find.
+    pub fn id_points(&self) -> Option<Vec<&Bson>> {
+        fn plain(v: &Bson) -> bool {
+            !matches!(v, Bson::Array(_) | Bson::Null | Bson::Undefined)
+        }
+        fn find(node: &Node) -> Option<Vec<&Bson>> {
+            match node {
+                Node::And(children) => children.iter().find_map(find),
+                Node::Path { path, pred } if path.len() == 1 && path[0] == "_id" => match pred {
+                    Pred::Cmp(CmpOp::Eq, v) if plain(v) => Some(vec![v]),
+                    Pred::In {
+                        values,
+                        regexes,
+                        has_null: false,
+                    } if regexes.is_empty() && values.iter().all(plain) => {
+                        Some(values.iter().collect())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1589,6 +1616,36 @@ mod tests {
         assert_eq!(m(doc! {"$or": [{"_id": 1}]}).id_equality(), None);
         assert_eq!(m(doc! {"_id": {"$ne": 1}}).id_equality(), None);
         assert_eq!(m(doc! {"a._id": 1}).id_equality(), None);
+    }
+
+    #[test]
+    fn id_points_for_index_lookups() {
+        let points = |d: Document| {
+            m(d).id_points()
+                .map(|v| v.into_iter().cloned().collect::<Vec<_>>())
+        };
+        assert_eq!(points(doc! {"_id": 5}), Some(vec![Bson::Int32(5)]));
+        assert_eq!(
+            points(doc! {"_id": {"$in": [1, "a", {"n": 1}]}, "x": 1}),
+            Some(vec![
+                Bson::Int32(1),
+                Bson::String("a".into()),
+                Bson::Document(doc! {"n": 1})
+            ])
+        );
+        assert_eq!(points(doc! {"_id": {"$in": []}}), Some(vec![]));
+        // Values that also match other shapes, and anything but a conjunction: no lookup.
+        assert_eq!(points(doc! {"_id": {"$in": [1, null]}}), None);
+        assert_eq!(points(doc! {"_id": {"$in": [1, [2]]}}), None);
+        assert_eq!(
+            points(
+                doc! {"_id": {"$in": [bson::Regex { pattern: "a".into(), options: "".into() }]}}
+            ),
+            None
+        );
+        assert_eq!(points(doc! {"$or": [{"_id": 1}]}), None);
+        assert_eq!(points(doc! {"_id": {"$nin": [1]}}), None);
+        assert_eq!(points(doc! {"_id.a": {"$in": [1]}}), None);
     }
 
     /// `MatchDetails::elemMatchKey`, the positional `$` operator's matched index.
