@@ -214,6 +214,120 @@ def test_three_servers_converge(mongo_server_factory, shape):
         c.close()
 
 
+def test_fields_keeps_concurrent_changes_to_different_fields_on_both_sides(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve=mmm.FieldMerge())
+    start_in_sync(r, [ca, cb], [{"_id": 1, "a": 0, "b": 0, "c": 0}, {"_id": 2, "v": 0}])
+    ca.app.c.update_one({"_id": 1}, {"$set": {"a": "factory"}, "$inc": {"c": 1}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"b": "cloud"}})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"][0] == {"_id": 1, "a": "factory", "b": "cloud", "c": 1}
+    journal = r.conflicts("app.c")
+    assert {e["server"] for e in journal} == {"F", "C"}
+    assert {e["winner"] for e in journal} == {"merged"}
+    assert {e["policy"] for e in journal} == {"fields"}
+    by_server = {e["server"]: e for e in journal}
+    assert by_server["F"]["ours"]["doc"] == {"_id": 1, "a": "factory", "b": 0, "c": 1}
+    assert by_server["F"]["theirs"]["doc"] == {"_id": 1, "a": 0, "b": "cloud", "c": 0}
+
+
+def test_fields_the_later_write_of_one_field_wins_on_both_sides(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve="fields")
+    start_in_sync(r, [ca, cb], [{"_id": 1, "a": 0, "b": 0}])
+    cb.app.c.update_one({"_id": 1}, {"$set": {"a": "cloud", "b": "cloud"}})
+    later()
+    ca.app.c.update_one({"_id": 1}, {"$set": {"a": "factory"}, "$unset": {"b": ""}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"x": {"deep": [1, 2]}}})
+    result = replicate_until_identical(r, [ca, cb])
+    # b's removal is a write of b, later than the cloud's.
+    assert result["c"] == [{"_id": 1, "a": "factory", "x": {"deep": [1, 2]}}]
+
+
+def test_fields_a_replacement_writes_every_field_and_later_field_writes_stay(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve={"app.*": "fields"})
+    start_in_sync(r, [ca, cb], [{"_id": 1, "a": 0, "b": 0}])
+    cb.app.c.update_one({"_id": 1}, {"$set": {"a": "before the replacement"}})
+    later()
+    ca.app.c.replace_one({"_id": 1}, {"r": "factory"})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"b": "after the replacement"}})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"] == [{"_id": 1, "r": "factory", "b": "after the replacement"}]
+
+
+def test_fields_a_delete_and_a_later_concurrent_update_leave_the_updated_fields(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve=mmm.FieldMerge())
+    start_in_sync(r, [ca, cb], [{"_id": 1, "a": 0, "b": 0}, {"_id": 2, "a": 0}])
+    # 1: deleted, then (by the clock) updated concurrently: the update's fields come back.
+    ca.app.c.delete_one({"_id": 1})
+    # 2: updated, then deleted concurrently: the delete wins.
+    cb.app.c.update_one({"_id": 2}, {"$set": {"a": "cloud"}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"b": "cloud"}})
+    ca.app.c.delete_one({"_id": 2})
+    result = replicate_until_identical(r, [ca, cb])
+    assert result["c"] == [{"_id": 1, "b": "cloud"}]
+
+
+def test_fields_a_document_with_ten_thousand_fields_converges(pair):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve="fields")
+    start_in_sync(r, [ca, cb], [{"_id": 1, **{f"f{i}": 0 for i in range(10_000)}}])
+    # All of them in one update, then 300 by an update of their own (as many field stamps
+    # to keep) on one side; one of them, and a field through a dotted path with a space in
+    # its name, on the other.
+    ca.app.c.update_one({"_id": 1}, {"$set": {f"f{i}": "all" for i in range(10_000)}})
+    with ca.start_session() as s, s.start_transaction():
+        for j in range(300):
+            ca.app.c.update_one({"_id": 1}, {"$set": {f"f{j}": "factory"}}, session=s)
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"f7": "cloud", "odd name.x": 1}})
+    result = replicate_until_identical(r, [ca, cb], timeout=120)
+    doc = result["c"][0]
+    assert doc["f7"] == "cloud" and doc["odd name"] == {"x": 1}
+    assert sum(1 for v in doc.values() if v == "factory") == 299
+    assert sum(1 for v in doc.values() if v == "all") == 9_700
+
+
+@pytest.mark.parametrize("shape", ["star", "chain"])
+def test_fields_three_servers_keep_every_field_written(mongo_server_factory, shape):
+    servers = [mongo_server_factory() for _ in range(3)]
+    clients = [pymongo.MongoClient(s.uri) for s in servers]
+    names = ["hub", "s1", "s2"] if shape == "star" else ["s1", "hub", "s2"]
+    spec = {n: {"id": n.upper(), "uri": s.uri} for n, s in zip(names, servers)}
+    links = [
+        {"src": "s1/app.*", "dst": "hub/app.*"},
+        {"src": "s2/app.*", "dst": "hub/app.*"},
+        {"src": "hub/app.*", "dst": "s1/app.*", "forward": True},
+        {"src": "hub/app.*", "dst": "s2/app.*", "forward": True},
+    ]
+    r = mmm.Replicator(spec, links, resolve="fields")
+    by_name = dict(zip(names, clients))
+    start_in_sync(r, [by_name["s1"], by_name["hub"], by_name["s2"]], [{"_id": i, "x": 0, "y": 0, "z": 0} for i in range(3)])
+    by_name["s1"].app.c.update_one({"_id": 0}, {"$set": {"x": "s1"}})
+    by_name["s2"].app.c.update_one({"_id": 0}, {"$set": {"y": "s2"}})
+    by_name["hub"].app.c.update_one({"_id": 0}, {"$set": {"z": "hub"}})
+    by_name["hub"].app.c.update_one({"_id": 1}, {"$set": {"x": "hub"}})
+    by_name["s2"].app.c.delete_one({"_id": 2})
+    later()
+    by_name["s2"].app.c.update_one({"_id": 0}, {"$set": {"x": "s2"}})
+    by_name["s1"].app.c.update_one({"_id": 1}, {"$set": {"y": "s1"}})
+    by_name["s1"].app.c.update_one({"_id": 2}, {"$set": {"z": "s1"}})
+    result = replicate_until_identical(r, clients)
+    assert result["c"] == [
+        {"_id": 0, "x": "s2", "y": "s2", "z": "hub"},
+        {"_id": 1, "x": "hub", "y": "s1", "z": 0},
+        {"_id": 2, "z": "s1"},
+    ]
+    for c in clients:
+        c.close()
+
+
 def test_policies_are_checked_before_anything_runs(pair):
     a, b, ca, cb = pair
     with pytest.raises(ValueError, match="unknown conflict policy"):
@@ -222,6 +336,11 @@ def test_policies_are_checked_before_anything_runs(pair):
         bidirectional(a, b, resolve=mmm.Prefer("moon"))
     with pytest.raises(ValueError, match="deletes is one of"):
         mmm.LWW(deletes="sometimes")
+    with pytest.raises(ValueError, match="deletes='lww' only"):
+        mmm.FieldMerge(deletes="delete_wins")
+    for bad in ("fields,deletes=update_wins", "fields,deletes=", "fields:x", "Fields", "fields,x=y"):
+        with pytest.raises(ValueError):
+            bidirectional(a, b, resolve=bad)
     with pytest.raises(ValueError, match="resolve patterns"):
         bidirectional(a, b, resolve={"app.c*": "lww"})
     with pytest.raises(ValueError, match="needs a callable"):
@@ -292,6 +411,7 @@ def test_mmm_conflicts_lists_the_journal(pair, tmp_path):
     ("resolve: newest\n", "unknown conflict policy"),
     ("resolve: 'prefer:'\n", "unknown conflict policy"),
     ("resolve: 'lww,deletes=maybe'\n", "deletes is one of"),
+    ("resolve: 'fields,deletes=delete_wins'\n", "deletes='lww' only"),
     ("tombstone_retention: -1\n", "positive duration"),
     ("tombstone_retention: 1e20\n", "positive duration"),
     ("tombstone_retention: ten days\n", "positive duration"),
@@ -304,6 +424,15 @@ def test_bad_policies_in_the_file_name_their_line(text, message):
     assert "mmm.yml, line 4" in str(e.value)
 
 
+def test_fields_is_read_from_the_file():
+    from mmm.config import parse_config
+    from mmm.policies import normalize_resolve
+
+    for text in ("resolve: fields\n", "resolve: {'app.*': 'fields,deletes=lww', '*': lww}\n"):
+        cfg = parse_config("a:\n  id: A\n  uri: mongodb://h\n" + text, "mmm.yml")
+        assert mmm.FieldMerge() in normalize_resolve(cfg.resolve).values(), cfg.resolve
+
+
 def test_resolve_on_the_command_line_is_checked(tmp_path):
     import subprocess
     import sys
@@ -311,7 +440,8 @@ def test_resolve_on_the_command_line_is_checked(tmp_path):
     cfg = tmp_path / "mmm.yml"
     cfg.write_text("a:\n  id: A\n  uri: mongodb://127.0.0.1:1/?replicaSet=rs0\nlinks:\n  - {src: a/x.*, dst: a/y.*}\n")
     run = [sys.executable, "-m", "mmm", "-c", str(cfg), "run"]
-    for bad, message in (("newest", "unknown conflict policy"), ("x.*=prefer:moon", "not a server")):
+    for bad, message in (("newest", "unknown conflict policy"), ("x.*=prefer:moon", "not a server"),
+                         ("x.*=fields,deletes=delete_wins", "deletes='lww' only")):
         out = subprocess.run(run + ["--resolve", bad], capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and message in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1

@@ -3,7 +3,7 @@ every server of a pair, a star or a chain of three, with links cut and restored,
 paused, connections dropped and replicators killed, checked after each heal.
 
 Each history is drawn from its seed: the topology, the policy (``lww``, ``lww`` with
-``deletes="delete_wins"``, ``Prefer``), how replication runs (one ``mmm run -s SERVER`` process
+``deletes="delete_wins"``, ``Prefer``, ``FieldMerge``), how replication runs (one ``mmm run -s SERVER`` process
 per destination, killed with SIGKILL and restarted; or one in-process :class:`mmm.Replicator`
 per destination, stopped and restarted), 10-50 hot documents in one or two collections, and a
 script of steps: inserts, ``$set``, ``$unset``, ``$inc``, ``$push``, ``$pull``, ``$addToSet``,
@@ -27,12 +27,15 @@ same document a little later on another, or the other way round), then a final h
 
 After every heal (every replicator up, writes stopped, quiescent: see :meth:`History.settle`):
 
-1. every server holds byte-identical documents in every replicated collection;
+1. every server holds byte-identical documents in every replicated collection (under
+   ``fields``, identical once each document's top-level fields are sorted: that policy makes
+   values converge, not the order of fields);
 2. a document written by a single server since the previous heal holds that server's last
    version (those writes were made after the server had received every other version);
 3. last writer wins (``lww``): a document whose last write anywhere came after every other write
    to it (by a margin the wall clocks of one machine resolve) holds that write's result, and is
-   absent when that write was a delete: no resurrection;
+   absent when that write was a delete: no resurrection; under ``fields``, the same when that
+   write wrote the whole document (insert, replacement, delete);
 4. ``delete_wins``: such a last write that is a delete leaves the document absent; in the final
    partition, a server that deleted the document makes it absent everywhere;
 5. ``Prefer``: in the final partition, a document the preferred server wrote holds its version;
@@ -80,7 +83,7 @@ SETTLE_TIMEOUT = 90.0
 ORPHAN_TXN_SECONDS = 5
 
 TOPOLOGIES = ("pair", "star", "chain")
-POLICIES = ("lww", "delete_wins", "prefer", "lww")
+POLICIES = ("lww", "delete_wins", "prefer", "fields")
 MODES = ("procs", "inproc")
 
 DocKey = Tuple[str, int]
@@ -156,7 +159,7 @@ def fmt_doc(raw: Optional[bytes]) -> str:
 # Replication, one runner per destination server
 # ------------------------------------------------------------------------------------------
 
-POLICY_YAML = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins"}
+POLICY_YAML = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins", "fields": "fields"}
 
 
 class Sides:
@@ -179,7 +182,7 @@ class Sides:
             yaml_policy, obj = f"prefer:{preferred}", mmm.Prefer(preferred)
         else:
             yaml_policy = POLICY_YAML[policy]
-            obj = mmm.LWW(deletes="delete_wins" if policy == "delete_wins" else "lww")
+            obj = mmm.FieldMerge() if policy == "fields" else mmm.LWW(deletes="delete_wins" if policy == "delete_wins" else "lww")
         self.policy_obj = obj
         self.config = os.path.join(workdir, "mmm.yml")
         with open(self.config, "w") as f:
@@ -504,13 +507,20 @@ class History:
 
     # -- quiescence and checks --------------------------------------------------------------
 
+    def canon(self, raw: Optional[bytes]) -> Optional[bytes]:
+        """A document as compared: its bytes, top-level fields sorted under ``fields`` (there
+        values converge, not the order of fields: see the README)."""
+        if raw is None or self.policy != "fields":
+            return raw
+        return bson.encode(dict(sorted(bson.decode(raw, codec_options=CodecOptions(tz_aware=False)).items())))
+
     def snapshot(self) -> Dict[str, Dict[DocKey, bytes]]:
         out: Dict[str, Dict[DocKey, bytes]] = {}
         for n in self.names:
             docs: Dict[DocKey, bytes] = {}
             for cname in self.colls:
                 for d in self.coll(n, cname, raw=True).find():
-                    docs[(f"{DB}.{cname}", bson.decode(d.raw)["_id"])] = d.raw
+                    docs[(f"{DB}.{cname}", bson.decode(d.raw)["_id"])] = self.canon(d.raw)
             out[n] = docs
         return out
 
@@ -600,7 +610,7 @@ class History:
             if len(writers) == 1 and all(e.effective is not None for _, e in seg):
                 r, e = seg[-1]
                 self.stats["checked_single"] += 1
-                if got(key) != e.post:
+                if got(key) != self.canon(e.post):
                     errors.append(f"{key[0]}#{key[1]}: only {r.server} wrote it since the last heal (last: op {r.n:03d}), "
                                   f"after receiving every other version; expected {fmt_doc(e.post)}, got {fmt_doc(got(key))}")
             # 3./4. The last write anywhere, well after every other one. An op that found no
@@ -612,9 +622,11 @@ class History:
             others_end = max((r.t1 for r, _ in allops[:-1]), default=0.0)
             certain = all(e.effective is not None for _, e in allops)
             if certain and last_e.effective and last_e.exact and last_r.t0 > others_end + MARGIN:
-                if self.policy == "lww" or (self.policy == "delete_wins" and last_e.deleted):
+                # Under fields, only a write of the whole document decides every field.
+                whole = last_r.kind in ("insert", "replace", "delete")
+                if self.policy == "lww" or (self.policy == "delete_wins" and last_e.deleted) or (self.policy == "fields" and whole):
                     self.stats["checked_lww"] += 1
-                    if got(key) != last_e.post:
+                    if got(key) != self.canon(last_e.post):
                         errors.append(f"{key[0]}#{key[1]}: the last write (op {last_r.n:03d} on {last_r.server}, "
                                       f"{'a delete' if last_e.deleted else 'an update'}) came after every other; "
                                       f"expected {fmt_doc(last_e.post)}, got {fmt_doc(got(key))}")
@@ -648,7 +660,7 @@ class History:
         writer's version. Windows with an op of unknown outcome on the document are skipped."""
         journal = self.journal()
         errors = []
-        want_policy = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins"}.get(
+        want_policy = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins", "fields": "fields"}.get(
             self.policy, f"prefer:{(self.preferred or '').upper()}")
         by_doc: Dict[DocKey, List[Tuple[float, Dict[str, Any]]]] = {}
         for e in journal:

@@ -12,7 +12,7 @@ from . import _mmm
 from ._mmm import MmmError, NotReplicaSetError, OplogFormatError, OplogRolloverError
 from .config import ConfigError, Link, Server
 from .embedded import MongoServer
-from .policies import Conflict, LWW, Prefer, Resolver, Stamp
+from .policies import Conflict, FieldMerge, LWW, Prefer, Resolver, Stamp
 from .replication import ConflictEvent, ReplicationError, Replicator
 from .triggers import Tailer, diff_to_update
 
@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ConflictEvent",
+    "FieldMerge",
     "LWW",
     "Link",
     "MmmError",

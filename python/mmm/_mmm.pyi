@@ -306,7 +306,8 @@ class ReplicatorCore:
         resolvers: Optional[Dict[str, Dict[str, Callable[..., Any]]]] = None,
         tombstone_retention: float = 864000.0,
     ) -> "ReplicatorCore":
-        """``policies``: per link id, per namespace pattern, (kind, server id, deletes);
+        """``policies``: per link id, per namespace pattern, (kind, server id, deletes), kind
+        one of ``lww``, ``fields`` (deletes ``lww`` only), ``prefer``, ``resolver``, ``none``;
         ``resolvers``: per link id, per pattern, the resolver function;
         ``tombstone_retention``: seconds a tombstone is kept at least (ValueError unless
         positive)."""

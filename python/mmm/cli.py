@@ -705,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--server", help="only links whose destination is this server")
     s.add_argument("--status-interval", type=_positive(float, zero=True), default=0, help="log a status table every N seconds")
     s.add_argument("--resolve", action="append", metavar="[PATTERN=]POLICY",
-                   help="conflict policy (lww, prefer:SERVER, none; ',deletes=delete_wins|update_wins'), "
+                   help="conflict policy (lww, fields, prefer:SERVER, none; ',deletes=delete_wins|update_wins'), "
                         "for every namespace or for PATTERN (db.coll, db.*); repeatable; overrides the file's resolve:")
     s.add_argument("--http", metavar="HOST:PORT", type=_http_address,
                    help="serve Prometheus /metrics, /status (JSON) and a status page, e.g. 127.0.0.1:9108")

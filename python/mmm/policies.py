@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import bson
 
-__all__ = ["Conflict", "LWW", "Policy", "Prefer", "Resolver", "Stamp", "parse_policy", "normalize_resolve"]
+__all__ = ["Conflict", "FieldMerge", "LWW", "Policy", "Prefer", "Resolver", "Stamp", "parse_policy", "normalize_resolve"]
 
 DELETES = ("lww", "delete_wins", "update_wins")
 
@@ -72,6 +72,26 @@ class LWW(Policy):
 
     def __repr__(self) -> str:
         return f"LWW(deletes={self.deletes!r})"
+
+
+class FieldMerge(Policy):
+    """Last writer wins per top-level field (``"fields"``): concurrent changes to different
+    top-level fields of one document are all kept; for the same field the later write wins
+    (stamps as for :class:`LWW`). A field's value is taken whole (no merge inside embedded
+    documents or arrays). Inserts, replacements and deletes write every field, absent ones
+    included; so an update made after (by the clock) a concurrent delete brings the document
+    back with only the fields that update wrote. Values converge; the order of fields inside a
+    document may differ between servers. Only ``deletes="lww"`` is supported."""
+
+    kind = "fields"
+
+    def __init__(self, deletes: str = "lww") -> None:
+        if _check_deletes(deletes) != "lww":
+            raise ValueError(f"FieldMerge supports deletes='lww' only, got {deletes!r}")
+        self.deletes = deletes
+
+    def __repr__(self) -> str:
+        return f"FieldMerge(deletes={self.deletes!r})"
 
 
 class Prefer(Policy):
@@ -195,9 +215,11 @@ def parse_policy(value: PolicyLike) -> Optional[Policy]:
         return None
     if name == "lww":
         return LWW(deletes=deletes)
+    if name == "fields":
+        return FieldMerge(deletes=deletes)
     if name.startswith("prefer:") and name[len("prefer:"):]:
         return Prefer(name[len("prefer:"):], deletes=deletes)
-    raise ValueError(f"unknown conflict policy {value!r} (expected 'lww', 'prefer:<server>' or 'none')")
+    raise ValueError(f"unknown conflict policy {value!r} (expected 'lww', 'fields', 'prefer:<server>' or 'none')")
 
 
 _PATTERN = re.compile(r"^(\*|[^.*$\x00]+\.(\*|[^*\x00]+))$")

@@ -4,8 +4,9 @@
 //! built from the decisions, together with the rows that record them, the clock and the
 //! conflict journal, all committed with the link's checkpoint.
 
-use super::observe::{news, observe};
+use super::observe::{news, observe, with_stored_fields};
 use super::plan::Plan;
+use crate::converge::fields::{merge_documents, FieldStamps};
 use crate::converge::policy::{settle_equal, Arriving, Held, Winner};
 use crate::converge::stamp::resolution_site;
 use crate::converge::{decide, Decision, Knowledge, Policy, PolicyMap, Side, Stamp};
@@ -38,6 +39,9 @@ pub struct Composite {
     /// is not cut where its writer learned of another version: only the versions made after
     /// carry their own).
     pub know: Option<Knowledge>,
+    /// Under the `fields` policy, the version's field stamps: those of the source's own ops
+    /// (`FieldStamps::of_ops`), or the row the source installed for a version from elsewhere.
+    pub fields: Option<FieldStamps>,
 }
 
 fn is_full(op: &RawDocumentBuf) -> bool {
@@ -124,8 +128,24 @@ impl Converging {
         };
         // Rows observation has stored since are no longer needed from the cache.
         base.rows.retain(|_, r| r.through > stored.applied);
-        let more = observe(client, &self.site, &base.clock, after).await?;
-        base.rows.extend(more.rows);
+        let policies = &self.policies;
+        let more = observe(client, &self.site, &base.clock, after, &|ns: &str| {
+            policies.is_fields(ns)
+        })
+        .await?;
+        for (k, mut r) in more.rows {
+            // Field stamps observed are changes: the later stretch's add to the earlier's.
+            if let Some(now) = r.fields.take() {
+                r.fields = Some(match base.rows.remove(&k).and_then(|o| o.fields) {
+                    Some(mut before) => {
+                        before.join(now);
+                        before
+                    }
+                    None => now,
+                });
+            }
+            base.rows.insert(k, r);
+        }
         base.clock = more.clock;
         base.entries += more.entries;
         let wanted = super::observe::Observed {
@@ -202,6 +222,22 @@ pub async fn read_version(
     at: Timestamp,
     stamp: &Stamp,
 ) -> Result<(Option<Document>, Stamp), Error> {
+    let (doc, stamp, _) = read_version_fields(src, src_site, ns, id, at, stamp, false).await?;
+    Ok((doc, stamp))
+}
+
+/// [`read_version`], and under the `fields` policy (`fields`), when the version had to be read
+/// as it is now, the field stamps of that later version (its row's, with the writes
+/// observation has not stored yet): the ones the link carried describe the older one.
+pub async fn read_version_fields(
+    src: &Client,
+    src_site: &str,
+    ns: &str,
+    id: &Bson,
+    at: Timestamp,
+    stamp: &Stamp,
+    fields: bool,
+) -> Result<(Option<Document>, Stamp, Option<FieldStamps>), Error> {
     let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
     let reply = src
         .database(db)
@@ -216,7 +252,7 @@ pub async fn read_version(
             .ok()
             .and_then(|c| c.get_array("firstBatch").ok())
             .and_then(|b| b.first().and_then(|d| d.as_document().cloned()));
-        return Ok((first, stamp.clone()));
+        return Ok((first, stamp.clone(), None));
     }
     // Too old for a snapshot read: the current version, in one snapshot with its row.
     let mut session = src.start_session().await?;
@@ -241,19 +277,35 @@ pub async fn read_version(
     let key = doc_key(ns, id);
     let mut row = stored.get(&key).cloned();
     if let Some(clock) = clock {
-        let observed = observe(src, src_site, &clock, session.operation_time()).await?;
+        let observed = observe(
+            src,
+            src_site,
+            &clock,
+            session.operation_time(),
+            &|n: &str| fields && n == ns,
+        )
+        .await?;
         if let Some(o) = observed.rows.get(&key) {
             if row.as_ref().is_none_or(|r| r.through < o.through) {
-                row = Some(o.clone());
+                row = Some(with_stored_fields(o.clone(), row.as_ref()));
             }
         }
     }
     let _ = session.abort_transaction().await;
+    let now_fields = fields.then(|| {
+        row.as_ref()
+            .and_then(|r| {
+                r.fields
+                    .clone()
+                    .or_else(|| Some(FieldStamps::whole(r.stamp.clone(), r.deleted)))
+            })
+            .unwrap_or_else(|| FieldStamps::whole(stamp.clone(), current.is_none()))
+    });
     let found = row
         .map(|r| r.stamp)
         .filter(|s| s > stamp)
         .unwrap_or_else(|| stamp.clone());
-    Ok((current, found))
+    Ok((current, found, now_fields))
 }
 
 async fn read_ours(
@@ -314,6 +366,128 @@ fn refuse_clock_skew(versions: &Versions, src_site: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A version merged field by field into the one held (`fields` policy).
+struct Merged {
+    /// The merge differs from what is held (else nothing is written).
+    changed: bool,
+    content: Option<Document>,
+    row: MetaRow,
+    ours_doc: Option<Document>,
+    ours_stamp: Stamp,
+    theirs_doc: Option<Document>,
+    theirs_stamp: Stamp,
+}
+
+impl Merged {
+    fn winner(&self) -> &'static str {
+        if self.changed {
+            "merged"
+        } else {
+            "ours"
+        }
+    }
+}
+
+/// Merges the arriving version `c` into the one held (`held`, this server's row, with local
+/// writes observation has not stored yet) by their field stamps: `None` when it brings
+/// nothing new (the merge is idempotent: a version already merged, a relay of one this server
+/// made), unless the two were `concurrent` (the journal wants both versions). Always a merge, never the document-level shortcuts of `decide` (see `fields.rs`).
+/// Values of the fields the arriving version wins come from the source's version read back
+/// at its position, or from its one op when that op is the whole version.
+async fn merge_fields(
+    client: &Client,
+    session: &mut ClientSession,
+    conv: &Converging,
+    c: &Composite,
+    held: Option<&MetaRow>,
+    through: Timestamp,
+    concurrent: bool,
+) -> Result<Option<Merged>, Error> {
+    let Some(mut theirs) = c.fields.clone() else {
+        return Err(Error::custom(format!(
+            "a version of {} _id {} from {} carries no field stamps, and {} is under the \
+             fields policy here: give the namespace the same policy on every link",
+            c.ns, c.id, conv.src_site, c.ns
+        )));
+    };
+    let ours = held
+        .map(|r| {
+            r.fields
+                .clone()
+                .unwrap_or_else(|| FieldStamps::whole(r.stamp.clone(), r.deleted))
+        })
+        .unwrap_or_default();
+    let changed = ours.merge(&theirs) != ours;
+    if !changed && !concurrent {
+        return Ok(None);
+    }
+    let single_whole = c
+        .from_full()
+        .is_some_and(|ops| ops.len() == c.ops.len() && ops.len() == 1);
+    let theirs_doc = match (single_whole, c.ops.last()) {
+        (true, Some(op)) => {
+            let e = Entry::new(op);
+            match e.op() {
+                Ok(OpKind::Delete) => None,
+                _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
+            }
+        }
+        _ => {
+            let (doc, _, now) = read_version_fields(
+                &conv.src,
+                &conv.src_site,
+                &c.src_ns,
+                &c.id,
+                c.src_ts,
+                &c.stamp,
+                true,
+            )
+            .await?;
+            if let Some(now) = now {
+                theirs = theirs.merge(&now);
+            }
+            doc
+        }
+    };
+    let merged = ours.merge(&theirs);
+    if !merged.fits() {
+        return Err(Error::custom(format!(
+            "{} _id {}: the field stamps of its merged version do not fit in a row (too many \
+             top-level fields written since the document was last written whole); replace \
+             the document whole to go on",
+            c.ns, c.id
+        )));
+    }
+    let ours_doc = read_ours(client, session, &c.ns, &c.id).await?;
+    let content = merge_documents(
+        &ours,
+        ours_doc.as_ref(),
+        &theirs,
+        theirs_doc.as_ref(),
+        &c.id,
+    );
+    let stamp = merged.max().cloned().unwrap_or_else(|| c.stamp.clone());
+    Ok(Some(Merged {
+        changed: merged != ours,
+        row: MetaRow {
+            ns: c.ns.clone(),
+            id: c.id.clone(),
+            stamp,
+            deleted: content.is_none(),
+            through,
+            fields: Some(merged),
+        },
+        content,
+        ours_doc,
+        ours_stamp: ours
+            .max()
+            .cloned()
+            .unwrap_or_else(|| Stamp::new(0, conv.site.clone())),
+        theirs_doc,
+        theirs_stamp: theirs.max().cloned().unwrap_or_else(|| c.stamp.clone()),
+    }))
+}
+
 /// Decides every version of `versions` in `session`'s transaction on `client`'s server.
 pub async fn prepare(
     client: &Client,
@@ -369,12 +543,68 @@ pub async fn prepare(
         };
         let mut decision = decide(&policy, &conv.site, &held, &arriving);
         fresh = fresh.max(c.stamp.h);
+        if let Policy::Fields { .. } = policy {
+            let concurrent = matches!(decision, Decision::Conflict(_));
+            if let Some(m) = merge_fields(
+                client,
+                session,
+                conv,
+                c,
+                held_row.as_ref(),
+                through,
+                concurrent,
+            )
+            .await?
+            {
+                if m.changed {
+                    add_state(&mut plan, &c.ns, &c.id, &m.content);
+                }
+                if concurrent {
+                    let winner = m.winner();
+                    let entry = JournalEntry {
+                        id: conflict_id(&c.ns, &c.id, &m.ours_stamp, &m.theirs_stamp),
+                        ns: c.ns.clone(),
+                        doc_id: c.id.clone(),
+                        server: conv.site.clone(),
+                        from: conv.src_site.clone(),
+                        policy: policy.to_string(),
+                        winner: winner.to_string(),
+                        ours: VersionRecord {
+                            stamp: m.ours_stamp.clone(),
+                            doc: m.ours_doc,
+                            deleted: held.deleted,
+                        },
+                        theirs: VersionRecord {
+                            stamp: m.theirs_stamp.clone(),
+                            doc: m.theirs_doc,
+                            deleted: c.deleted,
+                        },
+                        resolution: None,
+                    };
+                    log::warn!(target: "mmm", "conflict: {}", entry.summary());
+                    conflicts.push(ConflictRecord {
+                        namespace: c.ns.clone(),
+                        id: c.id.clone(),
+                        ours: m.ours_stamp,
+                        theirs: m.theirs_stamp,
+                        policy: policy.to_string(),
+                        winner,
+                    });
+                    journal.push(entry);
+                }
+                if m.changed {
+                    rows.insert(key, m.row);
+                }
+            }
+            continue;
+        }
         let row = |stamp: Stamp, deleted: bool| MetaRow {
             ns: c.ns.clone(),
             id: c.id.clone(),
             stamp,
             deleted,
             through,
+            fields: None,
         };
         let install_change = |plan: &mut Plan| -> Result<bool, Error> {
             for op in &c.ops {
@@ -563,6 +793,7 @@ mod tests {
                 increment: 1,
             },
             know: None,
+            fields: None,
         };
         let diff = doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1}}}, "o2": {"_id": 1}};
         let ins = doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}};

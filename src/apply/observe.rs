@@ -7,7 +7,9 @@
 //! transaction fail with a write conflict and start over) and on its own, so that the stored
 //! position stays recent on servers no batch is applied to.
 
+use crate::converge::fields::FieldStamps;
 use crate::converge::observe::ClockState;
+use crate::oplog::fields::{touched_fields, Touched};
 use crate::oplog::{Reassembler, Unit};
 use crate::store::checkpoints::is_applied_batch;
 use crate::store::meta::{self, doc_key, Clock, DocKey, MetaRow};
@@ -18,6 +20,15 @@ use mongodb::options::{Acknowledgment, ReadConcern, TransactionOptions, WriteCon
 use mongodb::{Client, ClientSession};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// Which namespaces of a server are under the `fields` policy: observation keeps field stamps
+/// for those only, so that the rows of other namespaces cost what they did.
+pub type FieldsNs = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// No namespace under `fields`.
+pub fn no_fields() -> FieldsNs {
+    std::sync::Arc::new(|_| false)
+}
 
 /// What a stretch of oplog says about a server's own writes.
 #[derive(Debug, Clone)]
@@ -37,13 +48,17 @@ fn malformed(e: impl std::fmt::Display) -> Error {
 /// Reads the oplog of `client`'s server after `from` and accounts for it. `after`: a cluster
 /// time the read must include (a transaction's snapshot), so that nothing committed before
 /// it is missed.
+///
+/// `fields`: the namespaces under the `fields` policy, whose rows also carry the field stamps
+/// of the writes observed (as changes from the stored row: [`with_stored_fields`]).
 pub async fn observe(
     client: &Client,
     site: &str,
     from: &Clock,
     after: Option<Timestamp>,
+    fields: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Observed, Error> {
-    observe_some(client, site, from, after, None).await
+    observe_some(client, site, from, after, None, fields).await
 }
 
 /// [`observe`], stopping after about `limit` entries (at the end of a unit: the position
@@ -54,6 +69,7 @@ pub async fn observe_some(
     from: &Clock,
     after: Option<Timestamp>,
     limit: Option<u64>,
+    fields: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Observed, Error> {
     // Raw documents: entries go to the reassembler as the bytes the server sent, never parsed
     // into documents (observation reads every entry of the server's oplog, payloads included).
@@ -105,14 +121,23 @@ pub async fn observe_some(
                     state.applied(&txn.ops);
                 }
                 _ => {
-                    for w in state.local(&unit) {
-                        let row = MetaRow {
+                    for (w, op) in state.local_ops(&unit) {
+                        let mut row = MetaRow {
                             ns: w.ns,
                             id: w.id,
                             stamp: w.stamp,
                             deleted: w.deleted,
                             through: ts,
+                            fields: None,
                         };
+                        if fields(&row.ns) {
+                            row.fields = Some(observed_fields(
+                                rows.remove(&row.key()).and_then(|r| r.fields),
+                                op,
+                                &row.stamp,
+                                row.deleted,
+                            ));
+                        }
                         rows.insert(row.key(), row);
                     }
                 }
@@ -140,6 +165,41 @@ fn zero() -> Timestamp {
     }
 }
 
+/// The field stamps observation holds for a document after a local op stamped `stamp`:
+/// `prior`, the ones of its earlier ops in the stretch, with the op's own. These are changes
+/// (a [`FieldStamps`] whose `base` is `None` unless an op wrote the whole document), completed
+/// by the stored row when stored ([`with_stored_fields`]).
+pub fn observed_fields(
+    prior: Option<FieldStamps>,
+    op: &bson::RawDocument,
+    stamp: &crate::converge::Stamp,
+    deleted: bool,
+) -> FieldStamps {
+    let mut out = prior.unwrap_or_default();
+    let touched = touched_fields(op).unwrap_or(Touched::Whole);
+    out.write(&touched, stamp, deleted);
+    out
+}
+
+/// An observed row completed by the row stored before it: its field stamps are the stored
+/// ones joined with the observed changes (local writes come after everything the server held,
+/// and the join is idempotent, so changes the stored row already accounts for do no harm).
+/// A stored row without field stamps (written before the namespace was under `fields`)
+/// counts as one whole-document write at its stamp.
+pub fn with_stored_fields(mut row: MetaRow, stored: Option<&MetaRow>) -> MetaRow {
+    if let Some(changes) = &row.fields {
+        let before = stored
+            .map(|s| {
+                s.fields
+                    .clone()
+                    .unwrap_or_else(|| FieldStamps::whole(s.stamp.clone(), s.deleted))
+            })
+            .unwrap_or_default();
+        row.fields = Some(before.merge(changes));
+    }
+    row
+}
+
 /// The rows of `observed` that are news in a transaction that read `stored`: a row written
 /// by an apply transaction that already accounted for a later position wins over observation.
 pub fn news(
@@ -149,7 +209,7 @@ pub fn news(
     observed
         .iter()
         .filter(|(k, row)| stored.get(*k).is_none_or(|s| s.through < row.through))
-        .map(|(_, row)| row.clone())
+        .map(|(k, row)| with_stored_fields(row.clone(), stored.get(k)))
         .collect()
 }
 
@@ -215,22 +275,30 @@ const STORE_EVERY_ENTRIES: u64 = 1_000;
 
 /// Observes `client`'s server up to now and stores the result: the rows of its local writes
 /// and its clock, a stretch at a time, each in one transaction. Returns the clock.
-pub async fn observe_and_store(client: &Client, site: &str) -> Result<Clock, Error> {
+pub async fn observe_and_store(
+    client: &Client,
+    site: &str,
+    fields: &FieldsNs,
+) -> Result<Clock, Error> {
     ensure_clock(client).await.map_err(|e| e.source)?;
     loop {
-        let (clock, entries) = observe_and_store_some(client, site).await?;
+        let (clock, entries) = observe_and_store_some(client, site, fields).await?;
         if entries < STORE_EVERY_ENTRIES {
             return Ok(clock);
         }
     }
 }
 
-async fn observe_and_store_some(client: &Client, site: &str) -> Result<(Clock, u64), Error> {
+async fn observe_and_store_some(
+    client: &Client,
+    site: &str,
+    fields: &FieldsNs,
+) -> Result<(Clock, u64), Error> {
     let mut attempts = 0;
     loop {
         attempts += 1;
         let mut session = client.start_session().await?;
-        match observe_once(client, site, &mut session).await {
+        match observe_once(client, site, fields, &mut session).await {
             Ok(done) => return Ok(done),
             Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 20 => {
                 let _ = session.abort_transaction().await;
@@ -244,6 +312,7 @@ async fn observe_and_store_some(client: &Client, site: &str) -> Result<(Clock, u
 async fn observe_once(
     client: &Client,
     site: &str,
+    fields: &FieldsNs,
     session: &mut ClientSession,
 ) -> Result<(Clock, u64), Error> {
     session
@@ -260,6 +329,7 @@ async fn observe_once(
         &stored_clock,
         session.operation_time(),
         Some(STORE_EVERY_ENTRIES),
+        fields.as_ref(),
     )
     .await?;
     if observed.clock == stored_clock {
@@ -285,20 +355,112 @@ async fn observe_once(
 }
 
 /// The row of a document on `client`'s server as of now, accounting for local writes not yet
-/// observed.
+/// observed (`fields`: the namespace is under the `fields` policy).
 pub async fn current_row(
     client: &Client,
     site: &str,
     ns: &str,
     id: &Bson,
+    fields: bool,
 ) -> Result<Option<MetaRow>, Error> {
     let clock = ensure_clock(client).await.map_err(|e| e.source)?;
     let stored = meta::read_row(client, ns, id).await.map_err(|e| e.source)?;
-    let observed = observe(client, site, &clock, None).await?;
+    let observed = observe(client, site, &clock, None, &|n: &str| fields && n == ns).await?;
     let key = doc_key(ns, id);
     Ok(match (stored, observed.rows.get(&key)) {
-        (Some(s), Some(o)) if s.through < o.through => Some(o.clone()),
+        (Some(s), Some(o)) if s.through < o.through => {
+            Some(with_stored_fields(o.clone(), Some(&s)))
+        }
+        (None, Some(o)) => Some(with_stored_fields(o.clone(), None)),
         (Some(s), _) => Some(s),
-        (None, o) => o.cloned(),
+        (None, None) => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::converge::Stamp;
+    use bson::RawDocumentBuf;
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    fn row(stamp: Stamp, fields: Option<FieldStamps>) -> MetaRow {
+        MetaRow {
+            ns: "db.c".into(),
+            id: Bson::Int32(1),
+            stamp,
+            deleted: false,
+            through: zero(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn observed_field_stamps_are_changes_joined_with_the_stored_row() {
+        let (s1, s2, s3) = (
+            Stamp::new(10, "a"),
+            Stamp::new(20, "a"),
+            Stamp::new(30, "a"),
+        );
+        let set_x = raw(
+            doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1}, "sy": {"u": {"z": 2}}}}, "o2": {"_id": 1}},
+        );
+        let unset_w =
+            raw(doc! {"op": "u", "ns": "db.c", "o": {"$unset": {"w.q": true}}, "o2": {"_id": 1}});
+        let changes = observed_fields(None, &set_x, &s2, false);
+        assert_eq!(changes.base, None);
+        assert_eq!(changes.stamp_of("x"), Some(&s2));
+        assert_eq!(changes.stamp_of("y"), Some(&s2));
+        assert_eq!(changes.stamp_of("v"), None);
+        let changes = observed_fields(Some(changes.clone()), &unset_w, &s3, false);
+        assert_eq!(changes.stamp_of("w"), Some(&s3));
+        // Joined with the stored row: its other fields keep their stamps.
+        let stored = row(s1.clone(), Some(FieldStamps::whole(s1.clone(), false)));
+        let done = with_stored_fields(row(s3.clone(), Some(changes.clone())), Some(&stored));
+        let fs = done.fields.unwrap();
+        assert_eq!(fs.base, Some(s1.clone()));
+        assert_eq!(
+            (fs.stamp_of("x"), fs.stamp_of("w"), fs.stamp_of("v")),
+            (Some(&s2), Some(&s3), Some(&s1))
+        );
+        // Joining again what the stored row already holds changes nothing.
+        let again = with_stored_fields(
+            row(s3.clone(), Some(changes.clone())),
+            Some(&row(s3.clone(), Some(fs.clone()))),
+        );
+        assert_eq!(again.fields.unwrap(), fs);
+        // A whole write replaces everything; a stored row without field stamps is one whole
+        // write at its stamp; no stored row: nothing older.
+        let replaced = observed_fields(
+            Some(changes.clone()),
+            &raw(doc! {"op": "u", "ns": "db.c", "o": {"_id": 1, "k": 1}, "o2": {"_id": 1}}),
+            &Stamp::new(40, "a"),
+            false,
+        );
+        assert_eq!(replaced, FieldStamps::whole(Stamp::new(40, "a"), false));
+        let legacy = with_stored_fields(
+            row(
+                s2.clone(),
+                Some(observed_fields(None, &unset_w, &s2, false)),
+            ),
+            Some(&row(s1.clone(), None)),
+        );
+        assert_eq!(legacy.fields.unwrap().base, Some(s1));
+        let fresh = with_stored_fields(
+            row(
+                s2.clone(),
+                Some(observed_fields(None, &unset_w, &s2, false)),
+            ),
+            None,
+        );
+        assert_eq!(fresh.fields.unwrap().base, None);
+        // Rows of other namespaces carry none and stay as they are.
+        assert_eq!(
+            with_stored_fields(row(s2.clone(), None), Some(&stored)).fields,
+            None
+        );
+    }
 }

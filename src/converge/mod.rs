@@ -27,9 +27,19 @@
 //!    inputs, made by one server (the arbiter) or by every server that sees the conflict with
 //!    a deterministic rule that gives equal content; a resolution is itself a version like any
 //!    other, so point 4 applies to it, and resolutions of equal content end the exchange.
+//! 6. **Last writer wins per field is a join too** ([`fields`]): each top-level field keeps
+//!    the value with the larger stamp, a whole-document write stamping every field; that is a
+//!    pointwise maximum of field stamps. Merged versions are new content under old stamps, so
+//!    a server applying them merges every arriving version instead of trusting the
+//!    document-level shortcuts of point 3 (the merge is idempotent). Stamps of fields are
+//!    functions of the oplog, like those of documents, and links carry them per op; rows
+//!    hold them only for namespaces under `fields`, so other namespaces cost what they did.
 
+pub mod fields;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod model_fields;
 pub mod observe;
 pub mod policy;
 pub mod stamp;

@@ -52,18 +52,18 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 /// Wall time at the start of every history (ms).
-const T0: i64 = 1_700_000_000_000;
+pub(super) const T0: i64 = 1_700_000_000_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// splitmix64: small, seedable, the same on every platform.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(super) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -71,36 +71,36 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn pick(&mut self, n: usize) -> usize {
+    pub(super) fn pick(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
     }
 
-    fn pct(&mut self, p: u64) -> bool {
+    pub(super) fn pct(&mut self, p: u64) -> bool {
         self.below(100) < p
     }
 }
 
 /// A set of version numbers.
 #[derive(Clone, Default, Debug)]
-struct Bits(Vec<u64>);
+pub(super) struct Bits(Vec<u64>);
 
 impl Bits {
-    fn insert(&mut self, i: usize) {
+    pub(super) fn insert(&mut self, i: usize) {
         if self.0.len() <= i / 64 {
             self.0.resize(i / 64 + 1, 0);
         }
         self.0[i / 64] |= 1 << (i % 64);
     }
 
-    fn has(&self, i: usize) -> bool {
+    pub(super) fn has(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
     }
 
-    fn union(&mut self, other: &Bits) {
+    pub(super) fn union(&mut self, other: &Bits) {
         if self.0.len() < other.0.len() {
             self.0.resize(other.0.len(), 0);
         }
@@ -110,9 +110,9 @@ impl Bits {
     }
 }
 
-type Fields = BTreeMap<u8, i64>;
+pub(super) type Fields = BTreeMap<u8, i64>;
 /// `None`: deleted (or never inserted).
-type Content = Option<Fields>;
+pub(super) type Content = Option<Fields>;
 
 /// A change as a link carries it.
 #[derive(Clone, Debug)]
@@ -168,7 +168,7 @@ fn resolve(ours: &Content, theirs: &Content) -> Content {
     }
 }
 
-fn show_stamp(s: &Stamp) -> String {
+pub(super) fn show_stamp(s: &Stamp) -> String {
     format!(
         "{}.{}@{}",
         (s.h >> COUNTER_BITS) - T0,
@@ -301,19 +301,19 @@ enum Mutant {
 }
 
 /// What one seed fixes for every policy it runs: the topology, the clocks, the documents.
-struct Setup {
-    seed: u64,
-    topology: &'static str,
-    names: Vec<String>,
-    edges: Vec<(usize, usize)>,
-    offsets: Vec<i64>,
-    backs: Vec<Option<(i64, i64)>>,
-    initial: Vec<Content>,
+pub(super) struct Setup {
+    pub(super) seed: u64,
+    pub(super) topology: &'static str,
+    pub(super) names: Vec<String>,
+    pub(super) edges: Vec<(usize, usize)>,
+    pub(super) offsets: Vec<i64>,
+    pub(super) backs: Vec<Option<(i64, i64)>>,
+    pub(super) initial: Vec<Content>,
     policies: Vec<Policy>,
 }
 
 impl Setup {
-    fn new(seed: u64) -> Setup {
+    pub(super) fn new(seed: u64) -> Setup {
         let mut rng = Rng::new(seed ^ 0x5E7_0F);
         let (topology, n, edges) = match seed % 3 {
             0 => ("pair", 2, vec![(0, 1)]),
@@ -383,7 +383,7 @@ impl Setup {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let sites: Vec<String> = self
             .names
             .iter()
@@ -411,7 +411,7 @@ impl Setup {
     }
 }
 
-fn random_fields(rng: &mut Rng) -> Fields {
+pub(super) fn random_fields(rng: &mut Rng) -> Fields {
     (0..1 + rng.below(3))
         .map(|_| (rng.below(4) as u8, rng.below(10) as i64))
         .collect()
@@ -1109,7 +1109,7 @@ fn report(setup: &Setup, policy: &Policy, rules: Rules, f: &Fail) -> String {
     )
 }
 
-fn histories(default: u64) -> std::ops::Range<u64> {
+pub(super) fn histories(default: u64) -> std::ops::Range<u64> {
     if let Some(seed) = std::env::var("MMM_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

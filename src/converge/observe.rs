@@ -91,20 +91,30 @@ impl ClockState {
 
     /// A unit an application wrote on this server: the stamp of each write, in order.
     pub fn local(&mut self, unit: &Unit) -> Vec<Stamped> {
+        self.local_ops(unit).into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// [`local`](Self::local), each stamp with the op it stamps.
+    pub fn local_ops<'u>(&mut self, unit: &'u Unit) -> Vec<(Stamped, &'u RawDocument)> {
         let mut out = Vec::new();
-        match unit {
-            Unit::Single(raw) => self.tick_op(raw, wall_ms(raw), &mut out),
+        let mut pairs = Vec::new();
+        let ops: Vec<(&RawDocument, i64)> = match unit {
+            Unit::Single(raw) => vec![(raw.as_ref(), wall_ms(raw))],
             Unit::Transaction(txn) => {
                 let wall = txn
                     .wall
                     .map(|w| w.timestamp_millis())
                     .unwrap_or(txn.ts.time as i64 * 1000);
-                for op in &txn.ops {
-                    self.tick_op(op, wall, &mut out);
-                }
+                txn.ops.iter().map(|op| (op.as_ref(), wall)).collect()
+            }
+        };
+        for (op, wall) in ops {
+            self.tick_op(op, wall, &mut out);
+            if let Some(s) = out.pop() {
+                pairs.push((s, op));
             }
         }
-        out
+        pairs
     }
 
     /// A batch mmm applied on this server: the rows it wrote, which the clock witnesses, and
@@ -208,6 +218,7 @@ mod tests {
             stamp: Stamp::new(9_000 << 16, "b"),
             deleted: false,
             through: ts(0),
+            fields: None,
         };
         let rows = c.applied(&[raw(
             doc! {"op": "u", "ns": "__mmm.meta", "o": row.to_document(), "o2": {"_id": 1}},

@@ -77,6 +77,8 @@ pub enum Policy {
     Prefer { site: String, deletes: Deletes },
     /// A function decides, once, on the arbiter.
     Resolver { arbiter: String, deletes: Deletes },
+    /// The later write wins per top-level field (`fields.rs`); deletes by stamp only.
+    Fields { deletes: Deletes },
 }
 
 impl Policy {
@@ -96,6 +98,11 @@ impl Policy {
         Ok(match kind {
             "none" => Policy::Detect,
             "lww" => Policy::Lww { deletes },
+            // Delete rules are not carried through the field merge yet.
+            "fields" if deletes != Deletes::Lww => {
+                return Err("the fields policy takes deletes=lww only (for now)".to_string())
+            }
+            "fields" => Policy::Fields { deletes },
             "prefer" => Policy::Prefer {
                 site: site()?,
                 deletes,
@@ -112,6 +119,7 @@ impl Policy {
         match self {
             Policy::Detect => Deletes::Lww,
             Policy::Lww { deletes }
+            | Policy::Fields { deletes }
             | Policy::Prefer { deletes, .. }
             | Policy::Resolver { deletes, .. } => *deletes,
         }
@@ -128,6 +136,10 @@ impl fmt::Display for Policy {
             Policy::Detect => f.write_str("none"),
             Policy::Lww { deletes: d } => {
                 f.write_str("lww")?;
+                deletes(f, *d)
+            }
+            Policy::Fields { deletes: d } => {
+                f.write_str("fields")?;
                 deletes(f, *d)
             }
             Policy::Prefer { site, deletes: d } => {
@@ -207,6 +219,11 @@ impl PolicyMap {
             .unwrap_or(Policy::Lww {
                 deletes: Deletes::Lww,
             })
+    }
+
+    /// Whether `ns` is under the `fields` policy (its rows carry field stamps).
+    pub fn is_fields(&self, ns: &str) -> bool {
+        matches!(self.for_namespace(ns), Policy::Fields { .. })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Policy)> {
@@ -313,6 +330,8 @@ pub fn decide(policy: &Policy, here: &str, held: &Held, theirs: &Arriving) -> De
     let winner = match policy {
         Policy::Detect => Winner::AsIs,
         Policy::Lww { deletes } => with_delete_rule(ours, held.deleted, theirs, *deletes),
+        // Only whether the versions were concurrent matters: the apply merges (`fields.rs`).
+        Policy::Fields { .. } => by_stamp(ours, theirs.stamp),
         _ if delete_rule_applies => with_delete_rule(ours, held.deleted, theirs, policy.deletes()),
         Policy::Prefer { site, .. } => {
             let lww = by_stamp(ours, theirs.stamp);
@@ -350,6 +369,33 @@ pub fn settle_equal(decision: Decision, ours: &Stamp, theirs: &Stamp) -> Decisio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_is_parsed_with_deletes_lww_only_and_named_back() {
+        let p = Policy::from_parts("fields", "", "lww").unwrap();
+        assert_eq!(
+            p,
+            Policy::Fields {
+                deletes: Deletes::Lww
+            }
+        );
+        assert_eq!(p.to_string(), "fields");
+        for d in ["delete_wins", "update_wins"] {
+            assert!(Policy::from_parts("fields", "", d)
+                .unwrap_err()
+                .contains("deletes=lww only"));
+        }
+        let mut m = BTreeMap::new();
+        m.insert("db.*".to_string(), p);
+        m.insert(
+            "db.plain".to_string(),
+            Policy::Lww {
+                deletes: Deletes::Lww,
+            },
+        );
+        let m = PolicyMap::new(m).unwrap();
+        assert!(m.is_fields("db.c") && !m.is_fields("db.plain") && !m.is_fields("other.c"));
+    }
 
     fn lww() -> Policy {
         Policy::Lww {

@@ -6,6 +6,7 @@
 //!   subscription table fast enough to consult for every op of a large backlog.
 //! * [`units`] — transaction reassembly: entries in, [`Unit`]s out (a plain entry, or a
 //!   committed transaction / atomic batch with its inner ops in order).
+//! * [`fields`] — the top-level fields an op writes (per-field conflict resolution).
 //! * [`diff`] — translation of `$v:2` update diffs (and `$v:1` / replacement updates) into
 //!   ordinary update documents.
 //!
@@ -18,6 +19,7 @@
 pub mod diff;
 pub mod entry;
 pub mod error;
+pub mod fields;
 pub mod filter;
 pub mod units;
 

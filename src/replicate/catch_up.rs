@@ -22,6 +22,7 @@ use super::runtime::{anchor, LinkFailure, LinkRuntime};
 use crate::apply::converge::{Composite, Converging, Versions};
 use crate::apply::observe::observe;
 use crate::apply::{Applier, Batch};
+use crate::converge::fields::FieldStamps;
 use crate::converge::Stamp;
 use crate::oplog::NsPattern;
 use crate::store::meta::{self, doc_key, MetaRow};
@@ -90,7 +91,7 @@ pub async fn catch_up(
     converging: &Converging,
     checkpoint: &Checkpoint,
 ) -> Result<u64, LinkFailure> {
-    let (pos, applied, clock) = anchor(src, &rt.src.id).await?;
+    let (pos, applied, clock) = anchor(src, &rt.src.id, &rt.src_fields).await?;
     let stored = meta::read_clock(src, None).await?;
     let gap = stored
         .as_ref()
@@ -302,18 +303,26 @@ async fn send_differing(
             crate::converge::stamp::tick(floor, now_ms),
             crate::converge::stamp::resolution_site(&rt.src.id),
         );
+        // Under `fields`, a new version written whole.
+        let fields = rt
+            .spec
+            .policies
+            .is_fields(&dst_ns)
+            .then(|| FieldStamps::whole(stamp.clone(), ours.is_none()));
         rows.push(MetaRow {
             ns: ns.clone(),
             id: id.clone(),
             stamp: stamp.clone(),
             deleted: ours.is_none(),
             through: gap_from,
+            fields: fields.clone(),
         });
         versions.composites.push(Composite {
             ns: dst_ns,
             src_ns: ns.clone(),
             id: id.clone(),
             ops: vec![state_op(ns, id, ours.as_ref())],
+            fields,
             stamp,
             deleted: ours.is_none(),
             src_ts: gap_from,
@@ -406,12 +415,18 @@ async fn remove_vanished(
                 if row.as_ref().is_some_and(|r| r.stamp.wall_ms() >= gap_ms) {
                     continue;
                 }
+                let stamp = Stamp::new(crate::converge::stamp::initial(gap_ms), rt.src.id.clone());
                 versions.composites.push(Composite {
                     ns: dst_ns.clone(),
                     src_ns: src_ns.to_string(),
                     id: id.clone(),
                     ops: vec![state_op(src_ns, &id, None)],
-                    stamp: Stamp::new(crate::converge::stamp::initial(gap_ms), rt.src.id.clone()),
+                    fields: rt
+                        .spec
+                        .policies
+                        .is_fields(&dst_ns)
+                        .then(|| FieldStamps::whole(stamp.clone(), true)),
+                    stamp,
                     deleted: true,
                     src_ts: gap_from,
                     know: None,
@@ -475,9 +490,17 @@ async fn send(
         .await?
         .ok_or_else(|| LinkFailure::Transient("__mmm.clock is missing on the source".into()))?;
     let mut rows = meta::read_rows(src, &mut session, keys).await?;
-    let observed = observe(src, &rt.src.id, &clock, session.operation_time()).await?;
+    let observed = observe(
+        src,
+        &rt.src.id,
+        &clock,
+        session.operation_time(),
+        rt.src_fields.as_ref(),
+    )
+    .await?;
     for (k, o) in observed.rows {
         if rows.get(&k).is_none_or(|r| r.through < o.through) {
+            let o = crate::apply::observe::with_stored_fields(o, rows.get(&k));
             rows.insert(k, o);
         }
     }
@@ -519,7 +542,15 @@ async fn send(
             None if doc.is_some() => (Stamp::new(0, rt.src.id.clone()), false),
             None => continue,
         };
+        // Under `fields`, the row's field stamps (the content sent is the one they describe:
+        // both were read in one snapshot).
+        let fields = rt.spec.policies.is_fields(&dst_ns).then(|| {
+            rows.get(&key)
+                .and_then(|r| r.fields.clone())
+                .unwrap_or_else(|| FieldStamps::whole(stamp.clone(), deleted))
+        });
         versions.composites.push(Composite {
+            fields,
             ns: dst_ns,
             src_ns: ns.clone(),
             id: id.clone(),

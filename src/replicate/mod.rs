@@ -78,6 +78,7 @@ impl Replicator {
                 let keeper = MetadataKeeper {
                     options: options[&spec.name].clone(),
                     site: spec.id.clone(),
+                    fields: topology::fields_ns(links, server),
                     outgoing,
                     retention: tombstone_retention,
                 };
@@ -117,6 +118,8 @@ impl Replicator {
                 status,
                 events: events.clone(),
                 resolvers: resolvers.get(&spec.id()).cloned().unwrap_or_default(),
+                src_fields: topology::fields_ns(links, &spec.src),
+                dst_fields: topology::fields_ns(links, &spec.dst),
             };
             tasks.push(tokio::spawn(link::run_link(
                 runtime,
@@ -175,6 +178,7 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 struct MetadataKeeper {
     options: ClientOptions,
     site: String,
+    fields: crate::apply::observe::FieldsNs,
     /// (link id, destination's client options) of this process's links out of the server.
     outgoing: Vec<(String, ClientOptions)>,
     retention: std::time::Duration,
@@ -192,7 +196,9 @@ impl MetadataKeeper {
                 _ = tokio::time::sleep(OBSERVE_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if let Err(e) = crate::apply::observe::observe_and_store(&client, &self.site).await {
+            if let Err(e) =
+                crate::apply::observe::observe_and_store(&client, &self.site, &self.fields).await
+            {
                 log::debug!(target: "mmm", "observing {}: {e}", self.site);
                 continue;
             }

@@ -40,9 +40,12 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-async fn read_side(end: &End<'_>, id: &Bson) -> Result<Side, String> {
+async fn read_side(end: &End<'_>, id: &Bson, fields: bool) -> Result<Side, String> {
     let client = Client::with_options(end.options.clone()).map_err(err)?;
-    observe_and_store(&client, &end.server.id)
+    let ns = end.ns.to_string();
+    let fields: crate::apply::observe::FieldsNs =
+        std::sync::Arc::new(move |n: &str| fields && n == ns);
+    observe_and_store(&client, &end.server.id, &fields)
         .await
         .map_err(err)?;
     let (db, coll) = end.ns.split_once('.').unwrap_or((end.ns, ""));
@@ -96,8 +99,9 @@ pub async fn repair_document(
     policies: &PolicyMap,
     id: &Bson,
 ) -> Result<Option<(String, Stamp)>, String> {
-    let sa = read_side(&a, id).await?;
-    let sb = read_side(&b, id).await?;
+    let fields = policies.is_fields(b.ns);
+    let sa = read_side(&a, id, fields).await?;
+    let sb = read_side(&b, id, fields).await?;
     if same_content(&sa.doc, &sb.doc) {
         return Ok(None);
     }
@@ -122,6 +126,12 @@ pub async fn repair_document(
                 src_ns: winner.ns.to_string(),
                 id: id.clone(),
                 ops: vec![state_op(end.ns, id, win_side.doc.as_ref())],
+                fields: fields.then(|| {
+                    crate::converge::fields::FieldStamps::whole(
+                        fresh.clone(),
+                        win_side.doc.is_none(),
+                    )
+                }),
                 stamp: fresh.clone(),
                 deleted: win_side.doc.is_none(),
                 src_ts: Timestamp {

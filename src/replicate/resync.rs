@@ -39,7 +39,8 @@ pub async fn resync(
         .map_err(|e| e.to_string())?;
     let applier = Applier::new(dst_client, &spec.id());
     let old = applier.read_checkpoint().await.map_err(|e| e.to_string())?;
-    let (start, _, clock) = anchor(&src_client, &src.id)
+    let fields = super::topology::fields_ns(std::slice::from_ref(spec), &spec.src);
+    let (start, _, clock) = anchor(&src_client, &src.id, &fields)
         .await
         .map_err(|e| e.to_string())?;
     let base = Checkpoint {

@@ -38,6 +38,10 @@ pub struct LinkRuntime {
     pub events: mpsc::UnboundedSender<LinkEvent>,
     /// Resolver functions by namespace pattern (`mmm.Resolver`).
     pub resolvers: HashMap<String, Arc<dyn Resolve>>,
+    /// The source's namespaces under the `fields` policy (see [`super::topology::fields_ns`]).
+    pub src_fields: crate::apply::observe::FieldsNs,
+    /// The destination's.
+    pub dst_fields: crate::apply::observe::FieldsNs,
 }
 
 /// Why a link session ended. Only [`LinkFailure::Transient`] is worth another session.
@@ -150,15 +154,16 @@ pub async fn latest_ts(client: &Client) -> Result<Timestamp, mongodb::error::Err
 pub async fn anchor(
     src: &Client,
     src_id: &str,
+    fields: &crate::apply::observe::FieldsNs,
 ) -> Result<(Timestamp, Timestamp, SrcClock), LinkFailure> {
-    let mut clock = crate::apply::observe::observe_and_store(src, src_id).await?;
+    let mut clock = crate::apply::observe::observe_and_store(src, src_id, fields).await?;
     // A transaction open across the position: wait until it has ended.
     for _ in 0..100 {
         if clock.pos == clock.applied {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        clock = crate::apply::observe::observe_and_store(src, src_id).await?;
+        clock = crate::apply::observe::observe_and_store(src, src_id, fields).await?;
     }
     Ok((
         clock.pos,

@@ -53,7 +53,7 @@ pub async fn session(rt: &Arc<LinkRuntime>, fence: Option<i64>) -> Result<(), Li
             // A checkpoint written before stamps existed: start from the source's observed
             // clock (stamps of the few entries between the two may differ from observation's).
             log::info!(target: "mmm", "link {}: starting the source's clock from its observation", rt.spec.id());
-            anchor(&src, &rt.src.id).await?.2
+            anchor(&src, &rt.src.id, &rt.src_fields).await?.2
         }
     };
     let converging = Converging {
@@ -203,7 +203,7 @@ pub(super) async fn first_checkpoint(
     rt: &LinkRuntime,
     src: &Client,
 ) -> Result<Checkpoint, LinkFailure> {
-    let (start, applied, clock) = anchor(src, &rt.src.id).await?;
+    let (start, applied, clock) = anchor(src, &rt.src.id, &rt.src_fields).await?;
     let c = rt.checkpoint(rt.src.id.clone(), start, applied, 0, clock);
     Ok(match rt.spec.initial_sync {
         true => initial_sync::fresh(c, start),
@@ -293,6 +293,8 @@ struct Version<'u> {
     ops: Vec<&'u RawDocumentBuf>,
     stamp: crate::converge::Stamp,
     deleted: bool,
+    /// Under the `fields` policy, the version's field stamps.
+    fields: Option<crate::converge::fields::FieldStamps>,
 }
 
 /// The reading half of a session: turns the tailer's batches into work for the writer.
@@ -455,6 +457,10 @@ impl<'a> Reader<'a> {
                     }
                     let Some(s) = stamps.next() else { break };
                     if let Some(dst_ns) = route_op(spec, op) {
+                        // Each op stamps the fields it wrote, never the whole composite.
+                        let fields = spec.policies.is_fields(&dst_ns).then(|| {
+                            crate::converge::fields::FieldStamps::of_ops([(op.as_ref(), &s.stamp)])
+                        });
                         out.push(Version {
                             dst_ns,
                             src_ns: s.ns,
@@ -462,6 +468,7 @@ impl<'a> Reader<'a> {
                             ops: vec![op],
                             stamp: s.stamp,
                             deleted: s.deleted,
+                            fields,
                         });
                     }
                 }
@@ -471,7 +478,9 @@ impl<'a> Reader<'a> {
                 }
                 vec![(out, know)]
             }
-            Provenance::Replicated { has_data, .. } => {
+            Provenance::Replicated {
+                has_data, origin, ..
+            } => {
                 let Unit::Transaction(txn) = unit else {
                     return Vec::new();
                 };
@@ -482,7 +491,7 @@ impl<'a> Reader<'a> {
                 let writer_know = checkpoints::checkpoint_in_ops(&txn.ops)
                     .and_then(|c| c.writer_know)
                     .unwrap_or_default();
-                self.forwarded(txn, rows, writer_know)
+                self.forwarded(txn, rows, writer_know, origin)
             }
             Provenance::Internal => Vec::new(),
         }
@@ -496,6 +505,7 @@ impl<'a> Reader<'a> {
         txn: &'u crate::oplog::Txn,
         rows: Vec<MetaRow>,
         writer_know: Knowledge,
+        origin: &str,
     ) -> Vec<(Vec<Version<'u>>, Knowledge)> {
         let rt = self.rt;
         let here = rt.src.id.as_str();
@@ -512,9 +522,16 @@ impl<'a> Reader<'a> {
         let mut own = Vec::new();
         let mut relayed = Vec::new();
         for row in rows {
-            let maker = server_of(&row.stamp.site);
+            // A row with field stamps is a merge of what this server held with a version
+            // from the batch's origin: new content under an old stamp, whichever server made
+            // that stamp (this one included). It goes everywhere but back to that origin.
+            let maker = if row.fields.is_some() {
+                origin
+            } else {
+                server_of(&row.stamp.site)
+            };
             // Observation rows (this server's local writes, carried when they were read).
-            if row.stamp.site == here {
+            if row.stamp.site == here && row.fields.is_none() {
                 continue;
             }
             let resolution = maker == here;
@@ -538,6 +555,7 @@ impl<'a> Reader<'a> {
                 ops,
                 stamp: row.stamp.clone(),
                 deleted: row.deleted,
+                fields: row.fields.clone(),
             };
             if resolution {
                 own.push(v);
@@ -661,6 +679,14 @@ impl<'a> Reader<'a> {
                     c.stamp = v.stamp;
                     c.deleted = v.deleted;
                     c.src_ts = ts;
+                    // Later ops' stamps are larger: the join is their sequence.
+                    c.fields = match (c.fields.take(), v.fields) {
+                        (Some(mut a), Some(b)) => {
+                            a.join(b);
+                            Some(a)
+                        }
+                        (_, b) => b,
+                    };
                 }
                 None => {
                     pending.index.insert(key, pending.versions.composites.len());
@@ -673,6 +699,7 @@ impl<'a> Reader<'a> {
                         deleted: v.deleted,
                         src_ts: ts,
                         know: own_know.clone(),
+                        fields: v.fields,
                     });
                 }
             }

@@ -417,6 +417,22 @@ mod tests {
     }
 
     #[test]
+    fn field_stamps_are_kept_where_a_link_into_or_out_of_the_server_says_fields() {
+        let fields = crate::converge::PolicyMap::uniform(crate::converge::Policy::Fields {
+            deletes: crate::converge::Deletes::Lww,
+        });
+        let mut into_b = LinkSpec::parse("a/db.*", "b/app.*", "iud").unwrap();
+        into_b.policies = fields.clone();
+        let links = [into_b, link("b", "a", false)];
+        // Into b: b's namespaces as the link names them; out of a: a's, renamed.
+        assert!(fields_ns(&links, "b")("app.c") && !fields_ns(&links, "b")("db.c"));
+        assert!(fields_ns(&links, "a")("db.c") && !fields_ns(&links, "a")("app.c"));
+        // No link under fields: nothing anywhere.
+        let plain = [link("a", "b", false), link("b", "a", false)];
+        assert!(!fields_ns(&plain, "a")("db.c") && !fields_ns(&plain, "b")("db.c"));
+    }
+
+    #[test]
     fn bidirectional_pair_is_valid() {
         let s = servers(&["a", "b"]);
         assert!(validate(&s, &[link("a", "b", false), link("b", "a", false)]).is_ok());
@@ -587,4 +603,35 @@ mod tests {
             .collect();
         assert!(reach(&s, &forwarding).unwrap()[0].warnings.is_empty());
     }
+}
+
+/// The namespaces of server `server` (by name) under the `fields` policy, as the links of this
+/// process say: a link into the server names them by its policies, a link out of it by the
+/// policy of the namespace they become on its destination. Every link that carries a
+/// namespace must give it the same policy (field stamps are kept for it on every server it
+/// reaches, or nowhere).
+pub fn fields_ns(links: &[LinkSpec], server: &str) -> crate::apply::observe::FieldsNs {
+    let links: Vec<LinkSpec> = links
+        .iter()
+        .filter(|l| {
+            (l.dst == server || l.src == server)
+                && l.policies
+                    .iter()
+                    .any(|(_, p)| matches!(p, crate::converge::Policy::Fields { .. }))
+        })
+        .cloned()
+        .collect();
+    if links.is_empty() {
+        return crate::apply::observe::no_fields();
+    }
+    let server = server.to_string();
+    std::sync::Arc::new(move |ns: &str| {
+        links.iter().any(|l| {
+            (l.dst == server && l.dst_ns.matches(ns) && l.policies.is_fields(ns))
+                || (l.src == server
+                    && l.src_ns
+                        .rename(ns, &l.dst_ns)
+                        .is_some_and(|d| l.policies.is_fields(&d)))
+        })
+    })
 }

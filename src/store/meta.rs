@@ -7,11 +7,14 @@
 //!   by observation (`apply/observe.rs`), rows of replicated versions in the transaction that
 //!   installs them. Rows are written as whole replacements, so their oplog entries carry the
 //!   whole row: readers of the oplog learn the stamp of every version a batch installed.
+//!   Rows of namespaces under the `fields` policy also hold `fs`, the version's field stamps
+//!   (`converge/fields.rs`); rows of other namespaces never do, so they cost what they did.
 //! - `clock`: one document, `{_id: "hlc", pos, h, know}`: observation has accounted for
 //!   every local write up to oplog position `pos`; `h` is the server's clock there and `know`
 //!   what it had seen of each site (see `converge/stamp.rs`).
 
 use super::{StoreError, MMM_DB};
+use crate::converge::fields::FieldStamps;
 use crate::converge::{Knowledge, Stamp};
 use crate::oplog::{Entry, OpKind};
 use bson::{doc, Bson, Document, RawDocument, Timestamp};
@@ -42,6 +45,8 @@ pub struct MetaRow {
     pub deleted: bool,
     /// This server's own writes to the document up to here are accounted for.
     pub through: Timestamp,
+    /// The version's field stamps, only under the `fields` policy.
+    pub fields: Option<FieldStamps>,
 }
 
 impl MetaRow {
@@ -54,14 +59,25 @@ impl MetaRow {
     }
 
     pub fn to_document(&self) -> Document {
-        doc! {
+        let mut d = doc! {
             "_id": Self::row_id(&self.ns, &self.id),
             "h": self.stamp.h, "s": &self.stamp.site, "d": self.deleted, "t": self.through,
+        };
+        if let Some(f) = &self.fields {
+            d.insert("fs", f.to_document());
         }
+        d
     }
 
+    /// The row `d` holds, or `None` when it is not one (field stamps that are there but
+    /// malformed make the whole row unreadable: guessing them would break the merge).
     pub fn from_document(d: &Document) -> Option<MetaRow> {
         let key = d.get_document("_id").ok()?;
+        let fields = match d.get("fs") {
+            None => None,
+            Some(Bson::Document(f)) => Some(FieldStamps::from_document(f)?),
+            Some(_) => return None,
+        };
         Some(MetaRow {
             ns: key.get_str("n").ok()?.to_string(),
             id: key.get("i")?.clone(),
@@ -71,6 +87,7 @@ impl MetaRow {
                 time: 0,
                 increment: 0,
             }),
+            fields,
         })
     }
 
@@ -297,6 +314,7 @@ mod tests {
                 time: 5,
                 increment: 1,
             },
+            fields: None,
         };
         assert_eq!(
             MetaRow::from_document(&row.to_document()),
@@ -337,6 +355,41 @@ mod tests {
             )),
         };
         assert_eq!(Clock::from_document(&c.to_document()), Some(c));
+        // Rows under `fields` carry their field stamps, through the oplog too; a row without
+        // them has none (other policies), malformed ones make the row unreadable.
+        let mut fs = FieldStamps::whole(Stamp::new(40, "cloud"), false);
+        fs.fields.insert("a.b".into(), Stamp::new(41, "edge"));
+        fs.fields.insert("$x".into(), Stamp::new(42, "cloud"));
+        let with = MetaRow {
+            fields: Some(fs),
+            deleted: false,
+            ..row.clone()
+        };
+        assert_eq!(
+            MetaRow::from_document(&with.to_document()),
+            Some(with.clone())
+        );
+        let entry = bson::RawDocumentBuf::from_document(
+            &doc! {"op": "u", "ns": META_NS, "o": with.to_document(), "o2": {"_id": 1}},
+        )
+        .unwrap();
+        assert_eq!(MetaRow::from_oplog_op(&entry), Some(with.clone()));
+        assert!(!row.to_document().contains_key("fs"));
+        for bad in [
+            Bson::Int32(1),
+            Bson::Document(doc! {}),
+            Bson::Document(
+                doc! {"b": [40_i64, "cloud"], "d": false, "f": [[39_i64, "edge", ["a"]]]},
+            ),
+            Bson::Document(
+                doc! {"b": null, "d": false, "f": [[1_i64, "e", ["a"]], [2_i64, "e", ["a"]]]},
+            ),
+            Bson::Document(doc! {"b": null, "d": false, "f": [[1_i64, "e", [1]]]}),
+        ] {
+            let mut d = with.to_document();
+            d.insert("fs", bad.clone());
+            assert_eq!(MetaRow::from_document(&d), None, "{bad}");
+        }
         // Hostile rows are not rows.
         assert_eq!(
             MetaRow::from_document(&doc! {"_id": 1, "h": 1, "s": "a"}),
