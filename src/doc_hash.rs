@@ -33,6 +33,19 @@ pub fn document_hash(doc: &RawDocument, skip_top: &[&str]) -> Result<u128, bson:
     Ok(u128::from_le_bytes(first))
 }
 
+/// A version's content hash as `__mmm.meta` keeps it: 64 bits of [`document_hash`], without
+/// the tag field (`tag_documents` links write a different tag on each server). `None` when the
+/// document cannot be read.
+pub fn content_hash(doc: &RawDocument) -> Option<i64> {
+    let h = document_hash(doc, &[crate::apply::TAG_FIELD]).ok()?;
+    Some(h as u64 as i64)
+}
+
+/// [`content_hash`] of a parsed document.
+pub fn content_hash_of(doc: &bson::Document) -> Option<i64> {
+    content_hash(&bson::RawDocumentBuf::from_document(doc).ok()?)
+}
+
 /// The documents of a range: how many, and the sum of their hashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RangeHash {

@@ -16,7 +16,7 @@ N = 1000
 
 
 def everything(client):
-    return sorted(client.app.c.find(), key=lambda d: d["_id"])
+    return sorted(client.app.c.find(), key=lambda d: (type(d["_id"]).__name__, d["_id"]))
 
 
 def roll_over(client, slowly=False):
@@ -111,13 +111,14 @@ def test_a_reader_that_was_down_too_sends_every_document(pair):
     assert cb.app.c.count_documents({"_id": {"$gte": 40}}) == 0
 
 
-def test_both_sides_lost_their_history_and_still_end_identical(mongo_server_factory):
-    """Both oplogs wrapped while nothing observed either side, and each side changed its own
-    documents: both links catch up by comparing at the same time. They must not leave the
-    servers different (each records a version it reads in the transaction that records it, so
-    a version the other link installed meanwhile is not claimed with stale content). Neither
-    side's rows can say which side changed a document that differs: one content wins on both
-    (see the README on lost history)."""
+def test_both_sides_lost_their_history_and_keep_every_change(mongo_server_factory):
+    """Both oplogs wrapped while nothing observed either side, and each side changed, deleted
+    and inserted documents: both links catch up by comparing at the same time. Each row holds
+    the hash of the version it names, so a side whose content no longer matches its row is the
+    side that changed: every change made on one side is kept, deletes stay deletes, and a
+    document changed on both sides is a conflict, decided by the policy and journaled. The
+    servers must also end identical although both links write at once (each records a
+    version it reads in the transaction that records it)."""
     a, b = mongo_server_factory(oplog_size_mb=1), mongo_server_factory(oplog_size_mb=1)
     ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
     servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
@@ -126,9 +127,19 @@ def test_both_sides_lost_their_history_and_still_end_identical(mongo_server_fact
         wait_for(lambda: running(r), timeout=30)
         ca.app.c.insert_many([{"_id": i, "v": 0} for i in range(N)])
         wait_for(lambda: cb.app.c.count_documents({}) == N, timeout=30)
-    for i in range(0, N, 4):
+        # Some versions reach the cloud as updates (their rows' hashes are read back).
+        ca.app.c.update_many({"_id": {"$lt": N // 2}}, {"$set": {"w": 1}})
+        wait_for(lambda: cb.app.c.count_documents({"w": 1}) == N // 2, timeout=30)
+    for i in range(0, N, 8):
         ca.app.c.update_one({"_id": i}, {"$set": {"v": "factory"}})
-        cb.app.c.update_one({"_id": i + 1}, {"$set": {"v": "cloud"}})
+        cb.app.c.update_one({"_id": i + 1}, {"$inc": {"v": 5}})
+        ca.app.c.delete_one({"_id": i + 2})
+        cb.app.c.replace_one({"_id": i + 3}, {"v": "cloud"})
+        cb.app.c.delete_one({"_id": i + 4})
+    ca.app.c.insert_many([{"_id": f"f{i}", "v": "new"} for i in range(20)])
+    cb.app.c.insert_many([{"_id": f"c{i}", "v": "new"} for i in range(20)])
+    ca.app.c.update_one({"_id": 5}, {"$set": {"v": "both: factory"}})
+    cb.app.c.update_one({"_id": 5}, {"$set": {"v": "both: cloud"}})
     roll_over(ca)
     roll_over(cb)
     with mmm.Replicator(servers, links) as r:
@@ -136,8 +147,16 @@ def test_both_sides_lost_their_history_and_still_end_identical(mongo_server_fact
         wait_for(lambda: running(r), timeout=30)
         time.sleep(1)
         assert everything(ca) == everything(cb)
-    changed = set(range(0, N, 4)) | set(range(1, N, 4))
-    for i in changed:
-        assert ca.app.c.find_one({"_id": i})["v"] in ("factory", "cloud", 0)
+        journaled = r.conflicts("app.c", limit=100_000)
+    for i in range(0, N, 8):
+        assert ca.app.c.find_one({"_id": i})["v"] == "factory"
+        assert ca.app.c.find_one({"_id": i + 1})["v"] == 5
+        assert ca.app.c.find_one({"_id": i + 2}) is None
+        assert ca.app.c.find_one({"_id": i + 3}) == {"_id": i + 3, "v": "cloud"}
+        assert ca.app.c.find_one({"_id": i + 4}) is None
+    assert ca.app.c.count_documents({"v": "new"}) == 40
+    assert ca.app.c.find_one({"_id": 5})["v"] in ("both: factory", "both: cloud")
+    assert any(c["id"] == 5 for c in journaled)
     # Documents neither side changed were not touched.
-    assert all(d["v"] == 0 for d in ca.app.c.find({"_id": {"$nin": list(changed)}}))
+    untouched = [i for i in range(N) if i % 8 in (6, 7) and i != 5]
+    assert all(d["v"] == 0 for d in ca.app.c.find({"_id": {"$in": untouched}}))

@@ -193,7 +193,7 @@ impl Applier {
             .start_transaction()
             .with_options(txn_options())
             .await?;
-        let prepared = match batch {
+        let mut prepared = match batch {
             Batch::Plan(_) => None,
             Batch::Versions {
                 versions,
@@ -218,7 +218,6 @@ impl Applier {
         checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         if let Some(p) = &prepared {
-            meta::write_rows_over(&self.client, session, &p.rows, Some(&p.stored)).await?;
             journal::write(&self.client, session, &p.journal).await?;
         }
         for (ci, body, statements) in bodies(plan, mode) {
@@ -269,6 +268,11 @@ impl Applier {
                 refusal,
                 entry,
             });
+        }
+        if let Some(p) = prepared.as_mut() {
+            // After the writes, so that versions installed as changes can be read back whole.
+            converge::hash_installed(&self.client, session, &mut p.rows).await?;
+            meta::write_rows_over(&self.client, session, &p.rows, Some(&p.stored)).await?;
         }
         let mut attempts = 0;
         loop {

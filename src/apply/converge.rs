@@ -46,15 +46,7 @@ pub struct Composite {
 
 fn is_full(op: &RawDocumentBuf) -> bool {
     let e = Entry::new(op);
-    match e.op() {
-        Ok(OpKind::Insert | OpKind::Delete) => true,
-        // A replacement (no `$v`, no operators) carries the whole document.
-        Ok(OpKind::Update) => e
-            .o()
-            .ok()
-            .is_some_and(|o| o.iter().flatten().all(|(k, _)| !k.starts_with('$'))),
-        _ => false,
-    }
+    matches!(e.op(), Ok(OpKind::Delete)) || e.whole_document().is_some()
 }
 
 impl Composite {
@@ -64,6 +56,58 @@ impl Composite {
         let i = self.ops.iter().rposition(is_full)?;
         Some(&self.ops[i..])
     }
+
+    /// The content hash of the version, when its last op is the whole document (otherwise it
+    /// is read back once installed: [`hash_installed`]).
+    pub fn content_hash(&self) -> Option<i64> {
+        let last = self.ops.last()?;
+        Entry::new(last)
+            .whole_document()
+            .and_then(crate::doc_hash::content_hash)
+    }
+}
+
+fn hash_of(doc: &Option<Document>) -> Option<i64> {
+    doc.as_ref().and_then(crate::doc_hash::content_hash_of)
+}
+
+/// Fills in the content hash of the rows a batch installed by changes to earlier content:
+/// their documents are read back in the batch's transaction, after its writes, so what is
+/// read is exactly the version the row names.
+pub async fn hash_installed(
+    client: &Client,
+    session: &mut ClientSession,
+    rows: &mut [MetaRow],
+) -> Result<(), Error> {
+    let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.content.is_none() && !r.deleted {
+            wanted.entry(r.ns.clone()).or_default().push(i);
+        }
+    }
+    for (ns, indexes) in wanted {
+        let (db, coll) = ns.split_once('.').unwrap_or((&ns, ""));
+        let ids: Vec<Bson> = indexes.iter().map(|&i| rows[i].id.clone()).collect();
+        let mut cursor = client
+            .database(db)
+            .collection::<RawDocumentBuf>(coll)
+            .find(doc! {"_id": {"$in": ids}})
+            .session(&mut *session)
+            .await?;
+        let mut found = HashMap::new();
+        while let Some(d) = cursor.next(&mut *session).await {
+            let d = d?;
+            if let Some(id) = d.get("_id").ok().flatten() {
+                if let Ok(id) = Bson::try_from(id.to_raw_bson()) {
+                    found.insert(doc_key("", &id).1, crate::doc_hash::content_hash(&d));
+                }
+            }
+        }
+        for i in indexes {
+            rows[i].content = found.get(&doc_key("", &rows[i].id).1).copied().flatten();
+        }
+    }
+    Ok(())
 }
 
 /// Versions a link hands to its destination, with what their writer knew.
@@ -476,6 +520,7 @@ async fn merge_fields(
             deleted: content.is_none(),
             through,
             fields: Some(merged),
+            content: hash_of(&content),
         },
         content,
         ours_doc,
@@ -598,13 +643,14 @@ pub async fn prepare(
             }
             continue;
         }
-        let row = |stamp: Stamp, deleted: bool| MetaRow {
+        let row = |stamp: Stamp, deleted: bool, content: Option<i64>| MetaRow {
             ns: c.ns.clone(),
             id: c.id.clone(),
             stamp,
             deleted,
             through,
             fields: None,
+            content: content.filter(|_| !deleted),
         };
         let install_change = |plan: &mut Plan| -> Result<bool, Error> {
             for op in &c.ops {
@@ -626,10 +672,10 @@ pub async fn prepare(
                     )
                     .await?;
                     add_state(&mut plan, &c.ns, &c.id, &doc);
-                    rows.insert(key, row(stamp, doc.is_none()));
+                    rows.insert(key, row(stamp, doc.is_none(), hash_of(&doc)));
                     continue;
                 }
-                rows.insert(key, row(c.stamp.clone(), c.deleted));
+                rows.insert(key, row(c.stamp.clone(), c.deleted, c.content_hash()));
                 continue;
             }
             Decision::Conflict(_) => {}
@@ -672,12 +718,17 @@ pub async fn prepare(
         match winner {
             Winner::Ours => {}
             Winner::Theirs | Winner::AsIs => {
-                if winner == Winner::AsIs && !c.ops.is_empty() {
+                let content = if winner == Winner::AsIs && !c.ops.is_empty() {
                     install_change(&mut plan)?;
+                    c.content_hash()
                 } else {
                     add_state(&mut plan, &c.ns, &c.id, &theirs_doc);
-                }
-                rows.insert(key.clone(), row(theirs_stamp.clone(), theirs_doc.is_none()));
+                    hash_of(&theirs_doc)
+                };
+                rows.insert(
+                    key.clone(),
+                    row(theirs_stamp.clone(), theirs_doc.is_none(), content),
+                );
             }
             Winner::Rewrite(side) => {
                 let content = match side {
@@ -724,7 +775,10 @@ pub async fn prepare(
                 fresh = fresh.max(ours_stamp.h).max(theirs_stamp.h) + 1;
                 let stamp = Stamp::new(fresh, resolution_site(&conv.site));
                 add_state(&mut plan, &c.ns, &c.id, &content);
-                rows.insert(key.clone(), row(stamp.clone(), content.is_none()));
+                rows.insert(
+                    key.clone(),
+                    row(stamp.clone(), content.is_none(), hash_of(&content)),
+                );
                 resolution = Some(stamp);
             }
         }

@@ -10,4 +10,4 @@ mod plan;
 
 pub use applier::{Applied, Applier, Batch, OnReject};
 pub use error::{describe, is_transient, ApplyError, Refusal};
-pub use plan::{Plan, PlanError, Tag};
+pub use plan::{Plan, PlanError, Tag, TAG_FIELD};

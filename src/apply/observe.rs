@@ -129,6 +129,12 @@ pub async fn observe_some(
                             deleted: w.deleted,
                             through: ts,
                             fields: None,
+                            // Known here when the op is the whole document; otherwise read
+                            // back when the row is stored ([`hash_contents`]).
+                            content: crate::oplog::Entry::new(op)
+                                .whole_document()
+                                .filter(|_| !w.deleted)
+                                .and_then(crate::doc_hash::content_hash),
                         };
                         if fields(&row.ns) {
                             row.fields = Some(observed_fields(
@@ -342,16 +348,83 @@ async fn observe_once(
         .map(|r| (r.ns.clone(), r.id.clone()))
         .collect();
     let stored = meta::read_rows(client, session, &keys).await?;
-    meta::write_rows_over(
-        client,
-        session,
-        &news(&observed.rows, &stored),
-        Some(&stored),
-    )
-    .await?;
+    let mut rows = news(&observed.rows, &stored);
+    hash_contents(client, &mut rows, observed.clock.pos).await;
+    meta::write_rows_over(client, session, &rows, Some(&stored)).await?;
     meta::write_clock(client, session, &observed.clock).await?;
     session.commit_transaction().await?;
     Ok((observed.clock, observed.entries))
+}
+
+/// Documents read back per snapshot read: small enough that a reply stays far below the
+/// 16 MB limit for ordinary documents (a reply cut short leaves rows unhashed, never wrong).
+const HASH_READ_BATCH: usize = 100;
+
+/// Fills in the content hash of observed rows whose last op was a change to earlier content
+/// (an update): their documents are read as they were at `at`, the position observation
+/// reached. Every write to such a document up to `at` is accounted for by the row (a later
+/// version installed by a batch would carry a row that accounts for the local write, and
+/// [`news`] would have left this one out), so the content read there is the row's version.
+/// A read that fails (the snapshot left the server's history) leaves the hash unknown, which
+/// only makes catching up after a lost stretch more cautious about the document.
+async fn hash_contents(client: &Client, rows: &mut [MetaRow], at: Timestamp) {
+    let mut wanted: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.content.is_none() && !r.deleted && r.through <= at {
+            wanted.entry(r.ns.as_str()).or_default().push(i);
+        }
+    }
+    let wanted: Vec<(String, Vec<usize>)> = wanted
+        .into_iter()
+        .map(|(ns, i)| (ns.to_string(), i))
+        .collect();
+    for (ns, indexes) in wanted {
+        for chunk in indexes.chunks(HASH_READ_BATCH) {
+            let ids: Vec<Bson> = chunk.iter().map(|&i| rows[i].id.clone()).collect();
+            let found = match read_at(client, &ns, ids, at).await {
+                Ok(found) => found,
+                Err(e) => {
+                    log::debug!(target: "mmm", "reading {ns} at Timestamp({}, {}) to hash observed versions: {e}", at.time, at.increment);
+                    continue;
+                }
+            };
+            for &i in chunk {
+                if let Some(hash) = found.get(&doc_key("", &rows[i].id).1) {
+                    rows[i].content = *hash;
+                }
+            }
+        }
+    }
+}
+
+/// The content hashes of the documents `ids` of `ns` as they were at `at` (a snapshot read),
+/// by `_id` bytes.
+async fn read_at(
+    client: &Client,
+    ns: &str,
+    ids: Vec<Bson>,
+    at: Timestamp,
+) -> Result<HashMap<Vec<u8>, Option<i64>>, Error> {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let reply = client
+        .database(db)
+        .run_command(doc! {
+            "find": coll, "filter": {"_id": {"$in": ids}}, "singleBatch": true,
+            "readConcern": {"level": "snapshot", "atClusterTime": at},
+        })
+        .await?;
+    let batch = reply
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"))
+        .map_err(|e| Error::custom(format!("a find reply could not be read: {e}")))?;
+    Ok(batch
+        .iter()
+        .filter_map(Bson::as_document)
+        .filter_map(|d| {
+            let id = d.get("_id")?;
+            Some((doc_key("", id).1, crate::doc_hash::content_hash_of(d)))
+        })
+        .collect())
 }
 
 /// The row of a document on `client`'s server as of now, accounting for local writes not yet
@@ -395,6 +468,7 @@ mod tests {
             deleted: false,
             through: zero(),
             fields,
+            content: None,
         }
     }
 

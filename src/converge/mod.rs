@@ -36,6 +36,7 @@
 //!    hold them only for namespaces under `fields`, so other namespaces cost what they did.
 
 pub mod fields;
+pub mod lost;
 #[cfg(test)]
 mod model;
 #[cfg(test)]

@@ -219,6 +219,7 @@ mod tests {
             deleted: false,
             through: ts(0),
             fields: None,
+            content: None,
         };
         let rows = c.applied(&[raw(
             doc! {"op": "u", "ns": "__mmm.meta", "o": row.to_document(), "o2": {"_id": 1}},

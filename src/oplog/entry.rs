@@ -256,6 +256,19 @@ impl<'a> Entry<'a> {
             .ok_or_else(|| self.wrong("o", "Document", v))
     }
 
+    /// The whole document an insert or a replacement (an update whose `o` has no operator
+    /// and no `$v`) leaves, or `None` for changes to some earlier content and other ops.
+    pub fn whole_document(&self) -> Option<&'a RawDocument> {
+        match self.op().ok()? {
+            OpKind::Insert => self.o().ok(),
+            OpKind::Update => self
+                .o()
+                .ok()
+                .filter(|o| o.iter().flatten().all(|(k, _)| !k.starts_with('$'))),
+            _ => None,
+        }
+    }
+
     /// `o2` (document key of updates, extra data of some commands).
     pub fn o2(&self) -> Result<Option<&'a RawDocument>> {
         self.opt_doc("o2")

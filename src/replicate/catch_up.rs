@@ -23,7 +23,8 @@ use crate::apply::converge::{Composite, Converging, Versions};
 use crate::apply::observe::observe;
 use crate::apply::{Applier, Batch};
 use crate::converge::fields::FieldStamps;
-use crate::converge::Stamp;
+use crate::converge::{lost, Stamp};
+use crate::doc_hash::content_hash_of;
 use crate::oplog::NsPattern;
 use crate::store::meta::{self, doc_key, MetaRow};
 use crate::store::{is_replicable_ns, Checkpoint};
@@ -179,9 +180,8 @@ pub async fn catch_up(
         if !keys.is_empty() {
             sent += send(rt, src, applier, converging, checkpoint, &keys).await?;
         }
-        if let Some((gap_from, _)) = gap {
-            sent +=
-                remove_vanished(rt, src, applier, converging, checkpoint, &ns, gap_from).await?;
+        if gap.is_some() {
+            sent += remove_vanished(rt, src, applier, converging, checkpoint, &ns, gap).await?;
         }
     }
     let mut done = checkpoint.clone();
@@ -194,11 +194,10 @@ pub async fn catch_up(
 }
 
 /// With the source's history lost, its rows cannot say which of its documents changed in the
-/// lost stretch. A document whose content differs on the destination is decided by when the
-/// destination's version was made: before the stretch, the source had it and changed it
-/// since, so the source's content wins, as a new version the source itself records (its row
-/// is rewritten in the same stamp, so both servers agree on it); during or after, the
-/// destination's version was made concurrently and is left to the link the other way.
+/// lost stretch; their content hashes can. Each document of `keys` whose content differs on
+/// the destination is decided by `converge/lost.rs`: sent as a new version (recorded on the
+/// source in the transaction that read its content), sent as the version its row names, or
+/// left to the link the other way.
 async fn send_differing(
     rt: &LinkRuntime,
     src: &Client,
@@ -286,37 +285,58 @@ async fn send_differing(
             continue;
         }
         let dst_row = meta::read_row(&dst, &dst_ns, id).await?;
-        if dst_row
-            .as_ref()
-            .is_some_and(|r| r.stamp.wall_ms() >= gap_ms)
-        {
-            continue;
-        }
         let src_row = src_rows.get(&doc_key(ns, id)).cloned();
-        let floor = [src_row.as_ref(), dst_row.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|r| r.stamp.h)
-            .max()
-            .unwrap_or(0);
-        let stamp = Stamp::new(
-            crate::converge::stamp::tick(floor, now_ms),
-            crate::converge::stamp::resolution_site(&rt.src.id),
+        let found = |row, doc: &Option<Document>| lost::Found {
+            row,
+            present: doc.is_some(),
+            hash: doc.as_ref().and_then(content_hash_of),
+        };
+        let what = lost::send(
+            &found(src_row.as_ref(), &ours),
+            &found(dst_row.as_ref(), &theirs),
+            gap_ms,
         );
-        // Under `fields`, a new version written whole.
-        let fields = rt
-            .spec
-            .policies
-            .is_fields(&dst_ns)
-            .then(|| FieldStamps::whole(stamp.clone(), ours.is_none()));
-        rows.push(MetaRow {
-            ns: ns.clone(),
-            id: id.clone(),
-            stamp: stamp.clone(),
-            deleted: ours.is_none(),
-            through: gap_from,
-            fields: fields.clone(),
-        });
+        let (stamp, fields) = match (what, &src_row) {
+            (lost::Send::Nothing, _) | (lost::Send::AsIs, None) => continue,
+            // The source's version as its row names it.
+            (lost::Send::AsIs, Some(r)) => {
+                let fields = rt.spec.policies.is_fields(&dst_ns).then(|| {
+                    r.fields
+                        .clone()
+                        .unwrap_or_else(|| FieldStamps::whole(r.stamp.clone(), r.deleted))
+                });
+                (r.stamp.clone(), fields)
+            }
+            // A new version of the source's content, recorded on the source too.
+            (lost::Send::New, _) => {
+                let floor = [src_row.as_ref(), dst_row.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.stamp.h)
+                    .max()
+                    .unwrap_or(0);
+                let stamp = Stamp::new(
+                    crate::converge::stamp::tick(floor, now_ms),
+                    crate::converge::stamp::resolution_site(&rt.src.id),
+                );
+                // Under `fields`, a new version written whole.
+                let fields = rt
+                    .spec
+                    .policies
+                    .is_fields(&dst_ns)
+                    .then(|| FieldStamps::whole(stamp.clone(), ours.is_none()));
+                rows.push(MetaRow {
+                    ns: ns.clone(),
+                    id: id.clone(),
+                    stamp: stamp.clone(),
+                    deleted: ours.is_none(),
+                    through: gap_from,
+                    fields: fields.clone(),
+                    content: ours.as_ref().and_then(content_hash_of),
+                });
+                (stamp, fields)
+            }
+        };
         versions.composites.push(Composite {
             ns: dst_ns,
             src_ns: ns.clone(),
@@ -350,11 +370,8 @@ async fn send_differing(
 }
 
 /// With the source's history lost, a document the destination has and the source does not
-/// was either deleted on the source in the lost stretch or written on the destination. If the
-/// destination's version is older than the stretch, the source had it and deleted it: the
-/// deletion is sent (as a tombstone stamped at the start of the stretch, and journaled like
-/// any conflict). A newer version was written concurrently with whatever the source did and
-/// is kept: the link the other way brings it to the source.
+/// was either deleted on the source in the lost stretch or written on the destination: those
+/// documents are decided like any that differ ([`send_differing`]).
 async fn remove_vanished(
     rt: &LinkRuntime,
     src: &Client,
@@ -362,7 +379,7 @@ async fn remove_vanished(
     converging: &Converging,
     checkpoint: &Checkpoint,
     src_ns: &str,
-    gap_from: Timestamp,
+    gap: Option<(Timestamp, Timestamp)>,
 ) -> Result<u64, LinkFailure> {
     let Some(dst_ns) = rt.spec.src_ns.rename(src_ns, &rt.spec.dst_ns) else {
         return Ok(0);
@@ -376,70 +393,38 @@ async fn remove_vanished(
         .find(doc! {})
         .projection(doc! {"_id": 1})
         .await?;
-    // Timestamps count seconds: a version made within the second observation last reached
-    // counts as older than the lost stretch.
-    let gap_ms = (gap_from.time as i64 + 1) * 1000;
     let mut ids = Vec::new();
     let mut sent = 0;
     loop {
         let next = cursor.try_next().await?;
-        if let Some(d) = &next {
-            if let Some(id) = d.get("_id") {
-                ids.push(id.clone());
-            }
+        if let Some(id) = next.as_ref().and_then(|d| d.get("_id")) {
+            ids.push(id.clone());
         }
         if ids.len() < BATCH && next.is_some() {
             continue;
         }
         let batch = std::mem::take(&mut ids);
         if !batch.is_empty() {
-            let present: Vec<Document> = src
+            let present: std::collections::HashSet<Vec<u8>> = src
                 .database(sdb)
                 .collection::<Document>(scoll)
                 .find(doc! {"_id": {"$in": batch.clone()}})
                 .projection(doc! {"_id": 1})
                 .await?
-                .try_collect()
-                .await?;
-            let present: std::collections::HashSet<Vec<u8>> = present
+                .try_collect::<Vec<Document>>()
+                .await?
                 .iter()
                 .filter_map(|d| d.get("_id"))
                 .map(|id| doc_key("", id).1)
                 .collect();
-            let mut versions = Versions::default();
-            for id in batch {
-                if present.contains(&doc_key("", &id).1) {
-                    continue;
-                }
-                let row = meta::read_row(&dst, &dst_ns, &id).await?;
-                if row.as_ref().is_some_and(|r| r.stamp.wall_ms() >= gap_ms) {
-                    continue;
-                }
-                let stamp = Stamp::new(crate::converge::stamp::initial(gap_ms), rt.src.id.clone());
-                versions.composites.push(Composite {
-                    ns: dst_ns.clone(),
-                    src_ns: src_ns.to_string(),
-                    id: id.clone(),
-                    ops: vec![state_op(src_ns, &id, None)],
-                    fields: rt
-                        .spec
-                        .policies
-                        .is_fields(&dst_ns)
-                        .then(|| FieldStamps::whole(stamp.clone(), true)),
-                    stamp,
-                    deleted: true,
-                    src_ts: gap_from,
-                    know: None,
-                });
-            }
-            if !versions.composites.is_empty() {
-                sent += versions.composites.len() as u64;
-                let batch = Batch::Versions {
-                    versions: &versions,
-                    converging,
-                    tag: None,
-                };
-                applier.apply_batch(batch, checkpoint).await?;
+            let absent: Vec<(String, Bson)> = batch
+                .into_iter()
+                .filter(|id| !present.contains(&doc_key("", id).1))
+                .map(|id| (src_ns.to_string(), id))
+                .collect();
+            if !absent.is_empty() {
+                sent +=
+                    send_differing(rt, src, applier, converging, checkpoint, &absent, gap).await?;
             }
         }
         if next.is_none() {

@@ -9,6 +9,9 @@
 //!   whole row: readers of the oplog learn the stamp of every version a batch installed.
 //!   Rows of namespaces under the `fields` policy also hold `fs`, the version's field stamps
 //!   (`converge/fields.rs`); rows of other namespaces never do, so they cost what they did.
+//!   `c`, when known, is the content hash of the version (`doc_hash::content_hash`): after
+//!   an outage that lost a server's oplog unobserved, a document whose content no longer
+//!   hashes to its row's `c` was changed in the lost stretch (`converge/lost.rs`).
 //! - `clock`: one document, `{_id: "hlc", pos, h, know}`: observation has accounted for
 //!   every local write up to oplog position `pos`; `h` is the server's clock there and `know`
 //!   what it had seen of each site (see `converge/stamp.rs`).
@@ -47,6 +50,8 @@ pub struct MetaRow {
     pub through: Timestamp,
     /// The version's field stamps, only under the `fields` policy.
     pub fields: Option<FieldStamps>,
+    /// The version's content hash, when known (never for tombstones).
+    pub content: Option<i64>,
 }
 
 impl MetaRow {
@@ -65,6 +70,9 @@ impl MetaRow {
         };
         if let Some(f) = &self.fields {
             d.insert("fs", f.to_document());
+        }
+        if let Some(c) = self.content {
+            d.insert("c", c);
         }
         d
     }
@@ -88,6 +96,7 @@ impl MetaRow {
                 increment: 0,
             }),
             fields,
+            content: d.get_i64("c").ok(),
         })
     }
 
@@ -315,7 +324,9 @@ mod tests {
                 increment: 1,
             },
             fields: None,
+            content: None,
         };
+        assert_eq!(row.to_document().get("c"), None);
         assert_eq!(
             MetaRow::from_document(&row.to_document()),
             Some(row.clone())
@@ -363,6 +374,7 @@ mod tests {
         let with = MetaRow {
             fields: Some(fs),
             deleted: false,
+            content: Some(-7),
             ..row.clone()
         };
         assert_eq!(
