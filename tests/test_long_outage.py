@@ -130,6 +130,14 @@ def test_both_sides_lost_their_history_and_keep_every_change(mongo_server_factor
         # Some versions reach the cloud as updates (their rows' hashes are read back).
         ca.app.c.update_many({"_id": {"$lt": N // 2}}, {"$set": {"w": 1}})
         wait_for(lambda: cb.app.c.count_documents({"w": 1}) == N // 2, timeout=30)
+
+        def hashes(client):
+            return {r["_id"]["i"]: (r["h"], r.get("c")) for r in client["__mmm"].meta.find({"_id.n": "app.c"})}
+
+        # Both servers' rows name each version with the same content hash: observed inserts and
+        # updates on the factory, versions installed whole or as changes on the cloud.
+        wait_for(lambda: len(hashes(ca)) == N and hashes(ca) == hashes(cb), timeout=30)
+        assert None not in {c for _, c in hashes(cb).values()}
     for i in range(0, N, 8):
         ca.app.c.update_one({"_id": i}, {"$set": {"v": "factory"}})
         cb.app.c.update_one({"_id": i + 1}, {"$inc": {"v": 5}})

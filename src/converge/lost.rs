@@ -157,7 +157,12 @@ mod tests {
 
     /// The two servers as the story leaves them: (row, present, hash) per side, and which side
     /// made a change that must survive.
-    fn server(base: Option<i64>, story: Story, site: &str, seed: i64) -> (Option<MetaRow>, bool, Option<i64>) {
+    fn server(
+        base: Option<i64>,
+        story: Story,
+        site: &str,
+        seed: i64,
+    ) -> (Option<MetaRow>, bool, Option<i64>) {
         // Content is a number; `None` for absent.
         let mut content = base;
         let mut row_ = base.map(|c| row(GAP_MS / 2, "base", false, Some(c)));
@@ -198,24 +203,42 @@ mod tests {
                         continue; // the two agree: nothing differs
                     }
                     cases += 1;
-                    let fa = Found { row: ra.as_ref(), present: pa, hash: ca };
-                    let fb = Found { row: rb.as_ref(), present: pb, hash: cb };
+                    let fa = Found {
+                        row: ra.as_ref(),
+                        present: pa,
+                        hash: ca,
+                    };
+                    let fb = Found {
+                        row: rb.as_ref(),
+                        present: pb,
+                        hash: cb,
+                    };
                     let a_to_b = send(&fa, &fb, GAP_MS);
                     let b_to_a = send(&fb, &fa, GAP_MS);
                     // An unobserved change to a version both held before the outage (its
                     // row's hash tells it), or an unobserved insert (no row: unknown).
-                    let known = |s: &Story| base.is_some() && s.lost != Lost::Nothing && !s.observed_later;
-                    let inserted = |s: &Story| base.is_none() && s.lost == Lost::Update && !s.observed_later;
+                    let known =
+                        |s: &Story| base.is_some() && s.lost != Lost::Nothing && !s.observed_later;
+                    let inserted =
+                        |s: &Story| base.is_none() && s.lost == Lost::Update && !s.observed_later;
                     let (la, lb) = (known(a), known(b));
-                    let what = format!("base {base:?}, A {a:?}, B {b:?}: A->B {a_to_b:?}, B->A {b_to_a:?}");
-                    for (story, other, out, back, lost) in [(a, b, a_to_b, b_to_a, la), (b, a, b_to_a, a_to_b, lb)] {
+                    let what = format!(
+                        "base {base:?}, A {a:?}, B {b:?}: A->B {a_to_b:?}, B->A {b_to_a:?}"
+                    );
+                    for (story, other, out, back, lost) in
+                        [(a, b, a_to_b, b_to_a, la), (b, a, b_to_a, a_to_b, lb)]
+                    {
                         if lost {
                             // Kept: sent as new, and never overwritten as is.
                             assert_eq!(out, Send::New, "{what}");
                             assert_ne!(back, Send::AsIs, "{what}");
                         } else if inserted(story) {
                             // By time: kept unless the other side wrote it after the stretch.
-                            let expect = if other.observed_later { Send::Nothing } else { Send::New };
+                            let expect = if other.observed_later {
+                                Send::Nothing
+                            } else {
+                                Send::New
+                            };
                             assert_eq!(out, expect, "{what}");
                         } else {
                             assert_ne!(out, Send::New, "{what}");
@@ -223,7 +246,11 @@ mod tests {
                     }
                     if !la && !lb && !inserted(a) && !inserted(b) {
                         // Ordinary versions: the later observed one travels as is, one way.
-                        let (winner, loser) = if b.observed_later { (b_to_a, a_to_b) } else { (a_to_b, b_to_a) };
+                        let (winner, loser) = if b.observed_later {
+                            (b_to_a, a_to_b)
+                        } else {
+                            (a_to_b, b_to_a)
+                        };
                         assert_eq!((winner, loser), (Send::AsIs, Send::Nothing), "{what}");
                     }
                 }
@@ -248,16 +275,32 @@ mod tests {
         // Unknown falls back to time: new unless the destination's version is recent.
         let old = row(GAP_MS / 2, "b", false, Some(9));
         let recent = row(GAP_MS * 2, "b", false, Some(9));
-        let unknown = Found { row: None, present: true, hash: Some(1) };
-        let dst = |r| Found { row: Some(r), present: true, hash: Some(9) };
+        let unknown = Found {
+            row: None,
+            present: true,
+            hash: Some(1),
+        };
+        let dst = |r| Found {
+            row: Some(r),
+            present: true,
+            hash: Some(9),
+        };
         assert_eq!(send(&unknown, &dst(&old), GAP_MS), Send::New);
         assert_eq!(send(&unknown, &dst(&recent), GAP_MS), Send::Nothing);
         // Absent with no row (observation had not stored it): deleted when the destination's
         // version predates the stretch, left alone when nothing describes the destination's.
-        let gone = Found { row: None, present: false, hash: None };
+        let gone = Found {
+            row: None,
+            present: false,
+            hash: None,
+        };
         assert_eq!(send(&gone, &dst(&old), GAP_MS), Send::New);
         assert_eq!(send(&gone, &dst(&recent), GAP_MS), Send::Nothing);
-        let unrowed = Found { row: None, present: true, hash: Some(9) };
+        let unrowed = Found {
+            row: None,
+            present: true,
+            hash: Some(9),
+        };
         assert_eq!(send(&gone, &unrowed, GAP_MS), Send::Nothing);
     }
 }

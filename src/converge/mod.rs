@@ -34,6 +34,10 @@
 //!    document-level shortcuts of point 3 (the merge is idempotent). Stamps of fields are
 //!    functions of the oplog, like those of documents, and links carry them per op; rows
 //!    hold them only for namespaces under `fields`, so other namespaces cost what they did.
+//! 7. **When a stretch of history was lost unobserved** ([`lost`]), rows no longer describe
+//!    every write; each row's content hash tells whether the document is still the version the
+//!    row names, so only the changes made in the lost stretch travel, as new versions that
+//!    points 4 to 6 decide like any other.
 
 pub mod fields;
 pub mod lost;

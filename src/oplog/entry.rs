@@ -468,6 +468,42 @@ mod tests {
     }
 
     #[test]
+    fn whole_documents_are_those_of_inserts_and_replacements() {
+        let whole = |d: bson::Document| {
+            let raw = bson::RawDocumentBuf::from_document(&d).unwrap();
+            Entry::new(&raw)
+                .whole_document()
+                .map(|o| o.to_document().unwrap())
+        };
+        let o = bson::doc! {"_id": 1, "a": {"$b": 1}};
+        assert_eq!(
+            whole(bson::doc! {"op": "i", "ns": "d.c", "o": o.clone()}),
+            Some(o.clone())
+        );
+        assert_eq!(
+            whole(bson::doc! {"op": "u", "ns": "d.c", "o": o.clone(), "o2": {"_id": 1}}),
+            Some(o)
+        );
+        for change in [
+            bson::doc! {"$v": 2, "diff": {"u": {"a": 1}}},
+            bson::doc! {"$set": {"a": 1}},
+        ] {
+            assert_eq!(
+                whole(bson::doc! {"op": "u", "ns": "d.c", "o": change, "o2": {"_id": 1}}),
+                None
+            );
+        }
+        assert_eq!(
+            whole(bson::doc! {"op": "d", "ns": "d.c", "o": {"_id": 1}}),
+            None
+        );
+        assert_eq!(
+            whole(bson::doc! {"op": "n", "ns": "", "o": {"msg": "x"}}),
+            None
+        );
+    }
+
+    #[test]
     fn reads_common_fields() {
         let uuid = bson::Uuid::parse_str("731bcef5-c6e2-49c9-be1c-5c645f27b13a").unwrap();
         let e = raw(doc! {

@@ -16,7 +16,9 @@
 //!
 //! When observation itself lost part of the source's oplog (`__mmm.clock` records the gap: no
 //! process observed the source while its oplog rolled over), the rows cannot say what changed
-//! in the lost stretch: every document of the link's namespaces is then sent.
+//! in the lost stretch: every document of the link's namespaces is then compared with the
+//! destination's, and the content hashes the rows hold tell which side changed each document
+//! that differs (`converge/lost.rs`).
 
 use super::runtime::{anchor, LinkFailure, LinkRuntime};
 use crate::apply::converge::{Composite, Converging, Versions};
