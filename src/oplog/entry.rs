@@ -473,7 +473,7 @@ mod tests {
             let raw = bson::RawDocumentBuf::from_document(&d).unwrap();
             Entry::new(&raw)
                 .whole_document()
-                .map(|o| o.to_document().unwrap())
+                .map(|o| bson::Document::try_from(o).unwrap())
         };
         let o = bson::doc! {"_id": 1, "a": {"$b": 1}};
         assert_eq!(
