@@ -25,7 +25,11 @@
 //! - source unchanged, destination changed: nothing; the link the other way sends the change.
 //! - neither changed (or the destination's hash is unknown): the versions are ordinary, and the
 //!   source's is sent **as is** (its own stamp) when it is later than the destination's row, so
-//!   the later version wins as it would have with the history.
+//!   the later version wins as it would have with the history; never a version the destination
+//!   itself made, which it had already.
+//! - source unknown (no row: observation had not stored the source's last writes when the
+//!   stretch was lost), destination's version made by the source: the source had that
+//!   version and holds something else now, so it changed it: new.
 //! - source unknown and absent, destination without a row: nothing (the source never had the
 //!   document as far as anything knows; the destination's copy may be an insert made in its
 //!   own lost stretch). The price: a document no row ever described (copied before
@@ -42,9 +46,11 @@
 use super::Stamp;
 use crate::store::meta::MetaRow;
 
-/// A document on one server: its row, whether it is there, and its content's hash.
+/// A document on one server: the server's id, its row, whether it is there, and its content's
+/// hash.
 #[derive(Debug, Clone, Copy)]
 pub struct Found<'a> {
+    pub server: &'a str,
     pub row: Option<&'a MetaRow>,
     pub present: bool,
     /// The content hash of the document as it is (when present and readable).
@@ -93,6 +99,10 @@ impl Found<'_> {
 /// What a link sends for a document that differs on its two servers. `gap_ms`: the wall time
 /// (ms) from which the source's history was lost.
 pub fn send(src: &Found, dst: &Found, gap_ms: i64) -> Send {
+    let made_on = |f: &Found, server: &str| {
+        f.stamp()
+            .is_some_and(|s| super::stamp::server_of(&s.site) == server)
+    };
     let later = || match (src.stamp(), dst.stamp()) {
         (Some(s), Some(d)) => s > d,
         (Some(_), None) => true,
@@ -101,8 +111,25 @@ pub fn send(src: &Found, dst: &Found, gap_ms: i64) -> Send {
     match (src.change(), dst.change()) {
         (Change::Changed, _) => Send::New,
         (Change::Unchanged, Change::Changed) => Send::Nothing,
+        // A version the destination made went from there: sending it back is never news
+        // (what the destination holds now is that version or a later change).
+        (Change::Unchanged, _) if made_on(src, dst.server) => Send::Nothing,
         (Change::Unchanged, _) if later() => Send::AsIs,
         (Change::Unchanged, _) => Send::Nothing,
+        // No row, but the content is the version the destination's row names: the source
+        // holds that version (its row was not stored), and the difference is the
+        // destination's own change.
+        (Change::Unknown, _)
+            if src.present
+                && src.row.is_none()
+                && src.hash.is_some()
+                && dst.row.and_then(|r| r.content) == src.hash =>
+        {
+            Send::Nothing
+        }
+        // The destination's version came from the source, which holds something else now:
+        // the source changed it unobserved (or deleted it).
+        (Change::Unknown, _) if made_on(dst, src.server) => Send::New,
         // Absent with no row, and no row on the destination either: as far as anything knows
         // the source never had the document, and a delete sent now would remove what the
         // destination inserted unobserved.
@@ -139,9 +166,8 @@ mod tests {
         }
     }
 
-    /// One server's story for the document: the version both held before the outage (or
-    /// none), then what happened to it there while its history was lost, then, possibly, a
-    /// later write that observation did see.
+    /// What happened to the document on one server while its history was lost (then,
+    /// possibly, a later write that observation did see).
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Lost {
         Nothing,
@@ -155,17 +181,32 @@ mod tests {
         observed_later: bool,
     }
 
-    /// The two servers as the story leaves them: (row, present, hash) per side, and which side
-    /// made a change that must survive.
+    /// The version both servers held before the outage: its content, the server that wrote it,
+    /// and whether that server's observation had stored its row (the other server installed it
+    /// with its row).
+    #[derive(Debug, Clone, Copy)]
+    struct Base {
+        content: i64,
+        origin: &'static str,
+        stored: bool,
+    }
+
+    /// A server as the story leaves it: (row, present, content hash).
     fn server(
-        base: Option<i64>,
+        base: Option<Base>,
         story: Story,
-        site: &str,
+        site: &'static str,
         seed: i64,
     ) -> (Option<MetaRow>, bool, Option<i64>) {
-        // Content is a number; `None` for absent.
-        let mut content = base;
-        let mut row_ = base.map(|c| row(GAP_MS / 2, "base", false, Some(c)));
+        let mut content = base.map(|b| b.content);
+        let mut row_ = base
+            .filter(|b| b.stored || b.origin != site)
+            // A version whose row was not stored was written after the last stored position:
+            // in the stretch that was lost.
+            .map(|b| {
+                let at = if b.stored { GAP_MS / 2 } else { GAP_MS + 10 };
+                row(at, b.origin, false, Some(b.content))
+            });
         match story.lost {
             Lost::Nothing => {}
             Lost::Update => content = Some(100 + seed),
@@ -178,10 +219,10 @@ mod tests {
         (row_, content.is_some(), content)
     }
 
-    /// Every combination of what each side did: exactly the sides that changed the document
-    /// send it, as new versions when the change was unobserved; with no change anywhere the
-    /// later observed version travels as is, one way only; and a link never overwrites a
-    /// change of its destination's it knows of.
+    /// Every combination of what each side did, of which side wrote the version they shared
+    /// and whether its row was stored: every change made on one side is sent as a new version
+    /// and never overwritten as is; a side that changed nothing never sends a new version;
+    /// with no change anywhere the later observed version travels as is, one way only.
     #[test]
     fn every_history_of_two_sides_sends_exactly_the_changes() {
         let stories: Vec<Story> = [Lost::Nothing, Lost::Update, Lost::Delete]
@@ -193,8 +234,18 @@ mod tests {
                 })
             })
             .collect();
+        let mut bases = vec![None];
+        for origin in ["A", "B"] {
+            for stored in [false, true] {
+                bases.push(Some(Base {
+                    content: 7,
+                    origin,
+                    stored,
+                }));
+            }
+        }
         let mut cases = 0;
-        for base in [None, Some(7)] {
+        for base in bases {
             for a in &stories {
                 for b in &stories {
                     let (ra, pa, ca) = server(base, *a, "A", 1);
@@ -204,48 +255,49 @@ mod tests {
                     }
                     cases += 1;
                     let fa = Found {
+                        server: "A",
                         row: ra.as_ref(),
                         present: pa,
                         hash: ca,
                     };
                     let fb = Found {
+                        server: "B",
                         row: rb.as_ref(),
                         present: pb,
                         hash: cb,
                     };
                     let a_to_b = send(&fa, &fb, GAP_MS);
                     let b_to_a = send(&fb, &fa, GAP_MS);
-                    // An unobserved change to a version both held before the outage (its
-                    // row's hash tells it), or an unobserved insert (no row: unknown).
-                    let known =
+                    // An unobserved change to the shared version, or an unobserved insert.
+                    let changed =
                         |s: &Story| base.is_some() && s.lost != Lost::Nothing && !s.observed_later;
                     let inserted =
                         |s: &Story| base.is_none() && s.lost == Lost::Update && !s.observed_later;
-                    let (la, lb) = (known(a), known(b));
                     let what = format!(
                         "base {base:?}, A {a:?}, B {b:?}: A->B {a_to_b:?}, B->A {b_to_a:?}"
                     );
-                    for (story, other, out, back, lost) in
-                        [(a, b, a_to_b, b_to_a, la), (b, a, b_to_a, a_to_b, lb)]
+                    // A change on a side with no row for the document (an insert, or a
+                    // version whose row was not stored) can only be told by time: kept unless
+                    // the other side wrote the document after the stretch (the README's limit).
+                    let rowless = |site: &str| base.is_some_and(|b| b.origin == site && !b.stored);
+                    for (site, story, other, out, back) in
+                        [("A", a, b, a_to_b, b_to_a), ("B", b, a, b_to_a, a_to_b)]
                     {
-                        if lost {
-                            // Kept: sent as new, and never overwritten as is.
+                        if inserted(story) || (changed(story) && rowless(site)) {
+                            if other.observed_later {
+                                assert_eq!(out, Send::Nothing, "{what}");
+                            } else {
+                                assert_eq!(out, Send::New, "{what}");
+                                assert_ne!(back, Send::AsIs, "{what}");
+                            }
+                        } else if changed(story) {
                             assert_eq!(out, Send::New, "{what}");
                             assert_ne!(back, Send::AsIs, "{what}");
-                        } else if inserted(story) {
-                            // By time: kept unless the other side wrote it after the stretch.
-                            let expect = if other.observed_later {
-                                Send::Nothing
-                            } else {
-                                Send::New
-                            };
-                            assert_eq!(out, expect, "{what}");
                         } else {
                             assert_ne!(out, Send::New, "{what}");
                         }
                     }
-                    if !la && !lb && !inserted(a) && !inserted(b) {
-                        // Ordinary versions: the later observed one travels as is, one way.
+                    if ![a, b].iter().any(|s| changed(s) || inserted(s)) {
                         let (winner, loser) = if b.observed_later {
                             (b_to_a, a_to_b)
                         } else {
@@ -256,7 +308,7 @@ mod tests {
                 }
             }
         }
-        assert!(cases > 20, "{cases}");
+        assert!(cases > 100, "{cases}");
     }
 
     #[test]
@@ -264,7 +316,15 @@ mod tests {
         let live = row(5, "a", false, Some(42));
         let tomb = row(5, "a", true, None);
         let unhashed = row(5, "a", false, None);
-        let f = |row, present, hash| Found { row, present, hash }.change();
+        let f = |row, present, hash| {
+            Found {
+                server: "a",
+                row,
+                present,
+                hash,
+            }
+            .change()
+        };
         assert_eq!(f(Some(&live), true, Some(42)), Change::Unchanged);
         assert_eq!(f(Some(&live), true, Some(43)), Change::Changed);
         assert_eq!(f(Some(&live), false, None), Change::Changed);
@@ -276,11 +336,13 @@ mod tests {
         let old = row(GAP_MS / 2, "b", false, Some(9));
         let recent = row(GAP_MS * 2, "b", false, Some(9));
         let unknown = Found {
+            server: "a",
             row: None,
             present: true,
             hash: Some(1),
         };
         let dst = |r| Found {
+            server: "b",
             row: Some(r),
             present: true,
             hash: Some(9),
@@ -290,6 +352,7 @@ mod tests {
         // Absent with no row (observation had not stored it): deleted when the destination's
         // version predates the stretch, left alone when nothing describes the destination's.
         let gone = Found {
+            server: "a",
             row: None,
             present: false,
             hash: None,
@@ -297,6 +360,7 @@ mod tests {
         assert_eq!(send(&gone, &dst(&old), GAP_MS), Send::New);
         assert_eq!(send(&gone, &dst(&recent), GAP_MS), Send::Nothing);
         let unrowed = Found {
+            server: "b",
             row: None,
             present: true,
             hash: Some(9),

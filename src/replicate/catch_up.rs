@@ -288,14 +288,15 @@ async fn send_differing(
         }
         let dst_row = meta::read_row(&dst, &dst_ns, id).await?;
         let src_row = src_rows.get(&doc_key(ns, id)).cloned();
-        let found = |row, doc: &Option<Document>| lost::Found {
+        let found = |server, row, doc: &Option<Document>| lost::Found {
+            server,
             row,
             present: doc.is_some(),
             hash: doc.as_ref().and_then(content_hash_of),
         };
         let what = lost::send(
-            &found(src_row.as_ref(), &ours),
-            &found(dst_row.as_ref(), &theirs),
+            &found(&rt.src.id, src_row.as_ref(), &ours),
+            &found(&rt.dst.id, dst_row.as_ref(), &theirs),
             gap_ms,
         );
         let (stamp, fields) = match (what, &src_row) {
