@@ -108,6 +108,7 @@ pub async fn catch_up(
         if lost { "every document (the source's oplog was lost unobserved too)" } else { "the documents changed since (__mmm.meta)" }
     );
     let mut sent = 0u64;
+    let dst = Client::with_options(rt.dst_options.clone())?;
     let namespaces: Vec<String> = if lost {
         src_namespaces(src, &rt.spec.src_ns).await?
     } else {
@@ -131,6 +132,7 @@ pub async fn catch_up(
                     sent += send_differing(
                         rt,
                         src,
+                        &dst,
                         applier,
                         converging,
                         checkpoint,
@@ -144,6 +146,7 @@ pub async fn catch_up(
                 sent += send_differing(
                     rt,
                     src,
+                    &dst,
                     applier,
                     converging,
                     checkpoint,
@@ -183,7 +186,8 @@ pub async fn catch_up(
             sent += send(rt, src, applier, converging, checkpoint, &keys).await?;
         }
         if gap.is_some() {
-            sent += remove_vanished(rt, src, applier, converging, checkpoint, &ns, gap).await?;
+            sent +=
+                remove_vanished(rt, src, &dst, applier, converging, checkpoint, &ns, gap).await?;
         }
     }
     let mut done = checkpoint.clone();
@@ -200,9 +204,11 @@ pub async fn catch_up(
 /// the destination is decided by `converge/lost.rs`: sent as a new version (recorded on the
 /// source in the transaction that read its content), sent as the version its row names, or
 /// left to the link the other way.
+#[allow(clippy::too_many_arguments)]
 async fn send_differing(
     rt: &LinkRuntime,
     src: &Client,
+    dst: &Client,
     applier: &Applier,
     converging: &Converging,
     checkpoint: &Checkpoint,
@@ -213,7 +219,6 @@ async fn send_differing(
         return Ok(0);
     };
     let gap_ms = (gap_from.time as i64 + 1) * 1000;
-    let dst = Client::with_options(rt.dst_options.clone())?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -275,28 +280,78 @@ async fn send_differing(
         found
     };
     let src_rows = meta::read_rows(src, &mut session, keys).await?;
-    let dst_docs = fetch(dst.clone(), first_dst, ids).await?;
+    let src_hashes: HashMap<&Vec<u8>, Option<i64>> = src_docs
+        .iter()
+        .map(|(k, d)| (k, content_hash_of(d)))
+        .collect();
+    // The destination's rows, then its documents only where they may matter: a source
+    // document that is still the version its row names, where the destination's row names the
+    // same version, needs nothing from this link whatever the destination holds now (a change
+    // made there is the link the other way's to send). Rows are small; documents may not be.
+    let dst_keys: Vec<(String, Bson)> = keys
+        .iter()
+        .filter_map(|(ns, id)| Some((rt.spec.src_ns.rename(ns, &rt.spec.dst_ns)?, id.clone())))
+        .collect();
+    let dst_rows = meta::read_rows(dst, &mut dst.start_session().await?, &dst_keys).await?;
+    let settled: std::collections::HashSet<Vec<u8>> = keys
+        .iter()
+        .zip(&dst_keys)
+        .filter(|((ns, id), (dst_ns, _))| {
+            let k = doc_key("", id).1;
+            let ours = src_hashes.get(&k).copied();
+            match (
+                src_rows.get(&doc_key(ns, id)),
+                dst_rows.get(&doc_key(dst_ns, id)),
+            ) {
+                (Some(s), Some(d)) if s.stamp == d.stamp && s.deleted == d.deleted => {
+                    if s.deleted {
+                        ours.is_none()
+                    } else {
+                        s.content.is_some() && d.content == s.content && ours == Some(s.content)
+                    }
+                }
+                _ => false,
+            }
+        })
+        .map(|((_, id), _)| doc_key("", id).1)
+        .collect();
+    let wanted: Vec<Bson> = ids
+        .into_iter()
+        .filter(|id| !settled.contains(&doc_key("", id).1))
+        .collect();
+    let dst_docs = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        fetch(dst.clone(), first_dst, wanted).await?
+    };
     for (ns, id) in keys {
         let Some(dst_ns) = rt.spec.src_ns.rename(ns, &rt.spec.dst_ns) else {
             continue;
         };
         let k = doc_key("", id).1;
+        if settled.contains(&k) {
+            continue;
+        }
         let ours = src_docs.get(&k).cloned();
         let theirs = dst_docs.get(&k).cloned();
         if crate::apply::converge::same_content(&ours, &theirs) {
             continue;
         }
-        let dst_row = meta::read_row(&dst, &dst_ns, id).await?;
+        let dst_row = dst_rows.get(&doc_key(&dst_ns, id)).cloned();
         let src_row = src_rows.get(&doc_key(ns, id)).cloned();
-        let found = |server, row, doc: &Option<Document>| lost::Found {
-            server,
-            row,
-            present: doc.is_some(),
-            hash: doc.as_ref().and_then(content_hash_of),
-        };
         let what = lost::send(
-            &found(&rt.src.id, src_row.as_ref(), &ours),
-            &found(&rt.dst.id, dst_row.as_ref(), &theirs),
+            &lost::Found {
+                server: &rt.src.id,
+                row: src_row.as_ref(),
+                present: ours.is_some(),
+                hash: src_hashes.get(&k).copied().flatten(),
+            },
+            &lost::Found {
+                server: &rt.dst.id,
+                row: dst_row.as_ref(),
+                present: theirs.is_some(),
+                hash: theirs.as_ref().and_then(content_hash_of),
+            },
             gap_ms,
         );
         let (stamp, fields) = match (what, &src_row) {
@@ -375,9 +430,11 @@ async fn send_differing(
 /// With the source's history lost, a document the destination has and the source does not
 /// was either deleted on the source in the lost stretch or written on the destination: those
 /// documents are decided like any that differ ([`send_differing`]).
+#[allow(clippy::too_many_arguments)]
 async fn remove_vanished(
     rt: &LinkRuntime,
     src: &Client,
+    dst: &Client,
     applier: &Applier,
     converging: &Converging,
     checkpoint: &Checkpoint,
@@ -387,7 +444,6 @@ async fn remove_vanished(
     let Some(dst_ns) = rt.spec.src_ns.rename(src_ns, &rt.spec.dst_ns) else {
         return Ok(0);
     };
-    let dst = Client::with_options(rt.dst_options.clone())?;
     let (db, coll) = dst_ns.split_once('.').unwrap_or((&dst_ns, ""));
     let (sdb, scoll) = src_ns.split_once('.').unwrap_or((src_ns, ""));
     let mut cursor = dst
@@ -426,8 +482,8 @@ async fn remove_vanished(
                 .map(|id| (src_ns.to_string(), id))
                 .collect();
             if !absent.is_empty() {
-                sent +=
-                    send_differing(rt, src, applier, converging, checkpoint, &absent, gap).await?;
+                sent += send_differing(rt, src, dst, applier, converging, checkpoint, &absent, gap)
+                    .await?;
             }
         }
         if next.is_none() {
