@@ -20,16 +20,20 @@
 //! - source changed: its content is sent as a **new** version (a fresh stamp above both rows,
 //!   recorded on the source in the same transaction that reads its content). If only the source
 //!   changed, the link the other way sees a changed destination and sends nothing, so the
-//!   change reaches both servers. If both changed, both send new versions: a conflict, decided
-//!   by the namespace's policy and journaled on both servers like any other.
+//!   change reaches both servers. If both changed, both send new versions: a conflict,
+//!   journaled on both servers like any other (the first to arrive is met by a destination
+//!   whose row predates its change, so under `lww` the link that catches up first wins; the
+//!   other then finds equal contents).
 //! - source unchanged, destination changed: nothing; the link the other way sends the change.
 //! - neither changed (or the destination's hash is unknown): the versions are ordinary, and the
 //!   source's is sent **as is** (its own stamp) when it is later than the destination's row, so
 //!   the later version wins as it would have with the history; never a version the destination
 //!   itself made, which it had already.
 //! - source unknown (no row: observation had not stored the source's last writes when the
-//!   stretch was lost), destination's version made by the source: the source had that
-//!   version and holds something else now, so it changed it: new.
+//!   stretch was lost) but its content hashes to the destination row's: it holds that version,
+//!   and the difference is the destination's change: nothing.
+//! - source unknown, destination's version made by the source: the source had that version
+//!   and holds something else now, so it changed it: new.
 //! - source unknown and absent, destination without a row: nothing (the source never had the
 //!   document as far as anything knows; the destination's copy may be an insert made in its
 //!   own lost stretch). The price: a document no row ever described (copied before
