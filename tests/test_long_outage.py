@@ -4,6 +4,7 @@ copying everything again, and deletes made during the outage stay deletes."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import pymongo
@@ -168,3 +169,69 @@ def test_both_sides_lost_their_history_and_keep_every_change(mongo_server_factor
     # Documents neither side changed were not touched.
     untouched = [i for i in range(N) if i % 8 in (6, 7) and i != 5]
     assert all(d["v"] == 0 for d in ca.app.c.find({"_id": {"$in": untouched}}))
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_random_histories_with_both_sides_lost_keep_one_sided_changes(mongo_server_factory, seed):
+    """Seeded histories: documents shared before the outage are changed on one side, on the
+    other, on both or on neither, with random kinds of writes, plus inserts on each side, while
+    nothing observes either server and both oplogs roll over. After the catch-up both servers
+    are identical, every one-sided change is there, deletes stay deleted, untouched documents
+    are untouched, and every document changed on both sides holds one side's change and is in
+    the journal."""
+    rng = random.Random(seed)
+    a, b = mongo_server_factory(oplog_size_mb=1), mongo_server_factory(oplog_size_mb=1)
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    links = [("factory/app.*", "cloud/app.*"), ("cloud/app.*", "factory/app.*")]
+    n = 60
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: running(r), timeout=30)
+        # Half written on each side, some of them updated once (rows hashed from updates).
+        ca.app.c.insert_many([{"_id": i, "v": 0, "l": [0]} for i in range(0, n, 2)])
+        cb.app.c.insert_many([{"_id": i, "v": 0, "l": [0]} for i in range(1, n, 2)])
+        for i in rng.sample(range(n), n // 3):
+            (ca if i % 2 == 0 else cb).app.c.update_one({"_id": i}, {"$set": {"u": 1}})
+        wait_for(lambda: everything(ca) == everything(cb) and len(everything(ca)) == n, timeout=30)
+        time.sleep(1.5)  # observation stores what it saw
+    before = {d["_id"]: d for d in everything(ca)}
+    who = {i: rng.choice(["factory", "cloud", "both", "neither"]) for i in range(n)}
+    expected = {}
+    for side, client in (("factory", ca), ("cloud", cb)):
+        for i in [i for i in range(n) if who[i] in (side, "both")]:
+            kind = rng.choice(["set", "inc", "replace", "delete", "push"])
+            coll = client.app.c
+            if kind == "set":
+                coll.update_one({"_id": i}, {"$set": {"v": side}})
+            elif kind == "inc":
+                coll.update_one({"_id": i}, {"$inc": {"v": 7 if side == "factory" else 9}})
+            elif kind == "replace":
+                coll.replace_one({"_id": i}, {"whole": side})
+            elif kind == "delete":
+                coll.delete_one({"_id": i})
+            else:
+                coll.update_one({"_id": i}, {"$push": {"l": side}})
+            expected.setdefault(i, []).append(coll.find_one({"_id": i}))
+        inserted = [{"_id": f"{side}-{k}", "v": side} for k in range(rng.randint(0, 5))]
+        if inserted:
+            client.app.c.insert_many(inserted)
+            for d in inserted:
+                expected[d["_id"]] = [d]
+    roll_over(ca)
+    roll_over(cb)
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
+        wait_for(lambda: running(r), timeout=30)
+        time.sleep(1)
+        assert everything(ca) == everything(cb)
+        journaled = {c["id"] for c in r.conflicts("app.c", limit=100_000)}
+    now = {d["_id"]: d for d in everything(ca)}
+    for i, d in before.items():
+        if who[i] == "neither":
+            assert now.get(i) == d, (seed, i)
+    for i, versions in expected.items():
+        if len(versions) == 1:
+            assert now.get(i) == versions[0], (seed, i, who.get(i), now.get(i), versions)
+        else:
+            assert now.get(i) in versions, (seed, i, now.get(i), versions)
+            assert i in journaled, (seed, i)

@@ -34,10 +34,12 @@
 //!   and the difference is the destination's change: nothing.
 //! - source unknown, destination's version made by the source: the source had that version
 //!   and holds something else now, so it changed it: new.
-//! - source unknown and absent, destination without a row: nothing (the source never had the
-//!   document as far as anything knows; the destination's copy may be an insert made in its
-//!   own lost stretch). The price: a document no row ever described (copied before
-//!   replication began) and deleted while both histories were lost comes back.
+//! - source unknown and absent (no row), destination's version not from the source: nothing
+//!   (the source never had the document as far as anything knows; the destination's copy may
+//!   be an insert made in its own lost stretch, and times cannot say: versions are stamped in
+//!   milliseconds, the lost stretch is known to the second). The price: a document no row on
+//!   the source described (copied before replication began) and deleted there while its
+//!   history was lost comes back.
 //! - source unknown otherwise: the rule used when nothing better is known, by time: its content
 //!   is sent as new unless the destination's version was made during or after the lost stretch
 //!   (then that version is concurrent with whatever the source did, and left to the link the
@@ -134,10 +136,10 @@ pub fn send(src: &Found, dst: &Found, gap_ms: i64) -> Send {
         // The destination's version came from the source, which holds something else now:
         // the source changed it unobserved (or deleted it).
         (Change::Unknown, _) if made_on(dst, src.server) => Send::New,
-        // Absent with no row, and no row on the destination either: as far as anything knows
-        // the source never had the document, and a delete sent now would remove what the
-        // destination inserted unobserved.
-        (Change::Unknown, _) if !src.present && dst.row.is_none() => Send::Nothing,
+        // Absent with no row, and the destination's version not from the source: as far as
+        // anything knows the source never had the document, and a delete sent now could
+        // remove what the destination wrote unobserved.
+        (Change::Unknown, _) if !src.present && src.row.is_none() => Send::Nothing,
         (Change::Unknown, _) => {
             if dst.row.is_some_and(|r| r.stamp.wall_ms() >= gap_ms) {
                 Send::Nothing
@@ -354,14 +356,16 @@ mod tests {
         assert_eq!(send(&unknown, &dst(&old), GAP_MS), Send::New);
         assert_eq!(send(&unknown, &dst(&recent), GAP_MS), Send::Nothing);
         // Absent with no row (observation had not stored it): deleted when the destination's
-        // version predates the stretch, left alone when nothing describes the destination's.
+        // version came from the source, left alone otherwise, however old.
         let gone = Found {
             server: "a",
             row: None,
             present: false,
             hash: None,
         };
-        assert_eq!(send(&gone, &dst(&old), GAP_MS), Send::New);
+        let from_source = row(GAP_MS * 2, "a", false, Some(9));
+        assert_eq!(send(&gone, &dst(&from_source), GAP_MS), Send::New);
+        assert_eq!(send(&gone, &dst(&old), GAP_MS), Send::Nothing);
         assert_eq!(send(&gone, &dst(&recent), GAP_MS), Send::Nothing);
         let unrowed = Found {
             server: "b",

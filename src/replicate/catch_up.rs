@@ -339,21 +339,23 @@ async fn send_differing(
         }
         let dst_row = dst_rows.get(&doc_key(&dst_ns, id)).cloned();
         let src_row = src_rows.get(&doc_key(ns, id)).cloned();
-        let what = lost::send(
-            &lost::Found {
+        let (src_found, dst_found) = (
+            lost::Found {
                 server: &rt.src.id,
                 row: src_row.as_ref(),
                 present: ours.is_some(),
                 hash: src_hashes.get(&k).copied().flatten(),
             },
-            &lost::Found {
+            lost::Found {
                 server: &rt.dst.id,
                 row: dst_row.as_ref(),
                 present: theirs.is_some(),
                 hash: theirs.as_ref().and_then(content_hash_of),
             },
-            gap_ms,
         );
+        let what = lost::send(&src_found, &dst_found, gap_ms);
+        log::debug!(target: "mmm", "link {}: {ns} _id {id} differs after a lost stretch from {gap_ms} ms: {what:?} ({:?} here, {:?} there; rows {:?} / {:?})",
+            rt.spec.id(), src_found.change(), dst_found.change(), src_row.as_ref().map(|r| &r.stamp), dst_row.as_ref().map(|r| &r.stamp));
         let (stamp, fields) = match (what, &src_row) {
             (lost::Send::Nothing, _) | (lost::Send::AsIs, None) => continue,
             // The source's version as its row names it.
