@@ -327,6 +327,18 @@ mod tests {
             content: None,
         };
         assert_eq!(row.to_document().get("c"), None);
+        // A content hash of another type (a peer's row, hand-edited or from elsewhere) is
+        // unknown, never a wrong hash: the row is read without it.
+        for hostile in [
+            Bson::String("1".into()),
+            Bson::Int32(1),
+            Bson::Null,
+            Bson::Document(doc! {}),
+        ] {
+            let mut d = row.to_document();
+            d.insert("c", hostile);
+            assert_eq!(MetaRow::from_document(&d).map(|r| r.content), Some(None));
+        }
         assert_eq!(
             MetaRow::from_document(&row.to_document()),
             Some(row.clone())
