@@ -90,3 +90,33 @@ def test_mmm_repair_exit_codes_and_json(one_way):
     assert after.returncode == 0
     bad = subprocess.run(cli + ["repair", "--ns", "nope.nothing"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_a_change_made_while_the_oplog_was_lost_unobserved_wins(mongo_server_factory):
+    """Nothing observed the factory while it changed a document, deleted another and its oplog
+    rolled over: both servers' rows still name the versions they shared. Each row holds the
+    hash of its version's content, so repair sees which side changed (the factory, whose
+    content no longer matches its rows) and keeps that change, whatever the server ids."""
+    a, b = mongo_server_factory(oplog_size_mb=1), mongo_server_factory()
+    ca, cb = pymongo.MongoClient(a.uri), pymongo.MongoClient(b.uri)
+    servers = {"a": {"id": "A", "uri": a.uri}, "b": {"id": "B", "uri": b.uri}}
+    links = [("a/app.c", "b/app.c")]
+    r = mmm.Replicator(servers, links)
+    with r:
+        wait_for(lambda: r.status()[0]["state"] == "running", timeout=30)
+        ca.app.c.insert_many([{"_id": i, "v": 0} for i in range(50)])
+        ca.app.c.update_one({"_id": 3}, {"$set": {"v": 1}})
+        wait_for(lambda: cb.app.c.count_documents({}) == 50 and cb.app.c.find_one({"_id": 3})["v"] == 1, timeout=30)
+        time.sleep(1.5)  # observed on both
+    ca.app.c.update_one({"_id": 3}, {"$inc": {"v": 10}})
+    ca.app.c.delete_one({"_id": 4})
+    for _ in range(60):
+        ca.filler.x.insert_many([{"blob": "z" * 10_000} for _ in range(5)])
+    out = r.repair(wait=5)
+    assert out["repaired"] == 2
+    assert out["verify"].consistent
+    assert cb.app.c.find_one({"_id": 3})["v"] == 11
+    assert cb.app.c.find_one({"_id": 4}) is None
+    assert {e["winner"] for e in r.conflicts("app.c")} == {"repair:A"}
+    ca.close()
+    cb.close()

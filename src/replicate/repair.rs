@@ -1,8 +1,12 @@
 //! Repair: one document that differs between two servers (found by `verify`) is brought into
 //! agreement without any link's help, and the decision is journaled on both.
 //!
-//! The winner is chosen by the namespace's policy: a delete rule between a present and an
-//! absent document, `Prefer`'s server, otherwise the version with the larger stamp (a side
+//! A side whose document is no longer the version its `__mmm.meta` row names (its content
+//! hash differs: it was written where observation could not see it, in a stretch of oplog
+//! lost unobserved) wins over a side that still holds its row's version: that is the later
+//! write, not a concurrent one. Otherwise the winner is chosen by the namespace's policy: a
+//! delete rule between a present and an absent document, `Prefer`'s server, otherwise the
+//! version with the larger stamp (a side
 //! with no metadata counts as the oldest possible version; between two such, the larger server
 //! id, so every repair of the pair decides the same way). The winner's content is then written
 //! on both servers as a new version, stamped above both, through the same transaction that
@@ -15,7 +19,7 @@ use crate::apply::converge::{same_content, Composite, Converging, Versions};
 use crate::apply::observe::observe_and_store;
 use crate::apply::{Applier, Batch};
 use crate::converge::stamp::resolution_site;
-use crate::converge::{Deletes, Knowledge, Policy, PolicyMap, Stamp};
+use crate::converge::{lost, Deletes, Knowledge, Policy, PolicyMap, Stamp};
 use crate::store::journal::{self, conflict_id, JournalEntry, VersionRecord};
 use crate::store::meta;
 use crate::store::Checkpoint;
@@ -34,6 +38,8 @@ struct Side {
     client: Client,
     doc: Option<Document>,
     stamp: Stamp,
+    /// Written after the version its row names, unobserved.
+    changed: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -56,14 +62,34 @@ async fn read_side(end: &End<'_>, id: &Bson, fields: bool) -> Result<Side, Strin
         .await
         .map_err(err)?;
     let row = meta::read_row(&client, end.ns, id).await.map_err(err)?;
+    // Observation is current here, so a document that is not the version its row names was
+    // written where observation could not see it (a stretch of oplog lost unobserved).
+    let changed = lost::Found {
+        server: &end.server.id,
+        row: row.as_ref(),
+        present: doc.is_some(),
+        hash: doc.as_ref().and_then(crate::doc_hash::content_hash_of),
+    }
+    .change()
+        == lost::Change::Changed;
     let stamp = row
         .map(|r| r.stamp)
         .unwrap_or_else(|| Stamp::new(0, end.server.id.clone()));
-    Ok(Side { client, doc, stamp })
+    Ok(Side {
+        client,
+        doc,
+        stamp,
+        changed,
+    })
 }
 
 /// Which end's version wins (true: `a`).
 fn a_wins(policy: &Policy, a: &End, b: &End, sa: &Side, sb: &Side) -> bool {
+    // One side changed after the version both rows may still name, the other did not: not a
+    // concurrent conflict, the change is simply the later write (`converge/lost.rs`).
+    if sa.changed != sb.changed {
+        return sa.changed;
+    }
     let (a_gone, b_gone) = (sa.doc.is_none(), sb.doc.is_none());
     if a_gone != b_gone {
         match policy.deletes() {
