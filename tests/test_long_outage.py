@@ -42,6 +42,19 @@ def running(r):
     return all(s["state"] == "running" for s in r.status())
 
 
+def catch_up_after_losing_both_histories(servers, links, ca, cb):
+    """Wraps both oplogs while nothing observes either server, replicates until both servers
+    hold the same documents, and returns the conflict journal of `app.c`."""
+    roll_over(ca)
+    roll_over(cb)
+    with mmm.Replicator(servers, links) as r:
+        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
+        wait_for(lambda: running(r), timeout=30)
+        time.sleep(1)
+        assert everything(ca) == everything(cb)
+        return r.conflicts("app.c", limit=100_000)
+
+
 def test_an_outage_past_the_oplog_window_catches_up_with_only_the_changed_documents(pair):
     a, b, ca, cb = pair
     servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
@@ -149,14 +162,7 @@ def test_both_sides_lost_their_history_and_keep_every_change(mongo_server_factor
     cb.app.c.insert_many([{"_id": f"c{i}", "v": "new"} for i in range(20)])
     ca.app.c.update_one({"_id": 5}, {"$set": {"v": "both: factory"}})
     cb.app.c.update_one({"_id": 5}, {"$set": {"v": "both: cloud"}})
-    roll_over(ca)
-    roll_over(cb)
-    with mmm.Replicator(servers, links) as r:
-        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
-        wait_for(lambda: running(r), timeout=30)
-        time.sleep(1)
-        assert everything(ca) == everything(cb)
-        journaled = r.conflicts("app.c", limit=100_000)
+    journaled = catch_up_after_losing_both_histories(servers, links, ca, cb)
     for i in range(0, N, 8):
         assert ca.app.c.find_one({"_id": i})["v"] == "factory"
         assert ca.app.c.find_one({"_id": i + 1})["v"] == 5
@@ -217,14 +223,7 @@ def test_random_histories_with_both_sides_lost_keep_one_sided_changes(mongo_serv
             client.app.c.insert_many(inserted)
             for d in inserted:
                 expected[d["_id"]] = [d]
-    roll_over(ca)
-    roll_over(cb)
-    with mmm.Replicator(servers, links) as r:
-        wait_for(lambda: everything(ca) == everything(cb), timeout=60)
-        wait_for(lambda: running(r), timeout=30)
-        time.sleep(1)
-        assert everything(ca) == everything(cb)
-        journaled = {c["id"] for c in r.conflicts("app.c", limit=100_000)}
+    journaled = {c["id"] for c in catch_up_after_losing_both_histories(servers, links, ca, cb)}
     now = {d["_id"]: d for d in everything(ca)}
     for i, d in before.items():
         if who[i] == "neither":

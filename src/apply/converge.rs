@@ -256,6 +256,20 @@ pub fn same_content(a: &Option<Document>, b: &Option<Document>) -> bool {
     }
 }
 
+/// A session in a transaction that reads one snapshot (and records nothing unless told to).
+pub async fn snapshot_transaction(client: &Client) -> Result<ClientSession, Error> {
+    let mut session = client.start_session().await?;
+    session
+        .start_transaction()
+        .with_options(
+            mongodb::options::TransactionOptions::builder()
+                .read_concern(mongodb::options::ReadConcern::snapshot())
+                .build(),
+        )
+        .await?;
+    Ok(session)
+}
+
 /// Reads a version back from `src`: the document at `at` (a snapshot read), or, when that
 /// time has left the source's history, the document as it is now with the stamp of that
 /// later version (installing a later version of the same document is what LWW would end with
@@ -301,15 +315,7 @@ pub async fn read_version_fields(
         return Ok((first, stamp.clone(), None));
     }
     // Too old for a snapshot read: the current version, in one snapshot with its row.
-    let mut session = src.start_session().await?;
-    session
-        .start_transaction()
-        .with_options(
-            mongodb::options::TransactionOptions::builder()
-                .read_concern(mongodb::options::ReadConcern::snapshot())
-                .build(),
-        )
-        .await?;
+    let mut session = snapshot_transaction(src).await?;
     let clock = meta::read_clock(src, Some(&mut session))
         .await
         .map_err(|e| e.source)?;

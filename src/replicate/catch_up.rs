@@ -21,7 +21,7 @@
 //! that differs (`converge/lost.rs`).
 
 use super::runtime::{anchor, LinkFailure, LinkRuntime};
-use crate::apply::converge::{Composite, Converging, Versions};
+use crate::apply::converge::{snapshot_transaction, Composite, Converging, Versions};
 use crate::apply::observe::observe;
 use crate::apply::{Applier, Batch};
 use crate::converge::fields::FieldStamps;
@@ -253,15 +253,7 @@ async fn send_differing(
     // versions: a version that arrived on the source meanwhile (the link the other way
     // catching up too) makes the transaction fail with a write conflict and the batch is
     // decided again, instead of recording a version whose content the source no longer holds.
-    let mut session = src.start_session().await?;
-    session
-        .start_transaction()
-        .with_options(
-            mongodb::options::TransactionOptions::builder()
-                .read_concern(mongodb::options::ReadConcern::snapshot())
-                .build(),
-        )
-        .await?;
+    let mut session = snapshot_transaction(src).await?;
     let src_docs: HashMap<Vec<u8>, Document> = {
         let (db, coll) = first_ns.split_once('.').unwrap_or((first_ns, ""));
         let mut cursor = src
@@ -523,15 +515,7 @@ async fn send(
     checkpoint: &Checkpoint,
     keys: &[(String, Bson)],
 ) -> Result<u64, LinkFailure> {
-    let mut session = src.start_session().await?;
-    session
-        .start_transaction()
-        .with_options(
-            mongodb::options::TransactionOptions::builder()
-                .read_concern(mongodb::options::ReadConcern::snapshot())
-                .build(),
-        )
-        .await?;
+    let mut session = snapshot_transaction(src).await?;
     let clock = meta::read_clock(src, Some(&mut session))
         .await?
         .ok_or_else(|| LinkFailure::Transient("__mmm.clock is missing on the source".into()))?;
