@@ -81,9 +81,12 @@ pub async fn observe_some(
         // A causally consistent read at `t`: the driver sends `afterClusterTime`.
         session.advance_operation_time(t);
     }
+    // A stretch that stops after `limit` entries asks for no more than it reads (plus a few to
+    // finish a unit): each entry of a batch is copied by the server and the driver.
+    let batch = limit.map_or(10_000, |l| l.saturating_add(16).min(10_000) as u32);
     let mut cursor = oplog
         .find(doc! {"ts": {"$gt": from.pos}})
-        .batch_size(10_000)
+        .batch_size(batch)
         .read_concern(ReadConcern::local())
         .session(&mut session)
         .await?;

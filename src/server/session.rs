@@ -157,6 +157,14 @@ pub fn commit(
             (Some(_), None) => return Err(write_conflict()), // dropped concurrently
             _ => {}
         }
+        if snapshot.is_some() && unchanged_since_start(&txn, state, db, coll) {
+            // Nothing was committed to this collection since the transaction began, so its
+            // working copy is the snapshot plus exactly its own writes, indexes maintained, each
+            // record stamped with a fresh version: it becomes the live collection as it is.
+            state.version += 1;
+            updated.push((ns.clone(), working.clone()));
+            continue;
+        }
         for id in ids {
             if version_of(snapshot, id) != version_of(live, id) {
                 return Err(write_conflict());
@@ -215,6 +223,19 @@ pub fn commit(
         return Ok(None);
     }
     Ok(Some(log_apply_ops(state, txn.ops, session)))
+}
+
+/// Whether the live `db.coll` is the very collection the transaction's snapshot holds. Every
+/// change to a live collection goes through `Arc::make_mut` or a new `Arc`, and the snapshot
+/// keeps a reference, so any change since then left a different allocation in the catalog.
+fn unchanged_since_start(txn: &Txn, state: &State, db: &str, coll: &str) -> bool {
+    let at_start = txn
+        .base
+        .as_ref()
+        .and_then(|b| b.get(db))
+        .and_then(|d| d.get(coll));
+    let live = state.dbs.get(db).and_then(|d| d.get(coll));
+    matches!((at_start, live), (Some(a), Some(b)) if std::sync::Arc::ptr_eq(a, b))
 }
 
 /// Logs committed operations as one `applyOps` entry, or a partialTxn chain when too large.
