@@ -274,6 +274,34 @@ def test_fields_a_delete_and_a_later_concurrent_update_leave_the_updated_fields(
     assert result["c"] == [{"_id": 1, "b": "cloud"}]
 
 
+@pytest.mark.parametrize("deletes", ["delete_wins", "update_wins"])
+def test_fields_with_a_delete_rule_a_delete_and_a_concurrent_update_end_as_the_rule_says(pair, deletes):
+    a, b, ca, cb = pair
+    r = bidirectional(a, b, resolve=mmm.FieldMerge(deletes=deletes))
+    start_in_sync(r, [ca, cb], [{"_id": 1, "a": 0, "b": 0}, {"_id": 2, "a": 0, "b": 0}, {"_id": 3, "a": 0}])
+    # 1: deleted, then (by the clock) updated concurrently: lww per field would bring back `b`.
+    ca.app.c.delete_one({"_id": 1})
+    # 2: updated, then deleted concurrently: lww per field would delete it.
+    cb.app.c.update_one({"_id": 2}, {"$set": {"a": "cloud"}})
+    # 3: concurrent updates of different fields, no delete: merged as without a rule.
+    ca.app.c.update_one({"_id": 3}, {"$set": {"a": "factory"}})
+    cb.app.c.update_one({"_id": 3}, {"$set": {"b": "cloud"}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"b": "cloud"}})
+    ca.app.c.delete_one({"_id": 2})
+    result = replicate_until_identical(r, [ca, cb])
+    merged = {"_id": 3, "a": "factory", "b": "cloud"}
+    if deletes == "delete_wins":
+        assert result["c"] == [merged]
+    else:
+        assert result["c"] == [{"_id": 1, "a": 0, "b": "cloud"}, {"_id": 2, "a": "cloud", "b": 0}, merged]
+    # A rewrite only where the merge per field would not give what the rule wants (document 2
+    # under delete_wins is deleted by the merge already).
+    rewritten = [c for c in r.conflicts("app.c") if c["winner"].startswith("rewrite")]
+    assert sorted({c["id"] for c in rewritten}) == ([1] if deletes == "delete_wins" else [1, 2]), r.conflicts("app.c")
+    assert all(c["policy"] == f"fields,deletes={deletes}" for c in rewritten)
+
+
 def test_fields_a_document_with_ten_thousand_fields_converges(pair):
     a, b, ca, cb = pair
     r = bidirectional(a, b, resolve="fields")
@@ -336,9 +364,9 @@ def test_policies_are_checked_before_anything_runs(pair):
         bidirectional(a, b, resolve=mmm.Prefer("moon"))
     with pytest.raises(ValueError, match="deletes is one of"):
         mmm.LWW(deletes="sometimes")
-    with pytest.raises(ValueError, match="deletes='lww' only"):
-        mmm.FieldMerge(deletes="delete_wins")
-    for bad in ("fields,deletes=update_wins", "fields,deletes=", "fields:x", "Fields", "fields,x=y"):
+    with pytest.raises(ValueError, match="deletes is one of"):
+        mmm.FieldMerge(deletes="sometimes")
+    for bad in ("fields,deletes=maybe", "fields,deletes=", "fields:x", "Fields", "fields,x=y"):
         with pytest.raises(ValueError):
             bidirectional(a, b, resolve=bad)
     with pytest.raises(ValueError, match="resolve patterns"):
@@ -411,7 +439,7 @@ def test_mmm_conflicts_lists_the_journal(pair, tmp_path):
     ("resolve: newest\n", "unknown conflict policy"),
     ("resolve: 'prefer:'\n", "unknown conflict policy"),
     ("resolve: 'lww,deletes=maybe'\n", "deletes is one of"),
-    ("resolve: 'fields,deletes=delete_wins'\n", "deletes='lww' only"),
+    ("resolve: 'fields,deletes=always'\n", "deletes is one of"),
     ("tombstone_retention: -1\n", "positive duration"),
     ("tombstone_retention: 1e20\n", "positive duration"),
     ("tombstone_retention: ten days\n", "positive duration"),
@@ -431,6 +459,8 @@ def test_fields_is_read_from_the_file():
     for text in ("resolve: fields\n", "resolve: {'app.*': 'fields,deletes=lww', '*': lww}\n"):
         cfg = parse_config("a:\n  id: A\n  uri: mongodb://h\n" + text, "mmm.yml")
         assert mmm.FieldMerge() in normalize_resolve(cfg.resolve).values(), cfg.resolve
+    cfg = parse_config("a:\n  id: A\n  uri: mongodb://h\nresolve: 'fields,deletes=update_wins'\n", "mmm.yml")
+    assert normalize_resolve(cfg.resolve) == {"*": mmm.FieldMerge(deletes="update_wins")}
 
 
 def test_resolve_on_the_command_line_is_checked(tmp_path):
@@ -441,7 +471,7 @@ def test_resolve_on_the_command_line_is_checked(tmp_path):
     cfg.write_text("a:\n  id: A\n  uri: mongodb://127.0.0.1:1/?replicaSet=rs0\nlinks:\n  - {src: a/x.*, dst: a/y.*}\n")
     run = [sys.executable, "-m", "mmm", "-c", str(cfg), "run"]
     for bad, message in (("newest", "unknown conflict policy"), ("x.*=prefer:moon", "not a server"),
-                         ("x.*=fields,deletes=delete_wins", "deletes='lww' only")):
+                         ("x.*=fields,deletes=never", "deletes is one of")):
         out = subprocess.run(run + ["--resolve", bad], capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and message in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1

@@ -3,7 +3,8 @@ every server of a pair, a star or a chain of three, with links cut and restored,
 paused, connections dropped and replicators killed, checked after each heal.
 
 Each history is drawn from its seed: the topology, the policy (``lww``, ``lww`` with
-``deletes="delete_wins"``, ``Prefer``, ``FieldMerge``), how replication runs (one ``mmm run -s SERVER`` process
+``deletes="delete_wins"``, ``Prefer``, ``FieldMerge`` with ``deletes="lww"`` or
+``"delete_wins"``), how replication runs (one ``mmm run -s SERVER`` process
 per destination, killed with SIGKILL and restarted; or one in-process :class:`mmm.Replicator`
 per destination, stopped and restarted), 10-50 hot documents in one or two collections, and a
 script of steps: inserts, ``$set``, ``$unset``, ``$inc``, ``$push``, ``$pull``, ``$addToSet``,
@@ -83,16 +84,16 @@ SETTLE_TIMEOUT = 90.0
 ORPHAN_TXN_SECONDS = 5
 
 TOPOLOGIES = ("pair", "star", "chain")
-POLICIES = ("lww", "delete_wins", "prefer", "fields")
+POLICIES = ("lww", "delete_wins", "prefer", "fields", "fields_delete_wins")
 MODES = ("procs", "inproc")
 
 DocKey = Tuple[str, int]
 
 
 def history_shape(seed: int) -> Tuple[str, str, str]:
-    """(topology, policy, mode) of a seed: 18 consecutive seeds from a multiple of 24 cover
-    every topology and mode with three policies; 24 cover everything."""
-    return TOPOLOGIES[(seed // 2) % 3], POLICIES[(seed // 6) % 4], MODES[seed % 2]
+    """(topology, policy, mode) of a seed: 18 consecutive seeds from a multiple of 30 cover
+    every topology and mode with three policies; 30 cover everything."""
+    return TOPOLOGIES[(seed // 2) % 3], POLICIES[(seed // 6) % 5], MODES[seed % 2]
 
 
 def topology(shape: str) -> Tuple[List[str], List[Dict[str, Any]]]:
@@ -159,7 +160,8 @@ def fmt_doc(raw: Optional[bytes]) -> str:
 # Replication, one runner per destination server
 # ------------------------------------------------------------------------------------------
 
-POLICY_YAML = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins", "fields": "fields"}
+POLICY_YAML = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins", "fields": "fields",
+               "fields_delete_wins": "fields,deletes=delete_wins"}
 
 
 class Sides:
@@ -182,7 +184,8 @@ class Sides:
             yaml_policy, obj = f"prefer:{preferred}", mmm.Prefer(preferred)
         else:
             yaml_policy = POLICY_YAML[policy]
-            obj = mmm.FieldMerge() if policy == "fields" else mmm.LWW(deletes="delete_wins" if policy == "delete_wins" else "lww")
+            deletes = "delete_wins" if policy.endswith("delete_wins") else "lww"
+            obj = mmm.FieldMerge(deletes=deletes) if policy.startswith("fields") else mmm.LWW(deletes=deletes)
         self.policy_obj = obj
         self.config = os.path.join(workdir, "mmm.yml")
         with open(self.config, "w") as f:
@@ -510,7 +513,7 @@ class History:
     def canon(self, raw: Optional[bytes]) -> Optional[bytes]:
         """A document as compared: its bytes, top-level fields sorted under ``fields`` (there
         values converge, not the order of fields: see the README)."""
-        if raw is None or self.policy != "fields":
+        if raw is None or not self.policy.startswith("fields"):
             return raw
         return bson.encode(dict(sorted(bson.decode(raw, codec_options=CodecOptions(tz_aware=False)).items())))
 
@@ -624,7 +627,7 @@ class History:
             if certain and last_e.effective and last_e.exact and last_r.t0 > others_end + MARGIN:
                 # Under fields, only a write of the whole document decides every field.
                 whole = last_r.kind in ("insert", "replace", "delete")
-                if self.policy == "lww" or (self.policy == "delete_wins" and last_e.deleted) or (self.policy == "fields" and whole):
+                if self.policy == "lww" or (self.policy.endswith("delete_wins") and last_e.deleted) or (self.policy == "fields" and whole):
                     self.stats["checked_lww"] += 1
                     if got(key) != self.canon(last_e.post):
                         errors.append(f"{key[0]}#{key[1]}: the last write (op {last_r.n:03d} on {last_r.server}, "
@@ -637,7 +640,7 @@ class History:
                 if not in_w or any(e.effective is None for _, e in in_w):
                     continue
                 wrote = {r.server for r, e in in_w if e.effective}
-                if self.policy == "delete_wins":
+                if self.policy.endswith("delete_wins"):
                     deleters = [n for n in wrote if key not in last_window_end[n]]
                     if deleters:
                         self.stats["checked_deletes"] += 1
@@ -660,7 +663,7 @@ class History:
         writer's version. Windows with an op of unknown outcome on the document are skipped."""
         journal = self.journal()
         errors = []
-        want_policy = {"lww": "lww", "delete_wins": "lww,deletes=delete_wins", "fields": "fields"}.get(
+        want_policy = POLICY_YAML.get(
             self.policy, f"prefer:{(self.preferred or '').upper()}")
         by_doc: Dict[DocKey, List[Tuple[float, Dict[str, Any]]]] = {}
         for e in journal:

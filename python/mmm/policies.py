@@ -81,14 +81,16 @@ class FieldMerge(Policy):
     documents or arrays). Inserts, replacements and deletes write every field, absent ones
     included; so an update made after (by the clock) a concurrent delete brings the document
     back with only the fields that update wrote. Values converge; the order of fields inside a
-    document may differ between servers. Only ``deletes="lww"`` is supported."""
+    document may differ between servers. With ``deletes="delete_wins"`` a delete met by a
+    concurrent update leaves the document deleted everywhere; with ``"update_wins"`` the updated
+    document stays whole (every field it held, not only those the update wrote). Either way the
+    server that meets the conflict writes that outcome as a new version, and the conflict is
+    journaled."""
 
     kind = "fields"
 
     def __init__(self, deletes: str = "lww") -> None:
-        if _check_deletes(deletes) != "lww":
-            raise ValueError(f"FieldMerge supports deletes='lww' only, got {deletes!r}")
-        self.deletes = deletes
+        self.deletes = _check_deletes(deletes)
 
     def __repr__(self) -> str:
         return f"FieldMerge(deletes={self.deletes!r})"
@@ -195,7 +197,7 @@ PolicyLike = Union[Policy, str, None]
 
 
 def parse_policy(value: PolicyLike) -> Optional[Policy]:
-    """A policy from its object or its name: ``"lww"``, ``"prefer:<server>"``, ``"none"`` (or ``None``: detection only). A suffix ``,deletes=delete_wins`` (or
+    """A policy from its object or its name: ``"lww"``, ``"fields"``, ``"prefer:<server>"``, ``"none"`` (or ``None``: detection only). A suffix ``,deletes=delete_wins`` (or
     ``update_wins``) sets the delete rule: ``"lww,deletes=delete_wins"``."""
     if value is None or isinstance(value, Policy):
         return value

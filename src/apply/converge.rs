@@ -6,10 +6,10 @@
 
 use super::observe::{news, observe, with_stored_fields};
 use super::plan::Plan;
-use crate::converge::fields::{merge_documents, FieldStamps};
+use crate::converge::fields::{delete_rule_wants, merge_documents, FieldStamps};
 use crate::converge::policy::{settle_equal, Arriving, Held, Winner};
 use crate::converge::stamp::resolution_site;
-use crate::converge::{decide, Decision, Knowledge, Policy, PolicyMap, Side, Stamp};
+use crate::converge::{decide, Decision, Deletes, Knowledge, Policy, PolicyMap, Side, Stamp};
 use crate::oplog::{Entry, OpKind};
 use crate::store::journal::{conflict_id, JournalEntry, VersionRecord};
 use crate::store::meta::{self, doc_key, Clock, DocKey, MetaRow};
@@ -422,6 +422,8 @@ fn refuse_clock_skew(versions: &Versions, src_site: &str) -> Result<(), Error> {
 struct Merged {
     /// The merge differs from what is held (else nothing is written).
     changed: bool,
+    /// A delete rule rewrote the merge as this side's content, under `row`'s fresh stamp.
+    rewritten: Option<Side>,
     content: Option<Document>,
     row: MetaRow,
     ours_doc: Option<Document>,
@@ -432,11 +434,35 @@ struct Merged {
 
 impl Merged {
     fn winner(&self) -> &'static str {
-        if self.changed {
-            "merged"
-        } else {
-            "ours"
+        match self.rewritten {
+            Some(side) => winner_name(Winner::Rewrite(side)),
+            None if self.changed => "merged",
+            None => "ours",
         }
+    }
+
+    /// Applies the namespace's delete rule to a concurrent merge (see
+    /// [`delete_rule_wants`]): where the merge does not already give the content the rule
+    /// wants, that content is written whole under `fresh`, a stamp above both versions.
+    /// Returns whether it was.
+    fn apply_delete_rule(&mut self, rule: Deletes, fresh: impl FnOnce() -> Stamp) -> bool {
+        let Some((side, wanted)) =
+            delete_rule_wants(rule, self.ours_doc.as_ref(), self.theirs_doc.as_ref())
+        else {
+            return false;
+        };
+        if same_content(&wanted, &self.content) {
+            return false;
+        }
+        let stamp = fresh();
+        self.row.fields = Some(FieldStamps::whole(stamp.clone(), wanted.is_none()));
+        self.row.stamp = stamp;
+        self.row.deleted = wanted.is_none();
+        self.row.content = hash_of(&wanted);
+        self.content = wanted;
+        self.changed = true;
+        self.rewritten = Some(side);
+        true
     }
 }
 
@@ -521,6 +547,7 @@ async fn merge_fields(
     let stamp = merged.max().cloned().unwrap_or_else(|| c.stamp.clone());
     Ok(Some(Merged {
         changed: merged != ours,
+        rewritten: None,
         row: MetaRow {
             ns: c.ns.clone(),
             id: c.id.clone(),
@@ -596,9 +623,9 @@ pub async fn prepare(
         };
         let mut decision = decide(&policy, &conv.site, &held, &arriving);
         fresh = fresh.max(c.stamp.h);
-        if let Policy::Fields { .. } = policy {
+        if let Policy::Fields { deletes } = policy {
             let concurrent = matches!(decision, Decision::Conflict(_));
-            if let Some(m) = merge_fields(
+            if let Some(mut m) = merge_fields(
                 client,
                 session,
                 conv,
@@ -609,6 +636,17 @@ pub async fn prepare(
             )
             .await?
             {
+                let mut resolution = None;
+                if concurrent {
+                    let above = m.ours_stamp.h.max(m.theirs_stamp.h).max(m.row.stamp.h);
+                    let rewrite = || {
+                        fresh = fresh.max(above) + 1;
+                        Stamp::new(fresh, resolution_site(&conv.site))
+                    };
+                    if m.apply_delete_rule(deletes, rewrite) {
+                        resolution = Some(m.row.stamp.clone());
+                    }
+                }
                 if m.changed {
                     add_state(&mut plan, &c.ns, &c.id, &m.content);
                 }
@@ -632,7 +670,7 @@ pub async fn prepare(
                             doc: m.theirs_doc,
                             deleted: c.deleted,
                         },
-                        resolution: None,
+                        resolution,
                     };
                     log::warn!(target: "mmm", "conflict: {}", entry.summary());
                     conflicts.push(ConflictRecord {

@@ -77,9 +77,10 @@
 //! catch-up sends the source's row, or a whole write for the versions it makes. The apply
 //! (`apply/converge.rs`, `merge_fields`) always merges, and reads the source's version back
 //! unless the composite is one op that gives the whole document ([`ops_give_merge`] is not
-//! used yet: reading back is always exact, only slower). Delete rules other than `lww` are
-//! not offered with `fields` yet (the model covers them; the apply does not).
+//! used yet: reading back is always exact, only slower). With a delete rule other than
+//! `lww`, a delete met by a concurrent live version ends as [`delete_rule_wants`] says.
 
+use super::policy::{Deletes, Side};
 use super::stamp::Stamp;
 use crate::oplog::entry::{Entry, OpKind};
 use crate::oplog::fields::{touched_fields, Touched};
@@ -392,10 +393,66 @@ pub fn merge_documents(
         .map(|fields| fields.into_iter().collect())
 }
 
+/// What a delete rule other than `lww` wants when a delete meets a concurrent live version:
+/// the side whose content must end on every server (`DeleteWins`: the deleted one;
+/// `UpdateWins`: the live one, whole) and that content. `None` when the rule is `lww` or both
+/// sides are deleted or both live: the merge decides alone.
+///
+/// Where the merge already gives that content nothing more is done; elsewhere the server that
+/// meets the conflict writes the content again as a whole-document version stamped above both
+/// (a rewrite, as the other policies do). Each server that meets the conflict wants the same
+/// content, since the deleted side and the live side are the same whichever holds which, so
+/// two rewrites made apart agree, and when they meet, both deleted or both live with equal
+/// content, the merge (larger base) keeps that content: `model_fields.rs` checks the rule over
+/// random histories (`delete_rules_converge_under_fields`).
+pub fn delete_rule_wants(
+    rule: Deletes,
+    ours: Option<&Document>,
+    theirs: Option<&Document>,
+) -> Option<(Side, Option<Document>)> {
+    let (deleted, live) = match (ours, theirs) {
+        (None, Some(t)) => (Side::Ours, (Side::Theirs, t)),
+        (Some(o), None) => (Side::Theirs, (Side::Ours, o)),
+        _ => return None,
+    };
+    match rule {
+        Deletes::Lww => None,
+        Deletes::DeleteWins => Some((deleted, None)),
+        Deletes::UpdateWins => Some((live.0, Some(live.1.clone()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oplog::fields::Touched;
+
+    #[test]
+    fn a_delete_rule_wants_the_deleted_or_the_live_side_only_against_a_live_version() {
+        let live = doc! {"_id": 1, "a": 1};
+        let other = doc! {"_id": 1, "b": 2};
+        for rule in [Deletes::Lww, Deletes::DeleteWins, Deletes::UpdateWins] {
+            assert_eq!(delete_rule_wants(rule, None, None), None);
+            assert_eq!(delete_rule_wants(rule, Some(&live), Some(&other)), None);
+        }
+        assert_eq!(delete_rule_wants(Deletes::Lww, Some(&live), None), None);
+        assert_eq!(
+            delete_rule_wants(Deletes::DeleteWins, Some(&live), None),
+            Some((Side::Theirs, None))
+        );
+        assert_eq!(
+            delete_rule_wants(Deletes::DeleteWins, None, Some(&live)),
+            Some((Side::Ours, None))
+        );
+        assert_eq!(
+            delete_rule_wants(Deletes::UpdateWins, Some(&live), None),
+            Some((Side::Ours, Some(live.clone())))
+        );
+        assert_eq!(
+            delete_rule_wants(Deletes::UpdateWins, None, Some(&live)),
+            Some((Side::Theirs, Some(live.clone())))
+        );
+    }
 
     #[test]
     fn joining_in_place_is_the_merge() {

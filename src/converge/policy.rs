@@ -77,7 +77,8 @@ pub enum Policy {
     Prefer { site: String, deletes: Deletes },
     /// A function decides, once, on the arbiter.
     Resolver { arbiter: String, deletes: Deletes },
-    /// The later write wins per top-level field (`fields.rs`); deletes by stamp only.
+    /// The later write wins per top-level field (`fields.rs`); a delete met by a concurrent
+    /// live version ends as `deletes` says (`fields::delete_rule_wants`).
     Fields { deletes: Deletes },
 }
 
@@ -98,10 +99,6 @@ impl Policy {
         Ok(match kind {
             "none" => Policy::Detect,
             "lww" => Policy::Lww { deletes },
-            // Delete rules are not carried through the field merge yet.
-            "fields" if deletes != Deletes::Lww => {
-                return Err("the fields policy takes deletes=lww only (for now)".to_string())
-            }
             "fields" => Policy::Fields { deletes },
             "prefer" => Policy::Prefer {
                 site: site()?,
@@ -371,7 +368,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_is_parsed_with_deletes_lww_only_and_named_back() {
+    fn fields_is_parsed_with_every_delete_rule_and_named_back() {
         let p = Policy::from_parts("fields", "", "lww").unwrap();
         assert_eq!(
             p,
@@ -380,10 +377,10 @@ mod tests {
             }
         );
         assert_eq!(p.to_string(), "fields");
-        for d in ["delete_wins", "update_wins"] {
-            assert!(Policy::from_parts("fields", "", d)
-                .unwrap_err()
-                .contains("deletes=lww only"));
+        for d in [Deletes::DeleteWins, Deletes::UpdateWins] {
+            let p = Policy::from_parts("fields", "", d.name()).unwrap();
+            assert_eq!(p, Policy::Fields { deletes: d });
+            assert_eq!(p.to_string(), format!("fields,deletes={}", d.name()));
         }
         let mut m = BTreeMap::new();
         m.insert("db.*".to_string(), p);
