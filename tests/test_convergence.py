@@ -302,6 +302,39 @@ def test_fields_with_a_delete_rule_a_delete_and_a_concurrent_update_end_as_the_r
     assert all(c["policy"] == f"fields,deletes={deletes}" for c in rewritten)
 
 
+def test_field_mode_tags_versions_installed_whole_with_the_server_they_came_from(pair):
+    a, b, ca, cb = pair
+    r = mmm.Replicator(
+        servers={"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}},
+        links=[mmm.Link("factory/app.*", "cloud/app.*", marker="field"),
+               mmm.Link("cloud/app.*", "factory/app.*", marker="field")],
+        resolve={"app.f": "fields", "*": "lww"},
+    )
+    with r:  # copies carry the tag: compared below without it
+        ca.app.c.insert_one({"_id": 1, "v": 0})
+        ca.app.f.insert_one({"_id": 2, "a": 0, "b": 0})
+        wait_for(lambda: cb.app.c.find_one({"_id": 1}) and cb.app.f.find_one({"_id": 2}), timeout=30)
+    # 1: both change it, the cloud later: the factory takes the cloud's version whole.
+    ca.app.c.update_one({"_id": 1}, {"$set": {"v": "factory"}})
+    # 2: both change different fields: each side merges in the other's.
+    ca.app.f.update_one({"_id": 2}, {"$set": {"a": "factory"}})
+    cb.app.f.update_one({"_id": 2}, {"$set": {"b": "cloud"}})
+    later()
+    cb.app.c.update_one({"_id": 1}, {"$set": {"v": "cloud"}})
+
+    def untagged(client):
+        return {name: [{k: v for k, v in d.items() if k != "__mmm"} for d in docs]
+                for name, docs in everything(client).items()}
+
+    with r:
+        wait_for(lambda: untagged(ca) == untagged(cb) and cb.app.f.find_one({"_id": 2})["a"] == "factory", timeout=30)
+        time.sleep(0.5)
+    assert untagged(ca)["c"] == [{"_id": 1, "v": "cloud"}]
+    assert ca.app.c.find_one({"_id": 1})["__mmm"]["origin"] == "C"
+    assert ca.app.f.find_one({"_id": 2})["__mmm"]["origin"] == "C"
+    assert cb.app.f.find_one({"_id": 2})["__mmm"]["origin"] == "F"
+
+
 def test_fields_a_document_with_ten_thousand_fields_converges(pair):
     a, b, ca, cb = pair
     r = bidirectional(a, b, resolve="fields")

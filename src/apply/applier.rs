@@ -199,16 +199,7 @@ impl Applier {
                 versions,
                 converging,
                 tag,
-            } => Some(
-                converge::prepare(
-                    &self.client,
-                    session,
-                    converging,
-                    versions,
-                    |plan, ns, op| plan.add_tagged(ns, op, tag),
-                )
-                .await?,
-            ),
+            } => Some(converge::prepare(&self.client, session, converging, versions, tag).await?),
         };
         let plan = match (&prepared, batch) {
             (Some(p), _) => &p.plan,

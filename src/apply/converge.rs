@@ -5,7 +5,7 @@
 //! conflict journal, all committed with the link's checkpoint.
 
 use super::observe::{news, observe, with_stored_fields};
-use super::plan::Plan;
+use super::plan::{Plan, Tag};
 use crate::converge::fields::{delete_rule_wants, merge_documents, FieldStamps};
 use crate::converge::policy::{settle_equal, Arriving, Held, Winner};
 use crate::converge::stamp::resolution_site;
@@ -386,8 +386,10 @@ fn winner_name(w: Winner) -> &'static str {
     }
 }
 
-fn add_state(plan: &mut Plan, ns: &str, id: &Bson, doc: &Option<Document>) {
-    plan.add_state(ns, id, doc.as_ref());
+/// Puts a whole version in place; in field mode (`tag`), tagged as a write that came over the
+/// link (a version this server keeps, or one its resolver made, is passed without a tag).
+fn add_state(plan: &mut Plan, ns: &str, id: &Bson, doc: &Option<Document>, tag: Option<&Tag>) {
+    plan.add_state(ns, id, doc.as_ref(), tag);
 }
 
 /// Stamps this far ahead of the wall clock here mean a server's clock is wrong: applying them
@@ -574,7 +576,7 @@ pub async fn prepare(
     session: &mut ClientSession,
     conv: &Converging,
     versions: &Versions,
-    tag: impl Fn(&mut Plan, &str, &RawDocumentBuf) -> Result<(), super::PlanError>,
+    tag: Option<&Tag>,
 ) -> Result<Prepared, Error> {
     let clock = meta::read_clock(client, Some(&mut *session))
         .await
@@ -648,7 +650,8 @@ pub async fn prepare(
                     }
                 }
                 if m.changed {
-                    add_state(&mut plan, &c.ns, &c.id, &m.content);
+                    let kept = m.rewritten == Some(Side::Ours);
+                    add_state(&mut plan, &c.ns, &c.id, &m.content, tag.filter(|_| !kept));
                 }
                 if concurrent {
                     let winner = m.winner();
@@ -700,7 +703,8 @@ pub async fn prepare(
         };
         let install_change = |plan: &mut Plan| -> Result<bool, Error> {
             for op in &c.ops {
-                tag(plan, &c.ns, op).map_err(|e| Error::custom(e.0))?;
+                plan.add_tagged(&c.ns, op, tag)
+                    .map_err(|e| Error::custom(e.0))?;
             }
             Ok(!c.ops.is_empty())
         };
@@ -717,7 +721,7 @@ pub async fn prepare(
                         &c.stamp,
                     )
                     .await?;
-                    add_state(&mut plan, &c.ns, &c.id, &doc);
+                    add_state(&mut plan, &c.ns, &c.id, &doc, tag);
                     rows.insert(key, row(stamp, doc.is_none(), hash_of(&doc)));
                     continue;
                 }
@@ -768,7 +772,7 @@ pub async fn prepare(
                     install_change(&mut plan)?;
                     c.content_hash()
                 } else {
-                    add_state(&mut plan, &c.ns, &c.id, &theirs_doc);
+                    add_state(&mut plan, &c.ns, &c.id, &theirs_doc, tag);
                     hash_of(&theirs_doc)
                 };
                 rows.insert(
@@ -820,7 +824,8 @@ pub async fn prepare(
                 };
                 fresh = fresh.max(ours_stamp.h).max(theirs_stamp.h) + 1;
                 let stamp = Stamp::new(fresh, resolution_site(&conv.site));
-                add_state(&mut plan, &c.ns, &c.id, &content);
+                let came = side == Side::Theirs;
+                add_state(&mut plan, &c.ns, &c.id, &content, tag.filter(|_| came));
                 rows.insert(
                     key.clone(),
                     row(stamp.clone(), content.is_none(), hash_of(&content)),

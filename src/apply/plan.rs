@@ -268,15 +268,28 @@ impl Plan {
         }
     }
 
-    /// Puts a whole version in place: the document (upserted by `_id`), or its absence.
-    pub fn add_state(&mut self, dst_ns: &str, id: &Bson, doc: Option<&Document>) {
+    /// Puts a whole version in place: the document (upserted by `_id`, with `tag` in field
+    /// mode), or its absence.
+    pub fn add_state(
+        &mut self,
+        dst_ns: &str,
+        id: &Bson,
+        doc: Option<&Document>,
+        tag: Option<&Tag>,
+    ) {
         self.touched.push((dst_ns.to_string(), id.clone()));
         match doc {
-            Some(d) => self.push(
-                dst_ns,
-                Kind::Update,
-                doc! {"q": {"_id": id.clone()}, "u": d.clone(), "upsert": true},
-            ),
+            Some(d) => {
+                let d = match tag {
+                    Some(tag) => tag.on_document(d.clone()),
+                    None => d.clone(),
+                };
+                self.push(
+                    dst_ns,
+                    Kind::Update,
+                    doc! {"q": {"_id": id.clone()}, "u": d, "upsert": true},
+                )
+            }
             None => self.push(
                 dst_ns,
                 Kind::Delete,

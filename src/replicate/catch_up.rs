@@ -23,7 +23,7 @@
 use super::runtime::{anchor, LinkFailure, LinkRuntime};
 use crate::apply::converge::{snapshot_transaction, Composite, Converging, Versions};
 use crate::apply::observe::observe;
-use crate::apply::{Applier, Batch};
+use crate::apply::{Applier, Batch, Tag};
 use crate::converge::fields::FieldStamps;
 use crate::converge::{lost, Stamp};
 use crate::doc_hash::content_hash_of;
@@ -77,6 +77,15 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// A whole version as an oplog op: an insert of the document, or a delete of its `_id`.
+/// In field mode, the tag of versions a catch-up sends: they come from the source, as of
+/// `ts` on it (as initial sync tags the documents it copies).
+fn caught_up_tag(rt: &LinkRuntime, ts: Timestamp) -> Option<Tag> {
+    rt.spec.tag_documents.then(|| Tag {
+        origin: rt.src.id.clone(),
+        ts,
+    })
+}
+
 fn state_op(ns: &str, id: &Bson, doc: Option<&Document>) -> RawDocumentBuf {
     let d = match doc {
         Some(d) => doc! {"op": "i", "ns": ns, "o": d.clone()},
@@ -411,10 +420,11 @@ async fn send_differing(
     session.commit_transaction().await?;
     versions.know.see(&versions.composites[0].stamp);
     let n = versions.composites.len() as u64;
+    let tag = caught_up_tag(rt, gap_from);
     let batch = Batch::Versions {
         versions: &versions,
         converging,
-        tag: None,
+        tag: tag.as_ref(),
     };
     applier.apply_batch(batch, checkpoint).await?;
     rt.status.lock().ops_applied += n;
@@ -593,10 +603,11 @@ async fn send(
     }
     let n = versions.composites.len() as u64;
     if n > 0 {
+        let tag = caught_up_tag(rt, clock.pos);
         let batch = Batch::Versions {
             versions: &versions,
             converging,
-            tag: None,
+            tag: tag.as_ref(),
         };
         applier.apply_batch(batch, checkpoint).await?;
         rt.status.lock().ops_applied += n;
