@@ -409,6 +409,22 @@ def test_policies_are_checked_before_anything_runs(pair):
     with pytest.raises(ValueError):
         bidirectional(a, b, resolve={1: "lww"})
     assert mmm.policies.parse_policy("prefer:cloud,deletes=delete_wins") == mmm.Prefer("cloud", deletes="delete_wins")
+
+
+@pytest.mark.parametrize("there, back", [("prefer:cloud", None), ("lww", "fields"), ("lww", "lww,deletes=update_wins"),
+                                         ({"*": "lww", "app.c": "fields"}, "lww")])
+def test_opposite_links_with_different_policies_are_refused(pair, there, back):
+    a, b, ca, cb = pair
+    servers = {"factory": {"id": "F", "uri": a.uri}, "cloud": {"id": "C", "uri": b.uri}}
+    links = [mmm.Link("factory/app.*", "cloud/app.*", resolve=there), mmm.Link("cloud/app.*", "factory/app.*", resolve=back)]
+    with pytest.raises(ValueError, match="different conflict policies") as e:
+        mmm.Replicator(servers=servers, links=links)
+    assert "factory/app.*->cloud/app.*" in str(e.value) or "cloud/app.*->factory/app.*" in str(e.value)
+    # The same policy both ways, given per link or by the replicator, is fine; so is a link with
+    # no way back.
+    same = [mmm.Link("factory/app.*", "cloud/app.*", resolve=there), mmm.Link("cloud/app.*", "factory/app.*", resolve=there)]
+    mmm.Replicator(servers=servers, links=same)
+    mmm.Replicator(servers=servers, links=links[1:], resolve=there)
     assert mmm.policies.parse_policy("none") is None
     assert ca.list_database_names() == cb.list_database_names()
     assert "__mmm" not in ca.list_database_names()

@@ -57,13 +57,16 @@ def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None,
     policies: Dict[str, Any] = {}
     resolvers: Dict[str, Any] = {}
     default = normalize_resolve(LWW() if resolve is _DEFAULT else resolve)
+    owns: Dict[str, Dict[str, Any]] = {}
     for link in links:
         own = default if link.resolve is None else normalize_resolve(link.resolve)
         specs, funcs = core_policies(own, server_ids)
         link_id = link.id
         policies[link_id] = specs
+        owns[link_id] = own
         if funcs:
             resolvers[link_id] = funcs
+    _check_opposite_links_agree(links, policies, owns)
     try:
         return _mmm.ReplicatorCore(servers, links, policies, resolvers, tombstone_retention)
     except ValueError as e:
@@ -71,6 +74,25 @@ def _core(servers: Iterable[Server], links: Iterable[Link], resolve: Any = None,
 
 
 _DEFAULT: Any = object()
+
+
+def _check_opposite_links_agree(links: List[Link], policies: Dict[str, Any], owns: Dict[str, Dict[str, Any]]) -> None:
+    """Two links carrying the same documents in opposite directions decide each conflict once
+    on each side: with different policies the two sides would each keep what their own policy
+    picks, and never agree. Refused here, before anything runs (links run by other processes
+    cannot be seen from here: give every process the same policies)."""
+    by_route = {(link.src, link.dst): link for link in links}
+    for link in links:
+        back = by_route.get((link.dst, link.src))
+        if back is None or link.id >= back.id or policies[link.id] == policies[back.id]:
+            continue
+
+        def shown(own: Dict[str, Any]) -> str:
+            return "{" + ", ".join(f"{k!r}: {'none' if v is None else v!r}" for k, v in sorted(own.items())) + "}"
+
+        raise ValueError(f"links {link.id} and {back.id} carry the same documents both ways with different conflict "
+                         f"policies ({shown(owns[link.id])} and {shown(owns[back.id])}): the servers would never agree "
+                         "on a conflict; give both links the same resolve")
 
 
 @dataclass(frozen=True)
