@@ -15,7 +15,7 @@ for a seed on every run; how it interleaves with replication is not, as in produ
 
 Environment:
 
-- ``MMM_CONVERGENCE_HISTORIES``: how many histories (default 18: each topology and each way of
+- ``MMM_CONVERGENCE_HISTORIES``: how many histories (default 30: each topology and each way of
   running with each policy);
 - ``MMM_CONVERGENCE_SEED``: the first seed (the others follow it). To replay one history:
   ``MMM_CONVERGENCE_SEED=<seed> MMM_CONVERGENCE_HISTORIES=1 pytest tests/test_convergence_random.py``;
@@ -71,7 +71,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 import mmm
 from mmm.config import Link
 
-HISTORIES = int(os.environ.get("MMM_CONVERGENCE_HISTORIES", "18"))
+HISTORIES = int(os.environ.get("MMM_CONVERGENCE_HISTORIES", "30"))
 FIRST_SEED = int(os.environ.get("MMM_CONVERGENCE_SEED", "7200"))
 EMBEDDED = not os.environ.get("MMM_TEST_MONGOD")
 RAW = CodecOptions(document_class=RawBSONDocument)
