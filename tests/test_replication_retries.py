@@ -87,3 +87,27 @@ def test_fail_points_of_the_destination_leave_other_clients_alone(armed_pair):
     with pymongo.MongoClient(b.uri, appname=DESTINATION_APP, retryWrites=False) as victim:
         with pytest.raises(pymongo.errors.PyMongoError):
             victim.app.other.insert_one({"_id": 2})
+
+
+def test_batches_too_slow_for_the_transaction_lifetime_shrink_until_they_fit(armed_pair, caplog):
+    """Every insert of the link's transactions is slowed so that a full batch outlives the
+    destination's transactionLifetimeLimitSeconds: the destination ends such transactions. The
+    link must send smaller batches until they fit (sending the same batch again never ends)."""
+    a, b, ca, cb = armed_pair
+    with one_way(a, b) as r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()))
+    ca.app.items.insert_many([{"_id": i} for i in range(6000)])
+    limit = cb.admin.command("getParameter", 1, transactionLifetimeLimitSeconds=1)["transactionLifetimeLimitSeconds"]
+    cb.admin.command("setParameter", 1, transactionLifetimeLimitSeconds=1)
+    try:
+        # A batch of 5,000 inserts is 6 insert commands (documents, then rows by 1,000): 1.2 s.
+        cb.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
+            "failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 200, "appName": DESTINATION_APP}})
+        with caplog.at_level("WARNING", logger="mmm"), one_way(a, b):
+            wait_for(lambda: cb.app.items.estimated_document_count() == 6000, timeout=120)
+    finally:
+        cb.admin.command("configureFailPoint", "failCommand", mode="off")
+        cb.admin.command("setParameter", 1, transactionLifetimeLimitSeconds=limit)
+    assert any("batches now hold at most" in m for m in caplog.messages), caplog.messages
+    inserts = [e["o"]["_id"] for e in user_entries(cb) if e["op"] == "i"]
+    assert sorted(inserts) == list(range(6000))

@@ -39,6 +39,16 @@ fn local_attempts(e: &Error) -> u64 {
         _ => 50,
     }
 }
+/// NoSuchTransaction: the server no longer has the transaction (it aborted it).
+const NO_SUCH_TRANSACTION: i32 = 251;
+
+fn command_code(e: &Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
 /// Commits retried while their result is unknown.
 const COMMIT_ATTEMPTS: usize = 3;
 /// A refused statement larger than this is journaled as its `_id` and size only.
@@ -367,6 +377,7 @@ impl Applier {
                 .start_session()
                 .await
                 .map_err(|e| ApplyError::Transient(describe(&e)))?;
+            let started = std::time::Instant::now();
             let outcome = self.run_once(&mut session, batch, &written, &mode).await;
             // A refused write leaves the server reachable: end its transaction now, so its locks
             // do not stand in the way of the next attempt. (After network trouble, dropping
@@ -409,6 +420,14 @@ impl Applier {
                     };
                     mode.journal.push(entry);
                     mode.skip.insert((command, statement));
+                }
+                Err(Failed::Driver(e)) if command_code(&e) == Some(NO_SUCH_TRANSACTION) => {
+                    return Err(ApplyError::Overlong(format!(
+                        "the destination ended a batch's transaction {:.1} s after it began, \
+                         before its commit (longer than its transactionLifetimeLimitSeconds?): {}",
+                        started.elapsed().as_secs_f64(),
+                        describe(&e)
+                    )));
                 }
                 Err(Failed::Driver(e))
                     if e.contains_label(TRANSIENT_TRANSACTION_ERROR)

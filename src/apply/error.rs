@@ -64,6 +64,10 @@ pub enum ApplyError {
     Transient(String),
     /// A write the destination refused (see [`Refusal`]).
     Refused(Refusal),
+    /// The destination ended the batch's transaction before its commit (NoSuchTransaction):
+    /// it ran longer than the server lets a transaction live. The same batch would again:
+    /// smaller ones are needed.
+    Overlong(String),
 }
 
 impl fmt::Display for ApplyError {
@@ -71,6 +75,7 @@ impl fmt::Display for ApplyError {
         match self {
             ApplyError::Transient(m) => f.write_str(&one_line(m)),
             ApplyError::Refused(r) => r.fmt(f),
+            ApplyError::Overlong(m) => f.write_str(&one_line(m)),
         }
     }
 }

@@ -40,7 +40,7 @@
 //! If it rolled over meanwhile, the link stops with the rollover error rather than diverge.
 
 use super::id_order::after_filter;
-use super::runtime::{LinkFailure, LinkRuntime, MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use super::runtime::{LinkFailure, LinkRuntime};
 use crate::apply::{Applier, Plan, Tag};
 use crate::oplog::NsPattern;
 use crate::store::namespaces::{is_system_collection, SERVER_DATABASES as SKIP_DBS};
@@ -181,7 +181,7 @@ pub async fn initial_sync(
                     })?;
                 copy.bytes += raw.as_bytes().len();
                 copy.docs.push((id, raw.to_raw_document_buf()));
-                if copy.docs.len() >= MAX_BATCH_OPS || copy.bytes >= MAX_BATCH_BYTES {
+                if copy.docs.len() >= rt.batch_limit.ops() || copy.bytes >= rt.batch_limit.bytes() {
                     copy.flush(rt, applier, &mut checkpoint, &mut progress, false)
                         .await?;
                 }
@@ -352,7 +352,7 @@ async fn copy_batch(
         initial_sync: Some(next.clone()),
         ..checkpoint.clone()
     };
-    let applied = applier.apply(&plan, &with_progress).await?;
+    let applied = rt.batch_outcome(applier.apply(&plan, &with_progress).await, copied)?;
     // Copies are not counted as applied ops; documents the destination refused and a
     // `journal` link set aside are counted as rejected.
     checkpoint.rejected += applied.rejected;

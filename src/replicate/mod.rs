@@ -120,6 +120,7 @@ impl Replicator {
                 resolvers: resolvers.get(&spec.id()).cloned().unwrap_or_default(),
                 src_fields: topology::fields_ns(links, &spec.src),
                 dst_fields: topology::fields_ns(links, &spec.dst),
+                batch_limit: Default::default(),
             };
             tasks.push(tokio::spawn(link::run_link(
                 runtime,

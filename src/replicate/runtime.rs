@@ -22,6 +22,46 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_BATCH_OPS: usize = 5000;
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// The size a link's batches close at: [`MAX_BATCH_OPS`] and [`MAX_BATCH_BYTES`], halved each
+/// time the destination ends a batch's transaction for living too long
+/// (`transactionLifetimeLimitSeconds`: a slow or loaded server), grown back by an eighth with
+/// each full batch applied. Without it such a link would send the same batch for ever.
+#[derive(Debug)]
+pub struct BatchLimit(std::sync::atomic::AtomicUsize);
+
+impl Default for BatchLimit {
+    fn default() -> Self {
+        BatchLimit(std::sync::atomic::AtomicUsize::new(MAX_BATCH_OPS))
+    }
+}
+
+impl BatchLimit {
+    pub fn ops(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The byte limit, in proportion to the op limit.
+    pub fn bytes(&self) -> usize {
+        (MAX_BATCH_BYTES / MAX_BATCH_OPS * self.ops()).max(64 * 1024)
+    }
+
+    /// Halves the limit (one op at the least); returns the new one.
+    pub fn shrink(&self) -> usize {
+        let now = (self.ops() / 2).max(1);
+        self.0.store(now, std::sync::atomic::Ordering::Relaxed);
+        now
+    }
+
+    /// After a batch of `ops` applied: a full one grows the limit back towards the maximum.
+    pub fn applied(&self, ops: usize) {
+        let limit = self.ops();
+        if ops >= limit && limit < MAX_BATCH_OPS {
+            let grown = (limit + (limit / 8).max(1)).min(MAX_BATCH_OPS);
+            self.0.store(grown, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum LinkEvent {
     Conflict(Conflict),
@@ -42,6 +82,8 @@ pub struct LinkRuntime {
     pub src_fields: crate::apply::observe::FieldsNs,
     /// The destination's.
     pub dst_fields: crate::apply::observe::FieldsNs,
+    /// What the link's batches may hold now (kept across its sessions).
+    pub batch_limit: BatchLimit,
 }
 
 /// Why a link session ended. Only [`LinkFailure::Transient`] is worth another session.
@@ -95,6 +137,7 @@ impl From<ApplyError> for LinkFailure {
         match e {
             ApplyError::Transient(m) => LinkFailure::Transient(m),
             ApplyError::Refused(r) => LinkFailure::Refused(r),
+            ApplyError::Overlong(m) => LinkFailure::Transient(m),
         }
     }
 }
@@ -106,6 +149,29 @@ impl From<TailError> for LinkFailure {
 }
 
 impl LinkRuntime {
+    /// The outcome of applying a batch of `ops` ops, with the batch limit adjusted: a batch
+    /// whose transaction the destination ended for living too long halves it (logged), a
+    /// full batch applied grows it back.
+    pub fn batch_outcome<T>(
+        &self,
+        outcome: Result<T, ApplyError>,
+        ops: usize,
+    ) -> Result<T, LinkFailure> {
+        match outcome {
+            Ok(done) => {
+                self.batch_limit.applied(ops);
+                Ok(done)
+            }
+            Err(ApplyError::Overlong(m)) => {
+                let now = self.batch_limit.shrink();
+                log::warn!(target: "mmm",
+                    "link {}: {m}; its batches now hold at most {now} ops", self.spec.id());
+                Err(LinkFailure::Transient(m))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The checkpoint to store with a batch of `ops` more operations.
     pub fn checkpoint(
         &self,
@@ -181,5 +247,45 @@ pub struct StopOnDrop(pub watch::Sender<bool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_limit_halves_on_each_overlong_batch_and_full_batches_grow_it_back() {
+        let limit = BatchLimit::default();
+        assert_eq!(
+            (limit.ops(), limit.bytes()),
+            (
+                MAX_BATCH_OPS,
+                MAX_BATCH_BYTES / MAX_BATCH_OPS * MAX_BATCH_OPS
+            )
+        );
+        limit.applied(MAX_BATCH_OPS); // at the maximum already
+        assert_eq!(limit.ops(), MAX_BATCH_OPS);
+        assert_eq!(limit.shrink(), 2500);
+        assert_eq!(limit.shrink(), 1250);
+        limit.applied(10); // a small batch says nothing about a full one
+        assert_eq!(limit.ops(), 1250);
+        limit.applied(1250);
+        assert_eq!(limit.ops(), 1406);
+        for _ in 0..13 {
+            limit.shrink();
+        }
+        assert_eq!(limit.ops(), 1, "never below one op");
+        assert_eq!(limit.bytes(), 64 * 1024);
+        limit.applied(1);
+        assert_eq!(limit.ops(), 2);
+        for _ in 0..100 {
+            limit.applied(limit.ops());
+        }
+        assert_eq!(
+            limit.ops(),
+            MAX_BATCH_OPS,
+            "grown back, never past the maximum"
+        );
     }
 }

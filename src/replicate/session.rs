@@ -9,9 +9,7 @@
 use super::initial_sync;
 use super::provenance::{classify, ddl_target, Provenance};
 use super::route::route_op;
-use super::runtime::{
-    anchor, LinkFailure, LinkRuntime, StopOnDrop, MAX_BATCH_BYTES, MAX_BATCH_OPS,
-};
+use super::runtime::{anchor, LinkFailure, LinkRuntime, StopOnDrop};
 use super::status::LinkState;
 use super::topology::ServerSpec;
 use super::writer::{self, AbortOnDrop, Work};
@@ -651,8 +649,8 @@ impl<'a> Reader<'a> {
         if !pending.is_empty()
             && (pending.origin != origin
                 || announcement_clash
-                || pending.ops >= MAX_BATCH_OPS
-                || pending.bytes >= MAX_BATCH_BYTES)
+                || pending.ops >= rt.batch_limit.ops()
+                || pending.bytes >= rt.batch_limit.bytes())
         {
             self.flush(pending, Some(prev_ts), src_clock(before))
                 .await?;

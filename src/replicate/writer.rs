@@ -91,7 +91,7 @@ async fn apply(
                 converging,
                 tag: tag.as_ref(),
             };
-            let done = applier.apply_batch(batch, &checkpoint).await?;
+            let done = rt.batch_outcome(applier.apply_batch(batch, &checkpoint).await, ops)?;
             {
                 let mut s = rt.status.lock();
                 s.ops_applied += (ops as u64).saturating_sub(done.rejected);
