@@ -341,7 +341,7 @@ async fn observe_once(
         fields.as_ref(),
     )
     .await?;
-    if observed.clock == stored_clock {
+    if observed.clock == stored_clock || only_bookkeeping(&observed, &stored_clock) {
         session.abort_transaction().await?;
         return Ok((stored_clock, 0));
     }
@@ -357,6 +357,21 @@ async fn observe_once(
     meta::write_clock(client, session, &observed.clock).await?;
     session.commit_transaction().await?;
     Ok((observed.clock, observed.entries))
+}
+
+/// Whether a short stretch observed holds nothing worth storing: no local write, the clock
+/// and what it knows unchanged (only mmm's own bookkeeping, such as the clock writes of earlier
+/// stores, or checkpoints of idle links). Storing it would write the clock again, an entry the
+/// next pass would find, and so on: an idle server's oplog would fill with clock writes. The
+/// stretch is read again next time; a long one is stored all the same, so that the stored
+/// position never falls far behind the oplog (an oplog that rolled over past it would look
+/// like lost history).
+fn only_bookkeeping(observed: &Observed, stored: &Clock) -> bool {
+    observed.rows.is_empty()
+        && observed.entries < STORE_EVERY_ENTRIES
+        && observed.clock.h == stored.h
+        && observed.clock.know == stored.know
+        && observed.clock.gap == stored.gap
 }
 
 /// Documents read back per snapshot read: small enough that a reply stays far below the
