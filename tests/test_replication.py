@@ -372,3 +372,18 @@ def test_ddl_on_both_sides_at_once_reaches_the_other_side(pair):
 
         expected = {f"{s}{i}": ["_id_", f"k{i}_1"] for s in "ab" for i in range(rounds)}
         wait_for(lambda: indexes(ca) == expected and indexes(cb) == expected, timeout=30)
+
+
+def test_an_idle_pair_writes_nothing_to_its_oplogs(pair):
+    """Replication of servers where nothing happens adds nothing to their oplogs: the oplog is
+    the window an outage may last, and bookkeeping of bookkeeping would eat it."""
+    a, b, ca, cb = pair
+    with bidirectional(a, b) as r:
+        wait_for(lambda: all(s["state"] == "running" for s in r.status()))
+        ca.app.c.insert_one({"_id": 1})
+        wait_identical([ca, cb])
+        time.sleep(1.5)  # the last writes' bookkeeping settles
+        before = [c.local["oplog.rs"].count_documents({}) for c in (ca, cb)]
+        time.sleep(3)
+        after = [c.local["oplog.rs"].count_documents({}) for c in (ca, cb)]
+    assert after == before
