@@ -76,7 +76,6 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// A whole version as an oplog op: an insert of the document, or a delete of its `_id`.
 /// In field mode, the tag of versions a catch-up sends: they come from the source, as of
 /// `ts` on it (as initial sync tags the documents it copies).
 fn caught_up_tag(rt: &LinkRuntime, ts: Timestamp) -> Option<Tag> {
@@ -86,6 +85,7 @@ fn caught_up_tag(rt: &LinkRuntime, ts: Timestamp) -> Option<Tag> {
     })
 }
 
+/// A whole version as an oplog op: an insert of the document, or a delete of its `_id`.
 fn state_op(ns: &str, id: &Bson, doc: Option<&Document>) -> RawDocumentBuf {
     let d = match doc {
         Some(d) => doc! {"op": "i", "ns": ns, "o": d.clone()},

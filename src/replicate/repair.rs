@@ -6,12 +6,11 @@
 //! lost unobserved) wins over a side that still holds its row's version: that is the later
 //! write, not a concurrent one. Otherwise the winner is chosen by the namespace's policy: a
 //! delete rule between a present and an absent document, `Prefer`'s server, otherwise the
-//! version with the larger stamp (a side
-//! with no metadata counts as the oldest possible version; between two such, the larger server
-//! id, so every repair of the pair decides the same way). The winner's content is then written
-//! on both servers as a new version, stamped above both, through the same transaction that
-//! applies a batch (data, `__mmm.meta` row and a checkpoint that marks it as replicated, so no
-//! link sends it back as a local write). Both servers end with equal content and equal stamps:
+//! version with the larger stamp (a side with no metadata counts as the oldest possible
+//! version; between two such, the larger server id, so every repair of the pair decides the
+//! same way). The winner's content is then written on both servers as a new version, stamped
+//! above both, through the same transaction that applies a batch (data, `__mmm.meta` row and
+//! a checkpoint that marks it as replicated, so no link sends it back as a local write). Both servers end with equal content and equal stamps:
 //! `verify` finds them consistent, and later versions of the document are decided as usual.
 
 use super::topology::ServerSpec;

@@ -15,6 +15,7 @@ use mongodb::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
@@ -27,17 +28,17 @@ pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// (`transactionLifetimeLimitSeconds`: a slow or loaded server), grown back by an eighth with
 /// each full batch applied. Without it such a link would send the same batch for ever.
 #[derive(Debug)]
-pub struct BatchLimit(std::sync::atomic::AtomicUsize);
+pub struct BatchLimit(AtomicUsize);
 
 impl Default for BatchLimit {
     fn default() -> Self {
-        BatchLimit(std::sync::atomic::AtomicUsize::new(MAX_BATCH_OPS))
+        BatchLimit(AtomicUsize::new(MAX_BATCH_OPS))
     }
 }
 
 impl BatchLimit {
     pub fn ops(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed)
     }
 
     /// The byte limit, in proportion to the op limit.
@@ -48,7 +49,7 @@ impl BatchLimit {
     /// Halves the limit (one op at the least); returns the new one.
     pub fn shrink(&self) -> usize {
         let now = (self.ops() / 2).max(1);
-        self.0.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.0.store(now, Ordering::Relaxed);
         now
     }
 
@@ -57,7 +58,7 @@ impl BatchLimit {
         let limit = self.ops();
         if ops >= limit && limit < MAX_BATCH_OPS {
             let grown = (limit + (limit / 8).max(1)).min(MAX_BATCH_OPS);
-            self.0.store(grown, std::sync::atomic::Ordering::Relaxed);
+            self.0.store(grown, Ordering::Relaxed);
         }
     }
 }
