@@ -98,11 +98,13 @@ def test_batches_too_slow_for_the_transaction_lifetime_shrink_until_they_fit(arm
         wait_for(lambda: all(s["state"] == "running" for s in r.status()))
     ca.app.items.insert_many([{"_id": i} for i in range(6000)])
     limit = cb.admin.command("getParameter", 1, transactionLifetimeLimitSeconds=1)["transactionLifetimeLimitSeconds"]
-    cb.admin.command("setParameter", 1, transactionLifetimeLimitSeconds=1)
+    cb.admin.command("setParameter", 1, transactionLifetimeLimitSeconds=2)
     try:
-        # A batch of 5,000 inserts is 6 insert commands (documents, then rows by 1,000): 1.2 s.
+        # A batch of 5,000 inserts is 6 insert commands (documents, then rows by 1,000): 3.6 s,
+        # past the 2 s limit even where the server looks for expired transactions only every
+        # second (mongod: every half limit); the smallest batch, 2 commands, takes 1.2 s.
         cb.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
-            "failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 200, "appName": DESTINATION_APP}})
+            "failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 600, "appName": DESTINATION_APP}})
         with caplog.at_level("WARNING", logger="mmm"), one_way(a, b):
             wait_for(lambda: cb.app.items.estimated_document_count() == 6000, timeout=120)
     finally:
