@@ -216,6 +216,14 @@ impl Applier {
             (None, Batch::Plan(plan)) => plan,
             (None, _) => unreachable!("versions are always prepared"),
         };
+        let covering;
+        let checkpoint = match &prepared {
+            Some(p) => {
+                covering = covering_rows(checkpoint, &p.rows);
+                &covering
+            }
+            None => checkpoint,
+        };
         checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
         if let Some(p) = &prepared {
@@ -450,6 +458,19 @@ impl Applier {
             }
         }
     }
+}
+
+/// `checkpoint` with `seen` covering the stamp of every row the batch writes, and saying so
+/// (`Checkpoint::seen_covers_rows`): observation then witnesses the batch from its checkpoint
+/// alone instead of reading a row per document back from the oplog.
+fn covering_rows(checkpoint: &Checkpoint, rows: &[meta::MetaRow]) -> Checkpoint {
+    let mut c = checkpoint.clone();
+    let seen = c.seen.get_or_insert_with(Default::default);
+    for r in rows {
+        seen.see(&r.stamp);
+    }
+    c.seen_covers_rows = true;
+    c
 }
 
 #[cfg(test)]

@@ -121,7 +121,7 @@ pub async fn observe_some(
             applied = ts;
             match &unit {
                 Unit::Transaction(txn) if is_applied_batch(&txn.ops) => {
-                    state.applied(&txn.ops);
+                    state.witness_batch(&txn.ops);
                 }
                 _ => {
                     for (w, op) in state.local_ops(&unit) {

@@ -196,6 +196,7 @@ pub async fn repair_document(
             src_clock: None,
             writer_know: Some(know.clone()),
             seen: None,
+            seen_covers_rows: false,
         };
         crate::store::ensure_collection(&side.client, crate::store::CHECKPOINTS)
             .await

@@ -58,6 +58,7 @@ pub async fn resync(
         src_clock: Some(clock),
         writer_know: None,
         seen: None,
+        seen_covers_rows: false,
     };
     let mut fresh = initial_sync::fresh(base, start);
     if let Some(progress) = fresh.initial_sync.as_mut() {

@@ -197,6 +197,7 @@ impl LinkRuntime {
             src_clock: Some(src_clock),
             writer_know: None,
             seen: None,
+            seen_covers_rows: false,
         }
     }
 

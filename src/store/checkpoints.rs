@@ -71,6 +71,10 @@ pub struct Checkpoint {
     /// has seen them all (a version it discarded was still seen, and what it writes next was
     /// made knowing it).
     pub seen: Option<Knowledge>,
+    /// `seen` also covers the stamp of every `__mmm.meta` row the batch's transaction writes
+    /// (resolutions and versions read back included): observation then moves the clock from
+    /// `seen` alone, without reading the rows (see `ClockState::witness_batch`).
+    pub seen_covers_rows: bool,
 }
 
 /// A source's clock as a link reading it carries it.
@@ -103,6 +107,9 @@ impl Checkpoint {
         }
         if let Some(k) = &self.seen {
             d.insert("seen", k.to_document());
+        }
+        if self.seen_covers_rows {
+            d.insert("seen_rows", true);
         }
         d
     }
@@ -143,6 +150,7 @@ impl Checkpoint {
                 .ok()
                 .map(Knowledge::from_document),
             seen: d.get_document("seen").ok().map(Knowledge::from_document),
+            seen_covers_rows: d.get_bool("seen_rows").unwrap_or(false),
         })
     }
 }
@@ -369,6 +377,7 @@ mod tests {
             }),
             writer_know: Some(Knowledge([("C".to_string(), 9)].into_iter().collect())),
             seen: Some(Knowledge([("A#r".to_string(), 11)].into_iter().collect())),
+            seen_covers_rows: true,
         };
         assert_eq!(Checkpoint::from_document(&c.to_document()), Some(c.clone()));
         let copying = Checkpoint {
