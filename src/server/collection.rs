@@ -446,7 +446,105 @@ pub fn number_as_u64(b: &Bson) -> Option<u64> {
     }
 }
 
+/// The size of `doc` encoded as BSON, counted without encoding it (every write logs an
+/// entry whose size is estimated from its parts).
 pub fn bson_size(doc: &Document) -> usize {
+    4 + doc
+        .iter()
+        .map(|(key, value)| 1 + key.len() + 1 + value_size(value))
+        .sum::<usize>()
+        + 1
+}
+
+/// Encoded bytes of a value, without its type byte and key.
+fn value_size(value: &Bson) -> usize {
+    match value {
+        Bson::Double(_) | Bson::DateTime(_) | Bson::Timestamp(_) | Bson::Int64(_) => 8,
+        Bson::Int32(_) => 4,
+        Bson::Decimal128(_) => 16,
+        Bson::ObjectId(_) => 12,
+        Bson::Boolean(_) => 1,
+        Bson::Null | Bson::Undefined | Bson::MaxKey | Bson::MinKey => 0,
+        Bson::String(s) | Bson::JavaScriptCode(s) | Bson::Symbol(s) => 4 + s.len() + 1,
+        Bson::Document(d) => bson_size(d),
+        Bson::Array(items) => {
+            4 + items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 1 + decimal_digits(i) + 1 + value_size(v))
+                .sum::<usize>()
+                + 1
+        }
+        // The old binary subtype repeats the length inside the payload.
+        Bson::Binary(b) if b.subtype == bson::spec::BinarySubtype::BinaryOld => {
+            4 + 1 + 4 + b.bytes.len()
+        }
+        Bson::Binary(b) => 4 + 1 + b.bytes.len(),
+        Bson::RegularExpression(r) => r.pattern.len() + 1 + r.options.len() + 1,
+        Bson::JavaScriptCodeWithScope(c) => 4 + (4 + c.code.len() + 1) + bson_size(&c.scope),
+        // Its parts are private: encoded, as one field of a document (4 + type + key "" + 1).
+        Bson::DbPointer(_) => bson_size_encoded(&doc! {"": value.clone()}) - 7,
+    }
+}
+
+fn decimal_digits(i: usize) -> usize {
+    i.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+fn bson_size_encoded(doc: &Document) -> usize {
     let mut buf = Vec::new();
     doc.to_writer(&mut buf).map(|_| buf.len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::spec::BinarySubtype;
+    use bson::{Binary, Decimal128, JavaScriptCodeWithScope, Regex, Timestamp};
+
+    fn db_pointer() -> Bson {
+        // {p: DBPointer("db.c", ObjectId(...))}, from its bytes: its parts are private.
+        let mut bytes = vec![0u8; 4];
+        bytes.push(0x0C);
+        bytes.extend_from_slice(b"p\0");
+        bytes.extend_from_slice(&5i32.to_le_bytes());
+        bytes.extend_from_slice(b"db.c\0");
+        bytes.extend_from_slice(&[7u8; 12]);
+        bytes.push(0);
+        let len = bytes.len() as i32;
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        Document::from_reader(bytes.as_slice())
+            .unwrap()
+            .remove("p")
+            .unwrap()
+    }
+
+    #[test]
+    fn sizes_are_counted_as_the_encoder_writes_them() {
+        let long: Vec<Bson> = (0..105).map(|i| Bson::Int32(i)).collect();
+        let docs = [
+            doc! {},
+            doc! {"_id": 1},
+            doc! {"_id": {"n": "bench.c", "i": 7_i64}, "h": 5_i64, "s": "é", "d": false},
+            doc! {
+                "double": 1.5, "string": "", "null": Bson::Null, "undefined": Bson::Undefined,
+                "min": Bson::MinKey, "max": Bson::MaxKey, "oid": bson::oid::ObjectId::new(),
+                "date": bson::DateTime::from_millis(5), "ts": Timestamp { time: 1, increment: 2 },
+                "dec": Decimal128::from_bytes([1; 16]), "sym": Bson::Symbol("s".into()),
+                "code": Bson::JavaScriptCode("f()".into()),
+                "scope": Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope {
+                    code: "g()".into(), scope: doc! {"x": [1, {"y": "z"}]},
+                }),
+                "re": Bson::RegularExpression(Regex { pattern: "a.*b".into(), options: "xi".into() }),
+                "bin": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2, 3] },
+                "old": Binary { subtype: BinarySubtype::BinaryOld, bytes: vec![4; 9] },
+                "uuid": Binary { subtype: BinarySubtype::Uuid, bytes: vec![5; 16] },
+                "ptr": db_pointer(),
+            },
+            doc! {"a": long.clone(), "nested": [[long], {"deep": {"deeper": [[[]]]}}]},
+        ];
+        for d in &docs {
+            assert_eq!(bson_size(d), bson_size_encoded(d), "{d:?}");
+        }
+    }
 }

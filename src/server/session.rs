@@ -52,8 +52,8 @@ pub struct Txn {
     pub working: HashMap<String, Collection>,
     /// `_id`s written per namespace, in first-write order.
     pub written: HashMap<String, Vec<Bson>>,
-    /// The same, for membership tests.
-    pub written_set: std::collections::BTreeSet<(String, KeyValue)>,
+    /// The same, for membership tests (by namespace first: a lookup allocates no key).
+    pub written_set: HashMap<String, std::collections::BTreeSet<KeyValue>>,
     pub ops: Vec<OpRecord>,
     pub ops_bytes: usize,
     /// When the transaction started (mongod aborts it after transactionLifetimeLimitSeconds).
@@ -103,18 +103,24 @@ impl Txn {
     }
 
     pub fn note_write(&mut self, ns: &str, id: &Bson) {
-        let key = (ns.to_string(), KeyValue(id.clone()));
-        if self.written_set.insert(key) {
-            self.written
-                .entry(ns.to_string())
-                .or_default()
-                .push(id.clone());
+        let ids = match self.written_set.get_mut(ns) {
+            Some(ids) => ids,
+            None => self.written_set.entry(ns.to_string()).or_default(),
+        };
+        if ids.insert(KeyValue(id.clone())) {
+            match self.written.get_mut(ns) {
+                Some(order) => order.push(id.clone()),
+                None => {
+                    self.written.insert(ns.to_string(), vec![id.clone()]);
+                }
+            }
         }
     }
 
     pub fn has_written(&self, ns: &str, id: &Bson) -> bool {
         self.written_set
-            .contains(&(ns.to_string(), KeyValue(id.clone())))
+            .get(ns)
+            .is_some_and(|ids| ids.contains(&KeyValue(id.clone())))
     }
 
     pub fn log(&mut self, op: OpRecord) {
