@@ -36,21 +36,18 @@ pub struct ClockState {
 
 /// The `_id` an op writes, for inserts, updates and deletes.
 pub fn op_doc_id(entry: &Entry) -> Option<Bson> {
-    let key = match entry.op().ok()? {
+    doc_id_of(entry, entry.op().ok()?)
+}
+
+/// [`op_doc_id`] for an op whose kind was read already.
+fn doc_id_of(entry: &Entry, kind: OpKind) -> Option<Bson> {
+    let key = match kind {
         OpKind::Insert | OpKind::Delete => entry.o().ok()?,
         OpKind::Update => entry.o2().ok()??,
         _ => return None,
     };
     let id = key.get("_id").ok()??;
     Bson::try_from(id.to_raw_bson()).ok()
-}
-
-/// Whether an op is a local write the clock counts.
-fn counted(entry: &Entry) -> bool {
-    matches!(
-        entry.op(),
-        Ok(OpKind::Insert | OpKind::Update | OpKind::Delete)
-    ) && entry.ns().map(is_replicable_ns).unwrap_or(false)
 }
 
 fn wall_ms(raw: &RawDocument) -> i64 {
@@ -72,20 +69,27 @@ impl ClockState {
         }
     }
 
+    /// Each field of the op is read once: every reader of the oplog runs this for every write.
     fn tick_op(&mut self, op: &RawDocument, wall: i64, out: &mut Vec<Stamped>) {
         let entry = Entry::new(op);
-        if !counted(&entry) {
+        let Ok(kind @ (OpKind::Insert | OpKind::Update | OpKind::Delete)) = entry.op() else {
+            return;
+        };
+        let Ok(ns) = entry.ns() else { return };
+        if !is_replicable_ns(ns) {
             return;
         }
-        let Some(id) = op_doc_id(&entry) else { return };
+        let Some(id) = doc_id_of(&entry, kind) else {
+            return;
+        };
         self.h = tick(self.h, wall);
         let stamp = Stamp::new(self.h, self.site.clone());
         self.know.see(&stamp);
         out.push(Stamped {
-            ns: entry.ns().unwrap_or_default().to_string(),
+            ns: ns.to_string(),
             id,
             stamp,
-            deleted: entry.op().ok() == Some(OpKind::Delete),
+            deleted: kind == OpKind::Delete,
         });
     }
 
@@ -95,17 +99,17 @@ impl ClockState {
     }
 
     /// [`local`](Self::local), each stamp with the op it stamps.
-    pub fn local_ops<'u>(&mut self, unit: &'u Unit) -> Vec<(Stamped, &'u RawDocument)> {
+    pub fn local_ops<'u>(&mut self, unit: &'u Unit) -> Vec<(Stamped, &'u RawDocumentBuf)> {
         let mut out = Vec::new();
         let mut pairs = Vec::new();
-        let ops: Vec<(&RawDocument, i64)> = match unit {
-            Unit::Single(raw) => vec![(raw.as_ref(), wall_ms(raw))],
+        let ops: Vec<(&RawDocumentBuf, i64)> = match unit {
+            Unit::Single(raw) => vec![(raw, wall_ms(raw))],
             Unit::Transaction(txn) => {
                 let wall = txn
                     .wall
                     .map(|w| w.timestamp_millis())
                     .unwrap_or(txn.ts.time as i64 * 1000);
-                txn.ops.iter().map(|op| (op.as_ref(), wall)).collect()
+                txn.ops.iter().map(|op| (op, wall)).collect()
             }
         };
         for (op, wall) in ops {

@@ -435,25 +435,8 @@ impl<'a> Reader<'a> {
         match provenance {
             Provenance::Local => {
                 let know = self.clock.know.clone();
-                let ops: Vec<&RawDocumentBuf> = match unit {
-                    Unit::Single(op) => vec![op],
-                    Unit::Transaction(txn) => txn.ops.iter().collect(),
-                };
-                let stamped = self.clock.local(unit);
-                // `local` stamps, in order, exactly the ops it counts.
-                let mut stamps = stamped.into_iter();
                 let mut out = Vec::new();
-                for op in ops {
-                    let entry = Entry::new(op);
-                    let counted = matches!(
-                        entry.op(),
-                        Ok(OpKind::Insert | OpKind::Update | OpKind::Delete)
-                    ) && entry.ns().map(is_replicable_ns).unwrap_or(false)
-                        && op_doc_id(&entry).is_some();
-                    if !counted {
-                        continue;
-                    }
-                    let Some(s) = stamps.next() else { break };
+                for (s, op) in self.clock.local_ops(unit) {
                     if let Some(dst_ns) = route_op(spec, op) {
                         // Each op stamps the fields it wrote, never the whole composite.
                         let fields = spec.policies.is_fields(&dst_ns).then(|| {
