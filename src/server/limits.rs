@@ -176,8 +176,19 @@ fn storage_depth_exceeds(doc: &Document, limit: usize) -> bool {
     false
 }
 
+/// The fewest bytes a document that [`raw_storage_depth_exceeds`] `limit` can have: `limit`
+/// nested documents (each 4 length + 1 type + 1 empty key + 1 terminator bytes around the
+/// next) around a non-empty one (7 bytes: `{"": null}`).
+const fn smallest_too_deep(limit: usize) -> usize {
+    7 * (limit + 1)
+}
+
 /// [`storage_depth_exceeds`] for a document still in its bytes.
 fn raw_storage_depth_exceeds(doc: &RawDocument, limit: usize) -> bool {
+    // Most documents are too small to be that deep: no need to walk them.
+    if doc.as_bytes().len() < smallest_too_deep(limit) {
+        return false;
+    }
     type Values<'a> = Box<dyn Iterator<Item = RawBsonRef<'a>> + 'a>;
     fn values(d: &RawDocument) -> Values<'_> {
         Box::new(d.iter().filter_map(|e| e.ok().map(|(_, v)| v)))
@@ -278,6 +289,23 @@ pub fn check_message_document(size: usize) -> ServerResult<()> {
 mod tests {
     use super::*;
     use bson::doc;
+
+    #[test]
+    fn the_smallest_document_too_deep_to_store_is_not_skipped_by_its_size() {
+        for limit in [1, 2, 5, MAX_STORAGE_DEPTH] {
+            // `limit` documents, each holding the next under an empty key, around `{"": null}`.
+            let mut d = doc! {"": bson::Bson::Null};
+            for _ in 0..limit {
+                d = doc! {"": d};
+            }
+            let raw = bson::RawDocumentBuf::from_document(&d).unwrap();
+            assert_eq!(raw.as_bytes().len(), smallest_too_deep(limit));
+            assert!(raw_storage_depth_exceeds(&raw, limit));
+            // One level less is allowed.
+            let inner = raw.get_document("").unwrap();
+            assert!(!raw_storage_depth_exceeds(inner, limit));
+        }
+    }
 
     fn nested(levels: usize) -> Document {
         let mut d = doc! {"x": 1};

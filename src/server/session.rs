@@ -234,7 +234,7 @@ pub fn commit(
 /// Whether the live `db.coll` is the very collection the transaction's snapshot holds. Every
 /// change to a live collection goes through `Arc::make_mut` or a new `Arc`, and the snapshot
 /// keeps a reference, so any change since then left a different allocation in the catalog.
-fn unchanged_since_start(txn: &Txn, state: &State, db: &str, coll: &str) -> bool {
+pub fn unchanged_since_start(txn: &Txn, state: &State, db: &str, coll: &str) -> bool {
     let at_start = txn
         .base
         .as_ref()

@@ -5,7 +5,7 @@ use crate::server::collection::Collection;
 use crate::server::error::{ServerError, ServerResult};
 use crate::server::error_codes::ErrorCode;
 use crate::server::oplog_writer::{null_optime, optime, EntryExtras, OpRecord, SessionInfo, TERM};
-use crate::server::session::{version_of, write_conflict, Txn, TxnPhase};
+use crate::server::session::{unchanged_since_start, version_of, write_conflict, Txn, TxnPhase};
 use crate::server::state::{
     create_op, split_ns, validate_coll_name, validate_db_name, State, OPLOG_NS,
 };
@@ -115,9 +115,13 @@ impl<'a> Ctx<'a> {
             return Ok(());
         };
         let (db, coll) = split_ns(ns);
-        let snapshot = txn.snapshots.get(ns).and_then(|c| c.as_ref());
-        if version_of(snapshot, id) != version_of(self.state.coll(db, coll), id) {
-            return Err(write_conflict());
+        // A collection nobody committed to since the snapshot holds every document at the
+        // snapshot's version: only a changed one is looked up, document by document.
+        if !unchanged_since_start(txn, self.state, db, coll) {
+            let snapshot = txn.snapshots.get(ns).and_then(|c| c.as_ref());
+            if version_of(snapshot, id) != version_of(self.state.coll(db, coll), id) {
+                return Err(write_conflict());
+            }
         }
         let written_elsewhere = self.state.sessions.values().any(|s| match &s.state {
             TxnPhase::InProgress(other) => other.has_written(ns, id),
