@@ -35,9 +35,25 @@ const CLOCK_ID: &str = "hlc";
 pub type DocKey = (String, Vec<u8>);
 
 pub fn doc_key(ns: &str, id: &Bson) -> DocKey {
-    let mut out = Vec::new();
-    let _ = doc! {"": id.clone()}.to_writer(&mut out);
-    (ns.to_string(), out)
+    (ns.to_string(), id_bytes(id))
+}
+
+/// `{"": id}` encoded. The usual `_id` types are written straight into the bytes (every oplog
+/// reader builds a key per write); the others go through a document.
+fn id_bytes(id: &Bson) -> Vec<u8> {
+    let mut raw = bson::RawDocumentBuf::new();
+    match id {
+        Bson::Int32(i) => raw.append("", *i),
+        Bson::Int64(i) => raw.append("", *i),
+        Bson::String(s) => raw.append("", s.as_str()),
+        Bson::ObjectId(o) => raw.append("", *o),
+        other => {
+            let mut out = Vec::new();
+            let _ = doc! {"": other.clone()}.to_writer(&mut out);
+            return out;
+        }
+    }
+    raw.into_bytes()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -311,6 +327,24 @@ pub async fn purge_tombstones(client: &Client, before: Timestamp) -> Result<u64,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_of_the_usual_ids_are_the_bytes_of_the_id_in_a_document() {
+        let ids = [
+            Bson::Int32(-7),
+            Bson::Int64(1 << 40),
+            Bson::String("é\u{0}x".into()),
+            Bson::String(String::new()),
+            Bson::ObjectId(bson::oid::ObjectId::new()),
+            Bson::Double(1.5),
+            Bson::Document(doc! {"a": 1, "b": [1, 2]}),
+        ];
+        for id in ids {
+            let mut expected = Vec::new();
+            doc! {"": id.clone()}.to_writer(&mut expected).unwrap();
+            assert_eq!(doc_key("db.c", &id), ("db.c".to_string(), expected), "{id:?}");
+        }
+    }
 
     #[test]
     fn rows_and_clocks_round_trip_and_rows_are_read_back_from_oplog_ops() {
