@@ -5,7 +5,9 @@ beside detection only (``resolve: none``), run in the same run on fresh servers.
 
 Each figure runs ``mmm run`` as its own process on a fresh pair of servers (``mmm serve``):
 
-- one-way: a backlog of 1 KB inserts written while the link was stopped, timed until applied;
+- one-way: a backlog of 1 KB inserts written while the link was stopped, timed until applied
+  (against the reference also from the first document applied on, which leaves out starting
+  the process: the rate at which documents flow);
 - both ways: both servers update a shared set of documents while the links are stopped,
   no document on both sides (0%) or 1% of the writes on documents the other side also writes,
   timed until every write is applied on the other side (with ``lww`` the servers are then
@@ -78,6 +80,12 @@ def fresh_pair():
 
 def one_way(python: str, resolve: str) -> float:
     """Documents applied per second from a backlog."""
+    return one_way_rates(python, resolve)[0]
+
+
+def one_way_rates(python: str, resolve: str):
+    """Documents applied per second from a backlog: from the start of ``mmm run``, and from the
+    first document applied on (without starting the process and its links)."""
     a, b, ca, cb = fresh_pair()
     try:
         cfg = config(a, b, resolve, both=False)
@@ -88,11 +96,15 @@ def one_way(python: str, resolve: str) -> float:
             ca.bench.c.insert_many([doc_1kb(i) for i in range(start, start + 1000)])
         t0 = time.perf_counter()
         r = Run(python, cfg)
-        while cb.bench.c.estimated_document_count() < N_BACKLOG:
+        first = None
+        while (n := cb.bench.c.estimated_document_count()) < N_BACKLOG:
+            if n and first is None:
+                first = (time.perf_counter(), n)
             time.sleep(0.005)
-        elapsed = time.perf_counter() - t0
+        end = time.perf_counter()
         r.stop()
-        return N_BACKLOG / elapsed
+        after = (N_BACKLOG - first[1]) / (end - first[0]) if first and end > first[0] else float("nan")
+        return N_BACKLOG / (end - t0), after
     finally:
         a.stop()
         b.stop()
@@ -220,11 +232,14 @@ def main() -> None:
     table(f"Lag at {LAG_RATE:,} inserts/s each way for {LAG_SECONDS} s (lww)",
           [("p50 ms", "p99 ms", "target p99 < 100 ms"), (f"{p50:.1f}", f"{p99:.1f}", verdict(p99 < 100))])
     if args.baseline_python:
-        old = one_way(args.baseline_python, None)
-        new = one_way(here, "lww")
+        old, old_after = one_way_rates(args.baseline_python, None)
+        new, new_after = one_way_rates(here, "lww")
         table("One-way against the reference installation",
-              [("reference docs/s", "lww docs/s", "ratio", "target >= 0.70"),
-               (f"{old:,.0f}", f"{new:,.0f}", f"{new / old:.2f}", verdict(new / old >= 0.7))])
+              [("", "reference docs/s", "lww docs/s", "ratio", "target >= 0.70"),
+               ("from the start of mmm run", f"{old:,.0f}", f"{new:,.0f}", f"{new / old:.2f}",
+                verdict(new / old >= 0.7)),
+               ("from the first document applied", f"{old_after:,.0f}", f"{new_after:,.0f}",
+                f"{new_after / old_after:.2f}", "")])
 
 
 if __name__ == "__main__":

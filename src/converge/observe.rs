@@ -128,13 +128,7 @@ impl ClockState {
     /// batch of its server, and parsing a row per document was most of what it cost.
     pub fn witness_batch(&mut self, ops: &[RawDocumentBuf]) {
         match checkpoint_in_ops(ops) {
-            Some(c) if c.seen_covers_rows => {
-                for (site, h) in c.seen.unwrap_or_default().0 {
-                    let stamp = Stamp::new(h, site);
-                    self.h = witness(self.h, stamp.h);
-                    self.know.see(&stamp);
-                }
-            }
+            Some(c) if c.seen_covers_rows => self.witness_seen(c.seen.unwrap_or_default()),
             _ => {
                 self.applied(ops);
             }
@@ -155,12 +149,17 @@ impl ClockState {
         let seen = checkpoint_in_ops(ops)
             .and_then(|c| c.seen)
             .unwrap_or_default();
+        self.witness_seen(seen);
+        rows
+    }
+
+    /// Witnesses the largest stamp of each site in `seen`.
+    fn witness_seen(&mut self, seen: Knowledge) {
         for (site, h) in seen.0 {
             let stamp = Stamp::new(h, site);
             self.h = witness(self.h, stamp.h);
             self.know.see(&stamp);
         }
-        rows
     }
 }
 

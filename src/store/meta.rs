@@ -342,7 +342,11 @@ mod tests {
         for id in ids {
             let mut expected = Vec::new();
             doc! {"": id.clone()}.to_writer(&mut expected).unwrap();
-            assert_eq!(doc_key("db.c", &id), ("db.c".to_string(), expected), "{id:?}");
+            assert_eq!(
+                doc_key("db.c", &id),
+                ("db.c".to_string(), expected),
+                "{id:?}"
+            );
         }
     }
 
