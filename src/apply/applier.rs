@@ -203,7 +203,7 @@ impl Applier {
             .start_transaction()
             .with_options(txn_options())
             .await?;
-        let mut prepared = match batch {
+        let prepared = match batch {
             Batch::Plan(_) => None,
             Batch::Versions {
                 versions,
@@ -226,8 +226,18 @@ impl Applier {
         };
         checkpoints::write(&self.client, &mut *session, checkpoint, self.fence).await?;
         rejected::write(&self.client, &mut *session, &mode.journal).await?;
+        // Rows are written before the data where they can be (their content hash is known):
+        // observation, storing this server's local writes, writes some of the same rows, and
+        // whichever transaction writes a row second fails and starts over. The sooner this one
+        // holds its rows, the less a conflict with observation throws away (a batch is long,
+        // an observation is short).
+        let mut read_back = Vec::new();
         if let Some(p) = &prepared {
             journal::write(&self.client, session, &p.journal).await?;
+            let (unknown, known): (Vec<&meta::MetaRow>, Vec<&meta::MetaRow>) =
+                p.rows.iter().partition(|r| converge::needs_read_back(r));
+            meta::write_rows_over(&self.client, session, known, Some(&p.stored)).await?;
+            read_back = unknown.into_iter().cloned().collect();
         }
         for (ci, body, statements) in bodies(plan, mode) {
             let command = &plan.commands[ci];
@@ -278,10 +288,10 @@ impl Applier {
                 entry,
             });
         }
-        if let Some(p) = prepared.as_mut() {
+        if let Some(p) = &prepared {
             // After the writes, so that versions installed as changes can be read back whole.
-            converge::hash_installed(&self.client, session, &mut p.rows).await?;
-            meta::write_rows_over(&self.client, session, &p.rows, Some(&p.stored)).await?;
+            converge::hash_installed(&self.client, session, &mut read_back).await?;
+            meta::write_rows_over(&self.client, session, &read_back, Some(&p.stored)).await?;
         }
         let mut attempts = 0;
         loop {
@@ -441,6 +451,7 @@ impl Applier {
                     if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
                         && attempts < local_attempts(&e) =>
                 {
+                    log::debug!(target: "mmm", "link {}: attempt {attempts} at a batch failed, retrying: {}", self.link, describe(&e));
                     tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
                 }
                 Err(Failed::Driver(e)) if e.get_custom::<checkpoints::Fenced>().is_some() => {

@@ -71,6 +71,12 @@ fn hash_of(doc: &Option<Document>) -> Option<i64> {
     doc.as_ref().and_then(crate::doc_hash::content_hash_of)
 }
 
+/// Whether a row's content hash is still to be read back (a live version installed by changes
+/// to earlier content).
+pub fn needs_read_back(row: &MetaRow) -> bool {
+    row.content.is_none() && !row.deleted
+}
+
 /// Fills in the content hash of the rows a batch installed by changes to earlier content:
 /// their documents are read back in the batch's transaction, after its writes, so what is
 /// read is exactly the version the row names.
@@ -81,7 +87,7 @@ pub async fn hash_installed(
 ) -> Result<(), Error> {
     let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, r) in rows.iter().enumerate() {
-        if r.content.is_none() && !r.deleted {
+        if needs_read_back(r) {
             wanted.entry(r.ns.clone()).or_default().push(i);
         }
     }

@@ -286,14 +286,14 @@ pub async fn write_rows(
 /// snapshot): rows of documents it found none for are inserted, which costs the server less
 /// than an upsert. A row that another transaction stored since the snapshot makes the insert
 /// fail with a write conflict, as an upsert would, and the transaction runs again.
-pub async fn write_rows_over(
+pub async fn write_rows_over<'r>(
     client: &Client,
     session: &mut ClientSession,
-    rows: &[MetaRow],
+    rows: impl IntoIterator<Item = &'r MetaRow>,
     stored: Option<&HashMap<DocKey, MetaRow>>,
 ) -> Result<(), mongodb::error::Error> {
     let (fresh, known): (Vec<&MetaRow>, Vec<&MetaRow>) = rows
-        .iter()
+        .into_iter()
         .partition(|r| stored.is_some_and(|s| !s.contains_key(&r.key())));
     let db = client.database(MMM_DB);
     for chunk in fresh.chunks(1000) {
