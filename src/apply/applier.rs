@@ -406,11 +406,15 @@ impl Applier {
             }
             match outcome {
                 Ok(prepared) => {
+                    // Logged once committed: an attempt that starts over meets them again.
+                    for entry in prepared.iter().flat_map(|p| &p.journal) {
+                        log::warn!(target: "mmm", "conflict: {}", entry.summary());
+                    }
                     return Ok(Applied {
                         commit_ts: session.operation_time(),
                         rejected: mode.journal.len() as u64,
                         conflicts: prepared.map(|p| p.conflicts).unwrap_or_default(),
-                    })
+                    });
                 }
                 Err(Failed::Duplicate) => mode.upsert_inserts = true,
                 Err(Failed::Refused {

@@ -681,7 +681,6 @@ pub async fn prepare(
                         },
                         resolution,
                     };
-                    log::warn!(target: "mmm", "conflict: {}", entry.summary());
                     conflicts.push(ConflictRecord {
                         namespace: c.ns.clone(),
                         id: c.id.clone(),
@@ -860,7 +859,6 @@ pub async fn prepare(
             },
             resolution,
         };
-        log::warn!(target: "mmm", "conflict: {}", entry.summary());
         conflicts.push(ConflictRecord {
             namespace: c.ns.clone(),
             id: c.id.clone(),
