@@ -2,12 +2,13 @@
 //! batch; building them with `RawDocumentBuf`/`RawArrayBuf` copies each document once per level
 //! of nesting and again on every growth of the buffer, while these helpers copy it once.
 
-use bson::{DateTime, RawDocument, RawDocumentBuf, Timestamp};
+use bson::{Bson, DateTime, RawDocument, RawDocumentBuf, Timestamp};
 
 const STRING: u8 = 0x02;
 const DOCUMENT: u8 = 0x03;
 const ARRAY: u8 = 0x04;
 const BINARY: u8 = 0x05;
+const OBJECT_ID: u8 = 0x07;
 const BOOLEAN: u8 = 0x08;
 const DATETIME: u8 = 0x09;
 const INT32: u8 = 0x10;
@@ -163,6 +164,30 @@ impl Fields<'_> {
         self.buf.extend_from_slice(&value.to_le_bytes());
         self
     }
+
+    /// Any value: the usual `_id` types directly, the others through their encoding in a
+    /// one-field document.
+    pub fn value(&mut self, key: &str, value: &Bson) -> &mut Self {
+        match value {
+            Bson::Int32(i) => self.int32(key, *i),
+            Bson::Int64(i) => self.int64(key, *i),
+            Bson::String(s) => self.string(key, s),
+            Bson::ObjectId(o) => {
+                self.key(OBJECT_ID, key);
+                self.buf.extend_from_slice(&o.bytes());
+                self
+            }
+            other => {
+                let mut one = Vec::new();
+                if bson::doc! {"": other.clone()}.to_writer(&mut one).is_ok() {
+                    // `one`: length (4), type (1), the empty name's terminator (1), value, end (1).
+                    self.key(one[4], key);
+                    self.buf.extend_from_slice(&one[6..one.len() - 1]);
+                }
+                self
+            }
+        }
+    }
 }
 
 /// Writes the documents of an array in place.
@@ -261,5 +286,46 @@ mod tests {
         let mut d = empty_with_capacity(100);
         d.append("x", 1);
         assert_eq!(d.to_document().unwrap(), doc! {"x": 1});
+    }
+
+    #[test]
+    fn values_of_every_type_are_written_as_the_encoder_writes_them() {
+        let values = [
+            Bson::Int32(-3),
+            Bson::Int64(1 << 40),
+            Bson::String("é\u{0}x".into()),
+            Bson::ObjectId(bson::oid::ObjectId::new()),
+            Bson::Double(-0.0),
+            Bson::Document(doc! {"a": 1, "b": [1, {"c": null}]}),
+            Bson::Array(vec![Bson::Null, Bson::Boolean(true)]),
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![1, 2, 3],
+            }),
+            Bson::Decimal128("1.50".parse().unwrap()),
+            Bson::Timestamp(Timestamp {
+                time: 7,
+                increment: 9,
+            }),
+            Bson::DateTime(DateTime::from_millis(-5)),
+            Bson::MinKey,
+            Bson::MaxKey,
+            Bson::Null,
+            Bson::RegularExpression(bson::Regex {
+                pattern: "^a".into(),
+                options: "i".into(),
+            }),
+        ];
+        for v in values {
+            let written = document(0, |f| {
+                f.int32("x", 1).value("v", &v).boolean("y", false);
+            });
+            let expected = doc! {"x": 1, "v": v.clone(), "y": false};
+            assert_eq!(
+                written.as_bytes(),
+                RawDocumentBuf::from_document(&expected).unwrap().as_bytes(),
+                "{v:?}"
+            );
+        }
     }
 }

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 
 /// A document's hash (see the module documentation).
 pub fn document_hash(doc: &RawDocument, skip_top: &[&str]) -> Result<u128, bson::raw::Error> {
-    let mut h = Sha256::new();
+    let mut h = Feed::default();
     feed_document(&mut h, doc, skip_top)?;
-    let digest = h.finalize();
+    let digest = h.finish();
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest[..16]);
     Ok(u128::from_le_bytes(first))
@@ -60,16 +60,55 @@ impl RangeHash {
     }
 }
 
-fn feed_len(h: &mut Sha256, len: usize) {
+/// The hash's input, gathered into a buffer and handed to SHA-256 a few KiB at a time: the
+/// canonical encoding is many pieces of a few bytes each, and each `update` call has a cost of
+/// its own. The digest is that of the same byte stream.
+struct Feed {
+    sha: Sha256,
+    pending: Vec<u8>,
+}
+
+const FEED_CHUNK: usize = 8 * 1024;
+
+impl Default for Feed {
+    fn default() -> Feed {
+        Feed {
+            sha: Sha256::new(),
+            pending: Vec::with_capacity(FEED_CHUNK),
+        }
+    }
+}
+
+impl Feed {
+    fn update(&mut self, bytes: impl AsRef<[u8]>) {
+        let bytes = bytes.as_ref();
+        if self.pending.len() + bytes.len() > FEED_CHUNK {
+            self.sha.update(&self.pending);
+            self.pending.clear();
+            if bytes.len() > FEED_CHUNK {
+                self.sha.update(bytes);
+                return;
+            }
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.sha.update(&self.pending);
+        self.sha.finalize().into()
+    }
+}
+
+fn feed_len(h: &mut Feed, len: usize) {
     h.update((len as u64).to_le_bytes());
 }
 
-fn feed_bytes(h: &mut Sha256, bytes: &[u8]) {
+fn feed_bytes(h: &mut Feed, bytes: &[u8]) {
     feed_len(h, bytes.len());
     h.update(bytes);
 }
 
-fn feed_document(h: &mut Sha256, doc: &RawDocument, skip: &[&str]) -> Result<(), bson::raw::Error> {
+fn feed_document(h: &mut Feed, doc: &RawDocument, skip: &[&str]) -> Result<(), bson::raw::Error> {
     let mut fields = Vec::new();
     for field in doc.iter() {
         let (name, value) = field?;
@@ -86,7 +125,7 @@ fn feed_document(h: &mut Sha256, doc: &RawDocument, skip: &[&str]) -> Result<(),
     Ok(())
 }
 
-fn feed_value(h: &mut Sha256, v: RawBsonRef<'_>) -> Result<(), bson::raw::Error> {
+fn feed_value(h: &mut Feed, v: RawBsonRef<'_>) -> Result<(), bson::raw::Error> {
     h.update([v.element_type() as u8]);
     match v {
         RawBsonRef::Double(d) => h.update(d.to_bits().to_le_bytes()),
@@ -177,6 +216,29 @@ mod tests {
         // Names and values cannot trade places.
         assert_ne!(hash(doc! {"ab": "c"}), hash(doc! {"a": "bc"}));
         assert_ne!(hash(doc! {"a": {"b": 1}}), hash(doc! {"a": 1, "b": 1}));
+    }
+
+    #[test]
+    fn the_digest_is_that_of_the_canonical_stream_whatever_its_pieces_sizes() {
+        // A value longer than the feed's chunk, around small pieces on both sides.
+        for long in [10, FEED_CHUNK - 40, FEED_CHUNK + 1, 3 * FEED_CHUNK] {
+            let text = "x".repeat(long);
+            let mut stream = Vec::new();
+            let piece = |out: &mut Vec<u8>, bytes: &[u8]| {
+                out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                out.extend_from_slice(bytes);
+            };
+            stream.extend_from_slice(&2u64.to_le_bytes());
+            piece(&mut stream, b"a");
+            stream.push(0x02);
+            piece(&mut stream, text.as_bytes());
+            piece(&mut stream, b"b");
+            stream.push(0x10);
+            stream.extend_from_slice(&7i32.to_le_bytes());
+            let digest = Sha256::digest(&stream);
+            let expected = u128::from_le_bytes(digest[..16].try_into().unwrap());
+            assert_eq!(hash(doc! {"b": 7, "a": text.clone()}), expected, "{long}");
+        }
     }
 
     #[test]

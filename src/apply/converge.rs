@@ -594,10 +594,13 @@ pub async fn prepare(
         .map(|c| (c.ns.clone(), c.id.clone()))
         .collect();
     // Only the batch's documents matter (observation may hold a second of local writes).
-    let observed = conv
-        .observe_from(client, &clock, session.operation_time(), &keys)
-        .await?;
-    let stored = meta::read_rows(client, session, &keys).await?;
+    // Observation reads the oplog on a session of its own, causally after this transaction's
+    // snapshot, and the rows come from the snapshot: neither waits for the other.
+    let after = session.operation_time();
+    let (observed, stored) = tokio::try_join!(
+        conv.observe_from(client, &clock, after, &keys),
+        meta::read_rows(client, session, &keys),
+    )?;
     // What this server holds: stored rows, overridden by local writes observation has not
     // stored yet. Those are not written here (observation stores them, and skips any a row
     // written here already accounts for): the transaction stays clear of the clock that

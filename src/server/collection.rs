@@ -238,18 +238,38 @@ impl Collection {
         self.records.get(&rid).map(Record::document)
     }
 
-    fn check_unique(&self, doc: &Document, ignore: Option<RecordId>) -> ServerResult<()> {
-        if self.has_id_index {
-            if let Some(id) = doc.get("_id") {
-                if let Some(existing) = self.id_index.get(&KeyValue(id.clone())) {
-                    if Some(*existing) != ignore {
-                        return Err(duplicate_key_error(
-                            &self.ns,
-                            "_id_",
-                            doc! {"_id": 1},
-                            doc! {"_id": id.clone()},
-                        ));
-                    }
+    /// The `_id` index key of a document with `_id` `id`, when the collection has that index.
+    /// Built once per write: the check and the index insert share it.
+    fn id_key(&self, id: Option<&Bson>) -> Option<KeyValue> {
+        id.filter(|_| self.has_id_index)
+            .map(|id| KeyValue(id.clone()))
+    }
+
+    /// The document unique secondary indexes take their keys from: the stored one decoded
+    /// when there are such indexes, else nothing is decoded.
+    fn unique_keys_doc(&self, raw: &RawDocumentBuf) -> Document {
+        if self.indexes.iter().any(|i| i.unique) {
+            raw.to_document().unwrap_or_default()
+        } else {
+            Document::new()
+        }
+    }
+
+    fn check_unique(
+        &self,
+        id_key: Option<&KeyValue>,
+        doc: &Document,
+        ignore: Option<RecordId>,
+    ) -> ServerResult<()> {
+        if let Some(key) = id_key {
+            if let Some(existing) = self.id_index.get(key) {
+                if Some(*existing) != ignore {
+                    return Err(duplicate_key_error(
+                        &self.ns,
+                        "_id_",
+                        doc! {"_id": 1},
+                        doc! {"_id": key.0.clone()},
+                    ));
                 }
             }
         }
@@ -264,11 +284,9 @@ impl Collection {
         Ok(())
     }
 
-    fn index_add(&mut self, rid: RecordId, doc: &Document) {
-        if self.has_id_index {
-            if let Some(id) = doc.get("_id") {
-                self.id_index.insert(KeyValue(id.clone()), rid);
-            }
+    fn index_add(&mut self, rid: RecordId, id_key: Option<KeyValue>, doc: &Document) {
+        if let Some(key) = id_key {
+            self.id_index.insert(key, rid);
         }
         for index in self.indexes.iter_mut().filter(|i| i.unique) {
             let key = index.key_of(doc);
@@ -311,22 +329,35 @@ impl Collection {
         version: u64,
         rid: Option<RecordId>,
     ) -> ServerResult<RecordId> {
-        self.check_unique(doc, None)?;
+        let id_key = self.id_key(doc.get("_id"));
+        self.insert_keyed(id_key, doc, raw, version, rid)
+    }
+
+    /// [`Collection::insert_encoded`] with the `_id` index key built already.
+    fn insert_keyed(
+        &mut self,
+        id_key: Option<KeyValue>,
+        doc: &Document,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+        rid: Option<RecordId>,
+    ) -> ServerResult<RecordId> {
+        self.check_unique(id_key.as_ref(), doc, None)?;
         let rid = rid.unwrap_or(self.next_record);
         self.next_record = self.next_record.max(rid + 1);
-        self.index_add(rid, doc);
+        self.index_add(rid, id_key, doc);
         self.data_size += raw.as_bytes().len() as u64;
         self.records.insert(rid, Record { raw, version });
         self.truncate_capped();
         Ok(rid)
     }
 
-    /// The document for index maintenance: only decoded when a unique secondary index needs it.
-    fn keys_doc(&self, raw: &RawDocumentBuf) -> Document {
-        if self.indexes.iter().any(|i| i.unique) {
-            raw.to_document().unwrap_or_default()
+    /// The `_id` index key of stored bytes, read straight from them.
+    fn raw_id_key(&self, raw: &RawDocumentBuf) -> Option<KeyValue> {
+        if self.has_id_index {
+            raw_id(raw).map(KeyValue)
         } else {
-            raw_id(raw).map(|id| doc! {"_id": id}).unwrap_or_default()
+            None
         }
     }
 
@@ -336,8 +367,9 @@ impl Collection {
         raw: Arc<RawDocumentBuf>,
         version: u64,
     ) -> ServerResult<RecordId> {
-        let keys = self.keys_doc(&raw);
-        self.insert_encoded(&keys, raw, version, None)
+        let id_key = self.raw_id_key(&raw);
+        let keys = self.unique_keys_doc(&raw);
+        self.insert_keyed(id_key, &keys, raw, version, None)
     }
 
     /// Replaces the record at `rid` with already stored bytes (a transaction's commit).
@@ -347,8 +379,9 @@ impl Collection {
         raw: Arc<RawDocumentBuf>,
         version: u64,
     ) -> ServerResult<()> {
-        let keys = self.keys_doc(&raw);
-        self.replace_encoded(rid, &keys, raw, version)
+        let id_key = self.raw_id_key(&raw);
+        let keys = self.unique_keys_doc(&raw);
+        self.replace_keyed(rid, id_key, &keys, raw, version)
     }
 
     /// Appends an entry with no index keys (the oplog) from its bytes.
@@ -379,14 +412,26 @@ impl Collection {
         raw: Arc<RawDocumentBuf>,
         version: u64,
     ) -> ServerResult<()> {
-        self.check_unique(doc, Some(rid))?;
+        let id_key = self.id_key(doc.get("_id"));
+        self.replace_keyed(rid, id_key, doc, raw, version)
+    }
+
+    fn replace_keyed(
+        &mut self,
+        rid: RecordId,
+        id_key: Option<KeyValue>,
+        doc: &Document,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+    ) -> ServerResult<()> {
+        self.check_unique(id_key.as_ref(), doc, Some(rid))?;
         let old = self
             .records
             .get(&rid)
             .cloned()
             .ok_or_else(|| ServerError::new(ErrorCode::InternalError, "record vanished"))?;
         self.index_remove(&old);
-        self.index_add(rid, doc);
+        self.index_add(rid, id_key, doc);
         self.data_size = self.data_size + raw.as_bytes().len() as u64 - old.size() as u64;
         self.superseded_bytes += old.size() as u64;
         self.records.insert(rid, Record { raw, version });

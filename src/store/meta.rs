@@ -17,11 +17,12 @@
 //!   what it had seen of each site (see `converge/stamp.rs`).
 
 use super::{StoreError, MMM_DB};
+use crate::bson_bytes::{self, DocArray, Fields};
 use crate::converge::fields::FieldStamps;
 use crate::converge::{Knowledge, Stamp};
 use crate::oplog::{Entry, OpKind};
-use bson::{doc, Bson, Document, RawDocument, Timestamp};
-use mongodb::{Client, ClientSession, Collection};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::{Client, ClientSession, Collection, Database};
 use std::collections::HashMap;
 
 /// `__mmm.meta`, as it appears in oplog entries.
@@ -91,6 +92,29 @@ impl MetaRow {
             d.insert("c", c);
         }
         d
+    }
+
+    /// Writes the row as [`MetaRow::to_document`] encodes it, straight into a command being
+    /// built: an apply writes a row for every document it installs.
+    pub fn write_into(&self, f: &mut Fields) {
+        f.nested("_id", |k| self.write_id(k))
+            .int64("h", self.stamp.h)
+            .string("s", &self.stamp.site)
+            .boolean("d", self.deleted)
+            .timestamp("t", self.through);
+        if let Some(fs) = &self.fields {
+            if let Ok(raw) = RawDocumentBuf::from_document(&fs.to_document()) {
+                f.document("fs", &raw);
+            }
+        }
+        if let Some(c) = self.content {
+            f.int64("c", c);
+        }
+    }
+
+    /// [`MetaRow::row_id`]'s fields.
+    fn write_id(&self, f: &mut Fields) {
+        f.string("n", &self.ns).value("i", &self.id);
     }
 
     /// The row `d` holds, or `None` when it is not one (field stamps that are there but
@@ -296,20 +320,47 @@ pub async fn write_rows_over<'r>(
         .into_iter()
         .partition(|r| stored.is_some_and(|s| !s.contains_key(&r.key())));
     let db = client.database(MMM_DB);
-    for chunk in fresh.chunks(1000) {
-        let documents: Vec<Document> = chunk.iter().map(|r| r.to_document()).collect();
-        db.run_command(doc! {"insert": META, "documents": documents, "ordered": true})
-            .session(&mut *session)
-            .await?;
-    }
-    for chunk in known.chunks(1000) {
-        let updates: Vec<Document> = chunk
-            .iter()
-            .map(|r| doc! {"q": {"_id": MetaRow::row_id(&r.ns, &r.id)}, "u": r.to_document(), "upsert": true})
-            .collect();
-        db.run_command(doc! {"update": META, "updates": updates, "ordered": true})
-            .session(&mut *session)
-            .await?;
+    send_rows(&db, session, "insert", "documents", &fresh, |r, f| {
+        r.write_into(f)
+    })
+    .await?;
+    send_rows(&db, session, "update", "updates", &known, |r, f| {
+        f.nested("q", |q| {
+            q.nested("_id", |k| r.write_id(k));
+        })
+        .nested("u", |u| r.write_into(u))
+        .boolean("upsert", true);
+    })
+    .await?;
+    Ok(())
+}
+
+/// Bytes of statements per command that writes rows: well under the 16 MiB a command may
+/// take, whatever the size of the `_id`s.
+const ROW_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sends one `command` (`insert` or `update`) on `__mmm.meta` per few MiB of rows, each row
+/// written into its `field` array by `statement`.
+async fn send_rows(
+    db: &Database,
+    session: &mut ClientSession,
+    command: &str,
+    field: &str,
+    rows: &[&MetaRow],
+    statement: impl Fn(&MetaRow, &mut Fields),
+) -> Result<(), mongodb::error::Error> {
+    let mut statements = DocArray::default();
+    for (i, row) in rows.iter().enumerate() {
+        statements.push_with(|f| statement(row, f));
+        if statements.bytes() >= ROW_COMMAND_BYTES || i + 1 == rows.len() {
+            let body = bson_bytes::document(statements.bytes() + command.len(), |f| {
+                f.string(command, META)
+                    .array(field, &statements)
+                    .boolean("ordered", true);
+            });
+            db.run_raw_command(body).session(&mut *session).await?;
+            statements = DocArray::default();
+        }
     }
     Ok(())
 }
@@ -347,6 +398,34 @@ mod tests {
                 ("db.c".to_string(), expected),
                 "{id:?}"
             );
+        }
+    }
+
+    #[test]
+    fn rows_written_in_place_are_the_bytes_of_their_document() {
+        let ids = [
+            Bson::Int32(3),
+            Bson::String("x".into()),
+            Bson::ObjectId(bson::oid::ObjectId::new()),
+            Bson::Document(doc! {"a": 1, "b": [1, 2]}),
+            Bson::Double(2.5),
+        ];
+        for (i, id) in ids.into_iter().enumerate() {
+            let row = MetaRow {
+                ns: "db.c".into(),
+                id,
+                stamp: Stamp::new(42 << 16, "cloud"),
+                deleted: i % 2 == 1,
+                through: Timestamp {
+                    time: 5,
+                    increment: i as u32,
+                },
+                fields: (i == 2).then(|| FieldStamps::whole(Stamp::new(7, "f"), false)),
+                content: (i != 1).then_some(-99),
+            };
+            let written = bson_bytes::document(0, |f| row.write_into(f));
+            let expected = RawDocumentBuf::from_document(&row.to_document()).unwrap();
+            assert_eq!(written.as_bytes(), expected.as_bytes(), "{row:?}");
         }
     }
 
