@@ -90,6 +90,29 @@ def test_the_later_write_wins_on_both_sides_and_both_journal_it(pair):
     assert [(e.server, e.winner) for e in sorted(r.conflict_events, key=lambda e: e.server)] == [("C", "ours"), ("F", "theirs")]
 
 
+def test_a_later_transaction_of_many_writes_wins_everywhere_and_rows_agree(pair):
+    """Observation reads transactions cut to their first ops (a batch mmm applied needs no
+    more); a local transaction or a document with a long `applyOps` array of its own must be
+    read again whole, or its later writes would lose to earlier ones and rows would differ."""
+    a, b, ca, cb = pair
+    r = bidirectional(a, b)
+    start_in_sync(r, [ca, cb], [{"_id": i, "v": 0} for i in range(10)])
+    for i in range(10):
+        cb.app.c.update_one({"_id": i}, {"$set": {"v": "cloud"}})
+    later()
+    with ca.start_session() as s, s.start_transaction():
+        for i in range(10):
+            ca.app.c.update_one({"_id": i}, {"$set": {"v": "factory"}}, session=s)
+    ca.app.c.insert_one({"_id": 100, "applyOps": list(range(12))})
+    result = replicate_until_identical(r, [ca, cb])
+    assert [d["v"] for d in result["c"] if d["_id"] != 100] == ["factory"] * 10
+
+    def rows(client):
+        return {row["_id"]["i"]: (row["h"], row["s"], row.get("c")) for row in client["__mmm"].meta.find({"_id.n": "app.c"})}
+
+    wait_for(lambda: rows(ca) == rows(cb) and 100 in rows(ca))
+
+
 def test_a_write_made_after_seeing_another_wins_whatever_the_clocks(pair):
     a, b, ca, cb = pair
     r = bidirectional(a, b)

@@ -11,10 +11,10 @@ use crate::converge::fields::FieldStamps;
 use crate::converge::observe::ClockState;
 use crate::oplog::fields::{touched_fields, Touched};
 use crate::oplog::{Reassembler, Unit};
-use crate::store::checkpoints::is_applied_batch;
+use crate::store::checkpoints::{checkpoint_in_ops, is_applied_batch};
 use crate::store::meta::{self, doc_key, Clock, DocKey, MetaRow};
 use crate::store::{ensure_collection, StoreError, META};
-use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::error::{Error, TRANSIENT_TRANSACTION_ERROR};
 use mongodb::options::{Acknowledgment, ReadConcern, TransactionOptions, WriteConcern};
 use mongodb::{Client, ClientSession};
@@ -86,6 +86,7 @@ pub async fn observe_some(
     let batch = limit.map_or(10_000, |l| l.saturating_add(16).min(10_000) as u32);
     let mut cursor = oplog
         .find(doc! {"ts": {"$gt": from.pos}})
+        .projection(doc! {"o.applyOps": {"$slice": OPS_READ}})
         .batch_size(batch)
         .read_concern(ReadConcern::local())
         .session(&mut session)
@@ -110,8 +111,12 @@ pub async fn observe_some(
             break;
         }
         entries += 1;
+        let mut entry = entry?;
+        if !read_enough(&entry) {
+            entry = read_whole(&oplog, &mut session, &entry).await?;
+        }
         reassembler
-            .push_into(entry?, &mut units)
+            .push_into(entry, &mut units)
             .map_err(malformed)?;
         for unit in units.drain(..) {
             let ts = unit.ts().map_err(malformed)?;
@@ -165,6 +170,57 @@ pub async fn observe_some(
         rows,
         entries,
     })
+}
+
+/// Ops of a transaction's entry an oplog read asks for: enough to tell a batch mmm applied
+/// (its checkpoint comes first, after at most a couple of implicit creates), whose other ops
+/// observation has no use for, from everything else, which is read again whole. A batch
+/// carries megabytes of documents; without the cut the server would send them to every
+/// observation of its oplog.
+const OPS_READ: i32 = 4;
+
+/// Whether an entry read with at most [`OPS_READ`] ops in `o.applyOps` holds what observation
+/// needs: one the cut did not shorten, or a batch mmm applied whose checkpoint says its `seen`
+/// covers its rows. An insert or replacement whose document has a long `applyOps` array of
+/// its own was cut as well, and is read again.
+fn read_enough(entry: &RawDocument) -> bool {
+    let Some(ops) = entry
+        .get_document("o")
+        .ok()
+        .and_then(|o| o.get_array("applyOps").ok())
+    else {
+        return true;
+    };
+    if ops.into_iter().count() < OPS_READ as usize {
+        return true;
+    }
+    if entry.get_str("op") != Ok("c") {
+        return false;
+    }
+    let ops: Vec<RawDocumentBuf> = ops
+        .into_iter()
+        .filter_map(|op| Some(op.ok()?.as_document()?.to_raw_document_buf()))
+        .collect();
+    is_applied_batch(&ops) && checkpoint_in_ops(&ops).is_some_and(|c| c.seen_covers_rows)
+}
+
+/// `entry` read again, whole, in the same session.
+async fn read_whole(
+    oplog: &mongodb::Collection<RawDocumentBuf>,
+    session: &mut ClientSession,
+    entry: &RawDocument,
+) -> Result<RawDocumentBuf, Error> {
+    let ts = crate::oplog::Entry::new(entry).ts().map_err(malformed)?;
+    oplog
+        .find_one(doc! {"ts": {"$gte": ts, "$lte": ts}})
+        .session(session)
+        .await?
+        .ok_or_else(|| {
+            Error::custom(format!(
+                "oplog entry Timestamp({}, {}) rolled over while it was read",
+                ts.time, ts.increment
+            ))
+        })
 }
 
 fn zero() -> Timestamp {
@@ -476,6 +532,66 @@ mod tests {
 
     fn raw(d: Document) -> RawDocumentBuf {
         RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    #[test]
+    fn an_entry_cut_to_its_first_ops_is_read_again_unless_it_is_a_covered_applied_batch() {
+        let checkpoint = |covers: bool| crate::store::Checkpoint {
+            link: "l".into(),
+            origin: "A".into(),
+            src: "A".into(),
+            ts: Timestamp {
+                time: 1,
+                increment: 1,
+            },
+            applied: Timestamp {
+                time: 1,
+                increment: 1,
+            },
+            ops_applied: 0,
+            conflicts: 0,
+            rejected: 0,
+            pending_ddl: None,
+            initial_sync: None,
+            src_clock: None,
+            writer_know: None,
+            seen: None,
+            seen_covers_rows: covers,
+        };
+        let insert = |i: i32| doc! {"op": "i", "ns": "db.c", "o": {"_id": i}};
+        let cut = |first: Document| -> Vec<Document> {
+            let mut ops = vec![first];
+            ops.extend((0..OPS_READ - 1).map(insert));
+            ops
+        };
+        let batch = |covers: bool| {
+            cut(
+                doc! {"op": "u", "ns": "__mmm.checkpoints", "o": checkpoint(covers).to_document(), "o2": {"_id": "l"}},
+            )
+        };
+        let txn =
+            |ops: Vec<Document>| raw(doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": ops}});
+        // Whole as read: no transaction, or fewer ops than the cut keeps.
+        assert!(read_enough(&raw(insert(1))));
+        assert!(read_enough(&txn(vec![insert(1), insert(2)])));
+        // A batch mmm applied whose checkpoint covers its rows: its other ops are not needed.
+        assert!(read_enough(&txn(batch(true))));
+        // Read again: a local transaction, a batch whose rows must be read, a user document
+        // whose own `applyOps` array the cut shortened.
+        assert!(!read_enough(&txn(cut(insert(0)))));
+        assert!(!read_enough(&txn(batch(false))));
+        let long: Vec<i32> = (0..OPS_READ).collect();
+        assert!(!read_enough(&raw(
+            doc! {"op": "i", "ns": "db.c", "o": {"_id": 1, "applyOps": long.clone()}}
+        )));
+        let short: Vec<i32> = (0..OPS_READ - 1).collect();
+        assert!(read_enough(&raw(
+            doc! {"op": "i", "ns": "db.c", "o": {"_id": 1, "applyOps": short}}
+        )));
+        // A command named like a transaction but holding something else is read again.
+        assert!(!read_enough(&raw(
+            doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": long}}
+        )));
     }
 
     fn row(stamp: Stamp, fields: Option<FieldStamps>) -> MetaRow {

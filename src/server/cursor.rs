@@ -19,6 +19,8 @@ pub const DEFAULT_FIRST_BATCH: usize = 101;
 
 pub enum Source {
     Buffered(VecDeque<Arc<Document>>),
+    /// Stored records found already (by `_id`), sent as their bytes.
+    Records(VecDeque<Record>),
     Scan {
         records: OrdMap<RecordId, Record>,
         /// Where the scan continues: a lower bound forward, an upper bound in reverse.
@@ -99,6 +101,16 @@ impl Cursor {
                 }
                 // As mongod: a full batch ends before looking further, so the cursor stays
                 // open even when nothing follows (the next getMore finds the end).
+                queue.is_empty() && count < max_docs
+            }
+            Source::Records(queue) => {
+                while count < max_docs && bytes < MAX_BATCH_BYTES {
+                    let Some(rec) = queue.pop_front() else { break };
+                    if let Some(len) = emit(&mut docs, &rec, None, projection)? {
+                        bytes += len;
+                        count += 1;
+                    }
+                }
                 queue.is_empty() && count < max_docs
             }
             Source::Scan {
@@ -262,7 +274,12 @@ fn emit(
             return Ok(None);
         }
     }
-    if projection.is_some() {
+    if let Some(p) = projection {
+        if let Some(projected) = p.apply_raw(&rec.raw) {
+            let len = projected.as_bytes().len();
+            docs.push(projected);
+            return Ok(Some(len));
+        }
         return push_document(docs, &rec.document(), projection).map(Some);
     }
     docs.push(rec.raw.as_ref().clone());

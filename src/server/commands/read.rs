@@ -4,7 +4,7 @@ use super::ctx::Ctx;
 use super::util::{as_i64, bool_arg, coll_name, doc_arg, non_negative, pipeline_stages};
 use super::Reply;
 use crate::server::clock::ts_to_u64;
-use crate::server::collection::Collection;
+use crate::server::collection::{Collection, Record};
 use crate::server::cursor::{Cursor, Source, DEFAULT_FIRST_BATCH};
 use crate::server::cursor_table::CursorLife;
 use crate::server::error::{ServerError, ServerResult};
@@ -203,7 +203,7 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     {
         // `_id` equality or `$in`: read from the `_id` index, in its order, as mongod's
         // IXSCAN on `_id` does, instead of scanning the collection.
-        Source::Buffered(docs.into_iter().skip(skip).collect::<VecDeque<_>>())
+        Source::Records(docs.into_iter().skip(skip).collect::<VecDeque<_>>())
     } else if (sort.is_none() || natural.is_some()) && skip == 0 && hinted_index.is_none() {
         let records = view.map(|c| c.records.clone()).unwrap_or_default();
         let reverse = natural == Some(-1);
@@ -272,9 +272,9 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
 
 /// True unless the command asks for a collation other than the simple one: under the simple
 /// collation strings compare by bytes, which is the `_id` index's order.
-/// The documents a filter on `_id` values finds, in `_id` order; `None` when the filter does
-/// not confine `_id` to values.
-fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Arc<Document>>> {
+/// The records a filter on `_id` values finds, in `_id` order; `None` when the filter does
+/// not confine `_id` to values. Records are matched and sent as stored, never decoded.
+fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Record>> {
     let points = matcher.id_points()?;
     let mut found = std::collections::BTreeMap::new();
     for id in points {
@@ -287,9 +287,8 @@ fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Arc<Document>>> {
         found
             .into_values()
             .filter(|rid| seen.insert(*rid))
-            .filter_map(|rid| c.get(rid))
-            .filter(|d| matcher.matches(d))
-            .map(Arc::new)
+            .filter_map(|rid| c.records.get(&rid).cloned())
+            .filter(|rec| matcher.matches_raw(&rec.raw))
             .collect(),
     )
 }

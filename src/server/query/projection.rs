@@ -10,6 +10,7 @@ use super::compare::{as_f64, is_number, true_value};
 use super::expr::Expr;
 use super::matcher::{parse_elem_match_projection, Node};
 use crate::server::error::{ServerError, ServerResult};
+use bson::raw::{RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use bson::{Bson, Document};
 
 #[derive(Debug, Clone)]
@@ -290,6 +291,17 @@ impl Projection {
         self.project(doc, true)
     }
 
+    /// [`Projection::try_apply`] on stored bytes, for a projection that only leaves fields out
+    /// or slices arrays: the result is copied element by element, never decoded (an oplog
+    /// reader can cut a transaction's ops to the first few without the server decoding
+    /// megabytes). `None` for other projections, which need the decoded document.
+    pub fn apply_raw(&self, doc: &RawDocument) -> Option<RawDocumentBuf> {
+        if self.inclusion || !only_exclusions(&self.tree) {
+            return None;
+        }
+        exclusion_raw(doc, &self.tree).ok()
+    }
+
     fn project(&self, doc: &Document, strict: bool) -> ServerResult<Document> {
         if self.inclusion {
             let mut out = apply_inclusion(doc, &self.tree);
@@ -305,24 +317,79 @@ fn find<'a>(tree: &'a Tree, key: &str) -> Option<&'a ProjNode> {
     tree.iter().find(|(k, _)| k == key).map(|(_, n)| n)
 }
 
-fn slice(v: &Bson, skip: Option<i64>, limit: i64) -> Bson {
-    let Bson::Array(a) = v else {
-        return v.clone();
-    };
-    let len = a.len() as i64;
+/// The elements `$slice` keeps of an array of `len`: (first, how many).
+fn slice_range(len: usize, skip: Option<i64>, limit: i64) -> (usize, usize) {
+    let len = len as i64;
     let (start, count) = match skip {
         None if limit >= 0 => (0, limit),
         None => ((len + limit).max(0), len),
         Some(s) if s < 0 => ((len + s).max(0), limit),
         Some(s) => (s.min(len), limit),
     };
-    Bson::Array(
-        a.iter()
-            .skip(start as usize)
-            .take(count.max(0) as usize)
-            .cloned()
-            .collect(),
-    )
+    (start as usize, count.max(0) as usize)
+}
+
+fn slice(v: &Bson, skip: Option<i64>, limit: i64) -> Bson {
+    let Bson::Array(a) = v else {
+        return v.clone();
+    };
+    let (start, count) = slice_range(a.len(), skip, limit);
+    Bson::Array(a.iter().skip(start).take(count).cloned().collect())
+}
+
+fn only_exclusions(tree: &Tree) -> bool {
+    tree.iter().all(|(_, n)| match n {
+        ProjNode::Exclude | ProjNode::Slice(..) => true,
+        ProjNode::Sub(t) => only_exclusions(t),
+        _ => false,
+    })
+}
+
+/// [`apply_exclusion`] on bytes.
+fn exclusion_raw(doc: &RawDocument, tree: &Tree) -> Result<RawDocumentBuf, bson::raw::Error> {
+    let mut out = RawDocumentBuf::new();
+    for element in doc.iter() {
+        let (k, v) = element?;
+        match find(tree, k) {
+            Some(ProjNode::Exclude) => {}
+            Some(ProjNode::Sub(t)) => out.append(k, exclusion_value_raw(v, t)?),
+            Some(ProjNode::Slice(s, l)) => out.append(k, slice_raw(v, *s, *l)?),
+            _ => out.append_ref(k, v),
+        }
+    }
+    Ok(out)
+}
+
+/// [`exclusion_value`] on bytes.
+fn exclusion_value_raw(v: RawBsonRef<'_>, tree: &Tree) -> Result<RawBson, bson::raw::Error> {
+    Ok(match v {
+        RawBsonRef::Document(d) => RawBson::Document(exclusion_raw(d, tree)?),
+        RawBsonRef::Array(a) => {
+            let mut out = RawArrayBuf::new();
+            for e in a {
+                out.push(exclusion_value_raw(e?, tree)?);
+            }
+            RawBson::Array(out)
+        }
+        other => other.to_raw_bson(),
+    })
+}
+
+/// [`slice`] on bytes.
+fn slice_raw(
+    v: RawBsonRef<'_>,
+    skip: Option<i64>,
+    limit: i64,
+) -> Result<RawBson, bson::raw::Error> {
+    let RawBsonRef::Array(a) = v else {
+        return Ok(v.to_raw_bson());
+    };
+    let (start, count) = slice_range(a.into_iter().count(), skip, limit);
+    let mut out = RawArrayBuf::new();
+    for e in a.into_iter().skip(start).take(count) {
+        out.push(e?.to_raw_bson());
+    }
+    Ok(RawBson::Array(out))
 }
 
 fn apply_inclusion(doc: &Document, tree: &Tree) -> Document {
@@ -456,6 +523,52 @@ mod tests {
 
     fn perr(spec: Document) -> ServerError {
         Projection::new(&spec).unwrap_err()
+    }
+
+    #[test]
+    fn exclusions_and_slices_on_bytes_give_what_the_decoded_document_gives() {
+        let docs = [
+            doc! {"_id": 1, "ts": 5, "o": {"applyOps": [{"op": "i"}, {"op": "u"}, {"op": "d"}, {"op": "n"}, {"op": "c"}], "x": 1}},
+            doc! {"_id": 2, "o": {"applyOps": "not an array"}, "a": [1, 2, 3]},
+            doc! {"_id": 3, "o": [{"applyOps": [1, 2, 3]}, 7, [{"applyOps": [4, 5]}]], "b": {"c": {"d": 1}}},
+            doc! {"_id": 4, "a": [], "o": {}},
+            doc! {"a": {"b": [1, {"c": 2, "d": 3}]}, "_id": {"k": [1]}, "z": null},
+            doc! {},
+        ];
+        let specs = [
+            doc! {"o.applyOps": {"$slice": 3}},
+            doc! {"o.applyOps": {"$slice": -2}},
+            doc! {"o.applyOps": {"$slice": [1, 2]}},
+            doc! {"o.applyOps": {"$slice": [-9, 2]}},
+            doc! {"o.applyOps": {"$slice": 0}},
+            doc! {"a": {"$slice": 2}, "_id": 0},
+            doc! {"o.x": 0, "b.c.d": 0},
+            doc! {"a.b.c": 0, "z": false},
+            doc! {"a": 0},
+        ];
+        for spec in &specs {
+            let p = Projection::new(spec).unwrap();
+            for d in &docs {
+                let raw = bson::RawDocumentBuf::from_document(d).unwrap();
+                let on_bytes = p.apply_raw(&raw).expect("an exclusion projection");
+                let decoded =
+                    bson::RawDocumentBuf::from_document(&p.try_apply(d).unwrap()).unwrap();
+                assert_eq!(on_bytes.as_bytes(), decoded.as_bytes(), "{spec} on {d}");
+            }
+        }
+        // Inclusions, computed fields and $elemMatch need the decoded document.
+        for spec in [
+            doc! {"a": 1},
+            doc! {"_id": 1, "o.applyOps": {"$slice": 1}},
+            doc! {"x": {"$add": [1, 2]}},
+            doc! {"a": {"$elemMatch": {"c": 2}}},
+        ] {
+            let raw = bson::RawDocumentBuf::from_document(&docs[0]).unwrap();
+            assert!(
+                Projection::new(&spec).unwrap().apply_raw(&raw).is_none(),
+                "{spec}"
+            );
+        }
     }
 
     #[test]
