@@ -42,6 +42,9 @@ pub struct Composite {
     /// Under the `fields` policy, the version's field stamps: those of the source's own ops
     /// (`FieldStamps::of_ops`), or the row the source installed for a version from elsewhere.
     pub fields: Option<FieldStamps>,
+    /// [`Composite::content_hash`], once computed: the link's reader computes it while the
+    /// writer applies the previous batch, so that it is not on the writer's path.
+    pub content: std::sync::OnceLock<Option<i64>>,
 }
 
 fn is_full(op: &RawDocumentBuf) -> bool {
@@ -60,10 +63,12 @@ impl Composite {
     /// The content hash of the version, when its last op is the whole document (otherwise it
     /// is read back once installed: [`hash_installed`]).
     pub fn content_hash(&self) -> Option<i64> {
-        let last = self.ops.last()?;
-        Entry::new(last)
-            .whole_document()
-            .and_then(crate::doc_hash::content_hash)
+        *self.content.get_or_init(|| {
+            let last = self.ops.last()?;
+            Entry::new(last)
+                .whole_document()
+                .and_then(crate::doc_hash::content_hash)
+        })
     }
 }
 
@@ -906,6 +911,7 @@ mod tests {
             },
             know: None,
             fields: None,
+            content: Default::default(),
         };
         let diff = doc! {"op": "u", "ns": "db.c", "o": {"$v": 2, "diff": {"u": {"x": 1}}}, "o2": {"_id": 1}};
         let ins = doc! {"op": "i", "ns": "db.c", "o": {"_id": 1}};

@@ -399,6 +399,7 @@ async fn send_differing(
             }
         };
         versions.composites.push(Composite {
+            content: Default::default(),
             ns: dst_ns,
             src_ns: ns.clone(),
             id: id.clone(),
@@ -590,6 +591,7 @@ async fn send(
                 .unwrap_or_else(|| FieldStamps::whole(stamp.clone(), deleted))
         });
         versions.composites.push(Composite {
+            content: Default::default(),
             fields,
             ns: dst_ns,
             src_ns: ns.clone(),

@@ -147,6 +147,7 @@ pub async fn repair_document(
     for (end, side, other) in [(&a, &sa, &sb), (&b, &sb, &sa)] {
         let versions = Versions {
             composites: vec![Composite {
+                content: Default::default(),
                 ns: end.ns.to_string(),
                 src_ns: winner.ns.to_string(),
                 id: id.clone(),

@@ -657,6 +657,7 @@ impl<'a> Reader<'a> {
                 Some(i) => {
                     let c = &mut pending.versions.composites[*i];
                     c.ops.extend(ops);
+                    c.content = Default::default();
                     c.stamp = v.stamp;
                     c.deleted = v.deleted;
                     c.src_ts = ts;
@@ -672,6 +673,7 @@ impl<'a> Reader<'a> {
                 None => {
                     pending.index.insert(key, pending.versions.composites.len());
                     pending.versions.composites.push(Composite {
+                        content: Default::default(),
                         ns: v.dst_ns,
                         src_ns: v.src_ns,
                         id: v.id,
@@ -712,6 +714,10 @@ impl<'a> Reader<'a> {
             s.queued_since.push_back(since);
         }
         let taken = std::mem::take(pending);
+        // Hashed here, while the writer applies the batch before: not on its path.
+        for c in &taken.versions.composites {
+            c.content_hash();
+        }
         let tag = rt.spec.tag_documents.then(|| Tag {
             origin: taken.origin.clone(),
             ts: last,
