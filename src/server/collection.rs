@@ -372,6 +372,18 @@ impl Collection {
         self.insert_keyed(id_key, &keys, raw, version, None)
     }
 
+    /// [`Collection::insert_record`] for bytes whose `_id` the caller read already.
+    pub fn insert_record_with_id(
+        &mut self,
+        raw: Arc<RawDocumentBuf>,
+        version: u64,
+        id: &Bson,
+    ) -> ServerResult<RecordId> {
+        let id_key = self.id_key(Some(id));
+        let keys = self.unique_keys_doc(&raw);
+        self.insert_keyed(id_key, &keys, raw, version, None)
+    }
+
     /// Replaces the record at `rid` with already stored bytes (a transaction's commit).
     pub fn replace_record(
         &mut self,

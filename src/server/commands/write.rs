@@ -139,7 +139,7 @@ fn insert_one_raw(
         validation::check_write(Some(&validator), &c.ns, &doc, None, bypass)?;
     }
     let ui = c.uuid;
-    c.insert_record(raw.clone(), version)?;
+    c.insert_record_with_id(raw.clone(), version, &id)?;
     log_insert(ctx, db, coll, ui, raw, id)
 }
 

@@ -254,7 +254,7 @@ pub fn compare_numbers(a: &Bson, b: &Bson) -> Ordering {
     }
 }
 
-fn compare_docs(a: &Document, b: &Document) -> Ordering {
+fn compare_docs(a: &Document, b: &Document, binary: bool) -> Ordering {
     let mut ia = a.iter();
     let mut ib = b.iter();
     loop {
@@ -266,7 +266,7 @@ fn compare_docs(a: &Document, b: &Document) -> Ordering {
                 let c = canonical_type(va)
                     .cmp(&canonical_type(vb))
                     .then_with(|| ka.as_bytes().cmp(kb.as_bytes()))
-                    .then_with(|| compare_values(va, vb));
+                    .then_with(|| compare_values_in(va, vb, binary));
                 if c != Ordering::Equal {
                     return c;
                 }
@@ -275,11 +275,11 @@ fn compare_docs(a: &Document, b: &Document) -> Ordering {
     }
 }
 
-fn compare_arrays(a: &[Bson], b: &[Bson]) -> Ordering {
+fn compare_arrays(a: &[Bson], b: &[Bson], binary: bool) -> Ordering {
     for (va, vb) in a.iter().zip(b.iter()) {
         let c = canonical_type(va)
             .cmp(&canonical_type(vb))
-            .then_with(|| compare_values(va, vb));
+            .then_with(|| compare_values_in(va, vb, binary));
         if c != Ordering::Equal {
             return c;
         }
@@ -293,17 +293,31 @@ fn raw_bytes(v: &Bson) -> Vec<u8> {
     bson::to_vec(&d).unwrap_or_default()
 }
 
-/// MongoDB's total order over BSON values (see module docs).
+/// MongoDB's total order over BSON values (see module docs), strings under the collation in
+/// force.
 pub fn compare_values(a: &Bson, b: &Bson) -> Ordering {
+    compare_values_in(a, b, false)
+}
+
+/// Strings compared by their bytes (`binary`) or under the collation in force.
+fn compare_strings(x: &str, y: &str, binary: bool) -> Ordering {
+    let collated = if binary {
+        None
+    } else {
+        super::collation::compare(x, y)
+    };
+    collated.unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes()))
+}
+
+/// [`compare_values`]; with `binary`, strings compare by their bytes whatever the collation
+/// in force (index keys), without looking the collation up at every string.
+fn compare_values_in(a: &Bson, b: &Bson, binary: bool) -> Ordering {
     // The usual `_id` types first: two values of one of these types compare directly (this is
     // the comparison every `_id` index lookup and insert makes, many times).
     match (a, b) {
         (Bson::Int32(x), Bson::Int32(y)) => return x.cmp(y),
         (Bson::Int64(x), Bson::Int64(y)) => return x.cmp(y),
-        (Bson::String(x), Bson::String(y)) => {
-            return super::collation::compare(x, y)
-                .unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes()))
-        }
+        (Bson::String(x), Bson::String(y)) => return compare_strings(x, y, binary),
         (Bson::ObjectId(x), Bson::ObjectId(y)) => return x.bytes().cmp(&y.bytes()),
         _ => {}
     }
@@ -317,11 +331,9 @@ pub fn compare_values(a: &Bson, b: &Bson) -> Ordering {
             Ordering::Equal
         }
         _ if ta == 10 => compare_numbers(a, b),
-        (String(x) | Symbol(x), String(y) | Symbol(y)) => {
-            super::collation::compare(x, y).unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes()))
-        }
-        (Document(x), Document(y)) => compare_docs(x, y),
-        (Array(x), Array(y)) => compare_arrays(x, y),
+        (String(x) | Symbol(x), String(y) | Symbol(y)) => compare_strings(x, y, binary),
+        (Document(x), Document(y)) => compare_docs(x, y, binary),
+        (Array(x), Array(y)) => compare_arrays(x, y, binary),
         (Binary(x), Binary(y)) => x
             .bytes
             .len()
@@ -342,7 +354,7 @@ pub fn compare_values(a: &Bson, b: &Bson) -> Ordering {
             .code
             .as_bytes()
             .cmp(y.code.as_bytes())
-            .then_with(|| compare_docs(&x.scope, &y.scope)),
+            .then_with(|| compare_docs(&x.scope, &y.scope, binary)),
         (DbPointer(_), DbPointer(_)) => raw_bytes(a).cmp(&raw_bytes(b)),
         _ => Ordering::Equal,
     }
@@ -361,7 +373,7 @@ pub struct KeyValue(pub Bson);
 
 impl PartialEq for KeyValue {
     fn eq(&self, other: &Self) -> bool {
-        super::collation::binary(|| values_equal(&self.0, &other.0))
+        compare_values_in(&self.0, &other.0, true) == Ordering::Equal
     }
 }
 impl Eq for KeyValue {}
@@ -373,7 +385,7 @@ impl PartialOrd for KeyValue {
 impl Ord for KeyValue {
     fn cmp(&self, other: &Self) -> Ordering {
         // Index keys are binary whatever the command's collation (see collation.rs).
-        super::collation::binary(|| compare_values(&self.0, &other.0))
+        compare_values_in(&self.0, &other.0, true)
     }
 }
 
@@ -565,6 +577,40 @@ mod tests {
         assert_eq!(
             compare_values(&Bson::Boolean(false), &Bson::Boolean(true)),
             Ordering::Less
+        );
+    }
+
+    #[test]
+    fn key_values_compare_strings_by_bytes_under_any_collation_at_any_depth() {
+        let _case_blind = super::super::collation::scope(Some(&Bson::Document(
+            bson::doc! {"locale": "en", "strength": 2},
+        )))
+        .unwrap();
+        let pairs = [
+            (Bson::String("a".into()), Bson::String("A".into())),
+            (
+                Bson::Document(bson::doc! {"n": "x", "i": "a"}),
+                Bson::Document(bson::doc! {"n": "x", "i": "A"}),
+            ),
+            (
+                Bson::Array(vec![Bson::String("a".into())]),
+                Bson::Array(vec![Bson::String("A".into())]),
+            ),
+        ];
+        for (lower, upper) in pairs {
+            // Matching and sorting follow the collation...
+            assert_eq!(compare_values(&lower, &upper), Ordering::Equal);
+            // ...index keys do not: "A" (0x41) sorts before "a" (0x61).
+            assert_eq!(
+                KeyValue(lower.clone()).cmp(&KeyValue(upper.clone())),
+                Ordering::Greater
+            );
+            assert_ne!(KeyValue(lower), KeyValue(upper));
+        }
+        // The collation is still in force after index comparisons.
+        assert_eq!(
+            compare_values(&Bson::String("b".into()), &Bson::String("B".into())),
+            Ordering::Equal
         );
     }
 
