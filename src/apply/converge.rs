@@ -371,6 +371,103 @@ pub async fn read_version_fields(
     Ok((current, found, now_fields))
 }
 
+/// The version `c` brings, as the rules see it (`know`: the batch's, unless it has its own).
+fn arriving_of<'a>(c: &'a Composite, know: &'a Knowledge) -> Arriving<'a> {
+    Arriving {
+        stamp: &c.stamp,
+        know: c.know.as_ref().unwrap_or(know),
+        deleted: c.deleted,
+    }
+}
+
+/// The arriving version of a conflict: the op itself when it is the whole version, else read
+/// from the source.
+async fn theirs_version(
+    conv: &Converging,
+    c: &Composite,
+) -> Result<(Option<Document>, Stamp), Error> {
+    let whole = c
+        .from_full()
+        .map(|ops| ops.len() == c.ops.len() && ops.len() == 1);
+    match (whole, c.ops.last()) {
+        // One op that is the whole version: no need to read it back.
+        (Some(true), Some(op)) => {
+            let e = Entry::new(op);
+            let doc = match e.op() {
+                Ok(OpKind::Delete) => None,
+                _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
+            };
+            Ok((doc, c.stamp.clone()))
+        }
+        _ => {
+            read_version(
+                &conv.src,
+                &conv.src_site,
+                &c.src_ns,
+                &c.id,
+                c.src_ts,
+                &c.stamp,
+            )
+            .await
+        }
+    }
+}
+
+/// Source reads of conflicting versions that run at once.
+const CONCURRENT_VERSION_READS: usize = 16;
+
+/// [`theirs_version`] of each conflict, read a few at a time.
+async fn read_theirs_of(
+    conv: &Converging,
+    conflicting: &[&Composite],
+) -> Result<HashMap<DocKey, (Option<Document>, Stamp)>, Error> {
+    let mut out = HashMap::new();
+    for chunk in conflicting.chunks(CONCURRENT_VERSION_READS) {
+        let reads: Vec<_> = chunk
+            .iter()
+            .map(|c| Box::pin(theirs_version(conv, c)))
+            .collect();
+        let versions = futures_util::future::try_join_all(reads).await?;
+        for (c, version) in chunk.iter().zip(versions) {
+            out.insert(doc_key(&c.ns, &c.id), version);
+        }
+    }
+    Ok(out)
+}
+
+/// The documents this server holds of `conflicting`, read in the transaction with one query
+/// per namespace, keyed as their `_id` is stored (a document found under another `_id`
+/// encoding of an equal value is left to [`read_ours`]).
+async fn read_ours_of(
+    client: &Client,
+    session: &mut ClientSession,
+    conflicting: &[&Composite],
+) -> Result<HashMap<DocKey, Document>, Error> {
+    let mut by_ns: HashMap<&str, Vec<Bson>> = HashMap::new();
+    for c in conflicting {
+        by_ns.entry(c.ns.as_str()).or_default().push(c.id.clone());
+    }
+    let mut out = HashMap::new();
+    for (ns, ids) in by_ns {
+        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        for chunk in ids.chunks(10_000) {
+            let mut cursor = client
+                .database(db)
+                .collection::<Document>(coll)
+                .find(doc! {"_id": {"$in": chunk}})
+                .session(&mut *session)
+                .await?;
+            while let Some(d) = cursor.next(&mut *session).await {
+                let d = d?;
+                if let Some(id) = d.get("_id") {
+                    out.insert(doc_key(ns, id), d);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn read_ours(
     client: &Client,
     session: &mut ClientSession,
@@ -621,22 +718,42 @@ pub async fn prepare(
     let mut plan = Plan::default();
     let mut journal = Vec::new();
     let mut conflicts = Vec::new();
-    for c in &versions.composites {
-        let key = doc_key(&c.ns, &c.id);
-        let held_row = observed_rows
-            .get(&key)
-            .or_else(|| stored.get(&key))
-            .cloned();
+    let held_of = |key: &DocKey| -> (Option<MetaRow>, Held) {
+        let held_row = observed_rows.get(key).or_else(|| stored.get(key)).cloned();
         let held = Held {
             stamp: held_row.as_ref().map(|r| r.stamp.clone()),
             deleted: held_row.as_ref().is_some_and(|r| r.deleted),
         };
+        (held_row, held)
+    };
+    // The conflicts' versions, read before deciding: a few queries for all of them rather
+    // than two round trips each. The transaction's window (from its snapshot to its row
+    // writes) is where observation, storing this server's own rows of the same documents,
+    // makes it start over; it stays short however many documents conflict.
+    let conflicting: Vec<&Composite> = versions
+        .composites
+        .iter()
+        .filter(|c| {
+            let policy = conv.policies.for_namespace(&c.ns);
+            !matches!(policy, Policy::Fields { .. })
+                && matches!(
+                    decide(
+                        &policy,
+                        &conv.site,
+                        &held_of(&doc_key(&c.ns, &c.id)).1,
+                        &arriving_of(c, &versions.know)
+                    ),
+                    Decision::Conflict(_)
+                )
+        })
+        .collect();
+    let mut ours_read = read_ours_of(client, session, &conflicting).await?;
+    let mut theirs_read = read_theirs_of(conv, &conflicting).await?;
+    for c in &versions.composites {
+        let key = doc_key(&c.ns, &c.id);
+        let (held_row, held) = held_of(&key);
         let policy = conv.policies.for_namespace(&c.ns);
-        let arriving = Arriving {
-            stamp: &c.stamp,
-            know: c.know.as_ref().unwrap_or(&versions.know),
-            deleted: c.deleted,
-        };
+        let arriving = arriving_of(c, &versions.know);
         let mut decision = decide(&policy, &conv.site, &held, &arriving);
         fresh = fresh.max(c.stamp.h);
         if let Policy::Fields { deletes } = policy {
@@ -745,31 +862,15 @@ pub async fn prepare(
         }
         // A conflict: both versions' content is wanted (journal, rewrites, equality).
         let ours_stamp = held.stamp.clone().expect("a conflict has a held version");
-        let ours_doc = read_ours(client, session, &c.ns, &c.id).await?;
-        let theirs_full = c
-            .from_full()
-            .map(|ops| ops.len() == c.ops.len() && ops.len() == 1);
-        let (theirs_doc, theirs_stamp) = match (theirs_full, c.ops.last()) {
-            // One op that is the whole version: no need to read it back.
-            (Some(true), Some(op)) => {
-                let e = Entry::new(op);
-                let doc = match e.op() {
-                    Ok(OpKind::Delete) => None,
-                    _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
-                };
-                (doc, c.stamp.clone())
-            }
-            _ => {
-                read_version(
-                    &conv.src,
-                    &conv.src_site,
-                    &c.src_ns,
-                    &c.id,
-                    c.src_ts,
-                    &c.stamp,
-                )
-                .await?
-            }
+        let ours_doc = match ours_read.remove(&key) {
+            Some(doc) => Some(doc),
+            // Not among the documents read together (absent, or stored under an equal `_id`
+            // of another type): read on its own.
+            None => read_ours(client, session, &c.ns, &c.id).await?,
+        };
+        let (theirs_doc, theirs_stamp) = match theirs_read.remove(&key) {
+            Some(version) => version,
+            None => theirs_version(conv, c).await?,
         };
         if same_content(&ours_doc, &theirs_doc) {
             decision = settle_equal(decision, &ours_stamp, &theirs_stamp);

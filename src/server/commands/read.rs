@@ -270,8 +270,6 @@ pub fn find(ctx: &mut Ctx, body: &Document) -> ServerResult<Reply> {
     cursor_reply(ctx.state, cursor, first, single_batch)
 }
 
-/// True unless the command asks for a collation other than the simple one: under the simple
-/// collation strings compare by bytes, which is the `_id` index's order.
 /// The records a filter on `_id` values finds, in `_id` order; `None` when the filter does
 /// not confine `_id` to values. Records are matched and sent as stored, never decoded.
 fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Record>> {
@@ -293,6 +291,8 @@ fn id_lookup(c: &Collection, matcher: &Matcher) -> Option<Vec<Record>> {
     )
 }
 
+/// True unless the command asks for a collation other than the simple one: under the simple
+/// collation strings compare by bytes, which is the `_id` index's order.
 fn simple_collation(body: &Document) -> bool {
     match body.get("collation") {
         None | Some(Bson::Null) => true,

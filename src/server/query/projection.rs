@@ -299,6 +299,9 @@ impl Projection {
         if self.inclusion || !only_exclusions(&self.tree) {
             return None;
         }
+        if leaves_unchanged(doc, &self.tree) {
+            return Some(doc.to_owned());
+        }
         exclusion_raw(doc, &self.tree).ok()
     }
 
@@ -342,6 +345,32 @@ fn only_exclusions(tree: &Tree) -> bool {
         ProjNode::Exclude | ProjNode::Slice(..) => true,
         ProjNode::Sub(t) => only_exclusions(t),
         _ => false,
+    })
+}
+
+/// Whether the exclusion `tree` leaves `doc` as it is (nothing it names is there to leave out
+/// or to shorten), so that its bytes go out as they are, with no copy element by element: most
+/// oplog entries, for an oplog reader that cuts transactions short.
+fn leaves_unchanged(doc: &RawDocument, tree: &Tree) -> bool {
+    doc.iter().all(|element| {
+        let Ok((k, v)) = element else { return false };
+        match (find(tree, k), v) {
+            (None, _) => true,
+            (Some(ProjNode::Slice(s, l)), RawBsonRef::Array(a)) => {
+                let len = a.into_iter().count();
+                let (start, count) = slice_range(len, *s, *l);
+                start == 0 && count >= len
+            }
+            (Some(ProjNode::Slice(..)), _) => true,
+            (Some(ProjNode::Sub(t)), RawBsonRef::Document(d)) => leaves_unchanged(d, t),
+            (Some(ProjNode::Sub(t)), RawBsonRef::Array(a)) => a.into_iter().all(|e| match e {
+                Ok(RawBsonRef::Document(d)) => leaves_unchanged(d, t),
+                Ok(RawBsonRef::Array(_)) | Err(_) => false,
+                Ok(_) => true,
+            }),
+            (Some(ProjNode::Sub(_)), _) => true,
+            (Some(_), _) => false,
+        }
     })
 }
 
@@ -534,6 +563,11 @@ mod tests {
             doc! {"_id": 4, "a": [], "o": {}},
             doc! {"a": {"b": [1, {"c": 2, "d": 3}]}, "_id": {"k": [1]}, "z": null},
             doc! {},
+            // Left as they are by most of the projections below.
+            doc! {"_id": 5, "o": {"applyOps": [{"op": "i"}]}, "a": [1]},
+            doc! {"_id": 6, "o": {"x": {"applyOps": [1, 2, 3, 4, 5]}}, "b": {"c": 1}},
+            doc! {"_id": 7, "o": [{"x": 1}, 2, [{"applyOps": [1, 2, 3, 4]}]]},
+            doc! {"_id": 8, "a": [1, 2], "b": {"c": {"e": 1}}},
         ];
         let specs = [
             doc! {"o.applyOps": {"$slice": 3}},
