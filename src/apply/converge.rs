@@ -60,6 +60,19 @@ impl Composite {
         Some(&self.ops[i..])
     }
 
+    /// The version, when it is one op that gives it whole (`Some(None)` for a delete): no need
+    /// to read it from the source.
+    pub fn carried_whole(&self) -> Option<Option<Document>> {
+        let whole = self
+            .from_full()
+            .is_some_and(|ops| ops.len() == self.ops.len() && ops.len() == 1);
+        let e = Entry::new(self.ops.last().filter(|_| whole)?);
+        Some(match e.op() {
+            Ok(OpKind::Delete) => None,
+            _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
+        })
+    }
+
     /// The content hash of the version, when its last op is the whole document (otherwise it
     /// is read back once installed: [`hash_installed`]).
     pub fn content_hash(&self) -> Option<i64> {
@@ -386,20 +399,9 @@ async fn theirs_version(
     conv: &Converging,
     c: &Composite,
 ) -> Result<(Option<Document>, Stamp), Error> {
-    let whole = c
-        .from_full()
-        .map(|ops| ops.len() == c.ops.len() && ops.len() == 1);
-    match (whole, c.ops.last()) {
-        // One op that is the whole version: no need to read it back.
-        (Some(true), Some(op)) => {
-            let e = Entry::new(op);
-            let doc = match e.op() {
-                Ok(OpKind::Delete) => None,
-                _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
-            };
-            Ok((doc, c.stamp.clone()))
-        }
-        _ => {
+    match c.carried_whole() {
+        Some(doc) => Ok((doc, c.stamp.clone())),
+        None => {
             read_version(
                 &conv.src,
                 &conv.src_site,
@@ -609,18 +611,9 @@ async fn merge_fields(
     if !changed && !concurrent {
         return Ok(None);
     }
-    let single_whole = c
-        .from_full()
-        .is_some_and(|ops| ops.len() == c.ops.len() && ops.len() == 1);
-    let theirs_doc = match (single_whole, c.ops.last()) {
-        (true, Some(op)) => {
-            let e = Entry::new(op);
-            match e.op() {
-                Ok(OpKind::Delete) => None,
-                _ => e.o().ok().and_then(|o| Document::try_from(o).ok()),
-            }
-        }
-        _ => {
+    let theirs_doc = match c.carried_whole() {
+        Some(doc) => doc,
+        None => {
             let (doc, _, now) = read_version_fields(
                 &conv.src,
                 &conv.src_site,

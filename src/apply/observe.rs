@@ -536,27 +536,17 @@ mod tests {
 
     #[test]
     fn an_entry_cut_to_its_first_ops_is_read_again_unless_it_is_a_covered_applied_batch() {
-        let checkpoint = |covers: bool| crate::store::Checkpoint {
-            link: "l".into(),
-            origin: "A".into(),
-            src: "A".into(),
-            ts: Timestamp {
+        // A checkpoint as a link writes it: `seen_rows` says its `seen` covers the rows.
+        let checkpoint = |covers: bool| {
+            let ts = Timestamp {
                 time: 1,
                 increment: 1,
-            },
-            applied: Timestamp {
-                time: 1,
-                increment: 1,
-            },
-            ops_applied: 0,
-            conflicts: 0,
-            rejected: 0,
-            pending_ddl: None,
-            initial_sync: None,
-            src_clock: None,
-            writer_know: None,
-            seen: None,
-            seen_covers_rows: covers,
+            };
+            let mut d = doc! {"_id": "l", "origin": "A", "src": "A", "ts": ts, "seen": {}};
+            if covers {
+                d.insert("seen_rows", true);
+            }
+            d
         };
         let insert = |i: i32| doc! {"op": "i", "ns": "db.c", "o": {"_id": i}};
         let cut = |first: Document| -> Vec<Document> {
@@ -566,7 +556,7 @@ mod tests {
         };
         let batch = |covers: bool| {
             cut(
-                doc! {"op": "u", "ns": "__mmm.checkpoints", "o": checkpoint(covers).to_document(), "o2": {"_id": "l"}},
+                doc! {"op": "u", "ns": "__mmm.checkpoints", "o": checkpoint(covers), "o2": {"_id": "l"}},
             )
         };
         let txn =
