@@ -338,9 +338,13 @@ pub async fn write_rows_over<'r>(
 /// Bytes of statements per command that writes rows: well under the 16 MiB a command may
 /// take, whatever the size of the `_id`s.
 const ROW_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+/// Rows per command at most: a batch's writes take time in proportion to its size, command
+/// for command, so that a batch too long for the destination's transaction lifetime gets
+/// shorter when its link halves it.
+const ROW_COMMAND_STATEMENTS: usize = 1_000;
 
-/// Sends one `command` (`insert` or `update`) on `__mmm.meta` per few MiB of rows, each row
-/// written into its `field` array by `statement`.
+/// Sends one `command` (`insert` or `update`) on `__mmm.meta` per thousand rows (or few MiB),
+/// each row written into its `field` array by `statement`.
 async fn send_rows(
     db: &Database,
     session: &mut ClientSession,
@@ -352,7 +356,10 @@ async fn send_rows(
     let mut statements = DocArray::default();
     for (i, row) in rows.iter().enumerate() {
         statements.push_with(|f| statement(row, f));
-        if statements.bytes() >= ROW_COMMAND_BYTES || i + 1 == rows.len() {
+        if statements.bytes() >= ROW_COMMAND_BYTES
+            || statements.len() >= ROW_COMMAND_STATEMENTS
+            || i + 1 == rows.len()
+        {
             let body = bson_bytes::document(statements.bytes() + command.len(), |f| {
                 f.string(command, META)
                     .array(field, &statements)
