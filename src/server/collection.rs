@@ -230,7 +230,7 @@ impl Collection {
     }
 
     pub fn find_id(&self, id: &Bson) -> Option<RecordId> {
-        self.id_index.get(&KeyValue(id.clone())).copied()
+        self.id_index.get(KeyValue::from_ref(id)).copied()
     }
 
     /// The document at `rid`, decoded.

@@ -2,7 +2,6 @@
 //! included: `[lsid, txnNumber,] op, ns, [ui,] o, [o2,] ts, t, v, wall[, stmtId][, prevOpTime]`).
 
 use crate::bson_bytes::Fields;
-use crate::server::collection::bson_size;
 use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 use sha2::{Digest, Sha256};
@@ -58,7 +57,7 @@ pub struct OpRecord {
     pub ns: String,
     pub ui: Option<bson::Uuid>,
     pub o: Body,
-    pub o2: Option<Document>,
+    pub o2: Option<Body>,
 }
 
 impl OpRecord {
@@ -74,7 +73,32 @@ impl OpRecord {
             ns: ns.into(),
             ui,
             o: o.into(),
-            o2,
+            o2: o2.map(Body::Doc),
+        }
+    }
+
+    /// The insert of a stored document: its `o2` (`{_id}`) is copied from the document's
+    /// bytes, whose first field is `_id`, rather than built from a decoded `_id`.
+    pub fn insert(
+        ns: impl Into<String>,
+        ui: Option<bson::Uuid>,
+        stored: Arc<RawDocumentBuf>,
+        id: Bson,
+    ) -> Self {
+        let o2 = match stored.iter().next() {
+            Some(Ok(("_id", value))) => {
+                let mut o2 = RawDocumentBuf::new();
+                o2.append_ref("_id", value);
+                Body::Raw(Arc::new(o2))
+            }
+            _ => Body::Doc(doc! {"_id": id}),
+        };
+        OpRecord {
+            op: "i",
+            ns: ns.into(),
+            ui,
+            o: Body::Raw(stored),
+            o2: Some(o2),
         }
     }
 
@@ -86,7 +110,7 @@ impl OpRecord {
         }
         d.insert("o", self.o.to_document());
         if let Some(o2) = &self.o2 {
-            d.insert("o2", o2.clone());
+            d.insert("o2", o2.to_document());
         }
     }
 
@@ -101,14 +125,16 @@ impl OpRecord {
             Body::Raw(r) => d.append_ref("o", r.as_ref()),
             Body::Doc(doc) => d.append("o", raw(doc)),
         }
-        if let Some(o2) = &self.o2 {
-            d.append("o2", raw(o2));
+        match &self.o2 {
+            Some(Body::Raw(r)) => d.append_ref("o2", r.as_ref()),
+            Some(Body::Doc(doc)) => d.append("o2", raw(doc)),
+            None => {}
         }
     }
 
     /// About the bytes of the form used inside `applyOps`.
     pub fn inner_size(&self) -> usize {
-        self.o.size() + self.ns.len() + self.o2.as_ref().map_or(0, bson_size) + 48
+        self.o.size() + self.ns.len() + self.o2.as_ref().map_or(0, Body::size) + 48
     }
 
     /// Writes the form used inside `applyOps` in place (the same fields as `append_raw`).
@@ -121,8 +147,14 @@ impl OpRecord {
             Body::Raw(r) => f.document("o", r),
             Body::Doc(doc) => f.document("o", &raw(doc)),
         };
-        if let Some(o2) = &self.o2 {
-            f.document("o2", &raw(o2));
+        match &self.o2 {
+            Some(Body::Raw(r)) => {
+                f.document("o2", r);
+            }
+            Some(Body::Doc(doc)) => {
+                f.document("o2", &raw(doc));
+            }
+            None => {}
         }
     }
 
@@ -267,6 +299,46 @@ pub fn noop(msg: &str) -> OpRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_insert_copies_its_o2_from_the_stored_bytes_as_the_decoded_id_would_write_it() {
+        let ui = bson::Uuid::new();
+        let ts = Timestamp {
+            time: 1700000000,
+            increment: 3,
+        };
+        let wall = DateTime::from_millis(1_700_000_000_123);
+        let ids = [
+            Bson::Int32(7),
+            Bson::String("x".into()),
+            Bson::ObjectId(bson::oid::ObjectId::new()),
+            Bson::Document(doc! {"n": "db.c", "i": {"deep": [1, 2.5, "s"]}}),
+            Bson::Binary(Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: vec![0, 1, 2],
+            }),
+        ];
+        for id in ids {
+            for stored in [
+                doc! {"_id": id.clone(), "a": 1},
+                doc! {"a": 1, "_id": id.clone()},
+            ] {
+                let raw = Arc::new(RawDocumentBuf::from_document(&stored).unwrap());
+                let copied = OpRecord::insert("db.c", Some(ui), raw.clone(), id.clone());
+                let decoded =
+                    OpRecord::new("i", "db.c", Some(ui), raw, Some(doc! {"_id": id.clone()}));
+                let entry = |op: &OpRecord| build_entry(op.clone(), ts, wall, &EntryExtras::NONE);
+                assert_eq!(
+                    entry(&copied).as_bytes(),
+                    entry(&decoded).as_bytes(),
+                    "{stored}"
+                );
+                let inner = |op: &OpRecord| crate::bson_bytes::document(64, |f| op.write_inner(f));
+                assert_eq!(inner(&copied).as_bytes(), inner(&decoded).as_bytes());
+                assert_eq!(copied.inner_size(), decoded.inner_size());
+            }
+        }
+    }
 
     #[test]
     fn insert_entry_has_mongod_field_order() {

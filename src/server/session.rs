@@ -15,7 +15,7 @@ use crate::server::oplog_writer::{
 use crate::server::query::KeyValue;
 use crate::server::state::{split_ns, Catalog, State};
 use bson::{Bson, Document, Timestamp};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Above this many bytes of operations a commit is split into a partialTxn chain (mongod: 16 MB).
 pub const MAX_APPLY_OPS_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -50,10 +50,9 @@ pub struct Txn {
     pub snapshots: HashMap<String, Option<Collection>>,
     /// The transaction's private working copies.
     pub working: HashMap<String, Collection>,
-    /// `_id`s written per namespace, in first-write order.
-    pub written: HashMap<String, Vec<Bson>>,
-    /// The same, for membership tests (by namespace first: a lookup allocates no key).
-    pub written_set: HashMap<String, std::collections::BTreeSet<KeyValue>>,
+    /// `_id`s written per namespace, each with its place in first-write order: membership
+    /// tests (other transactions' writes conflict with these) and the order of the commit.
+    pub written: HashMap<String, BTreeMap<KeyValue, usize>>,
     pub ops: Vec<OpRecord>,
     pub ops_bytes: usize,
     /// When the transaction started (mongod aborts it after transactionLifetimeLimitSeconds).
@@ -103,24 +102,30 @@ impl Txn {
     }
 
     pub fn note_write(&mut self, ns: &str, id: &Bson) {
-        let ids = match self.written_set.get_mut(ns) {
+        let ids = match self.written.get_mut(ns) {
             Some(ids) => ids,
-            None => self.written_set.entry(ns.to_string()).or_default(),
+            None => self.written.entry(ns.to_string()).or_default(),
         };
-        if ids.insert(KeyValue(id.clone())) {
-            match self.written.get_mut(ns) {
-                Some(order) => order.push(id.clone()),
-                None => {
-                    self.written.insert(ns.to_string(), vec![id.clone()]);
-                }
-            }
+        if !ids.contains_key(KeyValue::from_ref(id)) {
+            let place = ids.len();
+            ids.insert(KeyValue(id.clone()), place);
         }
     }
 
     pub fn has_written(&self, ns: &str, id: &Bson) -> bool {
-        self.written_set
+        self.written
             .get(ns)
-            .is_some_and(|ids| ids.contains(&KeyValue(id.clone())))
+            .is_some_and(|ids| ids.contains_key(KeyValue::from_ref(id)))
+    }
+
+    /// The `_id`s written in `ns`, in first-write order.
+    fn written_in_order(&self, ns: &str) -> Vec<&Bson> {
+        let Some(ids) = self.written.get(ns) else {
+            return Vec::new();
+        };
+        let mut ordered: Vec<(&KeyValue, &usize)> = ids.iter().collect();
+        ordered.sort_unstable_by_key(|(_, place)| **place);
+        ordered.into_iter().map(|(id, _)| &id.0).collect()
     }
 
     pub fn log(&mut self, op: OpRecord) {
@@ -157,7 +162,7 @@ pub fn commit(
         let live = state.coll(db, coll);
         let snapshot = txn.snapshots[ns].as_ref();
         let working = &txn.working[ns];
-        let ids = txn.written.get(ns).map(|v| v.as_slice()).unwrap_or(&[]);
+        let ids = txn.written_in_order(ns);
         match (snapshot, live) {
             (None, Some(_)) => return Err(write_conflict()), // created concurrently
             (Some(_), None) => return Err(write_conflict()), // dropped concurrently
@@ -171,7 +176,7 @@ pub fn commit(
             updated.push((ns.clone(), working.clone()));
             continue;
         }
-        for id in ids {
+        for &id in &ids {
             if version_of(snapshot, id) != version_of(live, id) {
                 return Err(write_conflict());
             }
@@ -296,5 +301,38 @@ pub fn expire_transactions(state: &mut State, limit: std::time::Duration) {
                 session.state = TxnPhase::Aborted;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[test]
+    fn written_ids_keep_first_write_order_and_equal_ids_of_other_types_are_one_document() {
+        let mut txn = Txn::default();
+        let ids = [
+            Bson::Document(doc! {"n": "db.c", "i": 3}),
+            Bson::Int32(2),
+            Bson::String("a".into()),
+            Bson::Double(1.0),
+        ];
+        for id in &ids {
+            txn.note_write("db.c", id);
+        }
+        // Written again, under equal values of other types: no new place.
+        txn.note_write("db.c", &Bson::Int64(2));
+        txn.note_write("db.c", &Bson::Int32(1));
+        txn.note_write("db.c", &Bson::Document(doc! {"n": "db.c", "i": 3.0}));
+        txn.note_write("db.d", &Bson::Int32(2));
+        let order: Vec<Bson> = txn.written_in_order("db.c").into_iter().cloned().collect();
+        assert_eq!(order, ids);
+        assert!(txn.has_written("db.c", &Bson::Int64(1)));
+        assert!(txn.has_written("db.c", &Bson::Document(doc! {"n": "db.c", "i": 3_i64})));
+        assert!(!txn.has_written("db.c", &Bson::String("A".into())));
+        assert!(!txn.has_written("db.e", &Bson::Int32(2)));
+        assert_eq!(txn.written_in_order("db.d"), [&Bson::Int32(2)]);
+        assert!(txn.written_in_order("db.e").is_empty());
     }
 }

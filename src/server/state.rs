@@ -282,7 +282,13 @@ impl State {
                 crate::server::oplog_writer::Body::Raw(r) => crate::server::collection::raw_id(r),
                 crate::server::oplog_writer::Body::Doc(d) => d.get("_id").cloned(),
             },
-            "u" => op.o2.as_ref().and_then(|o2| o2.get("_id").cloned()),
+            "u" => match &op.o2 {
+                Some(crate::server::oplog_writer::Body::Raw(r)) => {
+                    crate::server::collection::raw_id(r)
+                }
+                Some(crate::server::oplog_writer::Body::Doc(d)) => d.get("_id").cloned(),
+                None => None,
+            },
             "n" => return Some((String::new(), Bson::Null, None)),
             "c" if op.o.to_document().contains_key("create") => {
                 return Some((String::new(), Bson::Null, None));

@@ -114,7 +114,11 @@ fn insert_one_raw(
                 RawBsonRef::Array(_) | RawBsonRef::RegularExpression(_)
             ) =>
         {
-            Bson::try_from(value.to_raw_bson()).ok()
+            match value {
+                // A document `_id` is decoded from the bytes in place, without a copy first.
+                RawBsonRef::Document(d) => Document::try_from(d).ok().map(Bson::Document),
+                other => Bson::try_from(other.to_raw_bson()).ok(),
+            }
         }
         _ => None,
     };
@@ -153,10 +157,7 @@ fn log_insert(
 ) -> ServerResult<()> {
     let ns = format!("{db}.{coll}");
     ctx.note_write(&ns, &id)?;
-    ctx.log(
-        OpRecord::new("i", ns, Some(ui), raw, Some(doc! {"_id": id})),
-        true,
-    );
+    ctx.log(OpRecord::insert(ns, Some(ui), raw, id), true);
     Ok(())
 }
 

@@ -369,7 +369,18 @@ pub fn values_equal(a: &Bson, b: &Bson) -> bool {
 /// A wrapper usable as a BTreeMap key (`_id` index, `$group` keys): ordered by
 /// [`compare_values`], so `1`, `NumberLong(1)` and `1.0` are the same key.
 #[derive(Clone, Debug)]
+#[repr(transparent)]
 pub struct KeyValue(pub Bson);
+
+impl KeyValue {
+    /// `value` seen as a key, without copying it: lookups in an index (every write in a
+    /// transaction makes several) need no owned key.
+    pub fn from_ref(value: &Bson) -> &KeyValue {
+        // SAFETY: `KeyValue` is `repr(transparent)` over `Bson`, so the two references have
+        // the same layout, and the lifetime is carried over unchanged.
+        unsafe { &*(value as *const Bson as *const KeyValue) }
+    }
+}
 
 impl PartialEq for KeyValue {
     fn eq(&self, other: &Self) -> bool {
