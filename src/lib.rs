@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod bson_bytes;
+pub mod bson_field;
 pub mod bson_order;
 pub mod converge;
 pub mod doc_hash;

@@ -212,7 +212,7 @@ impl<'a> Entry<'a> {
     }
 
     fn get(&self, key: &str) -> Result<Option<RawBsonRef<'a>>> {
-        Ok(self.raw.get(key)?)
+        Ok(crate::bson_field::get(self.raw, key)?)
     }
 
     fn require(&self, key: &'static str) -> Result<RawBsonRef<'a>> {
