@@ -92,6 +92,8 @@ pub struct Applier {
     on_reject: OnReject,
     /// The link's lease term: every checkpoint write is fenced by it (see `store/leases.rs`).
     fence: Option<i64>,
+    /// The destination's turns in this process (see `turns.rs`).
+    turns: Option<super::turns::Turns>,
 }
 
 fn txn_options() -> TransactionOptions {
@@ -174,7 +176,15 @@ impl Applier {
             link: link.to_string(),
             on_reject: OnReject::Fail,
             fence: None,
+            turns: None,
         }
+    }
+
+    /// Each batch's transaction takes its turn with this process's stored observation of the
+    /// destination.
+    pub fn taking_turns(mut self, turns: super::turns::Turns) -> Applier {
+        self.turns = Some(turns);
+        self
     }
 
     /// Every checkpoint this applier writes is conditional on lease term `term`.
@@ -396,7 +406,12 @@ impl Applier {
                 .await
                 .map_err(|e| ApplyError::Transient(describe(&e)))?;
             let started = std::time::Instant::now();
+            let turn = match &self.turns {
+                Some(turns) => Some(turns.batch().await),
+                None => None,
+            };
             let outcome = self.run_once(&mut session, batch, &written, &mode).await;
+            drop(turn);
             // A refused write leaves the server reachable: end its transaction now, so its locks
             // do not stand in the way of the next attempt. (After network trouble, dropping
             // the session aborts what is left in the background.)

@@ -7,6 +7,7 @@ pub mod ddl;
 mod error;
 pub mod observe;
 mod plan;
+pub mod turns;
 
 pub use applier::{Applied, Applier, Batch, OnReject};
 pub use error::{describe, is_transient, ApplyError, Refusal};

@@ -345,9 +345,25 @@ pub async fn observe_and_store(
     site: &str,
     fields: &FieldsNs,
 ) -> Result<Clock, Error> {
+    observe_and_store_in_turn(client, site, fields, None).await
+}
+
+/// [`observe_and_store`], each pass in its turn with the batches this process applies on the
+/// server (`turns.rs`).
+pub async fn observe_and_store_in_turn(
+    client: &Client,
+    site: &str,
+    fields: &FieldsNs,
+    turns: Option<&super::turns::Turns>,
+) -> Result<Clock, Error> {
     ensure_clock(client).await.map_err(|e| e.source)?;
     loop {
+        let turn = match turns {
+            Some(turns) => Some(turns.observation().await),
+            None => None,
+        };
         let (clock, entries) = observe_and_store_some(client, site, fields).await?;
+        drop(turn);
         if entries < STORE_EVERY_ENTRIES {
             return Ok(clock);
         }

@@ -65,10 +65,12 @@ impl Replicator {
         // can reach the other end: a source's `__mmm.meta` then always holds what it owes (the
         // spool, see `catch_up.rs`), and batches applied to a destination read only the short
         // stretch of its oplog observation has not stored yet.
-        let mut observed = std::collections::HashSet::new();
+        let mut turns: HashMap<String, crate::apply::turns::Turns> = HashMap::new();
         for server in links.iter().flat_map(|l| [&l.src, &l.dst]) {
             let spec = &by_name[server.as_str()];
-            if observed.insert(spec.id.clone()) {
+            if !turns.contains_key(&spec.id) {
+                let server_turns = crate::apply::turns::Turns::default();
+                turns.insert(spec.id.clone(), server_turns.clone());
                 // This process's links out of the server: where they record what they applied.
                 let outgoing = links
                     .iter()
@@ -81,6 +83,7 @@ impl Replicator {
                     fields: topology::fields_ns(links, server),
                     outgoing,
                     retention: tombstone_retention,
+                    turns: server_turns,
                 };
                 tasks.push(tokio::spawn(keeper.run(stop.subscribe())));
             }
@@ -110,6 +113,7 @@ impl Replicator {
             };
             statuses.push(status.clone());
             let runtime = LinkRuntime {
+                dst_turns: turns[&dst.id].clone(),
                 spec: spec.clone(),
                 src_options: options[&src.name].clone(),
                 dst_options: options[&dst.name].clone(),
@@ -183,6 +187,8 @@ struct MetadataKeeper {
     /// (link id, destination's client options) of this process's links out of the server.
     outgoing: Vec<(String, ClientOptions)>,
     retention: std::time::Duration,
+    /// Its turns with the batches this process's links apply there.
+    turns: crate::apply::turns::Turns,
 }
 
 impl MetadataKeeper {
@@ -197,8 +203,13 @@ impl MetadataKeeper {
                 _ = tokio::time::sleep(OBSERVE_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if let Err(e) =
-                crate::apply::observe::observe_and_store(&client, &self.site, &self.fields).await
+            if let Err(e) = crate::apply::observe::observe_and_store_in_turn(
+                &client,
+                &self.site,
+                &self.fields,
+                Some(&self.turns),
+            )
+            .await
             {
                 log::debug!(target: "mmm", "observing {}: {e}", self.site);
                 continue;

@@ -85,6 +85,8 @@ pub struct LinkRuntime {
     pub dst_fields: crate::apply::observe::FieldsNs,
     /// What the link's batches may hold now (kept across its sessions).
     pub batch_limit: BatchLimit,
+    /// The destination's turns in this process (`apply/turns.rs`).
+    pub dst_turns: crate::apply::turns::Turns,
 }
 
 /// Why a link session ended. Only [`LinkFailure::Transient`] is worth another session.

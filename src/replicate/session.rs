@@ -43,7 +43,8 @@ pub async fn session(rt: &Arc<LinkRuntime>, fence: Option<i64>) -> Result<(), Li
     rt.status.lock().reset_pending();
     let applier = Applier::new(dst.clone(), &rt.spec.id())
         .on_reject(rt.spec.on_reject)
-        .fenced(fence);
+        .fenced(fence)
+        .taking_turns(rt.dst_turns.clone());
     let checkpoint = starting_checkpoint(rt, &src, &dst, &applier).await?;
     let clock = match &checkpoint.src_clock {
         Some(c) => c.clone(),
@@ -107,7 +108,9 @@ pub async fn session(rt: &Arc<LinkRuntime>, fence: Option<i64>) -> Result<(), Li
 pub async fn recover_from_rollover(rt: &Arc<LinkRuntime>) -> Result<u64, LinkFailure> {
     rt.set_state(LinkState::Starting, None);
     let (src, dst) = connect(rt).await?;
-    let applier = Applier::new(dst.clone(), &rt.spec.id()).on_reject(rt.spec.on_reject);
+    let applier = Applier::new(dst.clone(), &rt.spec.id())
+        .on_reject(rt.spec.on_reject)
+        .taking_turns(rt.dst_turns.clone());
     let checkpoint = applier
         .read_checkpoint()
         .await?
