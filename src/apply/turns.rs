@@ -39,38 +39,31 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Starts `take` and checks that it waits while `held` is held and goes on once dropped.
+    async fn waits_for<G>(held: G, take: tokio::task::JoinHandle<()>) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!take.is_finished());
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), take)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn batches_run_together_and_observation_waits_for_them_and_runs_alone() {
         let turns = Turns::default();
-        let first = turns.batch().await;
-        let second = turns.batch().await;
-        let waiting = {
-            let turns = turns.clone();
-            tokio::spawn(async move {
-                let _turn = turns.observation().await;
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished());
-        drop((first, second));
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        // Observation holds its turn: a batch waits.
+        let t = turns.clone();
+        let batches = (turns.batch().await, turns.batch().await);
+        let observation = tokio::spawn(async move {
+            let _turn = t.observation().await;
+        });
+        waits_for(batches, observation).await;
+        let t = turns.clone();
         let pass = turns.observation().await;
-        let batch = {
-            let turns = turns.clone();
-            tokio::spawn(async move {
-                let _turn = turns.batch().await;
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!batch.is_finished());
-        drop(pass);
-        tokio::time::timeout(Duration::from_secs(5), batch)
-            .await
-            .unwrap()
-            .unwrap();
+        let batch = tokio::spawn(async move {
+            let _turn = t.batch().await;
+        });
+        waits_for(pass, batch).await;
     }
 }
